@@ -1,0 +1,214 @@
+// Turns a results JSON (bench/results/latest.json) into docs/benchmarks.md and one SVG bar
+// chart per suite (docs/charts/<suite>.svg). Pure functions plus one writer; run this file
+// directly to regenerate the docs from the JSON without running the benchmarks again:
+//   node bench/lib/report.mjs [bench/results/latest.json]
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export function fmt(value, unit = '') {
+  if (!Number.isFinite(value)) return 'n/a';
+  const abs = Math.abs(value);
+  let s;
+  if (unit === '%') s = abs >= 10 ? value.toFixed(0) : abs >= 1 ? value.toFixed(1) : value.toFixed(2);
+  else if (abs >= 100_000) s = `${(value / 1000).toFixed(0)}k`;
+  else if (abs >= 10_000) s = `${(value / 1000).toFixed(1)}k`;
+  else if (abs >= 100) s = value.toFixed(0);
+  else if (abs >= 10) s = value.toFixed(1);
+  else s = value.toFixed(2);
+  return unit === '%' ? `${s}%` : s;
+}
+
+const fmtRatio = (r) => (Number.isFinite(r) ? `${r >= 10 ? r.toFixed(1) : r.toFixed(2)}x` : 'n/a');
+
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+
+// One colour per peer, stable across charts (colour-blind-friendly Okabe-Ito palette).
+const PALETTE = ['#0072B2', '#E69F00', '#009E73', '#CC79A7', '#56B4E9', '#D55E00', '#F0E442', '#000000'];
+
+function groupsOf(figures) {
+  const groups = new Map();
+  for (const f of figures) {
+    if (!groups.has(f.group)) groups.set(f.group, []);
+    groups.get(f.group).push(f);
+  }
+  return groups;
+}
+
+/**
+ * A horizontal bar chart: one panel per group (workload), one bar per peer. Each panel has
+ * its own linear scale from zero (figures of different workloads differ by 100x), stated
+ * in the chart. The bar is the median; the thin line spans min..max over the rounds.
+ */
+export function renderChart(suite) {
+  const W = 760;
+  const labelW = 230;
+  const barX = labelW + 10;
+  const barW = 380;
+  const barH = 18;
+  const gap = 6;
+  const groups = groupsOf(suite.figures);
+  const peers = [...new Set(suite.figures.map((f) => f.peer))];
+  const colour = (peer) => PALETTE[peers.indexOf(peer) % PALETTE.length];
+  let y = 0;
+  const parts = [];
+  parts.push(`<text x="12" y="24" font-size="16" font-weight="bold">${esc(suite.title ?? suite.name)}</text>`);
+  parts.push(
+    `<text x="12" y="42" font-size="11" fill="#555">bar: median of ${suite.rounds ?? '?'} interleaved rounds; line: min..max; each panel scaled to its own maximum</text>`,
+  );
+  y = 58;
+  for (const [group, figs] of groups) {
+    const unit = figs[0].unit;
+    const max = Math.max(...figs.map((f) => (Number.isFinite(f.max) ? f.max : f.median)).filter(Number.isFinite), 0) || 1;
+    parts.push(`<text x="12" y="${y + 14}" font-size="13" font-weight="bold">${esc(group)}</text>`);
+    parts.push(`<text x="${W - 12}" y="${y + 14}" font-size="11" fill="#555" text-anchor="end">${esc(unit)}${figs[0].higherIsBetter === false ? ' (lower is better)' : ''}</text>`);
+    y += 22;
+    for (const f of figs) {
+      const scale = (v) => (Number.isFinite(v) ? (Math.max(0, v) / max) * barW : 0);
+      parts.push(`<text x="${labelW}" y="${y + barH - 5}" font-size="12" text-anchor="end">${esc(f.peer)}</text>`);
+      parts.push(`<rect x="${barX}" y="${y}" width="${barW}" height="${barH}" fill="#f1f1f1"/>`);
+      const w = scale(f.median);
+      parts.push(`<rect x="${barX}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${colour(f.peer)}"><title>${esc(`${f.peer}: median ${fmt(f.median, unit)} ${unit}, min ${fmt(f.min, unit)}, max ${fmt(f.max, unit)}`)}</title></rect>`);
+      if (Number.isFinite(f.min) && Number.isFinite(f.max)) {
+        const x1 = barX + scale(f.min);
+        const x2 = barX + scale(f.max);
+        const cy = y + barH / 2;
+        parts.push(`<line x1="${x1.toFixed(1)}" y1="${cy}" x2="${x2.toFixed(1)}" y2="${cy}" stroke="#222" stroke-width="1.5"/>`);
+        parts.push(`<line x1="${x1.toFixed(1)}" y1="${cy - 4}" x2="${x1.toFixed(1)}" y2="${cy + 4}" stroke="#222" stroke-width="1.5"/>`);
+        parts.push(`<line x1="${x2.toFixed(1)}" y1="${cy - 4}" x2="${x2.toFixed(1)}" y2="${cy + 4}" stroke="#222" stroke-width="1.5"/>`);
+      }
+      const label = Number.isFinite(f.median) ? fmt(f.median, unit) : 'skipped';
+      parts.push(`<text x="${barX + barW + 8}" y="${y + barH - 5}" font-size="12">${esc(label)}</text>`);
+      y += barH + gap;
+    }
+    y += 12;
+  }
+  const H = y + 4;
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" fill="#222">`,
+    `<rect x="0" y="0" width="${W}" height="${H}" fill="#ffffff"/>`,
+    ...parts,
+    `</svg>`,
+    '',
+  ].join('\n');
+}
+
+function machineLine(m) {
+  return `${m.cpu} (${m.cores} cores), ${m.memoryGB} GB RAM, ${m.os}, Node ${m.node}`;
+}
+
+/** The markdown page for a results object. */
+export function renderMarkdown(results) {
+  const out = [];
+  out.push('# Benchmarks');
+  out.push('');
+  out.push('<!-- Generated by `pnpm bench` (bench/run.mjs) from bench/results/latest.json. Do not edit by hand. -->');
+  out.push('');
+  out.push(`Every figure on this page was measured by \`${results.command}\` on ${results.date.slice(0, 10)} (${results.date}) on this machine:`);
+  out.push('');
+  out.push(`- ${machineLine(results.machine)}`);
+  for (const [name, v] of Object.entries(results.versions ?? {})) out.push(`- ${name} ${v}`);
+  out.push('');
+  out.push(
+    'Method: the peers of a suite run in the same process, in interleaved rounds (each round runs every peer once, ' +
+      'in an order rotated per round, after a discarded warm-up round), so slow drifts of a shared machine hit every peer alike. ' +
+      'Tables give the median over the rounds with the interquartile range (p25..p75) and the extremes; ratios are medians of ' +
+      'per-round ratios. The raw data, every round included, is in [bench/results/latest.json](../bench/results/latest.json). ' +
+      'Absolute numbers on a shared 2-core machine are noisy; compare ratios.',
+  );
+  out.push('');
+  out.push('To reproduce: `pnpm install && pnpm bench` (about ' + Math.max(1, Math.round(results.durationMs / 60000)) + ' minutes here). `node bench/run.mjs --quick` runs every suite with tiny iteration counts to prove it still works; it writes bench/results/quick.json and leaves this page alone.');
+  out.push('');
+  out.push('## Summary');
+  out.push('');
+  out.push('| suite | ratio | measured (median, min..max) | target | met |');
+  out.push('|---|---|---|---|---|');
+  for (const s of results.suites) {
+    if (s.error) {
+      out.push(`| ${s.name} | - | crashed | ${esc(s.target ?? '')} | no |`);
+      continue;
+    }
+    for (const r of s.ratios ?? []) {
+      const met = r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no';
+      out.push(`| [${s.name}](#${anchor(s.title ?? s.name)}) | ${r.label} | ${fmtRatio(r.median)} (${fmtRatio(r.min)}..${fmtRatio(r.max)}) | ${r.target == null ? '-' : `>= ${r.target}x`} | ${met} |`);
+    }
+  }
+  out.push('');
+  for (const s of results.suites) {
+    out.push(`## ${s.title ?? s.name}`);
+    out.push('');
+    out.push(`Suite \`${s.name}\` ([bench/suites/${s.name}.mjs](../bench/suites/${s.name}.mjs)).`);
+    out.push('');
+    out.push(`- **Workload:** ${s.workload}`);
+    out.push(`- **Ratio it cares about:** ${s.ratio}`);
+    out.push(`- **Target:** ${s.target}`);
+    out.push('');
+    if (s.error) {
+      out.push('This suite crashed in the run that produced this page:');
+      out.push('');
+      out.push('```');
+      out.push(s.error);
+      out.push('```');
+      out.push('');
+      continue;
+    }
+    if (s.ratios?.length) {
+      out.push('| ratio | median | min..max | target | met |');
+      out.push('|---|---|---|---|---|');
+      for (const r of s.ratios) {
+        out.push(`| ${r.label} | **${fmtRatio(r.median)}** | ${fmtRatio(r.min)}..${fmtRatio(r.max)} | ${r.target == null ? '-' : `>= ${r.target}x`} | ${r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no'} |`);
+      }
+      out.push('');
+    }
+    out.push('| workload | peer | median | p25..p75 | min..max | unit |');
+    out.push('|---|---|---:|---:|---:|---|');
+    for (const f of s.figures) {
+      if (!Number.isFinite(f.median)) {
+        out.push(`| ${f.group} | ${f.peer} | skipped | | | ${f.unit} |`);
+        continue;
+      }
+      out.push(`| ${f.group} | ${f.peer} | **${fmt(f.median, f.unit)}** | ${fmt(f.p25, f.unit)}..${fmt(f.p75, f.unit)} | ${fmt(f.min, f.unit)}..${fmt(f.max, f.unit)} | ${f.unit} |`);
+    }
+    out.push('');
+    out.push(`![${s.name} chart](charts/${s.name}.svg)`);
+    out.push('');
+    const notes = [...(s.notes ?? []), ...(s.checks ?? []).map((c) => `Correctness check: ${c.ok ? 'passed' : 'FAILED'}: ${c.message}`)];
+    if (notes.length) {
+      for (const n of notes) out.push(`- ${n}`);
+      out.push('');
+    }
+  }
+  return out.join('\n');
+}
+
+function anchor(title) {
+  return title
+    .toLowerCase()
+    .replace(/[^a-z0-9 _-]/g, '')
+    .trim()
+    .replace(/ /g, '-');
+}
+
+/** Renders everything; returns { markdown, charts: { name: svg } } (also used by --quick as a smoke test). */
+export function render(results) {
+  const charts = {};
+  for (const s of results.suites) if (!s.error) charts[s.name] = renderChart(s);
+  return { markdown: renderMarkdown(results), charts };
+}
+
+/** Writes docs/benchmarks.md and docs/charts/*.svg. */
+export function writeDocs(results) {
+  const { markdown, charts } = render(results);
+  mkdirSync(join(root, 'docs', 'charts'), { recursive: true });
+  for (const [name, svg] of Object.entries(charts)) writeFileSync(join(root, 'docs', 'charts', `${name}.svg`), svg);
+  writeFileSync(join(root, 'docs', 'benchmarks.md'), markdown);
+  return [join('docs', 'benchmarks.md'), ...Object.keys(charts).map((n) => join('docs', 'charts', `${n}.svg`))];
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const file = resolve(process.argv[2] ?? join(root, 'bench', 'results', 'latest.json'));
+  const written = writeDocs(JSON.parse(readFileSync(file, 'utf8')));
+  console.log(`wrote ${written.join(', ')}`);
+}
