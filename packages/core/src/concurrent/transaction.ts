@@ -1,0 +1,218 @@
+/**
+ * `BEGIN CONCURRENT`: an optimistic transaction that keeps its state private while other
+ * handles use the engine.
+ *
+ * The engine has one real SQLite transaction at a time. A concurrent transaction lives in it
+ * while its handle runs statements; when another handle needs the engine for something that
+ * could see or change its uncommitted rows, it is *parked* (rolled back) and later *resumed*:
+ * BEGIN, then its logged statements run again. The rule that makes this serializable: a resumed
+ * or committing transaction is valid only if re-running its statements shows the application
+ * exactly what it was shown before (the same rows from every read, the same `changes`,
+ * `lastInsertRowid`, `RETURNING` rows and errors from every write). Then the transaction is
+ * equivalent to having run entirely at its commit point. Reads of tables that no commit changed
+ * since they were last checked are not run again (per-table commit counters); writes always
+ * are, to rebuild the uncommitted state.
+ * @module
+ */
+import { sqliteError, type SqliteError } from '../errors.js';
+import type { Engine, OpenTransaction } from '../engine/engine.js';
+import { ROWID_PARAM } from '../engine/engine.js';
+import type { BindParams, Outcome, PreparedSql, Want } from '../engine/execute.js';
+import type { Footprint } from '../engine/footprint.js';
+
+/** One statement the application ran inside the transaction, and what it was shown. */
+export interface LogEntry {
+  readonly sql: string;
+  readonly params: BindParams | undefined;
+  readonly want: Want;
+  readonly footprint: Footprint;
+  /** Savepoint statements are replayed but show nothing to compare. */
+  readonly control: boolean;
+  outcome?: Outcome;
+  error?: string;
+  /** For a single-row INSERT that inserted: replay it with this explicit rowid. */
+  rowid?: { table: string; sql: string; value: number | bigint };
+}
+
+/** An open `BEGIN CONCURRENT` transaction of one handle. */
+export class ConcurrentTransaction implements OpenTransaction {
+  readonly kind = 'concurrent' as const;
+  readonly writes = new Set<string>();
+  readonly log: LogEntry[] = [];
+  /** Every read in the log was valid as of this commit counter. */
+  validatedSeq: number;
+  private readonly reserved: Array<[string, number | bigint]> = [];
+
+  constructor(
+    private readonly engine: Engine,
+    readonly handleId: number,
+  ) {
+    engine.concurrentOpen++;
+    this.validatedSeq = engine.commitSeq;
+  }
+
+  /** True when the transaction has written nothing (so far). */
+  get readOnly(): boolean {
+    return this.writes.size === 0;
+  }
+
+  /** Records a statement the application saw the result of. */
+  record(entry: LogEntry): void {
+    this.log.push(entry);
+    for (const t of entry.footprint.writes) this.writes.add(t);
+    if (entry.rowid) {
+      this.reserved.push([entry.rowid.table, entry.rowid.value]);
+      this.engine.reserve(entry.rowid.table, entry.rowid.value, this);
+    }
+  }
+
+  /**
+   * Brings the transaction back into the engine: BEGIN, then re-run the log and check that the
+   * application would have been shown the same. The engine must be free (nothing active).
+   * Throws BusyError `SQLITE_BUSY_SNAPSHOT` (after ending the transaction) on a conflict, or
+   * `SQLITE_BUSY` (the transaction stays parked) when the file is locked by another process.
+   */
+  resume(): void {
+    const engine = this.engine;
+    engine.exec('BEGIN');
+    engine.active = this;
+    try {
+      engine.checkExternalChanges();
+      for (const entry of this.log) this.replay(entry, true);
+    } catch (e) {
+      engine.active = null;
+      if (engine.inRealTransaction) engine.exec('ROLLBACK');
+      throw e;
+    }
+    this.validatedSeq = engine.commitSeq;
+  }
+
+  /**
+   * Checks a read-only transaction's reads without moving it into the engine (they depend on
+   * committed state only). The caller guarantees that the active transaction, if any, wrote
+   * none of the tables read.
+   */
+  validateReads(): void {
+    this.engine.checkExternalChanges();
+    for (const entry of this.log) if (!entry.control) this.replay(entry, false);
+    this.validatedSeq = this.engine.commitSeq;
+  }
+
+  /** The tables this transaction read, for deciding whether it may validate in place. */
+  readTables(): Set<string> {
+    const out = new Set<string>();
+    for (const e of this.log) for (const t of e.footprint.reads) out.add(t);
+    return out;
+  }
+
+  /** Releases the transaction's rowid reservations and its place in the engine's counters. */
+  end(): void {
+    for (const [table, rowid] of this.reserved) this.engine.unreserve(table, rowid, this);
+    this.reserved.length = 0;
+    if (--this.engine.concurrentOpen === 0) this.engine.forgetCounters();
+  }
+
+  private replay(entry: LogEntry, rebuild: boolean): void {
+    const engine = this.engine;
+    if (entry.control) {
+      engine.exec(entry.sql);
+      return;
+    }
+    const isRead = entry.footprint.readonly;
+    if (isRead && !engine.changedSince(entry.footprint.reads, this.validatedSeq)) return;
+    if (!isRead && !rebuild) return;
+    let stmt: PreparedSql;
+    let params = entry.params;
+    if (entry.rowid) {
+      stmt = engine.statement(entry.rowid.sql);
+      params = withRowid(stmt, entry.params, entry.rowid.value);
+    } else {
+      stmt = engine.statement(entry.sql);
+    }
+    let outcome: Outcome;
+    try {
+      outcome = stmt.execute(engine.db, params, entry.want);
+    } catch (e) {
+      const err = e as SqliteError;
+      if (err.kind === 'busy') throw err;
+      if (entry.error === err.message) return;
+      throw this.conflict(entry, `now fails with "${err.message}"`);
+    }
+    if (entry.error !== undefined) throw this.conflict(entry, `no longer fails with "${entry.error}"`);
+    const before = entry.outcome as Outcome;
+    const diff = describeDifference(before, outcome);
+    if (diff) throw this.conflict(entry, diff);
+  }
+
+  private conflict(entry: LogEntry, what: string): SqliteError {
+    const tables = [...entry.footprint.reads].map((t) => t.replace(/^main\./, '')).join(', ');
+    return sqliteError(
+      `BEGIN CONCURRENT transaction of handle #${this.handleId} conflicted with a commit that happened after it began: ` +
+        `${entry.footprint.readonly ? 'a read' : 'a write'} of ${tables || 'the database'} (${abbreviate(entry.sql)}) ${what}. ` +
+        'The transaction was rolled back; run it again.',
+      'SQLITE_BUSY_SNAPSHOT',
+    );
+  }
+}
+
+/** Adds the explicit rowid to a statement's parameters. */
+export function withRowid(stmt: PreparedSql, params: BindParams | undefined, rowid: number | bigint): BindParams {
+  if (params !== null && typeof params === 'object' && !Array.isArray(params) && !(params instanceof Uint8Array)) {
+    return { ...(params as Record<string, never>), [ROWID_PARAM]: rowid } as BindParams;
+  }
+  const index = stmt.parameterIndex(ROWID_PARAM);
+  const list: unknown[] = Array.isArray(params) ? [...(params as unknown[])] : params === undefined ? [] : [params];
+  while (list.length < index - 1) list.push(null);
+  list[index - 1] = rowid;
+  return list as BindParams;
+}
+
+function describeDifference(a: Outcome, b: Outcome): string | undefined {
+  if (a.rows || b.rows) {
+    const ra = a.rows ?? [];
+    const rb = b.rows ?? [];
+    const n = Math.max(ra.length, rb.length);
+    for (let i = 0; i < n; i++) {
+      if (!sameRow(ra[i], rb[i])) {
+        return `returned ${show(ra[i])} as row ${i + 1} and would now return ${show(rb[i])}`;
+      }
+    }
+  }
+  if (a.changes !== b.changes) return `changed ${a.changes} row(s) and would now change ${b.changes}`;
+  if (a.insertedRowid !== b.insertedRowid && String(a.insertedRowid) !== String(b.insertedRowid)) {
+    return `inserted rowid ${String(a.insertedRowid)} and would now insert ${String(b.insertedRowid)}`;
+  }
+  return undefined;
+}
+
+function sameRow(a: Record<string, unknown> | undefined, b: Record<string, unknown> | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) {
+    const x = a[k];
+    const y = b[k];
+    if (x === y) continue;
+    if (x instanceof Uint8Array && y instanceof Uint8Array) {
+      if (x.length !== y.length) return false;
+      for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+      continue;
+    }
+    if (typeof x === 'number' && typeof y === 'number' && Number.isNaN(x) && Number.isNaN(y)) continue;
+    return false;
+  }
+  return true;
+}
+
+function show(row: Record<string, unknown> | undefined): string {
+  if (row === undefined) return 'no row';
+  const s = JSON.stringify(row, (_k, v) =>
+    typeof v === 'bigint' ? `${v}n` : v instanceof Uint8Array ? `<${v.length} bytes>` : v,
+  );
+  return s.length > 200 ? `${s.slice(0, 200)}...` : s;
+}
+
+function abbreviate(sql: string): string {
+  const s = sql.replace(/\s+/g, ' ').trim();
+  return s.length > 120 ? `${s.slice(0, 120)}...` : s;
+}

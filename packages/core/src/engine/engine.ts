@@ -1,0 +1,288 @@
+/**
+ * The engine: one SQLite connection (node-sqlite3-wasm) shared by every sibling handle of one
+ * database in this process. It holds the state that handles share: whose transaction is in the
+ * real SQLite transaction right now, the per-table commit counters that let optimistic
+ * transactions skip re-checking reads nobody could have changed, rowid reservations, and the
+ * statement footprints.
+ * @module
+ */
+import { fromEngineError } from '../errors.js';
+import { loadSqlite, type WasmDatabase } from '../file/load.js';
+import { singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
+import { PreparedSql } from './execute.js';
+import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
+
+/** What every open transaction tells the engine. */
+export interface OpenTransaction {
+  readonly kind: 'pessimistic' | 'concurrent';
+  /** The id of the handle that owns it, for messages. */
+  readonly handleId: number;
+  /** Tables written so far ({@link ALL_TABLES} after DDL). */
+  readonly writes: Set<string>;
+}
+
+/**
+ * Hooks a file database installs to manage its file lock (see src/file/). The engine calls
+ * `beforeUse` before it runs SQL for a handle and `afterUse` once the engine is back in
+ * autocommit or holds a transaction across an await.
+ */
+export interface FileAccess {
+  beforeUse(): void;
+  afterUse(inTransaction: boolean): void;
+  close(): void;
+}
+
+/** A plan to give a single-row INSERT an explicit rowid (see {@link Engine.rowidPlan}). */
+export interface RowidPlan {
+  /** `schema.table`, as in footprints. */
+  readonly table: string;
+  /** The INSERT with `rowid` added to its columns and `:__siblite_rowid` to its values. */
+  readonly sql: string;
+}
+
+/** The parameter name the rowid plans use. */
+export const ROWID_PARAM = ':__siblite_rowid';
+
+export class Engine {
+  readonly db: WasmDatabase;
+  readonly footprints: FootprintAnalyzer;
+  /** The transaction that lives in the real SQLite transaction now, if any. */
+  active: OpenTransaction | null = null;
+  /** Open `BEGIN CONCURRENT` transactions (commit counters are kept only while > 0). */
+  concurrentOpen = 0;
+  /** Counts commits that changed something while concurrent transactions were open. */
+  commitSeq = 0;
+  /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
+  mvcc = false;
+  fileAccess: FileAccess | undefined;
+  private refs = 0;
+  private readonly tableSeq = new Map<string, number>();
+  private allSeq = 0;
+  private readonly internal = new Map<string, PreparedSql>();
+  private readonly rowidPlans = new Map<string, RowidPlan | null>();
+  private readonly reservations = new Map<string, Map<number | bigint, object>>();
+  private lastDataVersion: number | undefined;
+  private nextHandle = 1;
+
+  constructor(
+    readonly path: string,
+    readonly isFile: boolean,
+    options: { readonly?: boolean; fileMustExist?: boolean },
+    private readonly onClose: (engine: Engine) => void,
+  ) {
+    const { Database } = loadSqlite();
+    try {
+      this.db = new Database(path, { readOnly: options.readonly ?? false, fileMustExist: options.fileMustExist ?? false });
+    } catch (e) {
+      throw fromEngineError(e, path);
+    }
+    this.footprints = new FootprintAnalyzer(this.db);
+  }
+
+  /** Registers a handle; returns its id. */
+  retain(): number {
+    this.refs++;
+    return this.nextHandle++;
+  }
+
+  /** Unregisters a handle; the last one closes the engine. */
+  release(): void {
+    if (--this.refs > 0) return;
+    for (const p of this.internal.values()) p.finalize();
+    this.internal.clear();
+    this.fileAccess?.close();
+    try {
+      if (this.db.inTransaction) this.db.exec('ROLLBACK');
+    } catch {
+      // closing anyway
+    }
+    this.db.close();
+    this.onClose(this);
+  }
+
+  get isOpen(): boolean {
+    return this.db.isOpen;
+  }
+
+  /** Runs SQL without results on the engine, mapping errors. */
+  exec(sql: string): void {
+    try {
+      this.db.exec(sql);
+    } catch (e) {
+      throw fromEngineError(e);
+    }
+  }
+
+  /** Prepares a new engine statement (the caller finalizes it). */
+  prepare(sql: string, cls: StatementClass = classify(tokenize(sql))): PreparedSql {
+    let stmt;
+    try {
+      stmt = this.db.prepare(sql);
+    } catch (e) {
+      throw fromEngineError(e);
+    }
+    return new PreparedSql(sql, stmt, cls);
+  }
+
+  /** An engine-owned cached statement, for replays and bookkeeping queries. */
+  statement(sql: string): PreparedSql {
+    let p = this.internal.get(sql);
+    if (!p || p.stmt.isFinalized) {
+      p = this.prepare(sql);
+      if (this.internal.size > 500) {
+        for (const old of this.internal.values()) old.finalize();
+        this.internal.clear();
+      }
+      this.internal.set(sql, p);
+    }
+    return p;
+  }
+
+  /** Whether the real SQLite connection is inside a transaction. */
+  get inRealTransaction(): boolean {
+    return this.db.inTransaction;
+  }
+
+  /** Records that a commit (or autocommit statement) changed these tables. */
+  noteChanged(tables: Iterable<string>): void {
+    if (this.concurrentOpen === 0) return;
+    const seq = ++this.commitSeq;
+    for (const t of tables) {
+      if (t === ALL_TABLES) this.allSeq = seq;
+      else this.tableSeq.set(t, seq);
+    }
+  }
+
+  /** Whether any of `tables` may have changed after commit number `seq`. */
+  changedSince(tables: ReadonlySet<string>, seq: number): boolean {
+    if (this.allSeq > seq) return true;
+    for (const t of tables) {
+      if (t === ALL_TABLES) return this.commitSeq > seq;
+      if ((this.tableSeq.get(t) ?? 0) > seq) return true;
+    }
+    return false;
+  }
+
+  /** The schema changed (DDL ran): forget footprints and treat every table as changed. */
+  schemaChanged(): void {
+    this.footprints.invalidate();
+    this.rowidPlans.clear();
+    this.noteChanged([ALL_TABLES]);
+  }
+
+  /** Called when the count of open concurrent transactions drops to zero. */
+  forgetCounters(): void {
+    this.tableSeq.clear();
+    this.allSeq = 0;
+    this.commitSeq = 0;
+  }
+
+  /**
+   * Notices commits by other processes (file databases): when `PRAGMA data_version` moved, every
+   * table counts as changed and footprints are re-learned.
+   */
+  checkExternalChanges(): void {
+    if (!this.isFile) return;
+    const row = this.statement('PRAGMA data_version').execute(this.db, undefined, 'get').rows?.[0];
+    const v = row ? Number(Object.values(row)[0]) : 0;
+    if (this.lastDataVersion !== undefined && v !== this.lastDataVersion) {
+      this.footprints.invalidate();
+      this.rowidPlans.clear();
+      this.noteChanged([ALL_TABLES]);
+    }
+    this.lastDataVersion = v;
+  }
+
+  /**
+   * Moves the active concurrent transaction out of the engine (ROLLBACK); it comes back by
+   * re-execution when its handle runs its next statement or commits.
+   */
+  park(): void {
+    if (!this.active) return;
+    if (this.active.kind !== 'concurrent') throw new Error('siblite: cannot park a pessimistic transaction');
+    this.active = null;
+    if (this.db.inTransaction) this.exec('ROLLBACK');
+  }
+
+  // ---- rowid reservations ------------------------------------------------------------------
+
+  /**
+   * How to give this INSERT an explicit rowid, or null when it is not a single-row
+   * `INSERT ... VALUES` into a rowid table that leaves the rowid to SQLite.
+   */
+  rowidPlan(sql: string): RowidPlan | null {
+    let plan = this.rowidPlans.get(sql);
+    if (plan === undefined) {
+      plan = this.computeRowidPlan(sql);
+      this.rowidPlans.set(sql, plan);
+    }
+    return plan;
+  }
+
+  private computeRowidPlan(sql: string): RowidPlan | null {
+    const ins: SingleRowInsert | undefined = singleRowInsert(tokenize(sql));
+    if (!ins) return null;
+    const schema = ins.schema ?? 'main';
+    const q = (s: string) => `"${s.replace(/"/g, '""')}"`;
+    const info = this.statement(`SELECT name, type, pk FROM pragma_table_info(${sqlString(ins.table)}, ${sqlString(schema)})`)
+      .execute(this.db, undefined, 'all').rows as { name: string; type: string; pk: number }[];
+    if (info.length === 0) return null;
+    const ddl = this.statement(`SELECT sql FROM ${q(schema)}.sqlite_schema WHERE type = 'table' AND name = ${sqlString(ins.table)} COLLATE NOCASE`)
+      .execute(this.db, undefined, 'get').rows?.[0]?.sql as string | undefined;
+    if (!ddl || /without\s+rowid/i.test(ddl)) return null;
+    const pks = info.filter((c) => c.pk > 0);
+    const ipk = pks.length === 1 && pks[0]?.type.toUpperCase() === 'INTEGER' ? pks[0].name.toLowerCase() : undefined;
+    const names = new Set(info.map((c) => c.name.toLowerCase()));
+    if (names.has('rowid')) return null;
+    if (ins.columns.some((c) => c === 'rowid' || c === '_rowid_' || c === 'oid' || c === ipk)) return null;
+    const rewritten =
+      sql.slice(0, ins.columnsClose) + ', rowid' + sql.slice(ins.columnsClose, ins.valuesClose) +
+      `, ${ROWID_PARAM}` + sql.slice(ins.valuesClose);
+    return { table: `${schema.toLowerCase()}.${ins.table.toLowerCase()}`, sql: rewritten };
+  }
+
+  /** Whether some transaction other than `owner` holds reserved rowids in `table`. */
+  hasForeignReservations(table: string, owner: object | null): boolean {
+    const r = this.reservations.get(table);
+    if (!r || r.size === 0) return false;
+    for (const o of r.values()) if (o !== owner) return true;
+    return false;
+  }
+
+  /** A rowid above every row in `table` and every rowid reserved in it. */
+  freeRowid(plan: RowidPlan): number | bigint {
+    const [schema, table] = splitTable(plan.table);
+    const row = this.statement(`SELECT max(rowid) AS m FROM "${schema.replace(/"/g, '""')}"."${table.replace(/"/g, '""')}"`)
+      .execute(this.db, undefined, 'get').rows?.[0];
+    let max = BigInt((row?.m as number | bigint | null) ?? 0);
+    for (const r of this.reservations.get(plan.table)?.keys() ?? []) if (BigInt(r) > max) max = BigInt(r);
+    const next = max + 1n;
+    return next <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(next) : next;
+  }
+
+  reserve(table: string, rowid: number | bigint, owner: object): void {
+    let r = this.reservations.get(table);
+    if (!r) this.reservations.set(table, (r = new Map()));
+    r.set(rowid, owner);
+  }
+
+  unreserve(table: string, rowid: number | bigint, owner: object): void {
+    const r = this.reservations.get(table);
+    if (r?.get(rowid) === owner) r.delete(rowid);
+    if (r && r.size === 0) this.reservations.delete(table);
+  }
+
+  /** Whether any reservation exists (cheap guard for the hot path). */
+  get hasReservations(): boolean {
+    return this.reservations.size > 0;
+  }
+}
+
+function sqlString(s: string): string {
+  return `'${s.replace(/'/g, "''")}'`;
+}
+
+function splitTable(key: string): [string, string] {
+  const dot = key.indexOf('.');
+  return [key.slice(0, dot), key.slice(dot + 1)];
+}

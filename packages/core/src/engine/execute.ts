@@ -1,0 +1,147 @@
+/**
+ * Running one prepared engine statement: binding parameters (named ones without their prefix
+ * included), stepping, and reporting what the application sees. `changes` and
+ * `lastInsertRowid` are made deterministic per statement, instead of the connection-wide values
+ * SQLite reports, because one engine is shared by many handles: a SELECT reports 0 changes, and
+ * only an INSERT that inserted reports a rowid.
+ * @module
+ */
+import { fromEngineError, sqliteError } from '../errors.js';
+import { loadSqlite, type WasmStatement } from '../file/load.js';
+import type { StatementClass } from '../sql/lexer.js';
+
+/** A value SQLite can store, as siblite accepts it in parameters. */
+export type SqlValue = number | bigint | string | Uint8Array | null | boolean;
+
+/**
+ * Statement parameters: positional values as an array, one value, or an object of named values
+ * (keys with or without their `:`, `@` or `$` prefix).
+ */
+export type BindParams = readonly SqlValue[] | SqlValue | { readonly [name: string]: SqlValue };
+
+/** A result row: column name to value. */
+export type Row = Record<string, unknown>;
+
+/** How the application asked for results. */
+export type Want = 'run' | 'get' | 'all';
+
+/** What executing a statement showed the application. */
+export interface Outcome {
+  /** Rows for `get` (at most one) and `all`; undefined for `run`. */
+  rows: Row[] | undefined;
+  changes: number;
+  /** The rowid an INSERT inserted; undefined when the statement inserted nothing. */
+  insertedRowid: number | bigint | undefined;
+}
+
+interface LowLevel {
+  _sqlite3_reset(ptr: number): number;
+  _sqlite3_changes(db: number): number;
+  _sqlite3_last_insert_rowid(db: number): bigint;
+  _sqlite3_column_count(ptr: number): number;
+  cwrap(name: string, ret: string, args: string[]): (...args: unknown[]) => number;
+}
+
+let low: LowLevel | undefined;
+let bindIndex: ((ptr: number, name: string) => number) | undefined;
+function lowLevel(): LowLevel {
+  low ??= loadSqlite() as unknown as LowLevel;
+  return low;
+}
+
+const ptrOf = (o: unknown): number => (o as { _ptr: number })._ptr;
+
+/** A prepared engine statement with what siblite knows about it. */
+export class PreparedSql {
+  readonly returnsRows: boolean;
+  private readonly named = new Map<string, string>();
+
+  constructor(
+    readonly sql: string,
+    readonly stmt: WasmStatement,
+    readonly cls: StatementClass,
+  ) {
+    this.returnsRows = lowLevel()._sqlite3_column_count(ptrOf(stmt)) > 0;
+  }
+
+  get verb(): string {
+    return this.cls.type === 'dml' ? this.cls.verb : 'other';
+  }
+
+  /** Runs the statement on `db` (the engine connection it was prepared on). */
+  execute(db: unknown, params: BindParams | undefined, want: Want): Outcome {
+    const ll = lowLevel();
+    const values = this.normalize(params);
+    const writesRows = this.verb === 'insert' || this.verb === 'update' || this.verb === 'delete';
+    let rows: Row[] | undefined;
+    let changes = 0;
+    let rowid: number | bigint | undefined;
+    try {
+      if (want === 'run') {
+        const r = this.stmt.run(values);
+        if (this.returnsRows) {
+          ll._sqlite3_reset(ptrOf(this.stmt));
+          if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
+        } else if (writesRows) changes = r.changes;
+      } else if (want === 'get') {
+        const row = this.stmt.get(values);
+        rows = row === null ? [] : [row];
+        if (row !== null) ll._sqlite3_reset(ptrOf(this.stmt));
+        if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
+      } else {
+        rows = this.stmt.all(values);
+        if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
+      }
+    } catch (e) {
+      // Leave the statement reset so it holds no engine state.
+      ll._sqlite3_reset(ptrOf(this.stmt));
+      throw fromEngineError(e);
+    }
+    if (this.verb === 'insert' && changes > 0) {
+      const big = ll._sqlite3_last_insert_rowid(ptrOf(db));
+      rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+    }
+    return { rows, changes, insertedRowid: rowid };
+  }
+
+  /** Gives unprefixed named parameters the prefix the SQL uses; rejects unknown names. */
+  private normalize(params: BindParams | undefined): unknown {
+    if (params === null || typeof params !== 'object' || Array.isArray(params) || params instanceof Uint8Array) {
+      return params;
+    }
+    const out: Record<string, unknown> = {};
+    for (const key of Object.keys(params)) {
+      let name = this.named.get(key);
+      if (name === undefined) {
+        name = this.resolveName(key);
+        this.named.set(key, name);
+      }
+      out[name] = (params as Record<string, unknown>)[key];
+    }
+    return out;
+  }
+
+  private resolveName(key: string): string {
+    bindIndex ??= lowLevel().cwrap('sqlite3_bind_parameter_index', 'number', ['number', 'string']) as (
+      ptr: number,
+      name: string,
+    ) => number;
+    const ptr = ptrOf(this.stmt);
+    const candidates = ':@$'.includes(key[0] ?? '') ? [key] : [`:${key}`, `@${key}`, `$${key}`];
+    for (const c of candidates) if (bindIndex(ptr, c) > 0) return c;
+    throw sqliteError(`Unknown named parameter "${key}" in: ${this.sql}`, 'SQLITE_RANGE');
+  }
+
+  /** The 1-based index of a named parameter, 0 when absent. */
+  parameterIndex(name: string): number {
+    bindIndex ??= lowLevel().cwrap('sqlite3_bind_parameter_index', 'number', ['number', 'string']) as (
+      ptr: number,
+      name: string,
+    ) => number;
+    return bindIndex(ptrOf(this.stmt), name);
+  }
+
+  finalize(): void {
+    if (!this.stmt.isFinalized) this.stmt.finalize();
+  }
+}

@@ -1,0 +1,20 @@
+/**
+ * `@siblite/core`: one SQLite engine (WebAssembly, no native build) shared by sibling handles,
+ * each with its own transactions, including serializable, optimistic `BEGIN CONCURRENT`.
+ * @packageDocumentation
+ */
+export { open, type OpenOptions } from './open.js';
+export { Connection, type TransactionMode } from './connection.js';
+export { Statement, type RunResult } from './statement.js';
+export type { TransactionOptions } from './transaction.js';
+export type { BindParams, Row, SqlValue } from './engine/execute.js';
+export { retry, type RetryOptions } from './retry.js';
+export {
+  SqliteError,
+  BusyError,
+  errorKind,
+  isRetryable,
+  ERROR_KINDS,
+  type ErrorKind,
+  type SqliteErrorOptions,
+} from './errors.js';

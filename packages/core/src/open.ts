@@ -1,0 +1,65 @@
+/**
+ * `open()`: the process-wide registry that gives every open of one file the same engine.
+ * @module
+ */
+import { realpathSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Connection } from './connection.js';
+import { Engine } from './engine/engine.js';
+import { misuseError } from './errors.js';
+
+/** Options of {@link open}. */
+export interface OpenOptions {
+  /** Refuse writes through this handle and its siblings (`SQLITE_READONLY`); never create the file. Default false. */
+  readonly?: boolean;
+  /** Fail (kind `io`, `SQLITE_CANTOPEN`) instead of creating the file when it does not exist. Default false. */
+  fileMustExist?: boolean;
+}
+
+const engines = new Map<string, Engine>();
+
+/**
+ * Opens a database and returns a handle onto it. Every `open()` of the same file in this
+ * process (after resolving the path and symlinks) shares one engine; `':memory:'` (or `''`)
+ * always makes a new private in-memory database. Close every handle you open or connect; the
+ * engine closes with its last handle.
+ *
+ * @example
+ * ```ts
+ * import { open } from '@siblite/core';
+ * const db = open('app.db');
+ * db.exec('CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)');
+ * const worker = db.connect();
+ * worker.run('INSERT INTO notes (body) VALUES (?)', ['hello']);
+ * db.get('SELECT body FROM notes'); // { body: 'hello' }
+ * ```
+ * @throws SqliteError of kind `io` (`SQLITE_CANTOPEN`) when the file cannot be opened, `corrupt`
+ *   (`SQLITE_NOTADB`) when it is not a database, `misuse` for bad options.
+ */
+export function open(path: string, options: OpenOptions = {}): Connection {
+  if (typeof path !== 'string') throw misuseError('open(path): path must be a string');
+  if (options === null || typeof options !== 'object') throw misuseError('open(path, options): options must be an object');
+  const readonly = options.readonly === true;
+  if (path === ':memory:' || path === '') {
+    const engine = new Engine(':memory:', false, {}, () => {});
+    return new Connection(engine, readonly);
+  }
+  const key = canonicalPath(path);
+  let engine = engines.get(key);
+  if (!engine || !engine.isOpen) {
+    engine = new Engine(key, true, { fileMustExist: options.fileMustExist === true || readonly }, (e) => {
+      if (engines.get(key) === e) engines.delete(key);
+    });
+    engines.set(key, engine);
+  }
+  return new Connection(engine, readonly);
+}
+
+function canonicalPath(path: string): string {
+  const abs = resolve(path);
+  try {
+    return realpathSync(abs);
+  } catch {
+    return abs;
+  }
+}

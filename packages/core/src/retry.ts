@@ -1,0 +1,89 @@
+/**
+ * The retry loop for busy errors, on p-retry: exponential backoff with full jitter, only for
+ * errors that retrying can resolve.
+ * @module
+ */
+import pRetry from 'p-retry';
+import { isRetryable, type SqliteError } from './errors.js';
+
+/** Options of {@link retry}. */
+export interface RetryOptions {
+  /** How many times to run `fn` again after the first failure. Default 100. */
+  retries?: number;
+  /** The base delay in ms: the n-th retry waits a random time in [0, min(maxTimeout, minTimeout * 2^n)]. Default 1. */
+  minTimeout?: number;
+  /** The longest delay between two attempts, in ms. Default 100. */
+  maxTimeout?: number;
+  /** Give up once this many ms have passed since the first attempt began. Default 30000. */
+  maxElapsedMs?: number;
+  /** Stops retrying (and waiting) when aborted; the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Called before each retry with the busy error and the number of the attempt that failed (1-based). */
+  onRetry?: (error: SqliteError, attempt: number) => void;
+}
+
+/**
+ * Runs `fn`, and runs it again while it throws a retryable error (`BusyError`: `SQLITE_BUSY` or
+ * `SQLITE_BUSY_SNAPSHOT`), waiting a random, exponentially growing delay between attempts
+ * ("full jitter"). Any other error is thrown at once, unchanged. When the retries or the time
+ * budget run out, the last busy error is thrown.
+ *
+ * `fn` must be safe to run again: for a transaction, run the whole transaction inside `fn`
+ * (or use `conn.transaction(fn, { mode: 'concurrent' })`, which does exactly that).
+ *
+ * @example
+ * ```ts
+ * const total = await retry(() => conn.transaction(async (tx) => {
+ *   const { n } = tx.get('SELECT n FROM counters WHERE id = 1')!;
+ *   tx.run('UPDATE counters SET n = ? WHERE id = 1', [n + 1]);
+ *   return n + 1;
+ * }, { mode: 'concurrent', retry: { retries: 0 } }), { retries: 20 });
+ * ```
+ * @throws the first non-retryable error, the last busy error when the budget is spent, or the
+ *   signal's reason when aborted.
+ */
+export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options: RetryOptions = {}): Promise<T> {
+  const retries = options.retries ?? 100;
+  const minTimeout = options.minTimeout ?? 1;
+  const maxTimeout = options.maxTimeout ?? 100;
+  const maxElapsedMs = options.maxElapsedMs ?? 30_000;
+  const { signal, onRetry } = options;
+  if (!(retries >= 0) || !(minTimeout >= 0) || !(maxTimeout >= 0) || !(maxElapsedMs >= 0)) {
+    throw new RangeError('retry(): retries, minTimeout, maxTimeout and maxElapsedMs must be numbers >= 0');
+  }
+  signal?.throwIfAborted();
+  const started = performance.now();
+  return pRetry((attempt) => fn(attempt), {
+    retries,
+    minTimeout: 0,
+    maxTimeout: 0,
+    factor: 1,
+    maxRetryTime: maxElapsedMs,
+    signal,
+    unref: true,
+    shouldRetry: ({ error }) => isRetryable(error),
+    onFailedAttempt: async ({ error, attemptNumber, retriesLeft }) => {
+      if (!isRetryable(error) || retriesLeft <= 0) return;
+      const ceiling = Math.min(maxTimeout, minTimeout * 2 ** Math.min(attemptNumber - 1, 30));
+      const delay = Math.random() * ceiling;
+      if (performance.now() - started + delay > maxElapsedMs) return;
+      onRetry?.(error as SqliteError, attemptNumber);
+      if (delay >= 1) await sleep(delay, signal);
+    },
+  });
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      signal?.removeEventListener('abort', aborted);
+      resolve();
+    }
+    function aborted() {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    }
+    signal?.addEventListener('abort', aborted, { once: true });
+  });
+}

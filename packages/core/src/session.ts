@@ -1,0 +1,483 @@
+/**
+ * A handle's session: its transaction state and its statement cache, and the routing of every
+ * statement between the handle's own transaction and what other handles hold on the shared
+ * engine. The rules (see docs/concurrency.md):
+ *
+ * - No transaction active in the engine: run at once (autocommit).
+ * - Another handle's transaction is active: a read-only statement whose tables that
+ *   transaction has not written runs beside it; anything else either moves a concurrent
+ *   transaction out of the engine (park) or, against a pessimistic one, throws `SQLITE_BUSY`.
+ * - A `BEGIN CONCURRENT` transaction's statements bring it into the engine (resume, which
+ *   validates) and are logged with what they showed the application.
+ * @module
+ */
+import { ConcurrentTransaction, withRowid, type LogEntry } from './concurrent/transaction.js';
+import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
+import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
+import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
+import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
+import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
+
+/** A pessimistic transaction (`BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE]`, or an outer SAVEPOINT). */
+export class PessimisticTransaction implements OpenTransaction {
+  readonly kind = 'pessimistic' as const;
+  readonly writes = new Set<string>();
+  constructor(
+    readonly mode: Exclude<BeginMode, 'concurrent'>,
+    readonly handleId: number,
+  ) {}
+}
+
+/** A compiled statement: its class and, unless it is transaction control, its engine statement. */
+export interface CompiledSql {
+  readonly sql: string;
+  readonly cls: StatementClass;
+  readonly prepared: PreparedSql | undefined;
+}
+
+const CACHE_LIMIT = 256;
+const NO_ROWS: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
+
+export class Session {
+  readonly id: number;
+  tx: PessimisticTransaction | ConcurrentTransaction | null = null;
+  lastInsertRowid: number | bigint = 0;
+  /** A read-only handle refuses statements that would write. */
+  readonly = false;
+  private open = true;
+  /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
+  private abortedBySnapshot = false;
+  private readonly cache = new Map<string, CompiledSql>();
+  private readonly owned = new Set<{ finalizeFromSession(): void }>();
+
+  constructor(readonly engine: Engine) {
+    this.id = engine.retain();
+  }
+
+  get isOpen(): boolean {
+    return this.open;
+  }
+
+  assertOpen(): void {
+    if (!this.open) throw closedError(`Handle #${this.id}`);
+  }
+
+  // ---- compiling ----------------------------------------------------------------------------
+
+  /** Compiles one statement, cached per handle. */
+  compileCached(sql: string): CompiledSql {
+    let c = this.cache.get(sql);
+    if (c && (!c.prepared || !c.prepared.stmt.isFinalized)) return c;
+    c = this.compileOne(sql);
+    if (this.cache.size >= CACHE_LIMIT) {
+      const oldest = this.cache.keys().next().value as string;
+      this.cache.get(oldest)?.prepared?.finalize();
+      this.cache.delete(oldest);
+    }
+    this.cache.set(sql, c);
+    return c;
+  }
+
+  /** Compiles exactly one statement (uncached): the caller owns and finalizes it. */
+  compileOne(sql: string): CompiledSql {
+    this.assertOpen();
+    if (typeof sql !== 'string') throw misuseError('SQL must be a string');
+    const parts = splitStatements(sql);
+    if (parts.length === 0) throw misuseError('The SQL contains no statement');
+    if (parts.length > 1) throw misuseError('Only one statement is allowed here; use exec() for scripts');
+    return this.compileTokens(sql, classify((parts[0] as { tokens: ReturnType<typeof tokenize> }).tokens));
+  }
+
+  private compileTokens(sql: string, cls: StatementClass): CompiledSql {
+    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode';
+    return { sql, cls, prepared: control ? undefined : this.engine.prepare(sql, cls) };
+  }
+
+  /** Registers a user statement to finalize when the handle closes. */
+  own(s: { finalizeFromSession(): void }): void {
+    this.owned.add(s);
+  }
+
+  disown(s: { finalizeFromSession(): void }): void {
+    this.owned.delete(s);
+  }
+
+  // ---- running ------------------------------------------------------------------------------
+
+  /** Runs a script of statements without parameters, one by one, stopping at the first error. */
+  execScript(script: string): void {
+    this.assertOpen();
+    for (const part of splitStatements(script)) {
+      const c = this.compileTokens(part.sql, classify(part.tokens));
+      try {
+        this.run(c, undefined, 'run');
+      } finally {
+        c.prepared?.finalize();
+      }
+    }
+  }
+
+  /** Runs one compiled statement for this handle. */
+  run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    this.assertOpen();
+    const file = this.engine.fileAccess;
+    file?.beforeUse();
+    try {
+      const out = this.route(c, params, want);
+      if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
+      return out;
+    } finally {
+      file?.afterUse(this.engine.inRealTransaction);
+    }
+  }
+
+  private route(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    const cls = c.cls;
+    switch (cls.type) {
+      case 'begin':
+        this.begin(cls.mode);
+        return NO_ROWS;
+      case 'commit':
+        this.commit();
+        return NO_ROWS;
+      case 'rollback':
+        this.rollback();
+        return NO_ROWS;
+      case 'savepoint':
+      case 'release':
+      case 'rollback_to':
+        this.savepoint(c);
+        return NO_ROWS;
+      case 'journal_mode':
+        if (cls.value === 'mvcc') {
+          this.engine.mvcc = true;
+          return { rows: want === 'run' ? undefined : [{ journal_mode: 'mvcc' }], changes: 0, insertedRowid: undefined };
+        }
+        if (cls.value === null && this.engine.mvcc) {
+          return { rows: want === 'run' ? undefined : [{ journal_mode: 'mvcc' }], changes: 0, insertedRowid: undefined };
+        }
+        if (cls.value !== null) this.engine.mvcc = false;
+        return this.statement(c, params, want);
+      default:
+        return this.statement(c, params, want);
+    }
+  }
+
+  // ---- transaction control -------------------------------------------------------------------
+
+  begin(mode: BeginMode): void {
+    if (this.tx) throw misuseError('cannot start a transaction within a transaction');
+    this.abortedBySnapshot = false;
+    if (mode === 'concurrent') {
+      this.tx = new ConcurrentTransaction(this.engine, this.id);
+      return;
+    }
+    this.claimForPessimistic();
+    this.engine.exec(`BEGIN ${mode.toUpperCase()}`);
+    this.tx = new PessimisticTransaction(mode, this.id);
+    this.engine.active = this.tx;
+  }
+
+  commit(): void {
+    const tx = this.tx;
+    if (!tx) throw misuseError('cannot commit - no transaction is active');
+    if (tx.kind === 'pessimistic') {
+      this.finishRealCommit(tx);
+      return;
+    }
+    const engine = this.engine;
+    if (engine.active !== tx) {
+      if (tx.readOnly) {
+        this.validateReadOnly(tx);
+        this.endConcurrent(tx, true);
+        return;
+      }
+      this.bringIn(tx);
+    }
+    this.finishRealCommit(tx);
+  }
+
+  rollback(): void {
+    const tx = this.tx;
+    if (!tx) {
+      if (this.abortedBySnapshot) {
+        this.abortedBySnapshot = false;
+        return;
+      }
+      throw misuseError('cannot rollback - no transaction is active');
+    }
+    this.rollbackTx(tx);
+  }
+
+  private rollbackTx(tx: PessimisticTransaction | ConcurrentTransaction): void {
+    const engine = this.engine;
+    if (engine.active === tx) {
+      engine.active = null;
+      if (engine.inRealTransaction) engine.exec('ROLLBACK');
+      if (tx.writes.has(ALL_TABLES) && tx.kind === 'pessimistic') engine.schemaChanged();
+    }
+    if (tx.kind === 'concurrent') tx.end();
+    this.tx = null;
+  }
+
+  private savepoint(c: CompiledSql): void {
+    const engine = this.engine;
+    const tx = this.tx;
+    if (!tx) {
+      if (c.cls.type !== 'savepoint') {
+        throw misuseError(`no such savepoint: ${(c.cls as { name: string }).name}`);
+      }
+      // An outermost SAVEPOINT starts a deferred transaction, as in SQLite.
+      this.claimForPessimistic();
+      engine.exec(c.sql);
+      this.tx = new PessimisticTransaction('deferred', this.id);
+      engine.active = this.tx;
+      return;
+    }
+    if (tx.kind === 'pessimistic') {
+      engine.exec(c.sql);
+      if (!engine.inRealTransaction) this.endPessimistic(tx, true); // RELEASE of the outermost
+      return;
+    }
+    if (engine.active !== tx) this.bringIn(tx);
+    engine.exec(c.sql);
+    tx.record({ sql: c.sql, params: undefined, want: 'run', footprint: CONTROL_FOOTPRINT, control: true });
+  }
+
+  /** Commits the real SQLite transaction of `tx` (which is active). */
+  private finishRealCommit(tx: PessimisticTransaction | ConcurrentTransaction): void {
+    const engine = this.engine;
+    try {
+      engine.exec('COMMIT');
+    } catch (e) {
+      if (!engine.inRealTransaction) {
+        // SQLite gave up the transaction; it is gone.
+        engine.active = null;
+        if (tx.kind === 'concurrent') tx.end();
+        this.tx = null;
+      }
+      throw e;
+    }
+    if (tx.kind === 'pessimistic') this.endPessimistic(tx, true);
+    else this.endConcurrent(tx, true);
+  }
+
+  private endPessimistic(tx: PessimisticTransaction, committed: boolean): void {
+    const engine = this.engine;
+    if (engine.active === tx) engine.active = null;
+    if (tx.writes.has(ALL_TABLES)) engine.schemaChanged();
+    else if (committed && tx.writes.size > 0) engine.noteChanged(tx.writes);
+    this.tx = null;
+  }
+
+  private endConcurrent(tx: ConcurrentTransaction, committed: boolean): void {
+    if (this.engine.active === tx) this.engine.active = null;
+    if (committed && tx.writes.size > 0) this.engine.noteChanged(tx.writes);
+    tx.end();
+    this.tx = null;
+  }
+
+  /** Makes room for this handle's pessimistic transaction, or throws SQLITE_BUSY. */
+  private claimForPessimistic(): void {
+    const a = this.engine.active;
+    if (!a) return;
+    if (a.kind === 'pessimistic') throw lockedBy(a);
+    this.engine.park();
+  }
+
+  /** Moves the concurrent transaction `tx` into the engine, validating it. */
+  private bringIn(tx: ConcurrentTransaction): void {
+    const a = this.engine.active;
+    if (a && a.kind === 'pessimistic') throw lockedBy(a);
+    this.engine.park();
+    try {
+      tx.resume();
+    } catch (e) {
+      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx);
+      throw e;
+    }
+  }
+
+  private validateReadOnly(tx: ConcurrentTransaction): void {
+    const engine = this.engine;
+    const reads = tx.readTables();
+    const a = engine.active;
+    if (a && intersects(reads, a.writes)) {
+      if (a.kind === 'pessimistic') throw lockedBy(a);
+      engine.park();
+    }
+    // Validate inside one read transaction so every read is checked against one snapshot.
+    const own = engine.active === null;
+    if (own) engine.exec('BEGIN');
+    try {
+      tx.validateReads();
+    } catch (e) {
+      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx);
+      throw e;
+    } finally {
+      if (own && engine.inRealTransaction) engine.exec('ROLLBACK');
+    }
+  }
+
+  private abortConcurrent(tx: ConcurrentTransaction): void {
+    if (this.engine.active === tx) this.engine.active = null;
+    tx.end();
+    if (this.tx === tx) this.tx = null;
+    this.abortedBySnapshot = true;
+  }
+
+  // ---- statements ---------------------------------------------------------------------------
+
+  private statement(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    const engine = this.engine;
+    const tx = this.tx;
+    if (this.readonly && (c.cls.type === 'ddl' || !engine.footprints.of(c.sql).readonly)) {
+      throw sqliteError(`attempt to write a readonly database (handle #${this.id} was opened read-only)`, 'SQLITE_READONLY');
+    }
+    if (tx === null) {
+      const a = engine.active;
+      if (a === null) return this.autocommit(c, params, want);
+      const fp = engine.footprints.of(c.sql);
+      if (fp.readonly && !intersects(fp.reads, a.writes)) return this.execute(c, params, want);
+      if (a.kind === 'pessimistic') throw lockedBy(a);
+      engine.park();
+      return this.autocommit(c, params, want);
+    }
+    if (tx.kind === 'pessimistic') return this.pessimisticStatement(tx, c, params, want);
+    return this.concurrentStatement(tx, c, params, want);
+  }
+
+  private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    const engine = this.engine;
+    const out = this.executeSteered(c, params, want, null);
+    if (c.cls.type === 'ddl') engine.schemaChanged();
+    else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
+      const fp = engine.footprints.of(c.sql);
+      if (!fp.readonly) engine.noteChanged(fp.writes);
+    }
+    return out;
+  }
+
+  private pessimisticStatement(
+    tx: PessimisticTransaction,
+    c: CompiledSql,
+    params: BindParams | undefined,
+    want: Want,
+  ): Outcome {
+    const engine = this.engine;
+    if (c.cls.type === 'ddl') tx.writes.add(ALL_TABLES);
+    else for (const t of engine.footprints.of(c.sql).writes) tx.writes.add(t);
+    try {
+      return this.executeSteered(c, params, want, tx);
+    } catch (e) {
+      if (!engine.inRealTransaction) this.endPessimistic(tx, false); // e.g. OR ROLLBACK
+      throw e;
+    }
+  }
+
+  private concurrentStatement(
+    tx: ConcurrentTransaction,
+    c: CompiledSql,
+    params: BindParams | undefined,
+    want: Want,
+  ): Outcome {
+    const engine = this.engine;
+    if (c.cls.type === 'ddl') {
+      throw misuseError(
+        'DDL (CREATE, DROP, ALTER, ...) is not allowed inside BEGIN CONCURRENT; the transaction is still open. ' +
+          'Run schema changes outside it, or in a BEGIN IMMEDIATE transaction.',
+      );
+    }
+    const fp = engine.footprints.of(c.sql);
+    if (engine.active !== tx) {
+      const a = engine.active;
+      const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !intersects(fp.reads, a.writes));
+      if (!inPlace) this.bringIn(tx);
+    }
+    const entry: LogEntry = { sql: c.sql, params: copyParams(params), want, footprint: fp, control: false };
+    let plan: RowidPlan | null = null;
+    try {
+      const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
+      entry.outcome = out;
+      if (plan !== null && out.insertedRowid !== undefined) {
+        const pl = plan as RowidPlan;
+        entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };
+      }
+      tx.record(entry);
+      return out;
+    } catch (e) {
+      const err = e as SqliteError;
+      if (engine.active === tx && !engine.inRealTransaction) {
+        // The statement ended the whole transaction (OR ROLLBACK, RAISE(ROLLBACK)).
+        engine.active = null;
+        this.abortConcurrent(tx);
+        this.abortedBySnapshot = false;
+      } else if (err.kind !== 'busy') {
+        entry.error = err.message;
+        tx.record(entry);
+      }
+      throw e;
+    }
+  }
+
+  /**
+   * Executes, giving a single-row INSERT an explicit rowid when another transaction holds
+   * reserved rowids in its table (so no two in-flight transactions are told the same rowid).
+   */
+  private executeSteered(
+    c: CompiledSql,
+    params: BindParams | undefined,
+    want: Want,
+    owner: object | null,
+    onPlan?: (plan: RowidPlan) => void,
+  ): Outcome {
+    const engine = this.engine;
+    if (c.cls.type === 'dml' && c.cls.verb === 'insert' && (owner instanceof ConcurrentTransaction || engine.hasReservations)) {
+      const plan = engine.rowidPlan(c.sql);
+      if (plan) {
+        onPlan?.(plan);
+        if (engine.hasForeignReservations(plan.table, owner)) {
+          const stmt = engine.statement(plan.sql);
+          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want);
+        }
+      }
+    }
+    return this.execute(c, params, want);
+  }
+
+  private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    return (c.prepared as PreparedSql).execute(this.engine.db, params, want);
+  }
+
+  // ---- closing ------------------------------------------------------------------------------
+
+  close(): void {
+    if (!this.open) return;
+    try {
+      if (this.tx) this.rollbackTx(this.tx);
+    } finally {
+      this.open = false;
+      for (const s of this.owned) s.finalizeFromSession();
+      this.owned.clear();
+      for (const c of this.cache.values()) c.prepared?.finalize();
+      this.cache.clear();
+      this.engine.release();
+    }
+  }
+}
+
+const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true };
+
+function lockedBy(a: OpenTransaction): SqliteError {
+  const what = a instanceof PessimisticTransaction ? `a BEGIN ${a.mode.toUpperCase()}` : 'a';
+  return sqliteError(
+    `database is locked: handle #${a.handleId} holds ${what} transaction whose uncommitted state this statement would see or change; retry when it ends`,
+    'SQLITE_BUSY',
+  );
+}
+
+function copyParams(params: BindParams | undefined): BindParams | undefined {
+  if (Array.isArray(params)) return [...(params as unknown[])] as BindParams;
+  if (params !== null && typeof params === 'object' && !(params instanceof Uint8Array)) return { ...(params as object) } as BindParams;
+  return params;
+}

@@ -1,0 +1,87 @@
+/**
+ * `conn.transaction(fn)`: BEGIN, run, COMMIT, with rollback on error and the retry loop.
+ * @module
+ */
+import type { Connection, TransactionMode } from './connection.js';
+import { errorKind, misuseError } from './errors.js';
+import { retry, type RetryOptions } from './retry.js';
+
+/** Options of `conn.transaction()`. */
+export interface TransactionOptions {
+  /** The transaction mode. Default `deferred`. */
+  mode?: TransactionMode;
+  /** Options of the retry loop that reruns the transaction on busy errors, or `false` for none. */
+  retry?: RetryOptions | false;
+}
+
+const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
+let savepoints = 0;
+
+/** @internal */
+export async function runTransaction<T>(
+  conn: Connection,
+  fn: (conn: Connection) => T | Promise<T>,
+  options: TransactionOptions,
+): Promise<T> {
+  const mode = options.mode ?? 'deferred';
+  if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
+  if (conn.inTransaction) return nested(conn, fn);
+  const once = async (): Promise<T> => {
+    conn.session.begin(mode);
+    try {
+      const result = await fn(conn);
+      await commit(conn);
+      return result;
+    } catch (e) {
+      if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+      throw e;
+    }
+  };
+  if (options.retry === false) return once();
+  return retry(once, options.retry ?? {});
+}
+
+/**
+ * COMMIT. While a lock (`SQLITE_BUSY`, not a conflict) is in the way, the work stays open and
+ * COMMIT is tried again briefly; a conflict (`SQLITE_BUSY_SNAPSHOT`) has already ended it.
+ */
+async function commit(conn: Connection): Promise<void> {
+  const started = performance.now();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      conn.session.commit();
+      return;
+    } catch (e) {
+      const lockOnly = errorKind(e) === 'busy' && conn.inTransaction;
+      if (lockOnly && performance.now() - started < COMMIT_PATIENCE_MS) {
+        await new Promise((r) => setTimeout(r, Math.random() * Math.min(20, 2 ** attempt)));
+        continue;
+      }
+      if (conn.inTransaction) conn.session.rollback();
+      throw e;
+    }
+  }
+}
+
+/** How long COMMIT waits for a lock before the whole transaction is rolled back and retried. */
+const COMMIT_PATIENCE_MS = 2_000;
+
+async function nested<T>(conn: Connection, fn: (conn: Connection) => T | Promise<T>): Promise<T> {
+  const name = `siblite_sp_${++savepoints}`;
+  conn.exec(`SAVEPOINT ${name}`);
+  try {
+    const result = await fn(conn);
+    if (conn.inTransaction) conn.exec(`RELEASE ${name}`);
+    return result;
+  } catch (e) {
+    if (conn.inTransaction) {
+      try {
+        conn.exec(`ROLLBACK TO ${name}`);
+        conn.exec(`RELEASE ${name}`);
+      } catch {
+        // the outer transaction already ended (e.g. a conflict); the error below says why
+      }
+    }
+    throw e;
+  }
+}
