@@ -1,1 +1,37 @@
-export {};
+/**
+ * `@siblite/bus`: a durable command queue and event log inside a siblite database, with
+ * leases, claim tokens, consumer groups, retries, dead letters, workers and a transactional
+ * outbox.
+ *
+ * @packageDocumentation
+ */
+export { SqliteBus, type SqliteBusOptions, type DeadLetter, type DeadLetterFilter } from './sqlite-bus.js';
+export { BusError, ValidationError, StaleClaimError, DecodeError, PermanentError, BusClosedError } from './errors.js';
+export type {
+  Bus,
+  BusStats,
+  Backoff,
+  Delivery,
+  GroupStats,
+  Handler,
+  HandlerContext,
+  Handlers,
+  JsonValue,
+  Message,
+  MessageKind,
+  NameStats,
+  Payload,
+  ProduceOptions,
+  ProduceResult,
+  ReceiveOptions,
+  SettleOptions,
+  SubscribeOptions,
+  Worker,
+  WorkerCounters,
+  WorkerEvent,
+  WorkerOptions,
+} from './types.js';
+export { validateName, validateGroup, validateNamespace } from './validate.js';
+export { encodePayload, decodeRow, type EncodedPayload, type Encoding, type MessageRow } from './codec.js';
+export { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
+export { backoffPolicy, DEFAULT_BACKOFF } from './backoff.js';

@@ -1,0 +1,260 @@
+/**
+ * The transport-independent vocabulary of the bus: messages, handlers, options, workers,
+ * deliveries, stats, and the small {@link Bus} interface every transport implements.
+ *
+ * @module
+ */
+import type { Connection } from '@siblite/core';
+
+/** A JSON value: what a payload may be unless it is raw bytes. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** What `send` and `publish` accept as a payload. */
+export type Payload = JsonValue | Uint8Array | { readonly [key: string]: unknown } | readonly unknown[];
+
+/** `command`: queued, one consumer. `event`: logged, every group. */
+export type MessageKind = 'command' | 'event';
+
+/** A decoded message, as handlers and `receive()` see it. */
+export interface Message<P = unknown> {
+  /** Unique per queue (commands) or per log (events). */
+  readonly id: string;
+  /** Routing name. */
+  readonly name: string;
+  /** `command` or `event`. */
+  readonly kind: MessageKind;
+  /** The payload: a JSON value, or a `Uint8Array` for binary payloads. */
+  readonly payload: P;
+  /** `application/json` for JSON payloads unless the sender said otherwise. */
+  readonly contentType: string;
+  /** String headers (correlation and causation ids live here). */
+  readonly headers: Readonly<Record<string, string>>;
+  /** Ordering key, or `null`. Messages sharing a key are handled one at a time, in order. */
+  readonly key: string | null;
+  /** How many times this message has been claimed, this delivery included (1 on first delivery). */
+  readonly attempts: number;
+  /** When it was sent. */
+  readonly createdAt: Date;
+  /** When it became (or becomes) claimable. */
+  readonly availableAt: Date;
+  /** Events only: the position in the log (commit order). `null` for commands. */
+  readonly position: number | null;
+  /** Events only: the consumer group this delivery is for. `null` for commands. */
+  readonly group: string | null;
+}
+
+/** Options of `send` and `publish`. */
+export interface ProduceOptions {
+  /** Message id; a random UUID if omitted. Sending the same id twice stores the message once. */
+  id?: string;
+  /** String headers. */
+  headers?: Record<string, string>;
+  /** Content type; defaults to `application/json`, or `application/octet-stream` for bytes. */
+  contentType?: string;
+  /** Ordering key. */
+  key?: string;
+  /** Commands only: milliseconds before the command becomes claimable. */
+  delay?: number;
+  /**
+   * A `Connection` (possibly inside a transaction) to write the message with: the
+   * transactional outbox. The message exists only if that transaction commits.
+   */
+  conn?: Connection;
+}
+
+/** What `send` and `publish` return. */
+export interface ProduceResult {
+  /** The message id (generated when not given). */
+  readonly id: string;
+  /** `false` when a message with this id was already stored (nothing was written). */
+  readonly stored: boolean;
+}
+
+/** Retry delay policy: a fixed delay, exponential parameters, or a function of the attempt number. */
+export type Backoff =
+  | number
+  | { readonly type?: 'exponential'; readonly base?: number; readonly max?: number; readonly jitter?: boolean }
+  | ((attempt: number) => number);
+
+/** The second argument of a handler. */
+export interface HandlerContext {
+  /**
+   * A handle inside a `BEGIN CONCURRENT` transaction that commits together with the
+   * acknowledgement: writes through it take effect exactly once.
+   */
+  readonly conn: Connection;
+  /** Aborted when the worker stops hard (its `signal` aborted). */
+  readonly signal: AbortSignal;
+  /** Pushes this delivery's lease `ms` milliseconds from now. Throws `StaleClaimError` if lost. */
+  extendLease(ms: number): Promise<void>;
+}
+
+/** A message handler. Throw to retry (with backoff), throw `PermanentError` to dead-letter at once. */
+export type Handler<P = any> = (message: Message<P>, context: HandlerContext) => Promise<void> | void;
+
+/** Maps message names to handlers. */
+export type Handlers = Record<string, Handler>;
+
+/** A progress notification from a worker. */
+export type WorkerEvent =
+  | { readonly type: 'handled'; readonly message: Message; readonly ms: number }
+  | { readonly type: 'retry'; readonly message: Message; readonly error: unknown; readonly delay: number }
+  | { readonly type: 'dead'; readonly message: Message | null; readonly reason: string }
+  | { readonly type: 'unknown'; readonly message: Message }
+  | { readonly type: 'stale'; readonly message: Message }
+  | { readonly type: 'error'; readonly error: unknown };
+
+/** Options of `listen` and `subscribe`. */
+export interface WorkerOptions {
+  /** Handlers running at once in this worker. Default 1. */
+  concurrency?: number;
+  /** Lease in milliseconds: how long a claim is held before others may claim again. Default 30 000. */
+  lease?: number;
+  /** Claims per message before it is dead-lettered. Default 5. */
+  maxAttempts?: number;
+  /** Retry delay policy. Default exponential from 1 s, capped at 5 min, with jitter. */
+  backoff?: Backoff;
+  /** Aborting it stops the worker (like `stop()`). */
+  signal?: AbortSignal;
+  /** How often idle workers look for work from other processes, in ms. Default 1000. */
+  pollInterval?: number;
+  /**
+   * What to do with a message that has no handler: `ack` (default; counted as `unknown`),
+   * `deadLetter`, or `skip` (do not claim it at all: leave it for another worker).
+   */
+  onUnknown?: 'ack' | 'deadLetter' | 'skip';
+  /** Progress callback: called for every handled, retried, dead-lettered, unknown or stale message. */
+  onEvent?: (event: WorkerEvent) => void;
+}
+
+/** Options of `subscribe`. */
+export interface SubscribeOptions extends WorkerOptions {
+  /** Where a group that does not exist yet starts: `beginning` (default) or `end` of the log. */
+  startFrom?: 'beginning' | 'end';
+}
+
+/** Counters of a worker. */
+export interface WorkerCounters {
+  /** Messages claimed. */
+  claimed: number;
+  /** Messages handled and acknowledged. */
+  handled: number;
+  /** Handler failures that were scheduled for retry. */
+  retried: number;
+  /** Messages dead-lettered (failures, permanent errors, corrupt rows). */
+  deadLettered: number;
+  /** Messages without a handler. */
+  unknown: number;
+  /** Settlements refused because the claim had gone stale. */
+  stale: number;
+  /** Handlers running right now. */
+  inFlight: number;
+}
+
+/** A running consumer returned by `listen` and `subscribe`. */
+export interface Worker {
+  /** Live counters. */
+  readonly counters: Readonly<WorkerCounters>;
+  /** Graceful stop: no new claims; resolves when in-flight handlers have finished. */
+  stop(): Promise<void>;
+  /** Resolves when nothing is claimable right now and nothing is in flight in this worker. */
+  drain(): Promise<void>;
+}
+
+/** Options of `receive`. */
+export interface ReceiveOptions {
+  /** Receive an event for this consumer group instead of a command. */
+  group?: string;
+  /** Where a new group starts (see {@link SubscribeOptions.startFrom}). */
+  startFrom?: 'beginning' | 'end';
+  /** Lease in ms. Default 30 000. */
+  lease?: number;
+  /** Only claim messages with these names. */
+  names?: readonly string[];
+}
+
+/** Options of settlements that can join the caller's transaction. */
+export interface SettleOptions {
+  /** Run the settlement on this handle (for example inside your transaction). */
+  conn?: Connection;
+}
+
+/** A claimed message with its settlement methods, fenced by the claim token. */
+export interface Delivery<P = unknown> {
+  /** The message. */
+  readonly message: Message<P>;
+  /** The claim token. */
+  readonly token: string;
+  /** Marks the message handled. @throws StaleClaimError if the claim is no longer current. */
+  ack(options?: SettleOptions): Promise<void>;
+  /** Puts it back after `delay` ms (default 0). @throws StaleClaimError */
+  nack(options?: { delay?: number }): Promise<void>;
+  /** Moves it to the dead letters. @throws StaleClaimError */
+  deadLetter(reason: string): Promise<void>;
+  /** Keeps it aside for a person (listed with the dead letters, not retried). @throws StaleClaimError */
+  park(reason: string): Promise<void>;
+  /** Extends the lease to `ms` from now. @throws StaleClaimError */
+  extendLease(ms: number): Promise<void>;
+}
+
+/** Per-name queue counts. */
+export interface NameStats {
+  /** Claimable now. */
+  ready: number;
+  /** Waiting for their delay or backoff. */
+  delayed: number;
+  /** Claimed and not settled. */
+  inFlight: number;
+  /** Dead-lettered. */
+  dead: number;
+  /** Parked. */
+  parked: number;
+}
+
+/** Per-group counts. */
+export interface GroupStats {
+  /** All events at or below this position are settled for the group. */
+  offset: number;
+  /** Events after the offset. */
+  lag: number;
+  /** Events of the group being handled now. */
+  inFlight: number;
+  /** Events waiting for a retry. */
+  delayed: number;
+  /** Dead-lettered events of this group. */
+  dead: number;
+  /** Parked events of this group. */
+  parked: number;
+}
+
+/** What `stats()` returns. */
+export interface BusStats {
+  /** Commands, per name. */
+  readonly queue: Record<string, NameStats>;
+  /** Consumer groups. */
+  readonly groups: Record<string, GroupStats>;
+  /** Events in the log. */
+  readonly events: number;
+}
+
+/**
+ * The transport interface. `SqliteBus` implements it; a server-based transport (PostgreSQL
+ * with `FOR UPDATE SKIP LOCKED`, NATS JetStream) would implement the same interface and
+ * run the same conformance suite.
+ */
+export interface Bus {
+  /** Appends a command to the queue. */
+  send(name: string, payload: Payload, options?: ProduceOptions): Promise<ProduceResult>;
+  /** Appends an event to the log. */
+  publish(name: string, payload: Payload, options?: Omit<ProduceOptions, 'delay'>): Promise<ProduceResult>;
+  /** Starts competing consumers for commands. */
+  listen(handlers: Handlers, options?: WorkerOptions): Worker;
+  /** Starts a consumer of a group reading every event. */
+  subscribe(group: string, handlers: Handlers, options?: SubscribeOptions): Worker;
+  /** Claims one message (a command, or an event for `options.group`), or returns `undefined`. */
+  receive(options?: ReceiveOptions): Promise<Delivery | undefined>;
+  /** Counts per name and per group. */
+  stats(): Promise<BusStats>;
+  /** Stops workers and releases handles. */
+  close(): Promise<void>;
+}

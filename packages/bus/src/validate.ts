@@ -1,0 +1,158 @@
+/**
+ * The one place where caller-supplied identifiers and options are checked. Every public
+ * entry point validates here before any SQL runs; the namespace is the only caller string
+ * that ever reaches SQL text, and only after {@link validateNamespace} accepted it.
+ *
+ * @module
+ */
+import { ValidationError } from './errors.js';
+
+/** Longest accepted name, group or namespace, in bytes (all accepted characters are ASCII). */
+export const MAX_IDENTIFIER_BYTES = 128;
+/** Longest accepted message id or ordering key, in characters. */
+export const MAX_ID_LENGTH = 512;
+
+const NAME_RE = /^[A-Za-z0-9_.-]+$/;
+const GROUP_RE = /^[A-Za-z0-9_-]+$/;
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}...` : value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (typeof value === 'function') return 'a function';
+  return String(value);
+}
+
+function identifier(argument: string, value: unknown, re: RegExp, allowed: string): string {
+  if (typeof value !== 'string') {
+    throw new ValidationError(argument, `${argument} must be a string, got ${typeof value}`);
+  }
+  if (value.length === 0) throw new ValidationError(argument, `${argument} must not be empty`);
+  if (value.length > MAX_IDENTIFIER_BYTES) {
+    throw new ValidationError(argument, `${argument} ${describe(value)} is longer than ${MAX_IDENTIFIER_BYTES} bytes`);
+  }
+  if (!re.test(value)) {
+    throw new ValidationError(argument, `${argument} ${describe(value)} may contain only ${allowed}`);
+  }
+  return value;
+}
+
+/**
+ * Checks a message name: 1 to 128 bytes of ASCII letters, digits, `-`, `_` and `.`.
+ *
+ * @throws ValidationError when the name is not acceptable.
+ */
+export function validateName(name: unknown): string {
+  return identifier('name', name, NAME_RE, 'ASCII letters, digits, "-", "_" and "."');
+}
+
+/**
+ * Checks a consumer group: 1 to 128 bytes of ASCII letters, digits, `-` and `_`.
+ *
+ * @throws ValidationError when the group is not acceptable.
+ */
+export function validateGroup(group: unknown): string {
+  return identifier('group', group, GROUP_RE, 'ASCII letters, digits, "-" and "_"');
+}
+
+/**
+ * Checks the table namespace: 1 to 128 bytes of ASCII letters, digits, `-` and `_`, not
+ * starting with `sqlite_` (reserved by SQLite). Table names are derived from it.
+ *
+ * @throws ValidationError when the namespace is not acceptable.
+ */
+export function validateNamespace(namespace: unknown): string {
+  const ns = identifier('namespace', namespace, GROUP_RE, 'ASCII letters, digits, "-" and "_"');
+  if (ns.toLowerCase().startsWith('sqlite_')) {
+    throw new ValidationError('namespace', `namespace ${describe(ns)} must not start with "sqlite_" (reserved by SQLite)`);
+  }
+  return ns;
+}
+
+/**
+ * Checks a message id or ordering key: a non-empty string of at most 512 characters.
+ *
+ * @throws ValidationError when it is not acceptable.
+ */
+export function validateId(argument: 'id' | 'key', value: unknown): string {
+  if (typeof value !== 'string') throw new ValidationError(argument, `${argument} must be a string, got ${typeof value}`);
+  if (value.length === 0) throw new ValidationError(argument, `${argument} must not be empty`);
+  if (value.length > MAX_ID_LENGTH) throw new ValidationError(argument, `${argument} is longer than ${MAX_ID_LENGTH} characters`);
+  return value;
+}
+
+/**
+ * Checks headers: a plain object whose keys are non-empty strings and whose values are strings.
+ *
+ * @throws ValidationError when they are not acceptable.
+ */
+export function validateHeaders(headers: unknown): Record<string, string> {
+  if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) {
+    throw new ValidationError('headers', 'headers must be an object of string values');
+  }
+  const proto = Object.getPrototypeOf(headers);
+  if (proto !== Object.prototype && proto !== null) {
+    throw new ValidationError('headers', 'headers must be a plain object');
+  }
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (k.length === 0) throw new ValidationError('headers', 'header names must not be empty');
+    if (typeof v !== 'string') {
+      throw new ValidationError('headers', `header ${JSON.stringify(k)} must be a string, got ${typeof v}`);
+    }
+    out[k] = v;
+  }
+  return out;
+}
+
+/**
+ * Checks a content type: a non-empty string of at most 255 characters.
+ *
+ * @throws ValidationError when it is not acceptable.
+ */
+export function validateContentType(value: unknown): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 255) {
+    throw new ValidationError('contentType', 'contentType must be a non-empty string of at most 255 characters');
+  }
+  return value;
+}
+
+/**
+ * Checks a duration or delay in milliseconds: a finite number >= `min`.
+ *
+ * @throws ValidationError when it is not acceptable.
+ */
+export function validateMs(argument: string, value: unknown, min = 0): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
+    throw new ValidationError(argument, `${argument} must be a finite number >= ${min} (milliseconds), got ${describe(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Checks a positive integer option (`concurrency`, `maxAttempts`, `batch`, ...).
+ *
+ * @throws ValidationError when it is not acceptable.
+ */
+export function validatePositiveInt(argument: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+    throw new ValidationError(argument, `${argument} must be an integer >= 1, got ${describe(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Checks a handler map: an object mapping valid names to functions.
+ *
+ * @throws ValidationError when it is not acceptable.
+ */
+export function validateHandlers(handlers: unknown): void {
+  if (handlers === null || typeof handlers !== 'object') {
+    throw new ValidationError('handlers', 'handlers must be an object mapping names to functions');
+  }
+  for (const [name, fn] of Object.entries(handlers)) {
+    validateName(name);
+    if (typeof fn !== 'function') {
+      throw new ValidationError('handlers', `handler for ${JSON.stringify(name)} must be a function`);
+    }
+  }
+}
