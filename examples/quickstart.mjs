@@ -1,6 +1,7 @@
-// Quickstart: open a database, mint a sibling handle, write from one, read from the other,
-// and run a concurrent transaction that awaits in the middle.
-//   pnpm run build && node examples/quickstart.mjs
+// Quickstart (the README's main example, in a temp directory): open a database, connect
+// sibling handles, write from one and read from another, and run concurrent transactions that
+// await in the middle without losing an update.
+//   pnpm example        (= pnpm run build && node examples/quickstart.mjs)
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,53 +10,43 @@ import { open } from '@siblite/core';
 
 const dir = mkdtempSync(join(tmpdir(), 'siblite-quickstart-'));
 try {
-  // One engine per file per process; every handle on it is a Connection.
-  const db = open(join(dir, 'app.db'));
-  const sibling = db.connect(); // a second handle: its own transactions, same database
+  const db = open(join(dir, 'shop.db')); // every open() of shop.db in this process shares one engine
+  db.exec('CREATE TABLE IF NOT EXISTS stock (item TEXT PRIMARY KEY, qty INT NOT NULL)');
+  db.run("INSERT OR IGNORE INTO stock VALUES ('apple', 10)");
 
-  db.exec(`CREATE TABLE todo (
-    id    INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
-    done  INTEGER NOT NULL DEFAULT 0
-  )`);
+  // Write from one handle, read from a sibling: committed writes are visible at once.
+  const clerk = db.connect();
+  clerk.run('INSERT INTO stock VALUES (?, ?)', ['pear', 4]);
+  const pear = db.get('SELECT item, qty FROM stock WHERE item = ?', ['pear']);
+  console.log('written by one handle, read by another:', pear);
+  assert.deepEqual(pear, { item: 'pear', qty: 4 });
+  clerk.close();
 
-  // Write from one handle...
-  const { changes, lastInsertRowid } = db.run('INSERT INTO todo (title) VALUES (?)', ['write the docs']);
-  console.log(`inserted ${changes} row, id ${lastInsertRowid}`);
+  async function buy(item) {
+    const h = db.connect(); // a sibling handle: its own transactions
+    try {
+      return await h.transaction(
+        async (tx) => {
+          const { qty } = tx.get('SELECT qty FROM stock WHERE item = ?', [item]);
+          await new Promise((r) => setTimeout(r, 5)); // any await: a payment call, a fetch...
+          tx.run('UPDATE stock SET qty = ? WHERE item = ?', [qty - 1, item]);
+          return qty - 1;
+        },
+        { mode: 'concurrent' }, // optimistic, serializable, retried on conflict
+      );
+    } finally {
+      h.close();
+    }
+  }
 
-  // ...read from the other: committed writes are visible to every sibling at once.
-  const row = sibling.get('SELECT id, title, done FROM todo WHERE id = ?', [lastInsertRowid]);
-  console.log('the sibling reads:', row);
-  assert.deepEqual(row, { id: 1, title: 'write the docs', done: 0 });
-
-  // A concurrent transaction may await anything. It takes no lock, other handles keep working
-  // meanwhile, and its writes stay invisible to them until COMMIT.
-  const pending = sibling.transaction(
-    async (tx) => {
-      const todo = tx.get('SELECT title FROM todo WHERE id = ?', [lastInsertRowid]);
-      await new Promise((resolve) => setTimeout(resolve, 20)); // e.g. call another service
-      tx.run('UPDATE todo SET done = 1 WHERE id = ?', [lastInsertRowid]);
-      return todo.title;
-    },
-    { mode: 'concurrent' },
-  );
-
-  // While the transaction awaits, the first handle keeps working and does not see its write.
-  db.run('INSERT INTO todo (title) VALUES (?)', ['ship it']);
-  assert.equal(db.get('SELECT done FROM todo WHERE id = ?', [lastInsertRowid]).done, 0);
-  console.log('during the transaction, the other handle still sees done = 0');
-
-  const title = await pending; // COMMIT happened here
-  console.log(`committed: marked "${title}" done`);
-
-  const all = db.all('SELECT id, title, done FROM todo ORDER BY id');
-  console.log('after commit:', all);
-  assert.deepEqual(all, [
-    { id: 1, title: 'write the docs', done: 1 },
-    { id: 2, title: 'ship it', done: 0 },
-  ]);
-
-  sibling.close();
+  // Three purchases at once: each reads, awaits, writes. The transactions run side by side;
+  // the ones that conflict are run again, so no update is lost.
+  const left = await Promise.all([buy('apple'), buy('apple'), buy('apple')]);
+  console.log('each purchase saw qty left:', left.sort((a, b) => b - a).join(', '));
+  const apple = db.get("SELECT qty FROM stock WHERE item = 'apple'");
+  console.log('apples now:', apple, '(no lost update)');
+  assert.deepEqual(apple, { qty: 7 });
+  assert.deepEqual(left, [9, 8, 7]);
   db.close();
 } finally {
   rmSync(dir, { recursive: true, force: true });
