@@ -7,6 +7,8 @@ import { resolve } from 'node:path';
 import { Connection } from './connection.js';
 import { Engine } from './engine/engine.js';
 import { misuseError } from './errors.js';
+import type { LockingMode } from './file/access.js';
+import { fileSettings, type JournalMode, type SynchronousMode } from './file/database.js';
 
 /** Options of {@link open}. */
 export interface OpenOptions {
@@ -14,6 +16,17 @@ export interface OpenOptions {
   readonly?: boolean;
   /** Fail (kind `io`, `SQLITE_CANTOPEN`) instead of creating the file when it does not exist. Default false. */
   fileMustExist?: boolean;
+  /**
+   * File databases: how the file lock is held (see docs/files-and-processes.md). `'auto'`
+   * (default): held while this process uses the file, handed back when it is idle or another
+   * process waits. `'shared'`: taken and dropped by every statement. `'exclusive'`: held until
+   * the engine closes.
+   */
+  locking?: LockingMode;
+  /** File databases: `PRAGMA synchronous`. Default `'full'`. */
+  synchronous?: SynchronousMode;
+  /** File databases: `PRAGMA journal_mode`. Default `'delete'`; `'wal'` is rejected (kind `misuse`). */
+  journalMode?: JournalMode;
 }
 
 const engines = new Map<string, Engine>();
@@ -40,6 +53,7 @@ export function open(path: string, options: OpenOptions = {}): Connection {
   if (typeof path !== 'string') throw misuseError('open(path): path must be a string');
   if (options === null || typeof options !== 'object') throw misuseError('open(path, options): options must be an object');
   const readonly = options.readonly === true;
+  const settings = fileSettings(options); // validates (rejects journalMode 'wal')
   if (path === ':memory:' || path === '') {
     const engine = new Engine(':memory:', false, {}, () => {});
     return new Connection(engine, readonly);
@@ -47,10 +61,19 @@ export function open(path: string, options: OpenOptions = {}): Connection {
   const key = canonicalPath(path);
   let engine = engines.get(key);
   if (!engine || !engine.isOpen) {
-    engine = new Engine(key, true, { fileMustExist: options.fileMustExist === true || readonly }, (e) => {
+    engine = new Engine(key, true, { ...settings, readonly, fileMustExist: options.fileMustExist === true || readonly }, (e) => {
       if (engines.get(key) === e) engines.delete(key);
     });
     engines.set(key, engine);
+  } else {
+    for (const k of ['locking', 'synchronous', 'journalMode'] as const) {
+      if (options[k] !== undefined && engine.fileSettings && settings[k] !== engine.fileSettings[k]) {
+        throw misuseError(
+          `open(${JSON.stringify(path)}): ${k} '${settings[k]}' differs from '${engine.fileSettings[k]}', ` +
+            'which the file was already opened with in this process (one engine per file)',
+        );
+      }
+    }
   }
   return new Connection(engine, readonly);
 }

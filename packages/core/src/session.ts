@@ -126,6 +126,8 @@ export class Session {
       const out = this.route(c, params, want);
       if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
       return out;
+    } catch (e) {
+      throw file?.explain ? file.explain(e) : e;
     } finally {
       file?.afterUse(this.engine.inRealTransaction);
     }

@@ -8,6 +8,7 @@
  */
 import { fromEngineError } from '../errors.js';
 import { loadSqlite, type WasmDatabase } from '../file/load.js';
+import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
 import { singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
 import { PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
@@ -29,6 +30,8 @@ export interface OpenTransaction {
 export interface FileAccess {
   beforeUse(): void;
   afterUse(inTransaction: boolean): void;
+  /** Adds what the file lock knows (lock directory, owner) to a busy error from the last use. */
+  explain?(error: unknown): unknown;
   close(): void;
 }
 
@@ -55,6 +58,8 @@ export class Engine {
   /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
   mvcc = false;
   fileAccess: FileAccess | undefined;
+  /** Locking and durability settings of a file database (see src/file/). */
+  readonly fileSettings: FileSettings | undefined;
   private refs = 0;
   private readonly tableSeq = new Map<string, number>();
   private allSeq = 0;
@@ -67,14 +72,22 @@ export class Engine {
   constructor(
     readonly path: string,
     readonly isFile: boolean,
-    options: { readonly?: boolean; fileMustExist?: boolean },
+    options: { readonly?: boolean; fileMustExist?: boolean } & FileOptions,
     private readonly onClose: (engine: Engine) => void,
   ) {
-    const { Database } = loadSqlite();
-    try {
-      this.db = new Database(path, { readOnly: options.readonly ?? false, fileMustExist: options.fileMustExist ?? false });
-    } catch (e) {
-      throw fromEngineError(e, path);
+    if (isFile) {
+      // Checks the path, opens with crash-proof locks, applies durability and the lock policy.
+      const opened = openDatabaseFile(path, options);
+      this.db = opened.db;
+      this.fileAccess = opened.access;
+      this.fileSettings = opened.settings;
+    } else {
+      const { Database } = loadSqlite();
+      try {
+        this.db = new Database(path, { readOnly: options.readonly ?? false, fileMustExist: options.fileMustExist ?? false });
+      } catch (e) {
+        throw fromEngineError(e, path);
+      }
     }
     this.footprints = new FootprintAnalyzer(this.db);
   }

@@ -1,4 +1,23 @@
+/**
+ * Loads node-sqlite3-wasm once per process, with its file lock routed through siblite's lock
+ * manager (`lock.ts`).
+ *
+ * The package is a single CommonJS file that reaches the file system through a module-local
+ * `var fs = require("node:fs")`. Its source is evaluated here, like Node's own CommonJS loader
+ * does (same `module`, `exports`, `__filename`, `__dirname`, so it finds its `.wasm` next to
+ * itself), except that `require("node:fs")` returns a thin object whose prototype is the real
+ * `fs` and which overrides `mkdirSync`, `rmdirSync` and `accessSync` for paths ending in `.lock`.
+ * Everything else (reads, writes, fsync, the wasm binary) goes straight to the real `fs`.
+ *
+ * The WebAssembly heap belongs to one load: {@link loadSqlite} is memoized, and every siblite
+ * engine of the process uses the same module.
+ * @module
+ */
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import path from 'node:path';
+import vm from 'node:vm';
+import { acquire, checkReserved, release } from './lock.js';
 
 /** The parts of node-sqlite3-wasm that siblite uses. */
 export interface WasmStatement {
@@ -26,10 +45,62 @@ export interface SqliteModule {
   SQLite3Error: new (message: string) => Error;
 }
 
+/** The version this loader was written and checked against. */
+export const ENGINE_PACKAGE_VERSION = '0.8.60';
+
 let loaded: SqliteModule | undefined;
 
-/** Loads node-sqlite3-wasm once per process (one WebAssembly heap for all engines). */
+function isLockDir(p: unknown): p is string {
+  return typeof p === 'string' && p.endsWith('.lock');
+}
+
+/**
+ * The `fs` the engine sees: the real one, with the lock directory operations intercepted.
+ * The engine calls `mkdirSync(dir)` / `rmdirSync(dir)` / `accessSync(dir, F_OK)` for locks only;
+ * calls with other arguments pass through untouched.
+ */
+function lockingFs(): typeof fs {
+  const wrapped = Object.create(fs) as typeof fs;
+  const real = { mkdirSync: fs.mkdirSync, rmdirSync: fs.rmdirSync, accessSync: fs.accessSync };
+  Object.assign(wrapped, {
+    mkdirSync(p: fs.PathLike, options?: fs.MakeDirectoryOptions | fs.Mode | null) {
+      if (isLockDir(p) && options === undefined) return acquire(p);
+      return real.mkdirSync(p, options as fs.MakeDirectoryOptions);
+    },
+    rmdirSync(p: fs.PathLike, options?: fs.RmDirOptions) {
+      if (isLockDir(p) && options === undefined) return release(p);
+      return real.rmdirSync(p, options);
+    },
+    accessSync(p: fs.PathLike, mode?: number) {
+      if (isLockDir(p)) return checkReserved(p, mode);
+      return real.accessSync(p, mode);
+    },
+  });
+  return wrapped;
+}
+
+/**
+ * Loads node-sqlite3-wasm once per process (one WebAssembly heap for all engines), with
+ * siblite's lock manager in its VFS.
+ */
 export function loadSqlite(): SqliteModule {
-  loaded ??= createRequire(import.meta.url)('node-sqlite3-wasm') as SqliteModule;
+  if (loaded) return loaded;
+  const req = createRequire(import.meta.url);
+  const filename = req.resolve('node-sqlite3-wasm');
+  const source = fs.readFileSync(filename, 'utf8');
+  const pkgRequire = createRequire(filename);
+  const fsForEngine = lockingFs();
+  const engineRequire = (id: string): unknown => (id === 'node:fs' || id === 'fs' ? fsForEngine : pkgRequire(id));
+  const mod: { exports: Record<string, unknown> } = { exports: {} };
+  const fn = vm.compileFunction(source, ['exports', 'require', 'module', '__filename', '__dirname'], { filename });
+  fn.call(mod.exports, mod.exports, engineRequire, mod, filename, path.dirname(filename));
+  const m = mod.exports as unknown as Partial<SqliteModule>;
+  if (typeof m.Database !== 'function' || typeof m.SQLite3Error !== 'function') {
+    throw new Error(
+      `siblite: node-sqlite3-wasm at ${filename} did not export Database and SQLite3Error ` +
+        `(this loader expects version ${ENGINE_PACKAGE_VERSION})`,
+    );
+  }
+  loaded = m as SqliteModule;
   return loaded;
 }
