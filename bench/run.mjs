@@ -45,7 +45,9 @@ function machine() {
 function gitCommit() {
   try {
     const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
-    return sha;
+    // Measured code that differs from the commit (packages or bench) is flagged.
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'packages', 'bench'], { cwd: root, encoding: 'utf8' }).trim();
+    return dirty ? `${sha}+uncommitted changes` : sha;
   } catch {
     return 'unknown';
   }

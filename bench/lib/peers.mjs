@@ -1,7 +1,7 @@
 // Loading the peers. Each loader returns { ok: true, ... } or { ok: false, reason } and never
 // throws, so a suite can print a note and skip a peer that is missing on this machine.
 import { createRequire } from 'node:module';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -56,7 +56,7 @@ export async function loadSiblite(names = ['open']) {
     if (missing.length) return { ok: false, reason: `@siblite/core does not export ${missing.join(', ')} yet` };
     let version = 'workspace';
     try {
-      version = require('@siblite/core/package.json').version;
+      version = JSON.parse(readFileSync(new URL('../../packages/core/package.json', import.meta.url), 'utf8')).version;
     } catch {}
     return { ok: true, ...mod, version };
   } catch (e) {

@@ -4,7 +4,7 @@
 // connection (what Kysely's and Drizzle's SQLite drivers amount to).
 import { interleaved, sleep } from '../lib/measure.mjs';
 import { Mutex } from '../lib/mutex.mjs';
-import { loadWasm, loadSiblite } from '../lib/peers.mjs';
+import { loadWasm, loadSiblite, tempDir } from '../lib/peers.mjs';
 
 export const name = 'concurrent-tx';
 export const title = 'Concurrent transactions that await';
@@ -16,6 +16,7 @@ export const workload =
   '*siblite*: one `open(":memory:")` plus one `conn.connect()` sibling per handler, each transaction ' +
   "`await h.transaction(fn, { mode: 'concurrent', retry: { retries: 10000, minTimeout: 1, maxTimeout: 10, onRetry } })`. " +
   '*global mutex*: one raw node-sqlite3-wasm connection, each transaction `BEGIN` .. `COMMIT` inside one async mutex. ' +
+  'The same at 0% overlap on a database file (journal_mode DELETE, synchronous FULL: every commit is fsynced). ' +
   'Figures: committed transactions per second; abort rate = retries / (commits + retries). After every run the bench checks that ' +
   'every row holds exactly the number of committed increments (no lost update); a mismatch fails the bench.';
 export const ratio = 'committed tx/s of siblite concurrent transactions vs the global mutex, at 0% overlap (and the abort rate as overlap grows).';
@@ -54,7 +55,7 @@ export async function run({ quick, log }) {
   const versions = {};
   const checks = [];
   const perHandler = quick ? 3 : 20;
-  const rounds = quick ? 2 : 5;
+  const rounds = quick ? 2 : 7;
   const failures = [];
 
   const wasm = loadWasm();
@@ -62,8 +63,12 @@ export async function run({ quick, log }) {
   versions['node-sqlite3-wasm'] = wasm.version;
 
   // One run of the global-mutex peer: returns { txps, abortRate }.
-  async function mutexRun(overlap) {
-    const db = new wasm.Database(':memory:');
+  const tmp = tempDir('siblite-bench-tx-');
+  let fileNo = 0;
+  const pathFor = (storage) => (storage === 'file' ? tmp.file(`run-${++fileNo}.db`) : ':memory:');
+
+  async function mutexRun(overlap, storage) {
+    const db = new wasm.Database(pathFor(storage));
     try {
       db.exec(SCHEMA);
       const mutex = new Mutex();
@@ -92,7 +97,7 @@ export async function run({ quick, log }) {
       await Promise.all(Array.from({ length: HANDLERS }, (_, k) => handler(k + 1)));
       const elapsed = performance.now() - t0;
       const problem = verify(db.all('SELECT id, n FROM acct'), perHandler, overlap);
-      if (problem) failures.push(`global mutex, overlap ${overlap * 100}%: ${problem}`);
+      if (problem) failures.push(`global mutex, ${storage}, overlap ${overlap * 100}%: ${problem}`);
       getRow.finalize();
       setRow.finalize();
       return { txps: (HANDLERS * perHandler) / (elapsed / 1000), abortRate: 0 };
@@ -103,8 +108,8 @@ export async function run({ quick, log }) {
 
   const sib = await loadSiblite(['open']);
   // One run of the siblite peer.
-  async function sibliteRun(overlap) {
-    const root = sib.open(':memory:');
+  async function sibliteRun(overlap, storage) {
+    const root = sib.open(pathFor(storage));
     const handles = [];
     try {
       root.exec(SCHEMA);
@@ -128,7 +133,7 @@ export async function run({ quick, log }) {
       const elapsed = performance.now() - t0;
       const committed = HANDLERS * perHandler;
       const problem = verify(root.all('SELECT id, n FROM acct'), perHandler, overlap);
-      if (problem) failures.push(`siblite, overlap ${overlap * 100}%: ${problem}`);
+      if (problem) failures.push(`siblite, ${storage}, overlap ${overlap * 100}%: ${problem}`);
       return { txps: committed / (elapsed / 1000), abortRate: (100 * retries) / (committed + retries) };
     } finally {
       for (const h of handles) h.close();
@@ -145,15 +150,23 @@ export async function run({ quick, log }) {
   if (sib.ok) peers.unshift({ key: 'siblite', label: 'siblite, BEGIN CONCURRENT', run: sibliteRun });
 
   const cases = [];
-  for (const overlap of OVERLAPS) for (const p of peers) cases.push({ id: `${p.key}@${overlap * 100}`, overlap, peer: p, run: () => p.run(overlap) });
+  for (const overlap of OVERLAPS) {
+    for (const p of peers) cases.push({ id: `${p.key}@${overlap * 100}`, overlap, storage: 'memory', peer: p, run: () => p.run(overlap, 'memory') });
+  }
+  for (const p of peers) cases.push({ id: `${p.key}@file`, overlap: 0, storage: 'file', peer: p, run: () => p.run(0, 'file') });
   log(`${cases.length} cases, ${HANDLERS} handlers x ${perHandler} transactions each, ${rounds} interleaved rounds (+1 warm-up round)`);
-  const samples = await interleaved({ rounds, warmup: 1, cases, log });
+  let samples;
+  try {
+    samples = await interleaved({ rounds, warmup: 1, cases, log });
+  } finally {
+    tmp.cleanup();
+  }
 
   const figures = [];
   for (const c of cases) {
     figures.push({
       id: `tps:${c.id}`,
-      group: `committed tx/s, ${c.overlap * 100}% overlap`,
+      group: c.storage === 'file' ? 'committed tx/s, 0% overlap, file' : `committed tx/s, ${c.overlap * 100}% overlap`,
       peer: c.peer.label,
       unit: 'tx/s',
       samples: samples.get(c.id).map((s) => s.txps),
@@ -177,6 +190,7 @@ export async function run({ quick, log }) {
     den: `tps:mutex@${o * 100}`,
     ...(o === 0 ? { target: 10 } : {}),
   }));
+  ratios.push({ label: 'siblite / global mutex, 0% overlap, file', num: 'tps:siblite@file', den: 'tps:mutex@file' });
   checks.push(
     failures.length
       ? { ok: false, message: `final sums wrong (lost or extra updates): ${failures.slice(0, 3).join(' | ')}` }

@@ -103,8 +103,8 @@ export async function run({ quick, log }) {
     { key: 'file-select', label: 'point select, file', file: true, op: 'get' },
     { key: 'file-insert', label: 'insert autocommit, file', file: true, op: 'insert' },
   ];
-  const budgetMs = quick ? 15 : 300;
-  const rounds = quick ? 2 : 7;
+  const budgetMs = quick ? 15 : 200;
+  const rounds = quick ? 2 : 11;
 
   const cases = [];
   const handles = [];
