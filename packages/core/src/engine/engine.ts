@@ -122,8 +122,13 @@ export class Engine {
     try {
       this.db.exec(sql);
     } catch (e) {
-      throw fromEngineError(e);
+      throw this.explain(fromEngineError(e));
     }
+  }
+
+  /** Adds the file lock's explanation (lock directory, owner) to a busy error. */
+  explain(e: unknown): unknown {
+    return this.fileAccess?.explain ? this.fileAccess.explain(e) : e;
   }
 
   /** Prepares a new engine statement (the caller finalizes it). */
@@ -132,7 +137,7 @@ export class Engine {
     try {
       stmt = this.db.prepare(sql);
     } catch (e) {
-      throw fromEngineError(e);
+      throw this.explain(fromEngineError(e));
     }
     return new PreparedSql(sql, stmt, cls);
   }

@@ -5,6 +5,7 @@
  * handle's open transaction, and which tables a commit changed.
  * @module
  */
+import { fromEngineError } from '../errors.js';
 import type { WasmDatabase } from '../file/load.js';
 
 /** Tables are named `schema.table`; this one name stands for "every table". */
@@ -52,7 +53,12 @@ export class FootprintAnalyzer {
   of(sql: string): Footprint {
     let fp = this.cache.get(sql);
     if (!fp) {
-      fp = this.compute(sql);
+      try {
+        fp = this.compute(sql);
+      } catch (e) {
+        // Its queries need the file lock: SQLITE_BUSY when another process holds it.
+        throw fromEngineError(e);
+      }
       if (this.cache.size > 2000) this.cache.clear();
       this.cache.set(sql, fp);
     }

@@ -22,7 +22,7 @@
  */
 import { SqliteError } from '../errors.js';
 import type { WasmDatabase, WasmStatement } from './load.js';
-import { busyCount, isHeld, lastBusyInfo, lockDirOf, someoneWaiting, watchLock } from './lock.js';
+import { isHeld, lockDirOf, recentBusyInfo, someoneWaiting, watchLock } from './lock.js';
 
 /** How a file database locks its file. See the module documentation. */
 export type LockingMode = 'auto' | 'shared' | 'exclusive';
@@ -64,13 +64,14 @@ export interface FileAccess {
   /** Whether this process holds the file lock right now. */
   readonly holdsLock: boolean;
   /**
-   * When the last `SQLITE_BUSY` of this file came from another process's lock since
-   * `beforeUse()`, an explanation naming the lock directory and its owner; else undefined.
+   * When this file's lock was refused in the current synchronous run of JavaScript (so a
+   * "database is locked" error being handled now came from it), an explanation naming the lock
+   * directory and its owner; else undefined.
    */
   busyDetail(): string | undefined;
   /**
    * Returns `error` with {@link busyDetail} appended to its message when it is a busy error that
-   * came from another process's lock during this use; anything else is returned unchanged.
+   * came from the file lock just now; anything else is returned unchanged.
    */
   explain(error: unknown): unknown;
   /** Hands the lock back now if no transaction is open (as if idle). Returns whether it did. */
@@ -101,7 +102,6 @@ class Policy implements FileAccess {
   private nextCheck = 0;
   private yieldPending = false;
   private cooldownUntil = 0;
-  private busyMark = 0;
   private timer: NodeJS.Timeout | undefined;
   private touch: WasmStatement | undefined;
   private readonly unwatch: () => void;
@@ -132,7 +132,6 @@ class Policy implements FileAccess {
   }
 
   beforeUse(): void {
-    this.busyMark = busyCount();
     if (this.mode !== 'auto' || this.exclusive) return;
     if (this.cooldownUntil !== 0) {
       if (Date.now() < this.cooldownUntil) return;
@@ -154,8 +153,7 @@ class Policy implements FileAccess {
   }
 
   busyDetail(): string | undefined {
-    if (busyCount() === this.busyMark) return undefined;
-    return lastBusyInfo(this.lockDir)?.detail;
+    return recentBusyInfo(this.lockDir)?.detail;
   }
 
   explain(error: unknown): unknown {

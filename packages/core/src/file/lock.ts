@@ -88,6 +88,8 @@ const waitedFor = new Set<string>();
 /** Per lock directory: last time this process touched the wait marker. */
 const lastWaitMark = new Map<string, number>();
 const lastBusy = new Map<string, BusyInfo>();
+/** Refusals in the current synchronous run of JavaScript (cleared by a microtask). */
+const recentBusy = new Map<string, BusyInfo>();
 const listeners = new Map<string, Set<LockListener>>();
 
 let seq = 0;
@@ -277,7 +279,10 @@ function breakIfStale(lockDir: string, owner: LockOwner): boolean {
 
 function refuse(lockDir: string, error: NodeJS.ErrnoException, owner: LockOwner | null): never {
   stats.busy++;
-  lastBusy.set(lockDir, { lockDir, owner, detail: describe(lockDir, owner) });
+  const info = { lockDir, owner, detail: describe(lockDir, owner) };
+  lastBusy.set(lockDir, info);
+  if (recentBusy.size === 0) queueMicrotask(() => recentBusy.clear());
+  recentBusy.set(lockDir, info);
   markWaiting(lockDir);
   throw error;
 }
@@ -375,6 +380,14 @@ export function acquisitionCount(lockDir: string): number {
 /** Why the last attempt of this process to take the lock failed; undefined once it succeeded. */
 export function lastBusyInfo(lockDir: string): BusyInfo | undefined {
   return lastBusy.get(lockDir);
+}
+
+/**
+ * The refusal of this lock directory that happened in the current synchronous run of JavaScript,
+ * if any: an engine error "database is locked" caught in the same run came from it.
+ */
+export function recentBusyInfo(lockDir: string): BusyInfo | undefined {
+  return recentBusy.get(lockDir);
 }
 
 /** Subscribes to acquisitions and releases of one lock directory; returns the unsubscribe function. */
