@@ -5,6 +5,7 @@
  * which imports the built package (built here when missing or stale).
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { open, type Connection } from '../src/index.js';
 import { ensureBuilt, runWorker, spawnWorker } from './fixtures/harness.js';
@@ -194,6 +195,9 @@ describe('timers', () => {
     const how = await Promise.race([child.exited, new Promise((r) => setTimeout(() => r('still running'), 10_000))]);
     if (how === 'still running') await child.kill9();
     expect(how).toBe(0);
+    // It exited holding the lock (auto mode, not idle yet): the exit hook removed it.
+    expect(existsSync(`${file}.lock`)).toBe(false);
+    expect(readdirSync(dirname(file))).toEqual(['linger.db']);
   });
 
   it('files left next to the database are only the database (and markers of contention)', () => {
