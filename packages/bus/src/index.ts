@@ -5,10 +5,12 @@
  *
  * @packageDocumentation
  */
-export { SqliteBus, type SqliteBusOptions, type DeadLetter, type DeadLetterFilter } from './sqlite-bus.js';
+export { SqliteBus, type SqliteBusOptions } from './sqlite-bus.js';
 export { BusError, ValidationError, StaleClaimError, DecodeError, PermanentError, BusClosedError } from './errors.js';
 export type {
   Bus,
+  DeadLetter,
+  DeadLetterFilter,
   BusStats,
   Backoff,
   Delivery,

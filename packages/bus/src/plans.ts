@@ -165,6 +165,12 @@ export function buildPlans(namespace: string) {
         ORDER BY c.due_at, c.seq
         LIMIT :limit)
       RETURNING seq, ${MSG_COLS}, attempts, token`,
+    /**
+     * The next time a command becomes due in the future (a delay, a backoff or a lease
+     * ending). Rows already due but blocked by their ordering key are not counted: the
+     * settlement that unblocks them wakes the workers.
+     */
+    nextDueCommand: `SELECT min(due_at) AS due FROM ${queue} WHERE state IN ('ready', 'inflight') AND due_at > :now`,
     /** Settles a claimed command as handled (fenced by the token). */
     ackCommand: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = :now
       WHERE seq = :seq AND token = :token AND state = 'inflight'`,
@@ -232,6 +238,8 @@ export function buildPlans(namespace: string) {
       ON CONFLICT (grp, pos) DO UPDATE SET state = 'inflight', token = excluded.token, due_at = excluded.due_at,
         attempts = ${gstate}.attempts + 1
       RETURNING pos, attempts, token`,
+    /** The next time an event of the group becomes due in the future (a backoff or a lease ending). */
+    nextDueEvent: `SELECT min(due_at) AS due FROM ${gstate} WHERE grp = :grp AND state IN ('ready', 'inflight') AND due_at > :now`,
     /** Reads a numbered event (events are immutable once numbered). */
     getEvent: `SELECT pos, ${MSG_COLS} FROM ${log} WHERE pos = :pos`,
     /** Settles a claimed event as handled for the group (fenced). */

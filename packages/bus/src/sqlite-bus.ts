@@ -11,6 +11,8 @@ import { afterTransaction, notify } from './notify.js';
 import { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
 import type {
   Bus,
+  DeadLetter,
+  DeadLetterFilter,
   BusStats,
   Delivery,
   GroupStats,
@@ -46,40 +48,6 @@ export interface SqliteBusOptions {
   namespace?: string;
   /** Options of the core retry loop every database step runs in. */
   retry?: RetryOptions;
-}
-
-/** A dead-lettered or parked message, as listed by {@link SqliteBus.deadLetters}. */
-export interface DeadLetter {
-  /** Identifies the dead letter (for replay and purge). */
-  readonly deadId: number;
-  /** `queue` (a command) or `log` (an event, for one group). */
-  readonly source: 'queue' | 'log';
-  /** The group, for events. */
-  readonly group: string | null;
-  /** `dead` (failed) or `parked` (kept aside by a person's decision). */
-  readonly status: 'dead' | 'parked';
-  /** Why. */
-  readonly reason: string;
-  /** When. */
-  readonly failedAt: Date;
-  /** Claims made before it was set aside. */
-  readonly attempts: number;
-  /** The decoded message, or `null` when the stored row cannot be decoded. */
-  readonly message: Message | null;
-  /** The decode error when `message` is `null`. */
-  readonly decodeError: string | null;
-  /** The stored columns, verbatim. */
-  readonly raw: Readonly<Record<string, unknown>>;
-}
-
-/** Filters of {@link SqliteBus.deadLetters} and {@link SqliteBus.purgeDeadLetters}. */
-export interface DeadLetterFilter {
-  /** Only commands (`queue`) or only events (`log`). */
-  source?: 'queue' | 'log';
-  /** Only this group's events. */
-  group?: string;
-  /** Only dead or only parked. */
-  status?: 'dead' | 'parked';
 }
 
 /** A claimed row, before it becomes a {@link Delivery}. */
@@ -468,16 +436,14 @@ export class SqliteBus implements Bus {
 
   private async nextDueCommand(): Promise<number | null> {
     const row = await this.db((h) =>
-      h.get<{ due: number | null }>(`SELECT min(due_at) AS due FROM ${this.plans.tables.queue} WHERE state IN ('ready', 'inflight')`),
+      h.get<{ due: number | null }>(this.plans.nextDueCommand, { now: Date.now() }),
     );
     return row?.due ?? null;
   }
 
   private async nextDueEvent(group: string): Promise<number | null> {
     const row = await this.db((h) =>
-      h.get<{ due: number | null }>(`SELECT min(due_at) AS due FROM ${this.plans.tables.gstate} WHERE grp = :grp AND state IN ('ready', 'inflight')`, {
-        grp: group,
-      }),
+      h.get<{ due: number | null }>(this.plans.nextDueEvent, { grp: group, now: Date.now() }),
     );
     return row?.due ?? null;
   }

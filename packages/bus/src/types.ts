@@ -237,6 +237,40 @@ export interface BusStats {
   readonly events: number;
 }
 
+/** A dead-lettered or parked message, as listed by {@link SqliteBus.deadLetters}. */
+export interface DeadLetter {
+  /** Identifies the dead letter (for replay and purge). */
+  readonly deadId: number;
+  /** `queue` (a command) or `log` (an event, for one group). */
+  readonly source: 'queue' | 'log';
+  /** The group, for events. */
+  readonly group: string | null;
+  /** `dead` (failed) or `parked` (kept aside by a person's decision). */
+  readonly status: 'dead' | 'parked';
+  /** Why. */
+  readonly reason: string;
+  /** When. */
+  readonly failedAt: Date;
+  /** Claims made before it was set aside. */
+  readonly attempts: number;
+  /** The decoded message, or `null` when the stored row cannot be decoded. */
+  readonly message: Message | null;
+  /** The decode error when `message` is `null`. */
+  readonly decodeError: string | null;
+  /** The stored columns, verbatim. */
+  readonly raw: Readonly<Record<string, unknown>>;
+}
+
+/** Filters of {@link SqliteBus.deadLetters} and {@link SqliteBus.purgeDeadLetters}. */
+export interface DeadLetterFilter {
+  /** Only commands (`queue`) or only events (`log`). */
+  source?: 'queue' | 'log';
+  /** Only this group's events. */
+  group?: string;
+  /** Only dead or only parked. */
+  status?: 'dead' | 'parked';
+}
+
 /**
  * The transport interface. `SqliteBus` implements it; a server-based transport (PostgreSQL
  * with `FOR UPDATE SKIP LOCKED`, NATS JetStream) would implement the same interface and
@@ -255,6 +289,12 @@ export interface Bus {
   receive(options?: ReceiveOptions): Promise<Delivery | undefined>;
   /** Counts per name and per group. */
   stats(): Promise<BusStats>;
+  /** Lists dead letters and parked messages, oldest first. */
+  deadLetters(filter?: DeadLetterFilter & { limit?: number; after?: number }): Promise<DeadLetter[]>;
+  /** Replays one dead letter (back to the queue, or to its group). `false` if unknown. */
+  replayDeadLetter(deadId: number): Promise<boolean>;
+  /** Deletes dead letters matching the filter; returns how many. */
+  purgeDeadLetters(filter?: DeadLetterFilter & { before?: Date | number }): Promise<number>;
   /** Stops workers and releases handles. */
   close(): Promise<void>;
 }

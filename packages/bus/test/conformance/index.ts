@@ -1,0 +1,420 @@
+/**
+ * The transport conformance suite: behaviour every `Bus` implementation must show. It uses
+ * only the `Bus` interface, so a second transport (PostgreSQL, NATS JetStream) runs it by
+ * calling `busConformance('postgres', makeBus)`.
+ *
+ * Timing: short leases and backoffs, and assertions that wait for outcomes (never for
+ * durations), so the suite does not flake on slow machines.
+ */
+import { describe, expect, it } from 'vitest';
+import { PermanentError, StaleClaimError, ValidationError, type Bus, type Message } from '../../src/index.js';
+
+/** What a transport factory returns. */
+export interface BusFixture {
+  bus: Bus;
+  cleanup(): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+async function withBus(make: () => Promise<BusFixture>, fn: (bus: Bus) => Promise<void>): Promise<void> {
+  const f = await make();
+  try {
+    await fn(f.bus);
+  } finally {
+    await f.cleanup();
+  }
+}
+
+/** Registers the conformance tests for one transport. */
+export function busConformance(label: string, make: () => Promise<BusFixture>): void {
+  describe(`Bus conformance: ${label}`, () => {
+    it('point-to-point: N commands, several workers, each handled exactly once', async () => {
+      await withBus(make, async (bus) => {
+        const N = 200;
+        const seen = new Map<number, number>();
+        const handler = async (m: Message) => {
+          const i = (m.payload as { i: number }).i;
+          seen.set(i, (seen.get(i) ?? 0) + 1);
+          await sleep(Math.random() * 2);
+        };
+        const workers = [1, 2, 3].map(() => bus.listen({ 'job.run': handler }, { concurrency: 4, pollInterval: 20 }));
+        for (let i = 0; i < N; i++) await bus.send('job.run', { i });
+        await until(() => seen.size === N, 'all commands');
+        await Promise.all(workers.map((w) => w.drain()));
+        await Promise.all(workers.map((w) => w.stop()));
+        expect([...seen.values()].every((n) => n === 1)).toBe(true);
+        expect(workers.reduce((a, w) => a + w.counters.handled, 0)).toBe(N);
+        const stats = await bus.stats();
+        expect(stats.queue['job.run']?.ready ?? 0).toBe(0);
+        expect(stats.queue['job.run']?.inFlight ?? 0).toBe(0);
+      });
+    });
+
+    it('fan-out: two groups each see every event in log order', async () => {
+      await withBus(make, async (bus) => {
+        const a: number[] = [];
+        const b: number[] = [];
+        const wa = bus.subscribe('group-a', { 'thing.happened': (m) => void a.push(m.payload as number) }, { pollInterval: 20 });
+        const wb = bus.subscribe('group-b', { 'thing.happened': (m) => void b.push(m.payload as number) }, { pollInterval: 20 });
+        for (let i = 0; i < 50; i++) await bus.publish('thing.happened', i);
+        await until(() => a.length === 50 && b.length === 50, 'both groups');
+        const expected = Array.from({ length: 50 }, (_, i) => i);
+        expect(a).toEqual(expected);
+        expect(b).toEqual(expected);
+        await wa.stop();
+        await wb.stop();
+        const stats = await bus.stats();
+        expect(stats.groups['group-a']?.lag).toBe(0);
+        expect(stats.groups['group-b']?.offset).toBe(stats.groups['group-a']?.offset);
+      });
+    });
+
+    it('a group subscribing later starts from the beginning, or from the end if asked', async () => {
+      await withBus(make, async (bus) => {
+        for (let i = 0; i < 5; i++) await bus.publish('evt', i);
+        const early: number[] = [];
+        const late: number[] = [];
+        const w1 = bus.subscribe('late-beginning', { evt: (m) => void early.push(m.payload as number) }, { pollInterval: 20 });
+        const w2 = bus.subscribe('late-end', { evt: (m) => void late.push(m.payload as number) }, { pollInterval: 20, startFrom: 'end' });
+        await w1.drain();
+        await w2.drain();
+        await bus.publish('evt', 5);
+        await until(() => early.length === 6 && late.length === 1, 'late groups');
+        expect(early).toEqual([0, 1, 2, 3, 4, 5]);
+        expect(late).toEqual([5]);
+        await w1.stop();
+        await w2.stop();
+      });
+    });
+
+    it('a retryable failure is redelivered with backoff', async () => {
+      await withBus(make, async (bus) => {
+        const attempts: number[] = [];
+        const retries: number[] = [];
+        const w = bus.listen(
+          {
+            flaky: async (m) => {
+              attempts.push(m.attempts);
+              if (m.attempts < 3) throw new Error('transient');
+            },
+          },
+          { backoff: { base: 20, max: 100, jitter: false }, maxAttempts: 5, pollInterval: 10, onEvent: (e) => void (e.type === 'retry' && retries.push(e.delay)) },
+        );
+        await bus.send('flaky', null);
+        await until(() => w.counters.handled === 1, 'handled after retries');
+        await w.stop();
+        expect(attempts).toEqual([1, 2, 3]);
+        expect(retries).toEqual([20, 40]);
+        expect(w.counters.retried).toBe(2);
+        expect((await bus.stats()).queue.flaky?.dead ?? 0).toBe(0);
+      });
+    });
+
+    it("the group's offset does not advance past an unsettled event", async () => {
+      await withBus(make, async (bus) => {
+        let release = false;
+        const handled: number[] = [];
+        const w = bus.subscribe(
+          'g-offset',
+          {
+            e: async (m) => {
+              if (m.payload === 1 && !release) throw new Error('not yet');
+              handled.push(m.payload as number);
+            },
+          },
+          { concurrency: 2, backoff: 30, maxAttempts: 1000, pollInterval: 10 },
+        );
+        for (let i = 1; i <= 3; i++) await bus.publish('e', i);
+        await until(() => handled.includes(2) && handled.includes(3), 'events 2 and 3');
+        await until(async () => (await bus.stats()).groups['g-offset']?.lag === 1, 'lag 1');
+        const before = (await bus.stats()).groups['g-offset'];
+        expect(before?.offset).toBe(0);
+        release = true;
+        await until(() => handled.includes(1), 'event 1');
+        await until(async () => (await bus.stats()).groups['g-offset']?.lag === 0, 'lag 0');
+        expect((await bus.stats()).groups['g-offset']?.offset).toBe(3);
+        await w.stop();
+      });
+    });
+
+    it('maxAttempts dead-letters with the reason and the whole message', async () => {
+      await withBus(make, async (bus) => {
+        const w = bus.listen({ doomed: () => Promise.reject(new Error('boom')) }, { maxAttempts: 2, backoff: 5, pollInterval: 10 });
+        await bus.send('doomed', { x: [1, 'two'] }, { id: 'doomed-1', headers: { 'correlation-id': 'c-1' }, key: 'k' });
+        await until(() => w.counters.deadLettered === 1, 'dead letter');
+        await w.stop();
+        const dead = await bus.deadLetters({ source: 'queue' });
+        expect(dead).toHaveLength(1);
+        const d = dead[0]!;
+        expect(d.reason).toMatch(/boom/);
+        expect(d.reason).toMatch(/2 of 2/);
+        expect(d.attempts).toBe(2);
+        expect(d.status).toBe('dead');
+        expect(d.message).toMatchObject({ id: 'doomed-1', name: 'doomed', payload: { x: [1, 'two'] }, headers: { 'correlation-id': 'c-1' }, key: 'k' });
+        expect((await bus.stats()).queue.doomed).toMatchObject({ ready: 0, inFlight: 0, dead: 1 });
+        // replay puts it back with a fresh attempt count; purge removes dead letters
+        expect(await bus.replayDeadLetter(d.deadId)).toBe(true);
+        const again = await bus.receive();
+        expect(again?.message.id).toBe('doomed-1');
+        expect(again?.message.attempts).toBe(1);
+        await again!.park('a person should look at this');
+        const parked = await bus.deadLetters({ status: 'parked' });
+        expect(parked.map((p) => p.reason)).toEqual(['a person should look at this']);
+        expect(await bus.purgeDeadLetters()).toBe(1);
+        expect(await bus.deadLetters()).toEqual([]);
+      });
+    });
+
+    it('PermanentError dead-letters at once', async () => {
+      await withBus(make, async (bus) => {
+        const w = bus.listen({ bad: () => Promise.reject(new PermanentError('invalid input')) }, { maxAttempts: 10, pollInterval: 10 });
+        await bus.send('bad', 1);
+        await until(() => w.counters.deadLettered === 1, 'dead letter');
+        await w.stop();
+        const [d] = await bus.deadLetters();
+        expect(d?.attempts).toBe(1);
+        expect(d?.reason).toMatch(/invalid input/);
+      });
+    });
+
+    it('a stale worker whose lease expired cannot ack the newer claim', async () => {
+      await withBus(make, async (bus) => {
+        await bus.send('slow', 'x');
+        const first = await bus.receive({ lease: 30 });
+        expect(first?.message.attempts).toBe(1);
+        await sleep(60);
+        const second = await bus.receive({ lease: 30_000 });
+        expect(second?.message.id).toBe(first?.message.id);
+        expect(second?.message.attempts).toBe(2);
+        await expect(first!.ack()).rejects.toBeInstanceOf(StaleClaimError);
+        await expect(first!.nack()).rejects.toBeInstanceOf(StaleClaimError);
+        await expect(first!.deadLetter('x')).rejects.toBeInstanceOf(StaleClaimError);
+        await expect(first!.extendLease(1000)).rejects.toBeInstanceOf(StaleClaimError);
+        await second!.extendLease(60_000);
+        await second!.ack();
+        await expect(second!.ack()).rejects.toBeInstanceOf(StaleClaimError);
+        expect(await bus.receive()).toBeUndefined();
+      });
+    });
+
+    it('a stale event claim cannot ack the newer claim of the group', async () => {
+      await withBus(make, async (bus) => {
+        await bus.publish('ev', 'x');
+        const first = await bus.receive({ group: 'stale-g', lease: 30 });
+        await sleep(60);
+        const second = await bus.receive({ group: 'stale-g' });
+        expect(second?.message.position).toBe(first?.message.position);
+        await expect(first!.ack()).rejects.toBeInstanceOf(StaleClaimError);
+        await second!.ack();
+        await until(async () => (await bus.stats()).groups['stale-g']?.lag === 0, 'lag 0');
+      });
+    });
+
+    it('nack puts a command back after its delay', async () => {
+      await withBus(make, async (bus) => {
+        await bus.send('n', 1);
+        const d = await bus.receive();
+        await d!.nack({ delay: 50 });
+        expect(await bus.receive()).toBeUndefined();
+        expect((await bus.stats()).queue.n?.delayed).toBe(1);
+        await sleep(70);
+        const again = await bus.receive();
+        expect(again?.message.attempts).toBe(2);
+        await again!.ack();
+      });
+    });
+
+    it('the same id twice is stored once', async () => {
+      await withBus(make, async (bus) => {
+        expect(await bus.send('once', 1, { id: 'same' })).toEqual({ id: 'same', stored: true });
+        expect(await bus.send('once', 2, { id: 'same' })).toEqual({ id: 'same', stored: false });
+        expect(await bus.publish('once', 1, { id: 'same' })).toEqual({ id: 'same', stored: true });
+        expect(await bus.publish('once', 2, { id: 'same' })).toEqual({ id: 'same', stored: false });
+        const d = await bus.receive();
+        expect(d?.message.payload).toBe(1);
+        await d!.ack();
+        expect((await bus.send('once', 3, { id: 'same' })).stored).toBe(false);
+        expect(await bus.receive()).toBeUndefined();
+        expect((await bus.stats()).events).toBe(1);
+      });
+    });
+
+    it('delayed commands are not claimable before their time', async () => {
+      await withBus(make, async (bus) => {
+        await bus.send('later', 'b', { delay: 80 });
+        await bus.send('later', 'a');
+        const seen: string[] = [];
+        const w = bus.listen({ later: (m) => void seen.push(m.payload as string) }, { pollInterval: 10 });
+        await until(() => seen.length === 1, 'first');
+        expect(seen).toEqual(['a']);
+        await until(() => seen.length === 2, 'the delayed one');
+        expect(seen).toEqual(['a', 'b']);
+        await w.stop();
+      });
+    });
+
+    it('messages sharing an ordering key are handled one at a time, in order', async () => {
+      await withBus(make, async (bus) => {
+        const order = new Map<string, number[]>();
+        let running = new Map<string, number>();
+        let overlap = false;
+        const w = bus.listen(
+          {
+            k: async (m) => {
+              const key = m.key!;
+              running.set(key, (running.get(key) ?? 0) + 1);
+              if (running.get(key)! > 1) overlap = true;
+              await sleep(Math.random() * 3);
+              if ((m.payload as number) % 7 === 3 && m.attempts === 1) {
+                running.set(key, running.get(key)! - 1);
+                throw new Error('retry me');
+              }
+              order.set(key, [...(order.get(key) ?? []), m.payload as number]);
+              running.set(key, running.get(key)! - 1);
+            },
+          },
+          { concurrency: 8, backoff: 5, pollInterval: 10 },
+        );
+        for (let i = 0; i < 60; i++) await bus.send('k', i, { key: `key-${i % 3}` });
+        await until(() => [...order.values()].reduce((a, v) => a + v.length, 0) === 60, 'all keyed');
+        await w.stop();
+        expect(overlap).toBe(false);
+        for (const [key, seq] of order) {
+          const k = Number(key.slice(4));
+          expect(seq).toEqual(Array.from({ length: 20 }, (_, j) => j * 3 + k));
+        }
+        running = new Map();
+      });
+    });
+
+    it('stop() is graceful: in-flight handlers finish, nothing new is claimed', async () => {
+      await withBus(make, async (bus) => {
+        let finished = 0;
+        let started = 0;
+        const w = bus.listen(
+          {
+            s: async () => {
+              started++;
+              await sleep(30);
+              finished++;
+            },
+          },
+          { concurrency: 2, pollInterval: 10 },
+        );
+        for (let i = 0; i < 6; i++) await bus.send('s', i);
+        await until(() => started >= 2, 'two started');
+        await w.stop();
+        expect(finished).toBe(started);
+        const startedAtStop = started;
+        await sleep(50);
+        expect(started).toBe(startedAtStop);
+        const stats = await bus.stats();
+        expect(stats.queue.s?.inFlight ?? 0).toBe(0);
+        expect(stats.queue.s?.ready).toBe(6 - finished);
+      });
+    });
+
+    it('an AbortSignal stops the worker', async () => {
+      await withBus(make, async (bus) => {
+        const ac = new AbortController();
+        let n = 0;
+        const w = bus.listen({ a: () => void n++ }, { signal: ac.signal, pollInterval: 10 });
+        await bus.send('a', 1);
+        await until(() => n === 1, 'one');
+        ac.abort();
+        await w.stop();
+        await bus.send('a', 2);
+        await sleep(40);
+        expect(n).toBe(1);
+      });
+    });
+
+    it('unknown names are acked and counted', async () => {
+      await withBus(make, async (bus) => {
+        const w = bus.listen({ known: () => {} }, { pollInterval: 10 });
+        await bus.send('unknown.name', 1);
+        await until(() => w.counters.unknown === 1, 'unknown counted');
+        await w.stop();
+        expect(await bus.receive()).toBeUndefined();
+      });
+    });
+
+    it('bad input is rejected with typed errors and nothing is written', async () => {
+      await withBus(make, async (bus) => {
+        const cyclic: Record<string, unknown> = {};
+        cyclic.self = cyclic;
+        const bad: [string, () => Promise<unknown> | unknown][] = [
+          ['empty name', () => bus.send('', 1)],
+          ['space in name', () => bus.send('a b', 1)],
+          ['quote in name', () => bus.send('a"; DROP TABLE x; --', 1)],
+          ['long name', () => bus.send('x'.repeat(129), 1)],
+          ['unicode name', () => bus.publish('é', 1)],
+          ['bigint', () => bus.send('ok', { n: 1n } as never)],
+          ['cycle', () => bus.send('ok', cyclic as never)],
+          ['function', () => bus.send('ok', { f: () => 1 } as never)],
+          ['NaN', () => bus.send('ok', Number.NaN)],
+          ['date', () => bus.send('ok', { d: new Date() } as never)],
+          ['negative delay', () => bus.send('ok', 1, { delay: -1 })],
+          ['NaN delay', () => bus.send('ok', 1, { delay: Number.NaN })],
+          ['event delay', () => bus.publish('ok', 1, { delay: 5 } as never)],
+          ['empty id', () => bus.send('ok', 1, { id: '' })],
+          ['bad header', () => bus.send('ok', 1, { headers: { a: 1 } as never })],
+          ['bad group', () => bus.subscribe('g.with.dots', { ok: () => {} })],
+          ['bad group receive', () => bus.receive({ group: 'no spaces' })],
+          ['bad handler name', () => bus.listen({ 'bad name': () => {} })],
+          ['bad concurrency', () => bus.listen({ ok: () => {} }, { concurrency: 0 })],
+          ['bad lease', () => bus.listen({ ok: () => {} }, { lease: -5 })],
+        ];
+        for (const [what, fn] of bad) {
+          let error: unknown;
+          try {
+            await fn();
+          } catch (e) {
+            error = e;
+          }
+          expect(error, what).toBeInstanceOf(ValidationError);
+        }
+        const stats = await bus.stats();
+        expect(stats.queue).toEqual({});
+        expect(stats.events).toBe(0);
+        expect(Object.keys(stats.groups)).toEqual([]);
+      });
+    });
+
+    it('binary payloads round-trip with their content type', async () => {
+      await withBus(make, async (bus) => {
+        await bus.send('bin', new Uint8Array([0, 1, 2, 255]), { contentType: 'application/x-thing' });
+        await bus.send('json', { a: 'é', b: [null, true, 1.5] });
+        const a = await bus.receive();
+        expect(a?.message.payload).toEqual(new Uint8Array([0, 1, 2, 255]));
+        expect(a?.message.contentType).toBe('application/x-thing');
+        await a!.ack();
+        const b = await bus.receive();
+        expect(b?.message.payload).toEqual({ a: 'é', b: [null, true, 1.5] });
+        expect(b?.message.contentType).toBe('application/json');
+        await b!.ack();
+      });
+    });
+
+    it('drain() resolves when nothing is claimable', async () => {
+      await withBus(make, async (bus) => {
+        let n = 0;
+        const w = bus.listen({ d: () => void n++ }, { concurrency: 4, pollInterval: 5_000 });
+        await w.drain();
+        for (let i = 0; i < 20; i++) await bus.send('d', i);
+        await w.drain();
+        expect(n).toBe(20);
+        await w.stop();
+      });
+    });
+  });
+}
