@@ -39,6 +39,7 @@ function machine() {
     memoryGB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
     os: `${distro ? distro + ', ' : ''}${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
+    loadAverageAtStart: os.loadavg().map((x) => Math.round(x * 100) / 100), // 1, 5, 15 min: others' work on a shared machine
   };
 }
 
@@ -163,6 +164,7 @@ for (const f of files) {
 }
 
 results.durationMs = Math.round(performance.now() - started);
+results.machine.loadAverageAtEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
 mkdirSync(join(here, 'results'), { recursive: true });
 render(results); // smoke-tests the report generator in every mode
 if (quick) {

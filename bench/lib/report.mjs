@@ -96,7 +96,8 @@ export function renderChart(suite) {
 }
 
 function machineLine(m) {
-  return `${m.cpu} (${m.cores} cores), ${m.memoryGB} GB RAM, ${m.os}, Node ${m.node}`;
+  const load = m.loadAverageAtStart ? `; load average (1/5/15 min) ${m.loadAverageAtStart.join(' / ')} at start, ${(m.loadAverageAtEnd ?? []).join(' / ')} at end` : '';
+  return `${m.cpu} (${m.cores} cores), ${m.memoryGB} GB RAM, ${m.os}, Node ${m.node}${load}`;
 }
 
 /** The markdown page for a results object. */
