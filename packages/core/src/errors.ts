@@ -106,12 +106,22 @@ export class BusyError extends SqliteError {
 
 /** The kind of `e` when it is a siblite error; `other` for anything else. Never throws. */
 export function errorKind(e: unknown): ErrorKind {
-  return e instanceof SqliteError ? e.kind : 'other';
+  try {
+    if (!(e instanceof SqliteError)) return 'other';
+    const kind: unknown = e.kind;
+    return typeof kind === 'string' && (ERROR_KINDS as readonly string[]).includes(kind) ? (kind as ErrorKind) : 'other';
+  } catch {
+    return 'other'; // a hostile or revoked Proxy
+  }
 }
 
 /** True when `e` is a siblite error that retrying may resolve (the busy kinds). Never throws. */
 export function isRetryable(e: unknown): boolean {
-  return e instanceof SqliteError && e.retryable;
+  try {
+    return e instanceof SqliteError && e.retryable === true;
+  } catch {
+    return false; // a hostile or revoked Proxy
+  }
 }
 
 /** Builds the right class for a code: {@link BusyError} for the busy kinds. */

@@ -53,24 +53,45 @@ export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options:
   }
   signal?.throwIfAborted();
   const started = performance.now();
-  return pRetry((attempt) => fn(attempt), {
-    retries,
-    minTimeout: 0,
-    maxTimeout: 0,
-    factor: 1,
-    maxRetryTime: maxElapsedMs,
-    signal,
-    unref: true,
-    shouldRetry: ({ error }) => isRetryable(error),
-    onFailedAttempt: async ({ error, attemptNumber, retriesLeft }) => {
-      if (!isRetryable(error) || retriesLeft <= 0) return;
-      const ceiling = Math.min(maxTimeout, minTimeout * 2 ** Math.min(attemptNumber - 1, 30));
-      const delay = Math.random() * ceiling;
-      if (performance.now() - started + delay > maxElapsedMs) return;
-      onRetry?.(error as SqliteError, attemptNumber);
-      if (delay >= 1) await sleep(delay, signal);
-    },
-  });
+  const attempt = async (n: number): Promise<T> => {
+    try {
+      return await fn(n);
+    } catch (e) {
+      // p-retry replaces thrown non-errors with a TypeError; carry them through unchanged.
+      throw e instanceof Error ? e : new NonError(e);
+    }
+  };
+  try {
+    return await pRetry(attempt, {
+      retries,
+      minTimeout: 0,
+      maxTimeout: 0,
+      factor: 1,
+      maxRetryTime: maxElapsedMs,
+      signal,
+      unref: true,
+      shouldRetry: ({ error }) => isRetryable(error),
+      onFailedAttempt: async ({ error, attemptNumber, retriesLeft }) => {
+        if (!isRetryable(error) || retriesLeft <= 0) return;
+        const ceiling = Math.min(maxTimeout, minTimeout * 2 ** Math.min(attemptNumber - 1, 30));
+        const delay = Math.random() * ceiling;
+        // The next attempt would start past the budget: give up now with this error (p-retry
+        // would otherwise run it at once, without the delay and without onRetry).
+        if (performance.now() - started + delay >= maxElapsedMs) throw error;
+        onRetry?.(error as SqliteError, attemptNumber);
+        if (delay >= 1) await sleep(delay, signal);
+      },
+    });
+  } catch (e) {
+    throw e instanceof NonError ? e.value : e;
+  }
+}
+
+/** A thrown value that is not an Error, boxed on its way through p-retry. */
+class NonError extends Error {
+  constructor(readonly value: unknown) {
+    super('non-error thrown');
+  }
 }
 
 function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {

@@ -25,8 +25,11 @@ export async function runTransaction<T>(
 ): Promise<T> {
   const mode = options.mode ?? 'deferred';
   if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
+  conn.session.assertOpen();
   if (conn.inTransaction) return nested(conn, fn);
   const once = async (): Promise<T> => {
+    // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
+    conn.session.assertOpen();
     conn.session.begin(mode);
     try {
       const result = await fn(conn);

@@ -54,6 +54,8 @@ const ptrOf = (o: unknown): number => (o as { _ptr: number })._ptr;
 /** A prepared engine statement with what siblite knows about it. */
 export class PreparedSql {
   readonly returnsRows: boolean;
+  /** An upsert (`ON CONFLICT ... DO UPDATE`) may change rows without inserting any. */
+  private readonly upsert: boolean;
   private readonly named = new Map<string, string>();
 
   constructor(
@@ -62,6 +64,7 @@ export class PreparedSql {
     readonly cls: StatementClass,
   ) {
     this.returnsRows = lowLevel()._sqlite3_column_count(ptrOf(stmt)) > 0;
+    this.upsert = this.verb === 'insert' && /\bdo\s+update\b/i.test(sql);
   }
 
   get verb(): string {
@@ -76,6 +79,9 @@ export class PreparedSql {
     let rows: Row[] | undefined;
     let changes = 0;
     let rowid: number | bigint | undefined;
+    // An upsert that only updated leaves SQLite's connection-wide last_insert_rowid alone, and on
+    // a shared engine that value may be another handle's insert: report a rowid only if it moved.
+    const rowidBefore = this.upsert ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
     try {
       if (want === 'run') {
         const r = this.stmt.run(values);
@@ -97,8 +103,8 @@ export class PreparedSql {
       ll._sqlite3_reset(ptrOf(this.stmt));
       throw fromEngineError(e);
     }
-    if (this.verb === 'insert' && changes > 0) {
-      const big = ll._sqlite3_last_insert_rowid(ptrOf(db));
+    const big = this.verb === 'insert' && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    if (big !== undefined && big !== rowidBefore) {
       rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
     }
     return { rows, changes, insertedRowid: rowid };
@@ -106,7 +112,9 @@ export class PreparedSql {
 
   /** Gives unprefixed named parameters the prefix the SQL uses; rejects unknown names. */
   private normalize(params: BindParams | undefined): unknown {
-    if (params === null || typeof params !== 'object' || Array.isArray(params) || params instanceof Uint8Array) {
+    // A single blob is one value; the engine would take it for an object of named parameters.
+    if (params instanceof Uint8Array) return [params];
+    if (params === null || typeof params !== 'object' || Array.isArray(params)) {
       return params;
     }
     const out: Record<string, unknown> = {};

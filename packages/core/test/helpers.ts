@@ -1,0 +1,76 @@
+/**
+ * Shared helpers of the core tests: temp directories and handles that are cleaned up after
+ * each test, and assertions on the typed errors.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, expect } from 'vitest';
+import { BusyError, open, SqliteError, type Connection, type ErrorKind, type OpenOptions } from '../src/index.js';
+
+/** Temp dirs and handles of one test file; everything is closed and removed after each test. */
+export function useScope() {
+  const conns: Connection[] = [];
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const c of conns.splice(0).reverse()) c.close();
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const scope = {
+    dir(): string {
+      const d = mkdtempSync(join(tmpdir(), 'siblite-test-'));
+      dirs.push(d);
+      return d;
+    },
+    file(name = 'db.sqlite'): string {
+      return join(scope.dir(), name);
+    },
+    track<T extends Connection>(c: T): T {
+      conns.push(c);
+      return c;
+    },
+    open(path: string, options?: OpenOptions): Connection {
+      return scope.track(open(path, options));
+    },
+    connect(c: Connection): Connection {
+      return scope.track(c.connect());
+    },
+  };
+  return scope;
+}
+
+/** Runs `fn` and returns what it threw; fails the test when it did not throw. */
+export function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected the call to throw, but it returned');
+}
+
+/** Asserts `fn` throws a SqliteError of this kind (and code), with `retryable` and the class consistent. */
+export function expectSqliteError(fn: () => unknown, kind: ErrorKind, code?: string | RegExp): SqliteError {
+  const e = thrown(fn);
+  return checkSqliteError(e, kind, code);
+}
+
+/** Asserts `e` is a SqliteError of this kind (and code). */
+export function checkSqliteError(e: unknown, kind: ErrorKind, code?: string | RegExp): SqliteError {
+  if (!(e instanceof SqliteError)) throw new Error(`expected a SqliteError of kind ${kind}, got: ${String(e)}`, { cause: e });
+  expect({ kind: e.kind, message: e.message }).toEqual({ kind, message: e.message });
+  if (typeof code === 'string') expect(e.code).toBe(code);
+  else if (code) expect(e.code).toMatch(code);
+  const busy = kind === 'busy' || kind === 'busy_snapshot';
+  expect(e.retryable).toBe(busy);
+  expect(e instanceof BusyError).toBe(busy);
+  expect(e).toBeInstanceOf(Error);
+  return e;
+}
+
+/** Asserts `fn` throws BusyError SQLITE_BUSY. */
+export function expectBusy(fn: () => unknown): SqliteError {
+  return expectSqliteError(fn, 'busy', 'SQLITE_BUSY');
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
