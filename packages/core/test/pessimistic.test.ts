@@ -206,6 +206,24 @@ describe('transaction-control errors', () => {
   });
 });
 
+describe('statements that end the transaction themselves', () => {
+  it('INSERT OR ROLLBACK and RAISE(ROLLBACK) end it: the handle is back in autocommit, others are free', () => {
+    const [base, a, b] = setup('memory');
+    base.exec("CREATE TRIGGER no_boom BEFORE INSERT ON t WHEN new.v = 'boom' BEGIN SELECT RAISE(ROLLBACK, 'no boom'); END");
+    for (const bad of ["INSERT OR ROLLBACK INTO t VALUES (1, 'dup')", "INSERT INTO t VALUES (9, 'boom')"]) {
+      a.exec('BEGIN IMMEDIATE');
+      a.run("INSERT INTO t VALUES (2, 'two')");
+      expectBusy(() => rowsOf(b));
+      const e = expectSqliteError(() => a.run(bad), bad.includes('boom') ? 'sql' : 'constraint');
+      expect(e.message).toMatch(bad.includes('boom') ? /no boom/ : /UNIQUE/);
+      expect(a.inTransaction).toBe(false);
+      expect(rowsOf(b)).toEqual([{ id: 1, v: 'one' }]);
+      expectSqliteError(() => a.exec('COMMIT'), 'misuse');
+      b.exec('BEGIN IMMEDIATE; COMMIT');
+    }
+  });
+});
+
 describe('savepoints', () => {
   for (const way of ['exec', 'run', 'prepare'] as const) {
     it(`an outer SAVEPOINT starts a transaction and RELEASE commits it (${way})`, () => {
