@@ -142,10 +142,14 @@ export function buildPlans(namespace: string) {
     getInstance: `SELECT value FROM ${meta} WHERE key = 'instance'`,
 
     // ---------------------------------------------------------------- commands
-    /** Appends a command; the same id twice is stored once. */
+    /**
+     * Appends a command. A second row with the same id fails on the UNIQUE index and the
+     * caller reports `stored: false`. (A plain INSERT rather than an upsert: the core
+     * reserves rowids for plain single-row INSERTs in concurrent transactions, so two
+     * outbox transactions do not conflict merely by being handed the same rowid.)
+     */
     send: `INSERT INTO ${queue} (id, name, kind, encoding, payload, content_type, headers, key, attempts, created_at, available_at, state, due_at)
-           VALUES (:id, :name, 'command', :encoding, :payload, :contentType, :headers, :key, 0, :now, :availableAt, 'ready', :availableAt)
-           ON CONFLICT (id) DO NOTHING`,
+           VALUES (:id, :name, 'command', :encoding, :payload, :contentType, :headers, :key, 0, :now, :availableAt, 'ready', :availableAt)`,
     /**
      * Claims up to :limit due commands in one atomic statement: ready rows whose time has
      * come and in-flight rows whose lease ended, oldest first, skipping any row whose
@@ -196,10 +200,9 @@ export function buildPlans(namespace: string) {
     pruneCommands: `DELETE FROM ${queue} WHERE state = 'done' AND settled_at < :before`,
 
     // ---------------------------------------------------------------- events
-    /** Appends an event, unnumbered; the same id twice is stored once. */
+    /** Appends an event, unnumbered; a duplicate id fails on the UNIQUE index (see `send`). */
     publish: `INSERT INTO ${log} (pos, id, target, replay_of, name, kind, encoding, payload, content_type, headers, key, created_at, available_at)
-      VALUES (NULL, :id, NULL, NULL, :name, 'event', :encoding, :payload, :contentType, :headers, :key, :now, :now)
-      ON CONFLICT (id) WHERE target IS NULL DO NOTHING`,
+      VALUES (NULL, :id, NULL, NULL, :name, 'event', :encoding, :payload, :contentType, :headers, :key, :now, :now)`,
     /**
      * The sequencer: numbers every committed, unnumbered event after the current maximum
      * position, in insertion order, in one atomic statement (so numbering happens after

@@ -4,7 +4,7 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { retry, type Connection, type RetryOptions } from '@siblite/core';
+import { retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
 import { decodeRow, encodeHeaders, encodePayload, type MessageRow } from './codec.js';
 import { BusClosedError, DecodeError, StaleClaimError, ValidationError } from './errors.js';
 import { afterTransaction, notify } from './notify.js';
@@ -212,7 +212,7 @@ export class SqliteBus implements Bus {
     const delay = options.delay === undefined ? 0 : validateMs('delay', options.delay);
     const now = Date.now();
     const params = { ...p.params, now, availableAt: now + Math.ceil(delay) };
-    const changes = await this.write(options.conn, (h) => h.run(this.plans.send, params).changes);
+    const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.send, params));
     this.afterProduce(options.conn, 'queue');
     return { id: p.id, stored: changes > 0 };
   }
@@ -232,7 +232,7 @@ export class SqliteBus implements Bus {
     }
     const p = this.produceParams(name, payload, options, 'event');
     const params = { ...p.params, now: Date.now() };
-    const changes = await this.write(options.conn, (h) => h.run(this.plans.publish, params).changes);
+    const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.publish, params));
     if (!options.conn || !options.conn.inTransaction) await this.sequence();
     this.afterProduce(options.conn, 'log');
     return { id: p.id, stored: changes > 0 };
@@ -700,6 +700,16 @@ export class SqliteBus implements Bus {
     for (const h of this.busy) h.close();
     this.busy.clear();
     this.main.close();
+  }
+}
+
+/** Runs an INSERT; a UNIQUE violation (the id exists) counts as 0 rows stored. */
+function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>): number {
+  try {
+    return h.run(sql, params).changes;
+  } catch (e) {
+    if (e instanceof SqliteError && e.code === 'SQLITE_CONSTRAINT_UNIQUE') return 0;
+    throw e;
   }
 }
 
