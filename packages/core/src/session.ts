@@ -478,8 +478,15 @@ function lockedBy(a: OpenTransaction): SqliteError {
   );
 }
 
+/** A copy of the parameters as they are now (blobs included), for replaying them later. */
 function copyParams(params: BindParams | undefined): BindParams | undefined {
-  if (Array.isArray(params)) return [...(params as unknown[])] as BindParams;
-  if (params !== null && typeof params === 'object' && !(params instanceof Uint8Array)) return { ...(params as object) } as BindParams;
+  const copy = (v: unknown) => (v instanceof Uint8Array ? v.slice() : v);
+  if (params instanceof Uint8Array) return params.slice();
+  if (Array.isArray(params)) return (params as unknown[]).map(copy) as BindParams;
+  if (params !== null && typeof params === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(params)) out[k] = copy(v);
+    return out as BindParams;
+  }
   return params;
 }

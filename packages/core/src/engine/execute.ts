@@ -114,7 +114,12 @@ export class PreparedSql {
   private normalize(params: BindParams | undefined): unknown {
     // A single blob is one value; the engine would take it for an object of named parameters.
     if (params instanceof Uint8Array) return [params];
-    if (params === null || typeof params !== 'object' || Array.isArray(params)) {
+    if (params === null || typeof params !== 'object') {
+      if (typeof params === 'string') checkText(params);
+      return params;
+    }
+    if (Array.isArray(params)) {
+      for (let i = 0; i < params.length; i++) if (typeof params[i] === 'string') checkText(params[i] as string);
       return params;
     }
     const out: Record<string, unknown> = {};
@@ -124,7 +129,9 @@ export class PreparedSql {
         name = this.resolveName(key);
         this.named.set(key, name);
       }
-      out[name] = (params as Record<string, unknown>)[key];
+      const value = (params as Record<string, unknown>)[key];
+      if (typeof value === 'string') checkText(value);
+      out[name] = value;
     }
     return out;
   }
@@ -151,5 +158,20 @@ export class PreparedSql {
 
   finalize(): void {
     if (!this.stmt.isFinalized) this.stmt.finalize();
+  }
+}
+
+/**
+ * The engine binding passes text as a NUL-terminated C string, so a NUL character would silently
+ * cut the value short: refuse it instead (store such data as a blob).
+ */
+function checkText(s: string): void {
+  if (s.includes('\0')) {
+    throw sqliteError(
+      'A string parameter contains a NUL character, which the engine would silently truncate; pass it as a Uint8Array (blob) instead',
+      'SQLITE_MISMATCH',
+      undefined,
+      'misuse',
+    );
   }
 }
