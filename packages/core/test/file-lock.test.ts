@@ -4,7 +4,7 @@
  * release, and the three locking modes.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { BusyError, open } from '../src/index.js';
 import { openDatabaseFile } from '../src/file/database.js';
@@ -171,7 +171,7 @@ describe('locking modes and the hand-off', () => {
     }
   });
 
-  it('a holder in a synchronous loop hands the lock back between statements once someone waits', () => {
+  it('a holder in a synchronous loop hands the lock back at the end of its transaction once someone waits', () => {
     const file = scope.file();
     const a = openDatabaseFile(file, { timings: { idleMs: 60_000, checkMs: 1 } });
     try {
@@ -194,9 +194,16 @@ describe('locking modes and the hand-off', () => {
       use('COMMIT');
       expect(a.access.holdsLock).toBe(false);
       expect(a.access.stats().waiterReleases).toBe(1);
-      // During the cool-down, statements lock per statement.
-      use('INSERT INTO t VALUES (2)');
+      // Grace period: while the waiter has not taken the lock, this process's statements are
+      // refused at once (BusyError), without touching the file.
+      const e = checkSqliteError(thrown(() => use('INSERT INTO t VALUES (2)')), 'busy', 'SQLITE_BUSY');
+      expect(e.message).toContain('handing');
       expect(a.access.holdsLock).toBe(false);
+      // The waiter got in (it removes the marker when it takes the lock): back to holding.
+      rmSync(`${file}.lock-wait`);
+      use('INSERT INTO t VALUES (2)');
+      expect(a.access.holdsLock).toBe(true);
+      expect(a.access.stats().graceRefusals).toBe(1);
     } finally {
       a.access.close();
       a.db.close();

@@ -12,17 +12,19 @@
  *   (b) another process asked for it: a process refused with SQLITE_BUSY touches
  *   `<file>.lock-wait` (see `lock.ts`); the holder looks at that marker every
  *   {@link AccessTimings.checkMs} (on an unref'd timer and after statements), and at the next
- *   point where no transaction is open it switches to NORMAL locking, runs a cheap read so
- *   SQLite drops the lock, and keeps per-statement locking for {@link AccessTimings.cooldownMs}
- *   so the waiter gets in between its statements. Then it goes back to holding.
+ *   point where no transaction is open it switches to NORMAL locking and runs a cheap read so
+ *   SQLite drops the lock. Then, for a grace period that ends when the waiter got in (it
+ *   removes the marker when it takes the lock) or after {@link AccessTimings.graceMs}, the
+ *   holder's own statements throw BusyError without touching the file, so the waiter's next
+ *   retry finds the file free. Then the holder locks exclusively again.
  *
  * The engine calls {@link FileAccess.beforeUse} before it runs SQL for a handle and
  * {@link FileAccess.afterUse} after, with whether a real transaction is still open.
  * @module
  */
-import { SqliteError } from '../errors.js';
+import { SqliteError, sqliteError } from '../errors.js';
 import type { WasmDatabase, WasmStatement } from './load.js';
-import { isHeld, lockDirOf, recentBusyInfo, someoneWaiting, watchLock } from './lock.js';
+import { isHeld, lockDirOf, recentBusyInfo, someoneWaiting, waitMarkerExists, watchLock } from './lock.js';
 
 /** How a file database locks its file. See the module documentation. */
 export type LockingMode = 'auto' | 'shared' | 'exclusive';
@@ -33,11 +35,15 @@ export interface AccessTimings {
   checkMs: number;
   /** The holder hands the lock back after this long without statements. Default 50. */
   idleMs: number;
-  /** After handing the lock to a waiter, per-statement locking lasts this long. Default 100. */
-  cooldownMs: number;
+  /**
+   * After handing the lock to a waiter, the holder's statements are refused with BusyError
+   * until the waiter took the lock, at most this long. Default 150 (longer than the largest
+   * delay of siblite's `retry()` defaults, 100).
+   */
+  graceMs: number;
 }
 
-export const DEFAULT_TIMINGS: Readonly<AccessTimings> = Object.freeze({ checkMs: 10, idleMs: 50, cooldownMs: 100 });
+export const DEFAULT_TIMINGS: Readonly<AccessTimings> = Object.freeze({ checkMs: 10, idleMs: 50, graceMs: 150 });
 
 /** Counters of one {@link FileAccess}, for tests and diagnostics. */
 export interface AccessStats {
@@ -45,6 +51,8 @@ export interface AccessStats {
   idleReleases: number;
   /** Lock hand-backs because another process was waiting. */
   waiterReleases: number;
+  /** Statements of this process refused during a hand-off's grace period. */
+  graceRefusals: number;
   /** Errors swallowed while handing the lock back (the last one is kept). */
   releaseErrors: number;
   lastReleaseError: unknown;
@@ -101,12 +109,12 @@ class Policy implements FileAccess {
   private quietTicks = 0;
   private nextCheck = 0;
   private yieldPending = false;
-  private cooldownUntil = 0;
+  private graceUntil = 0;
   private timer: NodeJS.Timeout | undefined;
   private touch: WasmStatement | undefined;
   private readonly unwatch: () => void;
   private closed = false;
-  private readonly counters: AccessStats = { idleReleases: 0, waiterReleases: 0, releaseErrors: 0, lastReleaseError: undefined };
+  private readonly counters: AccessStats = { idleReleases: 0, waiterReleases: 0, graceRefusals: 0, releaseErrors: 0, lastReleaseError: undefined };
 
   constructor(
     private readonly db: WasmDatabase,
@@ -133,9 +141,16 @@ class Policy implements FileAccess {
 
   beforeUse(): void {
     if (this.mode !== 'auto' || this.exclusive) return;
-    if (this.cooldownUntil !== 0) {
-      if (Date.now() < this.cooldownUntil) return;
-      this.cooldownUntil = 0;
+    if (this.graceUntil !== 0) {
+      if (Date.now() < this.graceUntil && waitMarkerExists(this.lockDir)) {
+        this.counters.graceRefusals++;
+        throw sqliteError(
+          `database is locked: this process is handing "${this.path}" to another process that waits for it ` +
+            `(for at most ${this.t.graceMs} ms); retry`,
+          'SQLITE_BUSY',
+        );
+      }
+      this.graceUntil = 0;
     }
     this.setExclusive(true);
     if (this.holding) this.startTimer();
@@ -243,7 +258,7 @@ class Policy implements FileAccess {
 
   /**
    * Switches to NORMAL locking and runs a cheap read outside any transaction: SQLite drops the
-   * lock at its end. For a waiter, per-statement locking lasts cooldownMs.
+   * lock at its end. For a waiter, the grace period starts.
    */
   private release(forWaiter: boolean): void {
     this.yieldPending = false;
@@ -257,7 +272,7 @@ class Policy implements FileAccess {
     }
     if (forWaiter) {
       this.counters.waiterReleases++;
-      this.cooldownUntil = Date.now() + this.t.cooldownMs;
+      this.graceUntil = Date.now() + this.t.graceMs;
     } else {
       this.counters.idleReleases++;
     }

@@ -265,6 +265,11 @@ export function markWaiting(lockDir: string): void {
   }
 }
 
+/** True while the wait marker exists (a waiter removes it when it gets the lock). */
+export function waitMarkerExists(lockDir: string): boolean {
+  return fs.statSync(`${lockDir}-wait`, { throwIfNoEntry: false }) !== undefined;
+}
+
 /** True when some process (this one included) asked for the lock after this process took it. */
 export function someoneWaiting(lockDir: string): boolean {
   return held.has(lockDir) && markerId(lockDir) !== (waitBaseline.get(lockDir) ?? '');
