@@ -123,6 +123,12 @@ export interface WorkerOptions {
    * `deadLetter`, or `skip` (do not claim it at all: leave it for another worker).
    */
   onUnknown?: 'ack' | 'deadLetter' | 'skip';
+  /**
+   * Whether the worker's timers keep the Node process alive. Default `false`: timers are
+   * unref'd, so a worker never holds a finished program open; a process whose only job is
+   * to run workers sets `keepAlive: true` (or keeps something else alive).
+   */
+  keepAlive?: boolean;
   /** Progress callback: called for every handled, retried, dead-lettered, unknown or stale message. */
   onEvent?: (event: WorkerEvent) => void;
 }

@@ -43,6 +43,7 @@ export class BusWorker implements Worker {
   private readonly maxAttempts: number;
   private readonly pollInterval: number;
   private readonly onUnknown: 'ack' | 'deadLetter' | 'skip';
+  private readonly keepAlive: boolean;
   private readonly delayFor: (attempt: number) => number;
   private readonly onEvent: ((e: WorkerEvent) => void) | undefined;
   private readonly signal: AbortSignal;
@@ -73,6 +74,7 @@ export class BusWorker implements Worker {
       throw new ValidationError('onUnknown', 'onUnknown must be "ack", "deadLetter" or "skip"');
     }
     this.onUnknown = onUnknown;
+    this.keepAlive = options.keepAlive === true;
     this.delayFor = backoffPolicy(options.backoff);
     if (options.onEvent !== undefined && typeof options.onEvent !== 'function') {
       throw new ValidationError('onEvent', 'onEvent must be a function');
@@ -131,7 +133,7 @@ export class BusWorker implements Worker {
         this.wakeUp = null;
         resolve();
       }, Math.max(1, ms));
-      timer.unref();
+      if (!this.keepAlive) timer.unref();
       this.wakeUp = () => {
         clearTimeout(timer);
         resolve();
