@@ -4,9 +4,9 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
+import { isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
 import { decodeRow, encodeHeaders, encodePayload, type MessageRow } from './codec.js';
-import { BusClosedError, DecodeError, StaleClaimError, ValidationError } from './errors.js';
+import { BusClosedError, BusError, DecodeError, StaleClaimError, ValidationError } from './errors.js';
 import { afterTransaction, notify } from './notify.js';
 import { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
 import type {
@@ -151,7 +151,23 @@ export class SqliteBus implements Bus {
   /** Runs `fn` on the bus's own handle inside the core retry loop. @internal */
   db<T>(fn: (h: Connection) => T): Promise<T> {
     if (this.closed) return Promise.reject(new BusClosedError());
-    return retry(() => fn(this.main), this.retryOptions);
+    // Fast path: most statements succeed at once; the retry loop is entered on a busy error.
+    try {
+      return Promise.resolve(fn(this.main));
+    } catch (e) {
+      if (!isRetryable(e)) return Promise.reject(e);
+      return retry(() => fn(this.main), this.retryOptions);
+    }
+  }
+
+  /** Runs `fn` in a concurrent transaction on `h`, retried as a whole on busy errors. @internal */
+  async txOn<T>(h: Connection, fn: (h: Connection) => T | Promise<T>): Promise<T> {
+    try {
+      return await h.transaction(fn, { mode: 'concurrent', retry: false });
+    } catch (e) {
+      if (!isRetryable(e)) throw e;
+      return h.transaction(fn, { mode: 'concurrent', retry: this.retryOptions });
+    }
   }
 
   /** A sibling handle for a transaction; give it back with {@link release}. @internal */
@@ -173,7 +189,7 @@ export class SqliteBus implements Bus {
   async tx<T>(fn: (h: Connection) => T | Promise<T>): Promise<T> {
     const h = this.acquire();
     try {
-      return await h.transaction(fn, { mode: 'concurrent', retry: this.retryOptions });
+      return await this.txOn(h, fn);
     } finally {
       this.release(h);
     }
@@ -265,9 +281,29 @@ export class SqliteBus implements Bus {
   }
 
   private write<T>(conn: Connection | undefined, fn: (h: Connection) => T): Promise<T> {
-    if (!conn) return this.db(fn);
-    // One statement on the caller's handle: retrying it on a busy lock keeps their transaction.
-    return retry(() => fn(conn), this.retryOptions);
+    return conn ? this.onCaller(conn, fn) : this.db(fn);
+  }
+
+  /**
+   * Runs one statement on the caller's handle. A busy lock (`SQLITE_BUSY`) leaves their
+   * transaction open, so the statement is retried; once their transaction has ended (a
+   * conflict rolled it back), the error is passed on instead: retrying would write outside it.
+   * @internal
+   */
+  onCaller<T>(conn: Connection, fn: (h: Connection) => T): Promise<T> {
+    const inTx = conn.inTransaction;
+    const once = () => {
+      if (inTx && !conn.inTransaction) {
+        throw new BusError('SIBLITE_BUS_TRANSACTION_ENDED', 'the transaction of the given conn ended (rolled back) before the bus could write in it', 'misuse');
+      }
+      return fn(conn);
+    };
+    try {
+      return Promise.resolve(once());
+    } catch (e) {
+      if (!isRetryable(e) || (inTx && !conn.inTransaction)) return Promise.reject(e);
+      return retry(once, this.retryOptions);
+    }
   }
 
   private afterProduce(conn: Connection | undefined, which: 'queue' | 'log'): void {
@@ -477,7 +513,7 @@ export class SqliteBus implements Bus {
 
   /** Acknowledges `claim` (on `conn` if given). @internal */
   async ack(claim: Claim, conn?: Connection): Promise<void> {
-    if (conn) await retry(() => this.ackOn(conn, claim), this.retryOptions);
+    if (conn) await this.onCaller(conn, (h) => this.ackOn(h, claim));
     else await this.db((h) => this.ackOn(h, claim));
     this.settledClaim(claim, conn);
   }

@@ -246,17 +246,14 @@ export class BusWorker implements Worker {
     let failure: unknown;
     let ok = false;
     try {
-      await h.transaction(
-        async (tx) => {
-          await handler(message, {
-            conn: tx,
-            signal: this.signal,
-            extendLease: (ms: number) => this.bus.extend(claim, ms),
-          });
-          this.bus.ackOn(tx, claim);
-        },
-        { mode: 'concurrent', retry: this.bus.retryOptions },
-      );
+      await this.bus.txOn(h, async (tx) => {
+        await handler(message, {
+          conn: tx,
+          signal: this.signal,
+          extendLease: (ms: number) => this.bus.extend(claim, ms),
+        });
+        this.bus.ackOn(tx, claim);
+      });
       ok = true;
     } catch (e) {
       failure = e;

@@ -1,0 +1,302 @@
+// The bus: messages per second for send, for claim + handle + ack with 1/4/16 workers, and
+// for fan-out to 3 groups, on :memory: and on a file. Peers: @siblite/bus (SqliteBus),
+// a minimal hand-written baseline running the same SQL (the bus's own plans) on one raw
+// node-sqlite3-wasm connection, and plainjob (a SQLite job queue on better-sqlite3) where
+// it is installed.
+import { interleaved, sleep } from '../lib/measure.mjs';
+import { loadBus, loadPlainjob, loadSiblite, loadWasm, tempDir } from '../lib/peers.mjs';
+
+export const name = 'bus';
+export const title = 'Message bus throughput';
+export const workload =
+  '*send*: N commands sent one after another (`await bus.send(name, { i })`), each its own autocommit INSERT. ' +
+  '*consume, W workers*: N commands already queued; time from starting W concurrent handlers to an empty queue; each message is ' +
+  'claimed (atomic `UPDATE ... RETURNING`, up to W per claim), handed to an async no-op handler, and acknowledged; for SqliteBus the ' +
+  'handler runs in a `BEGIN CONCURRENT` transaction (`context.conn`) that commits with the ack. ' +
+  '*fan-out*: N events already in the log; time until 3 consumer groups have each handled all of them (figure: deliveries/s = 3N / time). ' +
+  '*raw SQL baseline*: the same statements (the bus\'s SQL plans) on one node-sqlite3-wasm connection with JS loops, no transactions ' +
+  'around handlers, no retries, no validation: the floor cost of the storage design. *plainjob*: `queue.add` / W `defineWorker`s ' +
+  '(each handles one job at a time) on better-sqlite3; it has no consumer groups.';
+export const ratio = 'SqliteBus msg/s vs the raw-SQL baseline of the same statements (the overhead of the bus and of the core).';
+export const target = 'none: reported for information.';
+
+const WORKERS = [1, 4, 16];
+const GROUPS = ['g1', 'g2', 'g3'];
+
+export async function run({ quick, log }) {
+  const notes = [];
+  const versions = {};
+  const checks = [];
+  const failures = [];
+  const rounds = quick ? 1 : 3;
+  const sizes = { memory: quick ? 100 : 2_000, file: quick ? 30 : 300 };
+
+  const wasm = loadWasm();
+  if (!wasm.ok) throw new Error(wasm.reason);
+  versions['node-sqlite3-wasm'] = wasm.version;
+  const sib = await loadSiblite(['open']);
+  const busMod = await loadBus(['SqliteBus', 'buildPlans']);
+  if (!sib.ok || !busMod.ok) throw new Error(`the bus suite needs @siblite/core and @siblite/bus built: ${sib.reason ?? busMod.reason}`);
+  versions['@siblite/core'] = sib.version;
+  versions['@siblite/bus'] = 'workspace';
+  const plans = busMod.buildPlans('bus');
+  const pj = await loadPlainjob();
+  if (pj.ok) versions.plainjob = pj.version;
+  else {
+    notes.push(`plainjob skipped: ${pj.reason}`);
+    log(`note: plainjob skipped: ${pj.reason}`);
+  }
+
+  const tmp = tempDir('siblite-bench-bus-');
+  let fileNo = 0;
+  const pathFor = (storage) => (storage === 'file' ? tmp.file(`bus-${++fileNo}.db`) : ':memory:');
+  const verify = (label, got, want) => {
+    if (got !== want) failures.push(`${label}: handled ${got}, expected ${want}`);
+  };
+
+  // ------------------------------------------------------------------ SqliteBus
+  async function withBus(storage, fn) {
+    const conn = sib.open(pathFor(storage));
+    const bus = await busMod.SqliteBus.open(conn);
+    try {
+      return await fn(bus, conn);
+    } finally {
+      await bus.close();
+      conn.close();
+    }
+  }
+  const busSend = (storage) =>
+    withBus(storage, async (bus) => {
+      const n = sizes[storage];
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) await bus.send('bench.job', { i });
+      return n / ((performance.now() - t0) / 1000);
+    });
+  const fill = async (bus, conn, n) => {
+    const h = conn.connect();
+    await h.transaction(async (tx) => {
+      for (let i = 0; i < n; i++) await bus.send('bench.job', { i }, { conn: tx });
+    }, { mode: 'immediate' });
+    h.close();
+  };
+  const busConsume = (storage, workers) =>
+    withBus(storage, async (bus, conn) => {
+      const n = sizes[storage];
+      await fill(bus, conn, n);
+      let handled = 0;
+      const t0 = performance.now();
+      const w = bus.listen({ 'bench.job': async () => void handled++ }, { concurrency: workers, pollInterval: 1_000 });
+      await w.drain();
+      const rate = n / ((performance.now() - t0) / 1000);
+      await w.stop();
+      verify(`SqliteBus consume x${workers} ${storage}`, handled, n);
+      return rate;
+    });
+  const busFanout = (storage) =>
+    withBus(storage, async (bus, conn) => {
+      const n = sizes[storage];
+      const h = conn.connect();
+      await h.transaction(async (tx) => {
+        for (let i = 0; i < n; i++) await bus.publish('bench.event', { i }, { conn: tx });
+      }, { mode: 'immediate' });
+      h.close();
+      let handled = 0;
+      const t0 = performance.now();
+      const ws = GROUPS.map((g) => bus.subscribe(g, { 'bench.event': async () => void handled++ }, { pollInterval: 1_000 }));
+      await Promise.all(ws.map((w) => w.drain()));
+      const rate = (n * GROUPS.length) / ((performance.now() - t0) / 1000);
+      await Promise.all(ws.map((w) => w.stop()));
+      verify(`SqliteBus fan-out ${storage}`, handled, n * GROUPS.length);
+      return rate;
+    });
+
+  // ------------------------------------------------------------------ raw SQL baseline
+  function rawOpen(storage) {
+    const db = new wasm.Database(pathFor(storage));
+    db.exec(plans.createMeta);
+    for (const sql of plans.migrations.flat()) db.exec(sql);
+    const stmts = [];
+    const prep = (sql) => {
+      const s = db.prepare(sql);
+      stmts.push(s);
+      return s;
+    };
+    return { db, prep, close: () => { for (const s of stmts) s.finalize(); db.close(); } };
+  }
+  const sendParams = (i) => {
+    const now = Date.now();
+    return { ':id': `m-${i}-${Math.random()}`, ':name': 'bench.job', ':encoding': 'json', ':payload': JSON.stringify({ i }), ':contentType': 'application/json', ':headers': '{}', ':key': null, ':now': now, ':availableAt': now };
+  };
+  function rawSend(storage) {
+    const r = rawOpen(storage);
+    try {
+      const ins = r.prep(plans.send);
+      const n = sizes[storage];
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) ins.run(sendParams(i));
+      return n / ((performance.now() - t0) / 1000);
+    } finally {
+      r.close();
+    }
+  }
+  async function rawConsume(storage, workers) {
+    const r = rawOpen(storage);
+    try {
+      const ins = r.prep(plans.send);
+      const n = sizes[storage];
+      r.db.exec('BEGIN');
+      for (let i = 0; i < n; i++) ins.run(sendParams(i));
+      r.db.exec('COMMIT');
+      const claim = r.prep(plans.claimCommands);
+      const ack = r.prep(plans.ackCommand);
+      let handled = 0;
+      const t0 = performance.now();
+      // one claimer feeding W handler slots, like the bus's worker loop
+      const loop = async () => {
+        for (;;) {
+          const now = Date.now();
+          const token = `t-${Math.random()}`;
+          const rows = claim.all({ ':token': token, ':leaseUntil': now + 30_000, ':now': now, ':names': null, ':limit': workers });
+          if (rows.length === 0) return;
+          await Promise.all(rows.map(async (row) => {
+            JSON.parse(row.payload);
+            await Promise.resolve(); // the no-op handler
+            ack.run({ ':seq': row.seq, ':token': token, ':now': Date.now() });
+            handled++;
+          }));
+        }
+      };
+      await loop();
+      const rate = n / ((performance.now() - t0) / 1000);
+      verify(`raw consume x${workers} ${storage}`, handled, n);
+      return rate;
+    } finally {
+      r.close();
+    }
+  }
+  async function rawFanout(storage) {
+    const r = rawOpen(storage);
+    try {
+      const n = sizes[storage];
+      const pub = r.prep(plans.publish);
+      r.db.exec('BEGIN');
+      for (let i = 0; i < n; i++) {
+        const now = Date.now();
+        pub.run({ ':id': `e-${i}`, ':name': 'bench.event', ':encoding': 'json', ':payload': JSON.stringify({ i }), ':contentType': 'application/json', ':headers': '{}', ':key': null, ':now': now });
+      }
+      r.db.exec('COMMIT');
+      r.db.run(plans.sequence);
+      const create = r.prep(plans.createGroup);
+      const claim = r.prep(plans.claimEvents);
+      const get = r.prep(plans.getEvent);
+      const ack = r.prep(plans.ackEvent);
+      const advance = r.prep(plans.advanceGroup);
+      const compact = r.prep(plans.compactGroup);
+      let handled = 0;
+      const t0 = performance.now();
+      await Promise.all(GROUPS.map(async (g) => {
+        create.run({ ':grp': g, ':fromEnd': 0, ':now': Date.now() });
+        for (;;) {
+          const now = Date.now();
+          const token = `t-${Math.random()}`;
+          const rows = claim.all({ ':grp': g, ':token': token, ':leaseUntil': now + 30_000, ':now': now, ':names': null, ':limit': 1 });
+          if (rows.length === 0) return;
+          for (const row of rows) {
+            JSON.parse(get.get({ ':pos': row.pos }).payload);
+            await Promise.resolve();
+            ack.run({ ':grp': g, ':pos': row.pos, ':token': token });
+            advance.run({ ':grp': g });
+            compact.run({ ':grp': g });
+            handled++;
+          }
+        }
+      }));
+      const rate = (n * GROUPS.length) / ((performance.now() - t0) / 1000);
+      verify(`raw fan-out ${storage}`, handled, n * GROUPS.length);
+      return rate;
+    } finally {
+      r.close();
+    }
+  }
+
+  // ------------------------------------------------------------------ plainjob
+  async function withPlainjob(storage, fn) {
+    const db = new pj.Database(pathFor(storage));
+    const silent = { error() {}, warn() {}, info() {}, debug() {} };
+    const queue = pj.defineQueue({ connection: pj.better(db), logger: silent });
+    try {
+      return await fn(queue, silent);
+    } finally {
+      queue.close();
+      db.close();
+    }
+  }
+  const pjSend = (storage) =>
+    withPlainjob(storage, async (queue) => {
+      const n = sizes[storage];
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) queue.add('bench.job', { i });
+      return n / ((performance.now() - t0) / 1000);
+    });
+  const pjConsume = (storage, workers) =>
+    withPlainjob(storage, async (queue, logger) => {
+      const n = sizes[storage];
+      queue.addMany('bench.job', Array.from({ length: n }, (_, i) => ({ i })));
+      let handled = 0;
+      const ws = Array.from({ length: workers }, () =>
+        pj.defineWorker('bench.job', async () => void handled++, { queue, logger, pollIntervall: 1 }),
+      );
+      const t0 = performance.now();
+      const running = ws.map((w) => w.start());
+      while (handled < n) await sleep(1);
+      const rate = n / ((performance.now() - t0) / 1000);
+      await Promise.all(ws.map((w) => w.stop()));
+      await Promise.allSettled(running);
+      verify(`plainjob consume x${workers} ${storage}`, handled, n);
+      return rate;
+    });
+
+  // ------------------------------------------------------------------ cases
+  const peers = [
+    { key: 'bus', label: 'SqliteBus', send: busSend, consume: busConsume, fanout: busFanout },
+    { key: 'raw', label: 'raw SQL baseline (node-sqlite3-wasm)', send: rawSend, consume: rawConsume, fanout: rawFanout },
+  ];
+  if (pj.ok) peers.push({ key: 'plainjob', label: `plainjob ${pj.version} (better-sqlite3)`, send: pjSend, consume: pjConsume, fanout: null });
+  const cases = [];
+  for (const storage of ['memory', 'file']) {
+    for (const p of peers) {
+      cases.push({ id: `send:${p.key}@${storage}`, group: `send, ${storage}`, peer: p.label, run: () => p.send(storage) });
+      for (const w of WORKERS) {
+        cases.push({ id: `consume${w}:${p.key}@${storage}`, group: `claim + handle + ack, ${w} worker${w > 1 ? 's' : ''}, ${storage}`, peer: p.label, run: () => p.consume(storage, w) });
+      }
+      if (p.fanout) cases.push({ id: `fanout:${p.key}@${storage}`, group: `fan-out to 3 groups (deliveries/s), ${storage}`, peer: p.label, run: () => p.fanout(storage) });
+    }
+  }
+  log(`${cases.length} cases, N = ${sizes.memory} (:memory:) / ${sizes.file} (file), ${rounds} interleaved rounds (+1 warm-up round)`);
+  let samples;
+  try {
+    samples = await interleaved({ rounds, warmup: 1, cases, log });
+  } finally {
+    tmp.cleanup();
+  }
+  const figures = cases.map((c) => ({ id: c.id, group: c.group, peer: c.peer, unit: 'msg/s', samples: samples.get(c.id) }));
+  const ratios = [];
+  for (const storage of ['memory', 'file']) {
+    ratios.push({ label: `SqliteBus / raw SQL, send, ${storage}`, num: `send:bus@${storage}`, den: `send:raw@${storage}` });
+    for (const w of WORKERS) ratios.push({ label: `SqliteBus / raw SQL, consume x${w}, ${storage}`, num: `consume${w}:bus@${storage}`, den: `consume${w}:raw@${storage}` });
+    ratios.push({ label: `SqliteBus / raw SQL, fan-out, ${storage}`, num: `fanout:bus@${storage}`, den: `fanout:raw@${storage}` });
+    if (pj.ok) {
+      ratios.push({ label: `SqliteBus / plainjob, send, ${storage}`, num: `send:bus@${storage}`, den: `send:plainjob@${storage}` });
+      for (const w of WORKERS) ratios.push({ label: `SqliteBus / plainjob, consume x${w}, ${storage}`, num: `consume${w}:bus@${storage}`, den: `consume${w}:plainjob@${storage}` });
+    }
+  }
+  checks.push(
+    failures.length
+      ? { ok: false, message: `messages lost or duplicated: ${failures.slice(0, 3).join(' | ')}` }
+      : { ok: true, message: `every run of every peer handled exactly N messages (${cases.length * (rounds + 1)} runs)` },
+  );
+  for (const f of failures) console.error(`ERROR: ${f}`);
+  return { name, title, workload, ratio, target, rounds, figures, ratios, notes, checks, versions };
+}
+
+export default { name, title, workload, ratio, target, run };
