@@ -4,14 +4,19 @@
  * @module
  */
 import { ValidationError } from './errors.js';
-import type { Backoff } from './types.js';
+import type { Backoff, ExponentialBackoff } from './types.js';
 
 /** The default policy: exponential from 1 s, doubling, capped at 5 minutes, with jitter. */
-export const DEFAULT_BACKOFF = { type: 'exponential', base: 1_000, max: 300_000, jitter: true } as const;
+export const DEFAULT_BACKOFF: Required<ExponentialBackoff> = { type: 'exponential', base: 1_000, max: 300_000, jitter: true };
 
 /**
  * Turns a {@link Backoff} into a function from the attempt number (1 for the first failure)
  * to a delay in ms.
+ *
+ * @example
+ * ```ts
+ * backoffPolicy({ base: 100, jitter: false })(3); // 400
+ * ```
  *
  * @throws ValidationError for a malformed policy.
  */

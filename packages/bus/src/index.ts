@@ -13,6 +13,13 @@ export type {
   DeadLetterFilter,
   BusStats,
   Backoff,
+  ExponentialBackoff,
+  HandledEvent,
+  RetryEvent,
+  DeadEvent,
+  UnknownEvent,
+  StaleEvent,
+  ErrorEvent,
   Delivery,
   GroupStats,
   Handler,
@@ -34,6 +41,5 @@ export type {
   WorkerOptions,
 } from './types.js';
 export { validateName, validateGroup, validateNamespace } from './validate.js';
-export { encodePayload, decodeRow, type EncodedPayload, type Encoding, type MessageRow } from './codec.js';
 export { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
-export { backoffPolicy, DEFAULT_BACKOFF } from './backoff.js';
+export { backoffPolicy } from './backoff.js';

@@ -36,7 +36,17 @@ export const SCHEMA_VERSION = 1;
 /** The columns that make up a stored message, in the order the dead-letter copy uses. */
 const MSG_COLS = 'id, name, kind, encoding, payload, content_type, headers, key, created_at, available_at';
 
-/** Builds every statement for one validated namespace. */
+/**
+ * Builds every statement for one namespace (validated here: the namespace is the only
+ * caller-supplied text that reaches SQL, as quoted table names).
+ *
+ * @throws ValidationError for an invalid namespace.
+ * @example
+ * ```ts
+ * const plans = buildPlans('bus');
+ * console.log(plans.claimCommands);
+ * ```
+ */
 export function buildPlans(namespace: string) {
   const ns = validateNamespace(namespace);
   const t = (suffix: string) => `"${ns}_${suffix}"`;
@@ -124,8 +134,24 @@ export function buildPlans(namespace: string) {
   ];
 
   return {
+    /** The validated namespace. */
     namespace: ns,
-    tables: { meta, queue, log, groups, gstate, dead },
+    /** The quoted table names. */
+    tables: {
+      /** Schema version and instance id. */
+      meta,
+      /** Commands. */
+      queue,
+      /** Events. */
+      log,
+      /** Consumer group offsets. */
+      groups,
+      /** Per-group claims and settlements above the offset. */
+      gstate,
+      /** Dead letters and parked messages. */
+      dead,
+    },
+    /** Statements of each schema version. */
     migrations,
 
     // ---------------------------------------------------------------- schema

@@ -70,11 +70,29 @@ export interface ProduceResult {
   readonly stored: boolean;
 }
 
-/** Retry delay policy: a fixed delay, exponential parameters, or a function of the attempt number. */
-export type Backoff =
-  | number
-  | { readonly type?: 'exponential'; readonly base?: number; readonly max?: number; readonly jitter?: boolean }
-  | ((attempt: number) => number);
+/** Exponential retry delays: `base * 2^(attempt - 1)`, capped at `max`. */
+export interface ExponentialBackoff {
+  /** Only `exponential` for now. */
+  readonly type?: 'exponential';
+  /** Delay after the first failure, in ms. Default 1000. */
+  readonly base?: number;
+  /** Longest delay, in ms. Default 300 000. */
+  readonly max?: number;
+  /** Randomize each delay within [delay / 2, delay] so retries spread out. Default true. */
+  readonly jitter?: boolean;
+}
+
+/**
+ * Retry delay policy: a fixed delay in ms, exponential parameters, or a function from the
+ * attempt number (1 after the first failure) to a delay in ms.
+ *
+ * @example
+ * ```ts
+ * bus.listen(handlers, { backoff: { base: 200, max: 10_000 } });
+ * bus.listen(handlers, { backoff: (attempt) => attempt * 1000 });
+ * ```
+ */
+export type Backoff = number | ExponentialBackoff | ((attempt: number) => number);
 
 /** The second argument of a handler. */
 export interface HandlerContext {
@@ -95,14 +113,64 @@ export type Handler<P = any> = (message: Message<P>, context: HandlerContext) =>
 /** Maps message names to handlers. */
 export type Handlers = Record<string, Handler>;
 
-/** A progress notification from a worker. */
-export type WorkerEvent =
-  | { readonly type: 'handled'; readonly message: Message; readonly ms: number }
-  | { readonly type: 'retry'; readonly message: Message; readonly error: unknown; readonly delay: number }
-  | { readonly type: 'dead'; readonly message: Message | null; readonly reason: string }
-  | { readonly type: 'unknown'; readonly message: Message }
-  | { readonly type: 'stale'; readonly message: Message }
-  | { readonly type: 'error'; readonly error: unknown };
+/** A message was handled and acknowledged. */
+export interface HandledEvent {
+  /** Discriminant. */
+  readonly type: 'handled';
+  /** The message. */
+  readonly message: Message;
+  /** Handler time plus commit, in ms. */
+  readonly ms: number;
+}
+
+/** A handler failed; the message was put back for another attempt. */
+export interface RetryEvent {
+  /** Discriminant. */
+  readonly type: 'retry';
+  /** The message. */
+  readonly message: Message;
+  /** What the handler threw. */
+  readonly error: unknown;
+  /** Milliseconds until the next attempt. */
+  readonly delay: number;
+}
+
+/** A message was dead-lettered (failures exhausted, `PermanentError`, undecodable row, no handler). */
+export interface DeadEvent {
+  /** Discriminant. */
+  readonly type: 'dead';
+  /** The message, or `null` when the row could not be decoded. */
+  readonly message: Message | null;
+  /** The reason recorded with the dead letter. */
+  readonly reason: string;
+}
+
+/** A message without a handler was acknowledged (`onUnknown: 'ack'`). */
+export interface UnknownEvent {
+  /** Discriminant. */
+  readonly type: 'unknown';
+  /** The message. */
+  readonly message: Message;
+}
+
+/** A settlement was refused because the claim had gone stale (lease expired, claimed again). */
+export interface StaleEvent {
+  /** Discriminant. */
+  readonly type: 'stale';
+  /** The message. */
+  readonly message: Message;
+}
+
+/** The worker hit an unexpected error (it keeps running and tries again). */
+export interface ErrorEvent {
+  /** Discriminant. */
+  readonly type: 'error';
+  /** The error. */
+  readonly error: unknown;
+}
+
+/** A progress notification from a worker, for logs and metrics. */
+export type WorkerEvent = HandledEvent | RetryEvent | DeadEvent | UnknownEvent | StaleEvent | ErrorEvent;
 
 /** Options of `listen` and `subscribe`. */
 export interface WorkerOptions {
