@@ -119,6 +119,22 @@ describe('stale locks', () => {
   });
 });
 
+describe('opening while another process holds the file', () => {
+  it('open() succeeds; the options are applied by the first statement that gets the lock', () => {
+    const file = scope.file();
+    const c = open(file);
+    c.exec('CREATE TABLE t (x)');
+    c.close();
+    mkdirSync(`${file}.lock`); // someone else holds it
+    const d = scope.open(file, { synchronous: 'normal', journalMode: 'persist' });
+    checkSqliteError(thrown(() => d.get('SELECT count(*) FROM t')), 'busy', 'SQLITE_BUSY');
+    rmSync(`${file}.lock`, { recursive: true });
+    expect(d.get('SELECT count(*) AS n FROM t')).toEqual({ n: 0 });
+    expect(d.get('PRAGMA synchronous')).toEqual({ synchronous: 1 });
+    expect(d.get('PRAGMA journal_mode')).toEqual({ journal_mode: 'persist' });
+  });
+});
+
 describe('locking modes and the hand-off', () => {
   it("'auto' keeps the lock while used and hands it back when idle", async () => {
     const file = scope.file();

@@ -22,7 +22,7 @@
  * {@link FileAccess.afterUse} after, with whether a real transaction is still open.
  * @module
  */
-import { SqliteError, sqliteError } from '../errors.js';
+import { fromEngineError, SqliteError, sqliteError } from '../errors.js';
 import type { WasmDatabase, WasmStatement } from './load.js';
 import { isHeld, lockDirOf, recentBusyInfo, someoneWaiting, waitMarkerExists, watchLock } from './lock.js';
 
@@ -95,8 +95,9 @@ export function createFileAccess(
   path: string,
   mode: LockingMode,
   timings: Partial<AccessTimings> = {},
+  setup: readonly string[] = [],
 ): FileAccess {
-  return new Policy(db, path, mode, { ...DEFAULT_TIMINGS, ...timings });
+  return new Policy(db, path, mode, { ...DEFAULT_TIMINGS, ...timings }, setup);
 }
 
 class Policy implements FileAccess {
@@ -114,6 +115,8 @@ class Policy implements FileAccess {
   private touch: WasmStatement | undefined;
   private readonly unwatch: () => void;
   private closed = false;
+  /** SQL that needs the file lock, run before the first statement (pragmas of the options). */
+  private setup: string[] | undefined;
   private readonly counters: AccessStats = { idleReleases: 0, waiterReleases: 0, graceRefusals: 0, releaseErrors: 0, lastReleaseError: undefined };
 
   constructor(
@@ -121,7 +124,9 @@ class Policy implements FileAccess {
     readonly path: string,
     readonly mode: LockingMode,
     private readonly t: AccessTimings,
+    setup: readonly string[],
   ) {
+    this.setup = setup.length > 0 ? [...setup] : undefined;
     this.lockDir = lockDirOf(path);
     this.holding = isHeld(this.lockDir);
     if (mode !== 'shared') this.setExclusive(true);
@@ -140,6 +145,7 @@ class Policy implements FileAccess {
   }
 
   beforeUse(): void {
+    if (this.setup) this.runSetup();
     if (this.mode !== 'auto' || this.exclusive) return;
     if (this.graceUntil !== 0) {
       if (Date.now() < this.graceUntil && waitMarkerExists(this.lockDir)) {
@@ -200,6 +206,19 @@ class Policy implements FileAccess {
   }
 
   // ---- internals ----------------------------------------------------------------------------
+
+  private runSetup(): void {
+    const setup = this.setup as string[];
+    while (setup.length > 0) {
+      try {
+        this.db.exec(setup[0] as string);
+      } catch (e) {
+        throw this.explain(fromEngineError(e, `applying the open() options to "${this.path}"`));
+      }
+      setup.shift();
+    }
+    this.setup = undefined;
+  }
 
   private setExclusive(on: boolean): void {
     this.db.exec(on ? 'PRAGMA locking_mode = EXCLUSIVE' : 'PRAGMA locking_mode = NORMAL');

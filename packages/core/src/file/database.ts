@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { misuseError, sqliteError, type SqliteError } from '../errors.js';
+import { fromEngineError, misuseError, sqliteError, type SqliteError } from '../errors.js';
 import { createFileAccess, type AccessTimings, type FileAccess, type LockingMode } from './access.js';
 import { loadSqlite, type WasmDatabase } from './load.js';
 
@@ -203,10 +203,24 @@ export function openDatabaseFile(file: string, options: FileOptions = {}): Opene
     throw cantOpen(`cannot open database "${abs}": the engine refused to open it (${(e as Error).message})`, e);
   }
   try {
-    // Neither pragma touches the file or takes the lock: safe while another process holds it.
-    if (settings.synchronous !== 'full') db.exec(`PRAGMA synchronous = ${settings.synchronous.toUpperCase()}`);
-    if (settings.journalMode !== 'delete') db.exec(`PRAGMA journal_mode = ${settings.journalMode.toUpperCase()}`);
-    const access = createFileAccess(db, abs, settings.locking, options.timings);
+    // These pragmas need the file lock. When another process holds it now, they run before the
+    // first statement instead (which then gets a BusyError, like any statement would).
+    const pragmas: string[] = [];
+    if (settings.synchronous !== 'full') pragmas.push(`PRAGMA synchronous = ${settings.synchronous.toUpperCase()}`);
+    if (settings.journalMode !== 'delete') pragmas.push(`PRAGMA journal_mode = ${settings.journalMode.toUpperCase()}`);
+    const setup: string[] = [];
+    for (const sql of pragmas) {
+      if (setup.length === 0) {
+        try {
+          db.exec(sql);
+          continue;
+        } catch (e) {
+          if (!/^database is locked/i.test((e as Error).message)) throw fromEngineError(e, abs);
+        }
+      }
+      setup.push(sql);
+    }
+    const access = createFileAccess(db, abs, settings.locking, options.timings, setup);
     return { db, path: abs, readOnly: readOnlyOpen, settings, access };
   } catch (e) {
     try {
