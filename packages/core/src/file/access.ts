@@ -100,6 +100,19 @@ export function createFileAccess(
   return new Policy(db, path, mode, { ...DEFAULT_TIMINGS, ...timings }, setup);
 }
 
+/** Open policies, for the exit hook. */
+const live = new Set<Policy>();
+let exitHooked = false;
+
+/**
+ * At process exit (a normal exit, not a kill), hands back the locks of databases left open, the
+ * way SQLite itself drops a lock (so the journal is cleaned up too). A database inside a
+ * transaction keeps its lock: the next opener finds it stale and rolls the transaction back.
+ */
+function releaseAtExit(): void {
+  for (const p of live) p.exitRelease();
+}
+
 class Policy implements FileAccess {
   readonly lockDir: string;
   /** `PRAGMA locking_mode` is EXCLUSIVE now. */
@@ -138,6 +151,11 @@ class Policy implements FileAccess {
           })
         : () => {};
     if (this.holding && mode === 'auto') this.onAcquired();
+    live.add(this);
+    if (!exitHooked) {
+      exitHooked = true;
+      process.on('exit', releaseAtExit);
+    }
   }
 
   get holdsLock(): boolean {
@@ -199,10 +217,17 @@ class Policy implements FileAccess {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    live.delete(this);
     this.stopTimer();
     this.unwatch();
     if (this.touch && !this.touch.isFinalized) this.touch.finalize();
     this.touch = undefined;
+  }
+
+  /** See {@link releaseAtExit}. */
+  exitRelease(): void {
+    if (this.closed || !this.db.isOpen || !isHeld(this.lockDir) || this.db.inTransaction) return;
+    this.release(false);
   }
 
   // ---- internals ----------------------------------------------------------------------------
@@ -221,7 +246,11 @@ class Policy implements FileAccess {
   }
 
   private setExclusive(on: boolean): void {
-    this.db.exec(on ? 'PRAGMA locking_mode = EXCLUSIVE' : 'PRAGMA locking_mode = NORMAL');
+    try {
+      this.db.exec(on ? 'PRAGMA locking_mode = EXCLUSIVE' : 'PRAGMA locking_mode = NORMAL');
+    } catch (e) {
+      throw fromEngineError(e, this.path);
+    }
     this.exclusive = on;
   }
 

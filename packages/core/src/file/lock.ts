@@ -93,44 +93,6 @@ const recentBusy = new Map<string, BusyInfo>();
 const listeners = new Map<string, Set<LockListener>>();
 
 let seq = 0;
-let exitHook = false;
-
-/**
- * Removes a rollback journal that SQLite left with a zeroed header (exclusive locking mode
- * keeps the journal file between transactions): such a journal is not hot, and SQLite would
- * delete it itself. A journal whose first byte is not zero may be hot and is left alone.
- */
-function removeDeadJournal(journal: string): void {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(journal, 'r');
-    const first = Buffer.alloc(1);
-    const n = fs.readSync(fd, first, 0, 1, 0);
-    fs.closeSync(fd);
-    fd = undefined;
-    if (n === 0 || first[0] === 0) fs.unlinkSync(journal);
-  } catch {
-    if (fd !== undefined) fs.closeSync(fd);
-  }
-}
-
-/**
- * At process exit, removes the lock directories this process still holds (a database left
- * open). Equivalent to what a later opener would do after a crash: SQLite rolls back any
- * transaction left open from its hot journal.
- */
-function releaseAllAtExit(): void {
-  for (const lockDir of [...held.keys()]) {
-    held.delete(lockDir);
-    removeDeadJournal(`${lockDir.slice(0, -'.lock'.length)}-journal`);
-    try {
-      fs.unlinkSync(`${lockDir}/${OWNER}`);
-      fs.rmdirSync(lockDir);
-    } catch {
-      // ignore: best effort
-    }
-  }
-}
 
 function readText(file: string): string | null {
   try {
@@ -362,10 +324,6 @@ export function acquire(lockDir: string): void {
     throw e;
   }
   held.set(lockDir, { token: record.token });
-  if (!exitHook) {
-    exitHook = true;
-    process.on('exit', releaseAllAtExit);
-  }
   acquisitions.set(lockDir, (acquisitions.get(lockDir) ?? 0) + 1);
   stats.acquired++;
   lastBusy.delete(lockDir);
