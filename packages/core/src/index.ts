@@ -4,6 +4,8 @@
  * @packageDocumentation
  */
 export { open, type OpenOptions } from './open.js';
+export type { LockingMode } from './file/access.js';
+export type { JournalMode, SynchronousMode } from './file/database.js';
 export { Connection, type TransactionMode } from './connection.js';
 export { Statement, type RunResult } from './statement.js';
 export type { TransactionOptions } from './transaction.js';
