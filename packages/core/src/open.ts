@@ -3,7 +3,7 @@
  * @module
  */
 import { realpathSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { Connection } from './connection.js';
 import { Engine } from './engine/engine.js';
 import { misuseError } from './errors.js';
@@ -83,6 +83,12 @@ function canonicalPath(path: string): string {
   try {
     return realpathSync(abs);
   } catch {
-    return abs;
+    // Not created yet: resolve the directory, so that every process names the file (and its
+    // lock directory, `<path>.lock`) the same way, whatever symlinks led to it.
+    try {
+      return join(realpathSync(dirname(abs)), basename(abs));
+    } catch {
+      return abs;
+    }
   }
 }

@@ -4,7 +4,7 @@
  * release, and the three locking modes.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { BusyError, open } from '../src/index.js';
 import { openDatabaseFile } from '../src/file/database.js';
@@ -116,6 +116,18 @@ describe('stale locks', () => {
     const other = scope.file();
     mkdirSync(`${other}.lock`);
     expect(() => checkReserved(`${other}.lock`)).not.toThrow();
+  });
+});
+
+describe('one file, one lock directory', () => {
+  it('a file created through a symlinked directory is locked under its real path', () => {
+    const real = scope.dir();
+    const link = `${scope.dir()}/link`;
+    symlinkSync(real, link);
+    const c = scope.open(`${link}/x.db`, { locking: 'exclusive' });
+    c.exec('CREATE TABLE t (x)');
+    expect(existsSync(`${real}/x.db.lock`)).toBe(true);
+    expect(c.path).toBe(`${realpathSync(real)}/x.db`);
   });
 });
 
