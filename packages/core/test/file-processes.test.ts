@@ -187,6 +187,31 @@ describe('locks that must not be broken', () => {
   });
 });
 
+describe('concurrent transactions and other processes', () => {
+  it('a BEGIN CONCURRENT transaction held across a long await does not keep another process out', async () => {
+    const file = scope.file('park.db');
+    withDb(file, (c) =>
+      c.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT); CREATE TABLE mine (id INTEGER PRIMARY KEY, v INT); INSERT INTO mine VALUES (1, 0)'),
+    );
+    const db = open(file);
+    try {
+      db.exec('BEGIN CONCURRENT');
+      db.run('UPDATE mine SET v = v + 1 WHERE id = 1'); // the real transaction (and the lock) is open now
+      // While this transaction awaits, another process writes: the lock policy parks the
+      // transaction (it resumes by re-execution) so the waiter gets in long before the COMMIT.
+      const child = await runWorker({ cmd: 'write', file });
+      expect(child).toMatchObject({ ok: true });
+      expect(db.inTransaction).toBe(true);
+      expect(db.get('SELECT v FROM mine WHERE id = 1')).toEqual({ v: 1 });
+      db.exec('COMMIT');
+      expect(db.all('SELECT who FROM t')).toEqual([{ who: 'child' }]);
+      expect(db.get('SELECT v FROM mine')).toEqual({ v: 1 });
+    } finally {
+      db.close();
+    }
+  });
+});
+
 describe('timers', () => {
   it('a process that leaves a file database open still exits on its own', async () => {
     const file = scope.file('linger.db');

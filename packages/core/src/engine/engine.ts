@@ -30,6 +30,8 @@ export interface OpenTransaction {
 export interface FileAccess {
   beforeUse(): void;
   afterUse(inTransaction: boolean): void;
+  /** Set by the engine: parks an active concurrent transaction when another process waits. */
+  yieldTransaction?: () => boolean;
   /** Adds what the file lock knows (lock directory, owner) to a busy error from the last use. */
   explain?(error: unknown): unknown;
   close(): void;
@@ -81,6 +83,11 @@ export class Engine {
       this.db = opened.db;
       this.fileAccess = opened.access;
       this.fileSettings = opened.settings;
+      this.fileAccess.yieldTransaction = () => {
+        if (this.active?.kind !== 'concurrent') return !this.db.inTransaction;
+        this.park();
+        return true;
+      };
     } else {
       const { Database } = loadSqlite();
       try {

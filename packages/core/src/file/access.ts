@@ -84,6 +84,12 @@ export interface FileAccess {
   explain(error: unknown): unknown;
   /** Hands the lock back now if no transaction is open (as if idle). Returns whether it did. */
   handBack(): boolean;
+  /**
+   * Set by the engine: moves an open transaction out of the engine if it can (a `BEGIN
+   * CONCURRENT` transaction can always be parked and resumed later), so a waiting process need
+   * not wait for it to end. Returns whether the engine is now outside any transaction.
+   */
+  yieldTransaction?: () => boolean;
   stats(): AccessStats;
   /** Stops the timer and finalizes the policy's statements; call before closing the database. */
   close(): void;
@@ -115,6 +121,7 @@ function releaseAtExit(): void {
 
 class Policy implements FileAccess {
   readonly lockDir: string;
+  yieldTransaction?: () => boolean;
   /** `PRAGMA locking_mode` is EXCLUSIVE now. */
   private exclusive = false;
   /** This process holds the lock directory (kept up to date by the lock manager). */
@@ -188,7 +195,7 @@ class Policy implements FileAccess {
       this.nextCheck = now + this.t.checkMs;
       if (!this.yieldPending && someoneWaiting(this.lockDir)) this.yieldPending = true;
     }
-    if (this.yieldPending && !inTransaction) this.release(true);
+    if (this.yieldPending && (!inTransaction || this.yieldTransaction?.() === true)) this.release(true);
   }
 
   busyDetail(): string | undefined {
@@ -288,9 +295,14 @@ class Policy implements FileAccess {
     }
     const waiting = this.yieldPending || someoneWaiting(this.lockDir);
     if (this.db.inTransaction) {
-      // An open transaction (held across an await): hand back when it ends (afterUse).
-      if (waiting) this.yieldPending = true;
-      return;
+      // An open transaction held across an await: a concurrent one is parked (it resumes by
+      // re-execution when its handle next needs the engine); a pessimistic one keeps the lock
+      // and the hand-back happens when it ends (afterUse).
+      if (!waiting) return;
+      if (this.yieldTransaction?.() !== true) {
+        this.yieldPending = true;
+        return;
+      }
     }
     if (waiting) {
       this.release(true);
