@@ -67,7 +67,9 @@ export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options:
       minTimeout: 0,
       maxTimeout: 0,
       factor: 1,
-      maxRetryTime: maxElapsedMs,
+      // The budget is enforced in onFailedAttempt only: p-retry's own check could stop after
+      // onRetry already announced a retry (when a timer fires late on a loaded machine).
+      maxRetryTime: Number.POSITIVE_INFINITY,
       signal,
       unref: true,
       shouldRetry: ({ error }) => isRetryable(error),
