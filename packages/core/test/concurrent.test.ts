@@ -422,6 +422,21 @@ describe('granularity of conflicts', () => {
     t1.exec('COMMIT');
   });
 
+  it('a schema change that removes what a parked transaction used makes it conflict, not get stuck', async () => {
+    const { db, t } = hermitage();
+    const [t1] = t as [Connection];
+    db.exec('CREATE TABLE scratch (x INT)');
+    t1.run('INSERT INTO scratch VALUES (1)');
+    await tick();
+    db.exec('DROP TABLE scratch'); // parks t1, then removes its table
+    expectSnapshotConflict(() => t1.exec('COMMIT'));
+    expect(t1.inTransaction).toBe(false);
+    t1.exec('BEGIN CONCURRENT');
+    t1.run('UPDATE test SET value = 1 WHERE id = 1');
+    t1.exec('COMMIT');
+    expect(value(db, 1)).toBe(1);
+  });
+
   it('savepoints work inside BEGIN CONCURRENT, across parking', async () => {
     const { db, t } = hermitage();
     const [t1, t2] = t as [Connection, Connection];

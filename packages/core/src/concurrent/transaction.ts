@@ -121,16 +121,17 @@ export class ConcurrentTransaction implements OpenTransaction {
     const isRead = entry.footprint.readonly;
     if (isRead && !engine.changedSince(entry.footprint.reads, this.validatedSeq)) return;
     if (!isRead && !rebuild) return;
-    let stmt: PreparedSql;
-    let params = entry.params;
-    if (entry.rowid) {
-      stmt = engine.statement(entry.rowid.sql);
-      params = withRowid(stmt, entry.params, entry.rowid.value);
-    } else {
-      stmt = engine.statement(entry.sql);
-    }
     let outcome: Outcome;
     try {
+      // Preparing can fail too, when a schema change removed what the statement used.
+      let stmt: PreparedSql;
+      let params = entry.params;
+      if (entry.rowid) {
+        stmt = engine.statement(entry.rowid.sql);
+        params = withRowid(stmt, entry.params, entry.rowid.value);
+      } else {
+        stmt = engine.statement(entry.sql);
+      }
       outcome = stmt.execute(engine.db, params, entry.want);
     } catch (e) {
       const err = e as SqliteError;
