@@ -398,18 +398,30 @@ export class SqliteBus implements Bus {
       claim: (limit, lease) => this.claimCommands(limit, lease, names),
       nextDue: () => this.nextDueCommand(),
       settled: () => {},
+      idle: async () => {},
     };
   }
 
   private eventSource(group: string, fromEnd: boolean, options: WorkerOptions, handlers: Handlers): Source {
     const names = options.onUnknown === 'skip' ? Object.keys(handlers) : null;
+    let pending = 0;
     return {
       channel: this.channel('log'),
       prepare: () => this.ensureGroup(group, fromEnd),
       claim: (limit, lease) => this.claimEvents(group, limit, lease, names),
       nextDue: () => this.nextDueEvent(group),
+      // The offset moves every 16 acknowledgements and whenever the worker runs out of work:
+      // claims skip settled events above the offset anyway, so this only saves commits.
       settled: () => {
-        void this.advance(group).catch(() => {});
+        if (++pending >= 16) {
+          pending = 0;
+          void this.advance(group).catch(() => {});
+        }
+      },
+      idle: async () => {
+        if (pending === 0) return;
+        pending = 0;
+        await this.advance(group).catch(() => {});
       },
     };
   }

@@ -20,8 +20,10 @@ export interface Source {
   claim(limit: number, lease: number): Promise<Claim[]>;
   /** The earliest time something becomes claimable, or null. */
   nextDue(): Promise<number | null>;
-  /** Called after a message was settled (moves a group's offset). */
+  /** Called after a handler's acknowledgement committed. */
   settled(): void;
+  /** Called when nothing is claimable (and when stopping): catch up on deferred work. */
+  idle(): Promise<void>;
 }
 
 const DEFAULTS = { concurrency: 1, lease: 30_000, maxAttempts: 5, pollInterval: 1_000 };
@@ -171,7 +173,10 @@ export class BusWorker implements Worker {
           break;
         }
         if (claims.length === 0) {
-          if (this.inflight.size === 0) this.resolveDrain(claimSeq);
+          if (this.inflight.size === 0) {
+            await this.source.idle();
+            this.resolveDrain(claimSeq);
+          }
           if (this.dirty) continue;
           let wait = this.pollInterval;
           const due = await this.source.nextDue().catch(() => null);
@@ -197,6 +202,7 @@ export class BusWorker implements Worker {
       }
     }
     await Promise.allSettled([...this.inflight]);
+    await this.source.idle().catch(() => {});
   }
 
   private async settle(step: () => Promise<void>, message: Message | null): Promise<boolean> {
