@@ -1,5 +1,5 @@
 import { busConformance } from './conformance/index.js';
 import { makeBus } from './helpers.js';
 
-busConformance('SqliteBus on :memory:', async () => makeBus('memory'));
-busConformance('SqliteBus on a file', async () => makeBus('file'));
+busConformance(() => makeBus('memory'), 'SqliteBus on :memory:');
+busConformance(() => makeBus('file'), 'SqliteBus on a file');

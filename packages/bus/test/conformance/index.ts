@@ -34,8 +34,13 @@ async function withBus(make: () => Promise<BusFixture>, fn: (bus: Bus) => Promis
   }
 }
 
-/** Registers the conformance tests for one transport. */
-export function busConformance(label: string, make: () => Promise<BusFixture>): void {
+/**
+ * Registers the conformance tests for one transport.
+ *
+ * @param make - opens a fresh, empty bus (and says how to clean it up) for each test.
+ * @param label - names the transport in the test titles.
+ */
+export function busConformance(make: () => Promise<BusFixture>, label = 'transport'): void {
   describe(`Bus conformance: ${label}`, () => {
     it('point-to-point: N commands, several workers, each handled exactly once', async () => {
       await withBus(make, async (bus) => {
@@ -216,6 +221,23 @@ export function busConformance(label: string, make: () => Promise<BusFixture>): 
         await expect(first!.ack()).rejects.toBeInstanceOf(StaleClaimError);
         await second!.ack();
         await until(async () => (await bus.stats()).groups['stale-g']?.lag === 0, 'lag 0');
+      });
+    });
+
+    it('a handler that extends its lease keeps the message from other workers', async () => {
+      await withBus(make, async (bus) => {
+        let calls = 0;
+        const handler = async (_m: Message, ctx: { extendLease(ms: number): Promise<void> }) => {
+          calls++;
+          await ctx.extendLease(30_000);
+          await sleep(500);
+        };
+        const workers = [0, 1].map(() => bus.listen({ long: handler }, { lease: 200, pollInterval: 5 }));
+        await bus.send('long', 1);
+        await until(() => workers.reduce((a, w) => a + w.counters.handled, 0) === 1, 'handled');
+        await Promise.all(workers.map((w) => w.stop()));
+        expect(calls).toBe(1);
+        expect(workers.reduce((a, w) => a + w.counters.stale, 0)).toBe(0);
       });
     });
 
