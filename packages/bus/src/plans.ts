@@ -246,7 +246,8 @@ export function buildPlans(namespace: string) {
     /**
      * Claims up to :limit events for a group in one atomic statement: positions above the
      * group's offset that are neither settled nor under a live lease, lowest first,
-     * skipping any event whose ordering key has an earlier unsettled event in the group.
+     * skipping any event whose ordering key has an earlier unsettled event in the group
+     * (with :ordered, any event that has an earlier unsettled event at all: strict log order).
      */
     claimEvents: `INSERT INTO ${gstate} (grp, pos, state, token, due_at, attempts)
       SELECT :grp, l.pos, 'inflight', :token, :leaseUntil, 1
@@ -256,9 +257,9 @@ export function buildPlans(namespace: string) {
         AND (:names IS NULL OR l.name IS NULL OR l.name IN (SELECT value FROM json_each(:names)))
         AND NOT EXISTS (SELECT 1 FROM ${gstate} s WHERE s.grp = :grp AND s.pos = l.pos
                         AND NOT (s.state IN ('ready', 'inflight') AND s.due_at <= :now))
-        AND (l.key IS NULL OR NOT EXISTS (
+        AND ((l.key IS NULL AND NOT :ordered) OR NOT EXISTS (
               SELECT 1 FROM ${log} e
-              WHERE e.key = l.key AND e.pos > g.upto AND e.pos < l.pos
+              WHERE (:ordered OR e.key = l.key) AND e.pos > g.upto AND e.pos < l.pos
                 AND (e.target IS NULL OR e.target = :grp)
                 AND NOT EXISTS (SELECT 1 FROM ${gstate} s2 WHERE s2.grp = :grp AND s2.pos = e.pos
                                 AND s2.state IN ('done', 'dead', 'parked'))))

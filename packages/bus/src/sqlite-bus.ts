@@ -402,13 +402,17 @@ export class SqliteBus implements Bus {
     };
   }
 
-  private eventSource(group: string, fromEnd: boolean, options: WorkerOptions, handlers: Handlers): Source {
+  private eventSource(group: string, fromEnd: boolean, options: SubscribeOptions, handlers: Handlers): Source {
     const names = options.onUnknown === 'skip' ? Object.keys(handlers) : null;
+    if (options.ordered !== undefined && typeof options.ordered !== 'boolean') {
+      throw new ValidationError('ordered', 'ordered must be a boolean');
+    }
+    const ordered = options.ordered === true;
     let pending = 0;
     return {
       channel: this.channel('log'),
       prepare: () => this.ensureGroup(group, fromEnd),
-      claim: (limit, lease) => this.claimEvents(group, limit, lease, names),
+      claim: (limit, lease) => this.claimEvents(group, limit, lease, names, ordered),
       nextDue: () => this.nextDueEvent(group),
       // The offset moves every 16 acknowledgements and whenever the worker runs out of work:
       // claims skip settled events above the offset anyway, so this only saves commits.
@@ -458,7 +462,7 @@ export class SqliteBus implements Bus {
   }
 
   /** Claims up to `limit` events for `group`. @internal */
-  async claimEvents(group: string, limit: number, lease: number, names: string[] | null): Promise<Claim[]> {
+  async claimEvents(group: string, limit: number, lease: number, names: string[] | null, ordered = false): Promise<Claim[]> {
     const token = randomUUID();
     const claimed = await this.db((h) => {
       h.run(this.plans.sequence);
@@ -470,6 +474,7 @@ export class SqliteBus implements Bus {
         now,
         names: names ? JSON.stringify(names) : null,
         limit,
+        ordered: ordered ? 1 : 0,
       });
     });
     claimed.sort((a, b) => a.pos - b.pos);

@@ -205,6 +205,14 @@ export interface WorkerOptions {
 export interface SubscribeOptions extends WorkerOptions {
   /** Where a group that does not exist yet starts: `beginning` (default) or `end` of the log. */
   startFrom?: 'beginning' | 'end';
+  /**
+   * Strict log order for this worker's claims: an event is handed out only once every
+   * earlier event of the group is settled, so a failing event holds back the ones after it
+   * until it succeeds or is dead-lettered (as if every event shared one ordering key).
+   * Default `false`: events without a key are handled in parallel up to `concurrency`, and a
+   * retry does not hold back later events.
+   */
+  ordered?: boolean;
 }
 
 /** Counters of a worker. */

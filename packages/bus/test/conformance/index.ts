@@ -151,6 +151,26 @@ export function busConformance(make: () => Promise<BusFixture>, label = 'transpo
       });
     });
 
+    it('ordered: a failing event holds back later events of the group until it succeeds', async () => {
+      await withBus(make, async (bus) => {
+        const seen: string[] = [];
+        const w = bus.subscribe(
+          'strict',
+          {
+            e: (m) => {
+              if (m.payload === 1 && m.attempts < 3) throw new Error('not yet');
+              seen.push(`${m.payload as number}@${m.attempts}`);
+            },
+          },
+          { ordered: true, concurrency: 4, backoff: 10, pollInterval: 10 },
+        );
+        for (let i = 0; i < 5; i++) await bus.publish('e', i);
+        await until(() => seen.length === 5, 'all events');
+        await w.stop();
+        expect(seen).toEqual(['0@1', '1@3', '2@1', '3@1', '4@1']);
+      });
+    });
+
     it('maxAttempts dead-letters with the reason and the whole message', async () => {
       await withBus(make, async (bus) => {
         const w = bus.listen({ doomed: () => Promise.reject(new Error('boom')) }, { maxAttempts: 2, backoff: 5, pollInterval: 10 });
