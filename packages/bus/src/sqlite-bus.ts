@@ -224,7 +224,7 @@ export class SqliteBus implements Bus {
    */
   async send(name: string, payload: Payload, options: ProduceOptions = {}): Promise<ProduceResult> {
     this.assertOpen();
-    const p = this.produceParams(name, payload, options, 'command');
+    const p = this.produceParams(name, payload, options);
     const delay = options.delay === undefined ? 0 : validateMs('delay', options.delay);
     const now = Date.now();
     const params = { ...p.params, now, availableAt: now + Math.ceil(delay) };
@@ -246,7 +246,7 @@ export class SqliteBus implements Bus {
     if ((options as ProduceOptions).delay !== undefined) {
       throw new ValidationError('delay', 'events cannot be delayed; use send() for delayed commands');
     }
-    const p = this.produceParams(name, payload, options, 'event');
+    const p = this.produceParams(name, payload, options);
     const params = { ...p.params, now: Date.now() };
     const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.publish, params));
     if (!options.conn || !options.conn.inTransaction) await this.sequence();
@@ -254,7 +254,7 @@ export class SqliteBus implements Bus {
     return { id: p.id, stored: changes > 0 };
   }
 
-  private produceParams(name: string, payload: Payload, options: ProduceOptions, kind: MessageKind) {
+  private produceParams(name: string, payload: Payload, options: ProduceOptions) {
     validateName(name);
     if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
     const id = options.id === undefined ? randomUUID() : validateId('id', options.id);
@@ -265,7 +265,6 @@ export class SqliteBus implements Bus {
       throw new ValidationError('conn', 'conn must be a Connection');
     }
     const enc = encodePayload(payload, options.contentType);
-    void kind;
     return {
       id,
       params: {
@@ -648,7 +647,7 @@ export class SqliteBus implements Bus {
    */
   async replayDeadLetter(deadId: number): Promise<boolean> {
     this.assertOpen();
-    validateMs('deadId', deadId);
+    validatePositiveInt('deadId', deadId);
     const found = await this.tx((h) => {
       const d = h.get<{ source: string; ref: number }>(this.plans.getDead, { deadId });
       if (!d) return null;
