@@ -199,7 +199,7 @@ export async function run({ quick, log }) {
         for (;;) {
           const now = Date.now();
           const token = `t-${Math.random()}`;
-          const rows = claim.all({ ':grp': g, ':token': token, ':leaseUntil': now + 30_000, ':now': now, ':names': null, ':limit': 1 });
+          const rows = claim.all({ ':grp': g, ':token': token, ':leaseUntil': now + 30_000, ':now': now, ':names': null, ':limit': 1, ':ordered': 0 });
           if (rows.length === 0) return;
           for (const row of rows) {
             JSON.parse(get.get({ ':pos': row.pos }).payload);
