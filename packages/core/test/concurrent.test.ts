@@ -350,6 +350,29 @@ describe('granularity of conflicts', () => {
     }
   });
 
+  it('upserts (ON CONFLICT DO NOTHING / DO UPDATE) reserve their rowids too', async () => {
+    const db = open(':memory:');
+    handles.push(db);
+    db.exec('CREATE TABLE t (seq INTEGER PRIMARY KEY, id TEXT UNIQUE, v TEXT)');
+    const [a, b, c] = [db.connect(), db.connect(), db.connect()];
+    handles.push(a, b, c);
+    for (const h of [a, b, c]) h.exec('BEGIN CONCURRENT');
+    const ra = a.run('INSERT INTO t (id, v) VALUES (?, ?) ON CONFLICT (id) DO NOTHING', ['a', 'x']).lastInsertRowid;
+    await tick();
+    const rb = b.run('INSERT INTO t (id, v) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET v = excluded.v', ['b', 'y']).lastInsertRowid;
+    await tick();
+    const rc = c.get<{ seq: number }>('INSERT INTO t (id, v) VALUES (?, ?) ON CONFLICT DO NOTHING RETURNING seq', ['c', 'z'])!.seq;
+    expect(new Set([ra, rb, rc]).size).toBe(3);
+    c.exec('COMMIT');
+    b.exec('COMMIT');
+    a.exec('COMMIT');
+    expect(db.all('SELECT seq, id FROM t ORDER BY id')).toEqual([
+      { seq: ra, id: 'a' },
+      { seq: rb, id: 'b' },
+      { seq: rc, id: 'c' },
+    ]);
+  });
+
   it('readers of one row are not disturbed by commits to other rows of the same table', async () => {
     const { db, t } = hermitage();
     const [t1] = t as [Connection];

@@ -232,9 +232,9 @@ export function nameOf(t: Token | undefined): string {
 
 /**
  * The shape of a single-row `INSERT [OR ABORT|FAIL|IGNORE|ROLLBACK] INTO t (cols) VALUES (...)
- * [RETURNING ...]`: the table, its listed columns, and where an extra column and value can be
- * spliced in to give the row an explicit rowid. Anything else (several rows, SELECT, upsert,
- * OR REPLACE, DEFAULT VALUES, WITH) returns `undefined`.
+ * [ON CONFLICT ...] [RETURNING ...]`: the table, its listed columns, and where an extra column
+ * and value can be spliced in to give the row an explicit rowid. Anything else (several rows,
+ * SELECT, OR REPLACE, DEFAULT VALUES, WITH) returns `undefined`.
  */
 export interface SingleRowInsert {
   schema: string | undefined;
@@ -290,7 +290,9 @@ export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   }
   const valuesClose = at(k);
   if (!valuesClose) return undefined;
+  // An upsert clause may follow: with an explicit rowid, a conflict on its target still updates
+  // (or skips) as before, and a conflict on the rowid itself surfaces as an error.
   const next = at(k + 1);
-  if (next && next.text !== 'returning') return undefined;
+  if (next && next.text !== 'returning' && next.text !== 'on') return undefined;
   return { schema, table, columns, columnsClose: columnsClose.start, valuesClose: valuesClose.start };
 }
