@@ -156,7 +156,7 @@ for (const f of files) {
     console.log(`  ${fig.group} | ${fig.peer}: ${v}`);
   }
   for (const ra of ratios) {
-    console.log(`  ratio ${ra.label}: ${Number.isFinite(ra.median) ? ra.median.toFixed(2) + 'x' : 'n/a'}${ra.note ? ` (${ra.note})` : ra.target != null ? ` (target >= ${ra.target}x: ${ra.met ? 'met' : 'not met'})` : ''}`);
+    console.log(`  ratio ${ra.label}: ${Number.isFinite(ra.median) ? ra.median.toFixed(2) + 'x' : 'n/a'}${ra.note ? ` (${ra.note})` : ra.target != null ? ` (target >= ${+ra.target.toFixed(2)}x: ${ra.met ? 'met' : 'not met'})` : ''}`);
   }
   for (const n of suite.notes) console.log(`  note: ${n}`);
   for (const c of checks) (c.ok ? console.log : console.error)(`  check ${c.ok ? 'ok' : 'FAILED'}: ${c.message}`);

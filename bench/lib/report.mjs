@@ -134,7 +134,7 @@ export function renderMarkdown(results) {
     }
     for (const r of s.ratios ?? []) {
       const met = r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no';
-      out.push(`| [${s.name}](#${anchor(s.title ?? s.name)}) | ${r.label} | ${fmtRatio(r.median)} (${fmtRatio(r.min)}..${fmtRatio(r.max)}) | ${r.target == null ? '-' : `>= ${r.target}x`} | ${met} |`);
+      out.push(`| [${s.name}](#${anchor(s.title ?? s.name)}) | ${r.label} | ${fmtRatio(r.median)} (${fmtRatio(r.min)}..${fmtRatio(r.max)}) | ${r.target == null ? '-' : `>= ${+r.target.toFixed(2)}x`} | ${met} |`);
     }
   }
   out.push('');
@@ -160,7 +160,7 @@ export function renderMarkdown(results) {
       out.push('| ratio | median | min..max | target | met |');
       out.push('|---|---|---|---|---|');
       for (const r of s.ratios) {
-        out.push(`| ${r.label} | **${fmtRatio(r.median)}** | ${fmtRatio(r.min)}..${fmtRatio(r.max)} | ${r.target == null ? '-' : `>= ${r.target}x`} | ${r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no'} |`);
+        out.push(`| ${r.label} | **${fmtRatio(r.median)}** | ${fmtRatio(r.min)}..${fmtRatio(r.max)} | ${r.target == null ? '-' : `>= ${+r.target.toFixed(2)}x`} | ${r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no'} |`);
       }
       out.push('');
     }
