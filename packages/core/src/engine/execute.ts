@@ -56,7 +56,7 @@ export class PreparedSql {
   readonly returnsRows: boolean;
   /** An upsert (`ON CONFLICT ... DO UPDATE`) may change rows without inserting any. */
   private readonly upsert: boolean;
-  private readonly named = new Map<string, string>();
+  private readonly named = new Map<string, number>();
 
   constructor(
     readonly sql: string,
@@ -122,16 +122,19 @@ export class PreparedSql {
       for (let i = 0; i < params.length; i++) if (typeof params[i] === 'string') checkText(params[i] as string);
       return params;
     }
-    const out: Record<string, unknown> = {};
+    // Named values are bound by position: the index of each name is looked up once per
+    // statement (the engine wrapper would look every name up again on every execution).
+    const out: unknown[] = [];
     for (const key of Object.keys(params)) {
-      let name = this.named.get(key);
-      if (name === undefined) {
-        name = this.resolveName(key);
-        this.named.set(key, name);
+      let index = this.named.get(key);
+      if (index === undefined) {
+        index = this.parameterIndex(this.resolveName(key));
+        this.named.set(key, index);
       }
       const value = (params as Record<string, unknown>)[key];
       if (typeof value === 'string') checkText(value);
-      out[name] = value;
+      while (out.length < index - 1) out.push(null);
+      out[index - 1] = value;
     }
     return out;
   }
