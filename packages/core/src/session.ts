@@ -127,7 +127,7 @@ export class Session {
       if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
       return out;
     } catch (e) {
-      throw file?.explain ? file.explain(e) : e;
+      throw this.engine.explain(e);
     } finally {
       file?.afterUse(this.engine.inRealTransaction);
     }
@@ -151,14 +151,10 @@ export class Session {
         this.savepoint(c);
         return NO_ROWS;
       case 'journal_mode':
-        if (cls.value === 'mvcc') {
-          this.engine.mvcc = true;
+        if (cls.value !== null) this.engine.mvcc = cls.value === 'mvcc';
+        if (this.engine.mvcc) {
           return { rows: want === 'run' ? undefined : [{ journal_mode: 'mvcc' }], changes: 0, insertedRowid: undefined };
         }
-        if (cls.value === null && this.engine.mvcc) {
-          return { rows: want === 'run' ? undefined : [{ journal_mode: 'mvcc' }], changes: 0, insertedRowid: undefined };
-        }
-        if (cls.value !== null) this.engine.mvcc = false;
         return this.statement(c, params, want);
       default:
         return this.statement(c, params, want);

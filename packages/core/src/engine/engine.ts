@@ -248,11 +248,10 @@ export class Engine {
     const ins: SingleRowInsert | undefined = singleRowInsert(tokenize(sql));
     if (!ins) return null;
     const schema = ins.schema ?? 'main';
-    const q = (s: string) => `"${s.replace(/"/g, '""')}"`;
     const info = this.statement(`SELECT name, type, pk FROM pragma_table_info(${sqlString(ins.table)}, ${sqlString(schema)})`)
       .execute(this.db, undefined, 'all').rows as { name: string; type: string; pk: number }[];
     if (info.length === 0) return null;
-    const ddl = this.statement(`SELECT sql FROM ${q(schema)}.sqlite_schema WHERE type = 'table' AND name = ${sqlString(ins.table)} COLLATE NOCASE`)
+    const ddl = this.statement(`SELECT sql FROM ${sqlIdent(schema)}.sqlite_schema WHERE type = 'table' AND name = ${sqlString(ins.table)} COLLATE NOCASE`)
       .execute(this.db, undefined, 'get').rows?.[0]?.sql as string | undefined;
     if (!ddl || /without\s+rowid/i.test(ddl)) return null;
     const pks = info.filter((c) => c.pk > 0);
@@ -277,7 +276,7 @@ export class Engine {
   /** A rowid above every row in `table` and every rowid reserved in it. */
   freeRowid(plan: RowidPlan): number | bigint {
     const [schema, table] = splitTable(plan.table);
-    const row = this.statement(`SELECT max(rowid) AS m FROM "${schema.replace(/"/g, '""')}"."${table.replace(/"/g, '""')}"`)
+    const row = this.statement(`SELECT max(rowid) AS m FROM ${sqlIdent(schema)}.${sqlIdent(table)}`)
       .execute(this.db, undefined, 'get').rows?.[0];
     let max = BigInt((row?.m as number | bigint | null) ?? 0);
     for (const r of this.reservations.get(plan.table)?.keys() ?? []) if (BigInt(r) > max) max = BigInt(r);
@@ -301,6 +300,10 @@ export class Engine {
   get hasReservations(): boolean {
     return this.reservations.size > 0;
   }
+}
+
+function sqlIdent(s: string): string {
+  return `"${s.replace(/"/g, '""')}"`;
 }
 
 function sqlString(s: string): string {
