@@ -3,7 +3,7 @@
  * @module
  */
 import type { BindParams, Row } from './engine/execute.js';
-import { misuseError } from './errors.js';
+import { extraArguments, misuseError } from './errors.js';
 import { Session } from './session.js';
 import { Statement, type RunResult } from './statement.js';
 import { runTransaction, type TransactionOptions } from './transaction.js';
@@ -101,17 +101,20 @@ export class Connection {
    *   parameters, nested BEGIN), `closed`, `readonly`.
    */
   run(sql: string, params?: BindParams): RunResult {
+    if (arguments.length > 2) throw extraArguments('run');
     const out = this.session.run(this.session.compileCached(sql), params, 'run');
     return { changes: out.changes, lastInsertRowid: this.session.lastInsertRowid };
   }
 
   /** The first row of a query, or `undefined` when it returns none. Throws as {@link Connection.run}. */
   get<T = Row>(sql: string, params?: BindParams): T | undefined {
+    if (arguments.length > 2) throw extraArguments('get');
     return this.session.run(this.session.compileCached(sql), params, 'get').rows?.[0] as T | undefined;
   }
 
   /** Every row of a query. Throws as {@link Connection.run}. */
   all<T = Row>(sql: string, params?: BindParams): T[] {
+    if (arguments.length > 2) throw extraArguments('all');
     return (this.session.run(this.session.compileCached(sql), params, 'all').rows ?? []) as T[];
   }
 
@@ -120,6 +123,7 @@ export class Connection {
    * the engine is shared, so no cursor stays open across other handles' statements.
    */
   iterate<T = Row>(sql: string, params?: BindParams): IterableIterator<T> {
+    if (arguments.length > 2) throw extraArguments('iterate');
     return this.all<T>(sql, params)[Symbol.iterator]();
   }
 

@@ -1,0 +1,58 @@
+/**
+ * Regression tests for the eleven classes of isolation holes found by an adversarial review
+ * (one `describe` per class, numbered as in the review). Each test is the hostile history of
+ * its class, written so that it fails when the class comes back.
+ */
+import { describe, expect, it } from 'vitest';
+import { BusyError, errorKind, SqliteError, type Connection } from '../src/index.js';
+import { expectSqliteError, thrown, useScope } from './helpers.js';
+
+const scope = useScope();
+const tick = () => new Promise<void>((r) => setImmediate(r));
+
+function memory(schema: string): Connection {
+  const db = scope.open(':memory:');
+  db.exec(schema);
+  return db;
+}
+
+describe('class 11: bad parameters are a typed error and write nothing', () => {
+  it('a BigInt outside 64 bits, too few or too many values, several JS arguments', () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, v)');
+    const ins = db.prepare('INSERT INTO t (v) VALUES (?)');
+    for (const bad of [2n ** 64n + 5n, 2n ** 63n, -(2n ** 63n) - 1n]) {
+      const e = expectSqliteError(() => db.run('INSERT INTO t (v) VALUES (?)', [bad]), 'misuse', 'SQLITE_RANGE');
+      expect(e.message).toMatch(/64-bit/);
+      expectSqliteError(() => ins.run(bad), 'misuse', 'SQLITE_RANGE');
+      expectSqliteError(() => db.run('INSERT INTO t (v) VALUES (:v)', { v: bad }), 'misuse', 'SQLITE_RANGE');
+    }
+    // The extremes of the range are stored exactly.
+    db.run('INSERT INTO t (v) VALUES (?)', [2n ** 63n - 1n]);
+    db.run('INSERT INTO t (v) VALUES (?)', [-(2n ** 63n)]);
+    expect(db.all('SELECT typeof(v) AS t FROM t')).toEqual([{ t: 'integer' }, { t: 'integer' }]);
+    db.run('DELETE FROM t');
+    expectSqliteError(() => db.run('INSERT INTO t (id, v) VALUES (?, ?)', [1]), 'misuse', 'SQLITE_RANGE');
+    expectSqliteError(() => db.run('INSERT INTO t (id, v) VALUES (?, ?)'), 'misuse', 'SQLITE_RANGE');
+    expectSqliteError(() => db.run('INSERT INTO t (id, v) VALUES (?, ?)', 1), 'misuse', 'SQLITE_RANGE');
+    expectSqliteError(() => db.run('INSERT INTO t (id, v) VALUES (?, ?)', [1, 2, 3]), 'misuse', 'SQLITE_RANGE');
+    expectSqliteError(() => db.run('INSERT INTO t (id, v) VALUES (:a, :b)', { a: 1 }), 'misuse', 'SQLITE_RANGE');
+    expectSqliteError(() => db.run('INSERT INTO t (v) VALUES (?)', [undefined as never]), 'misuse');
+    expectSqliteError(() => db.run('INSERT INTO t (v) VALUES (?)', [{} as never]), 'misuse');
+    // Several JavaScript arguments would bind only the first.
+    expectSqliteError(() => (db.run as (...a: unknown[]) => unknown)('INSERT INTO t (id, v) VALUES (?, ?)', 1, 2), 'misuse');
+    expectSqliteError(() => (ins.run as (...a: unknown[]) => unknown)(1, 2), 'misuse');
+    expectSqliteError(() => (db.get as (...a: unknown[]) => unknown)('SELECT ?', 1, 2), 'misuse');
+    expectSqliteError(() => (db.all as (...a: unknown[]) => unknown)('SELECT ?', 1, 2), 'misuse');
+    expect(db.all('SELECT * FROM t')).toEqual([]);
+  });
+
+  it('inside BEGIN CONCURRENT the transaction stays usable and logs nothing for a refused call', () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, v)');
+    const a = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    expectSqliteError(() => a.run('INSERT INTO t (v) VALUES (?)', [2n ** 64n]), 'misuse');
+    a.run('INSERT INTO t (v) VALUES (?)', [1]);
+    a.exec('COMMIT');
+    expect(db.all('SELECT v FROM t')).toEqual([{ v: 1 }]);
+  });
+});
