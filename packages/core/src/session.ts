@@ -347,13 +347,17 @@ export class Session {
 
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
-    const out = this.executeSteered(c, params, want, null);
-    if (c.cls.type === 'ddl') engine.schemaChanged();
-    else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
-      const fp = engine.footprints.of(c.sql);
-      if (!fp.readonly) engine.noteChanged(fp.writes);
+    try {
+      return this.executeSteered(c, params, want, null);
+    } finally {
+      // Counted on failure too: a statement may change rows before it fails (OR FAIL,
+      // RAISE(FAIL) in a trigger) and those changes stay committed.
+      if (c.cls.type === 'ddl') engine.schemaChanged();
+      else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
+        const fp = engine.footprints.of(c.sql);
+        if (!fp.readonly) engine.noteChanged(fp.writes);
+      }
     }
-    return out;
   }
 
   private pessimisticStatement(

@@ -56,3 +56,35 @@ describe('class 11: bad parameters are a typed error and write nothing', () => {
     expect(db.all('SELECT v FROM t')).toEqual([{ v: 1 }]);
   });
 });
+
+describe('class 4: a failing autocommit write that changed rows before failing bumps the commit counters', () => {
+  for (const [name, setup, failing] of [
+    ['UPDATE OR FAIL', '', 'UPDATE OR FAIL t SET v = v + 1, u = CASE WHEN id = 2 THEN 1 ELSE u END'],
+    ['INSERT OR FAIL', '', 'INSERT OR FAIL INTO t (id, v, u) SELECT id + 10, v, CASE id WHEN 1 THEN 9 ELSE 2 END FROM t ORDER BY id'],
+    [
+      'RAISE(FAIL) in a trigger',
+      "CREATE TRIGGER stop BEFORE UPDATE ON t WHEN new.id = 2 BEGIN SELECT RAISE(FAIL, 'stop'); END;",
+      'UPDATE t SET v = v + 1',
+    ],
+  ] as const) {
+    it(`${name}: a concurrent transaction that read the changed rows conflicts`, async () => {
+      const db = memory(
+        `CREATE TABLE t (id INTEGER PRIMARY KEY, v INT, u UNIQUE); INSERT INTO t VALUES (1, 10, 1), (2, 20, 2); ${setup}`,
+      );
+      const a = scope.connect(db);
+      const b = scope.connect(db);
+      a.exec('BEGIN CONCURRENT');
+      const sum = 'SELECT total(v) + count(*) AS v FROM t';
+      const seen = a.get<{ v: number }>(sum)!.v;
+      await tick();
+      expect(() => b.run(failing)).toThrow(SqliteError);
+      // A row was changed before the statement failed, and that change is committed.
+      expect(db.get<{ v: number }>(sum)!.v).not.toBe(seen);
+      const e = thrown(() => {
+        a.run('UPDATE t SET v = ? WHERE id = 2', [seen]);
+        a.exec('COMMIT');
+      });
+      expect(errorKind(e)).toBe('busy_snapshot');
+    });
+  }
+});
