@@ -48,6 +48,14 @@ export class ConcurrentTransaction implements OpenTransaction {
     readonly handleId: number,
   ) {
     engine.concurrentOpen++;
+    try {
+      // The baseline of other processes' commits is taken now: a commit by another process
+      // after this point must count as a change at the first validation.
+      engine.checkExternalChanges();
+    } catch (e) {
+      engine.concurrentOpen--;
+      throw e;
+    }
     this.validatedSeq = engine.commitSeq;
   }
 
