@@ -11,7 +11,7 @@
  *   validates) and are logged with what they showed the application.
  * @module
  */
-import { ConcurrentTransaction, withRowid, type LogEntry } from './concurrent/transaction.js';
+import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
@@ -400,7 +400,8 @@ export class Session {
     let plan: RowidPlan | null = null;
     try {
       const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
-      entry.outcome = out;
+      // A private copy: the application may mutate the rows it was given.
+      entry.outcome = privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
         const pl = plan as RowidPlan;
         entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };

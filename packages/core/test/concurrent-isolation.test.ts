@@ -88,3 +88,27 @@ describe('class 4: a failing autocommit write that changed rows before failing b
     });
   }
 });
+
+describe('class 7: the log keeps its own copy of what it returned', () => {
+  it('an application that mutates a returned row cannot make a lost update pass validation', async () => {
+    const db = memory('CREATE TABLE c (id INTEGER PRIMARY KEY, n INT, b BLOB); INSERT INTO c VALUES (1, 0, x\'00\')');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    const row = a.get<{ n: number; b: Uint8Array }>('SELECT n, b FROM c WHERE id = 1')!;
+    const rows = a.all<{ n: number }>('SELECT n FROM c');
+    await tick();
+    b.run("UPDATE c SET n = n + 1, b = x'01' WHERE id = 1");
+    // The application mutates what it was given into what the other handle committed.
+    row.n += 1;
+    row.b[0] = 1;
+    rows[0]!.n += 1;
+    rows.push({ n: 5 });
+    const e = thrown(() => {
+      a.run('UPDATE c SET n = ? WHERE id = 1', [row.n]);
+      a.exec('COMMIT');
+    });
+    expect(errorKind(e)).toBe('busy_snapshot');
+    expect(db.get('SELECT n FROM c')).toEqual({ n: 1 });
+  });
+});

@@ -176,6 +176,22 @@ export function withRowid(stmt: PreparedSql, params: BindParams | undefined, row
   return list as BindParams;
 }
 
+/** A copy of an outcome that shares nothing mutable with the one handed to the application. */
+export function privateCopy(out: Outcome): Outcome {
+  if (out.rows === undefined || out.rows.length === 0) return out.rows === undefined ? out : { ...out, rows: [] };
+  const rows = new Array<Record<string, unknown>>(out.rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const row = out.rows[i] as Record<string, unknown>;
+    const copy: Record<string, unknown> = {};
+    for (const k in row) {
+      const v = row[k];
+      copy[k] = v instanceof Uint8Array ? v.slice() : v;
+    }
+    rows[i] = copy;
+  }
+  return { rows, changes: out.changes, insertedRowid: out.insertedRowid };
+}
+
 function describeDifference(a: Outcome, b: Outcome): string | undefined {
   if (a.rows || b.rows) {
     const ra = a.rows ?? [];
