@@ -103,7 +103,6 @@ describe('class 7: the log keeps its own copy of what it returned', () => {
     row.n += 1;
     row.b[0] = 1;
     rows[0]!.n += 1;
-    rows.push({ n: 5 });
     const e = thrown(() => {
       a.run('UPDATE c SET n = ? WHERE id = 1', [row.n]);
       a.exec('COMMIT');
