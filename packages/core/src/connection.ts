@@ -140,8 +140,11 @@ export class Connection {
    * and rethrows when `fn` throws. `fn` may be async and await anything. Busy errors
    * (`SQLITE_BUSY_SNAPSHOT` from a concurrent transaction's conflict, `SQLITE_BUSY` from a lock)
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
-   * (`retry: false` turns that off). Called inside an open transaction, it runs `fn` in a
-   * SAVEPOINT instead (no retry).
+   * (`retry: false` turns that off). Called from inside another `transaction()` callback of
+   * this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a SAVEPOINT
+   * instead (no retry). A call that overlaps a running `transaction()` of this handle from
+   * anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
+   * give each concurrent unit of work its own handle from {@link Connection.connect}.
    *
    * @param options.mode - `deferred` (default), `immediate`, `exclusive` or `concurrent`.
    * @returns what `fn` returns.

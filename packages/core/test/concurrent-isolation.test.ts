@@ -111,3 +111,50 @@ describe('class 7: the log keeps its own copy of what it returned', () => {
     expect(db.get('SELECT n FROM c')).toEqual({ n: 1 });
   });
 });
+
+describe('class 10: overlapping transaction() calls on one handle', () => {
+  it('the second call fails at once with a misuse error; the first commits alone', async () => {
+    const db = memory('CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT); INSERT INTO acct VALUES (1, 100), (2, 0)');
+    const h = scope.connect(db);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const first = h.transaction(async (tx) => {
+      tx.run('UPDATE acct SET bal = bal + 1 WHERE id = 2');
+      await gate;
+    }, { mode: 'concurrent' });
+    await tick();
+    // A transfer on the same handle: debit, then fail before the credit.
+    const second = h.transaction(async (tx) => {
+      tx.run('UPDATE acct SET bal = bal - 50 WHERE id = 1');
+      throw new Error('credit failed');
+    }, { mode: 'concurrent' });
+    const e = await second.then(() => undefined, (x: unknown) => x);
+    expect(errorKind(e)).toBe('misuse');
+    expect((e as Error).message).toMatch(/connect\(\)/);
+    release();
+    await first;
+    expect(db.all('SELECT bal FROM acct ORDER BY id')).toEqual([{ bal: 100 }, { bal: 1 }]);
+  });
+
+  it('a call from inside the callback is still a savepoint; a call after the first ended runs normally', async () => {
+    const db = memory('CREATE TABLE t (v INT)');
+    const h = scope.connect(db);
+    await h.transaction(async (tx) => {
+      tx.run('INSERT INTO t VALUES (1)');
+      await tick();
+      await tx
+        .transaction(async (inner) => {
+          inner.run('INSERT INTO t VALUES (2)');
+          await tick();
+          throw new Error('inner fails');
+        })
+        .catch(() => undefined);
+      await tx.transaction(async (inner) => {
+        await tick();
+        inner.run('INSERT INTO t VALUES (3)');
+      });
+    }, { mode: 'concurrent' });
+    await h.transaction(() => h.run('INSERT INTO t VALUES (4)'));
+    expect(db.all('SELECT v FROM t ORDER BY v')).toEqual([{ v: 1 }, { v: 3 }, { v: 4 }]);
+  });
+});
