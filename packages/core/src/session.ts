@@ -12,7 +12,7 @@
  * @module
  */
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
-import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
+import type { Engine, HandleState, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
@@ -41,7 +41,8 @@ const NO_ROWS: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined
 export class Session {
   readonly id: number;
   tx: PessimisticTransaction | ConcurrentTransaction | null = null;
-  lastInsertRowid: number | bigint = 0;
+  /** What `last_insert_rowid()`, `changes()` and `total_changes()` answer for this handle. */
+  readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
   /** A read-only handle refuses statements that would write. */
   readonly = false;
   private open = true;
@@ -49,6 +50,8 @@ export class Session {
   private abortedBySnapshot = false;
   private readonly cache = new Map<string, CompiledSql>();
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
+  /** Inside {@link Session.withFile}: the file lock is already managed. */
+  private usingFile = false;
 
   constructor(readonly engine: Engine) {
     this.id = engine.retain();
@@ -56,6 +59,11 @@ export class Session {
 
   get isOpen(): boolean {
     return this.open;
+  }
+
+  /** The rowid of the last row this handle inserted. */
+  get lastInsertRowid(): number | bigint {
+    return this.state.lastInsertRowid;
   }
 
   assertOpen(): void {
@@ -120,16 +128,32 @@ export class Session {
   /** Runs one compiled statement for this handle. */
   run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     this.assertOpen();
-    const file = this.engine.fileAccess;
-    file?.beforeUse();
-    try {
+    return this.withFile(() => {
+      this.engine.caller = this.state;
       const out = this.route(c, params, want);
-      if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
+      const state = this.state;
+      if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+      if (c.prepared !== undefined && c.prepared.writesRows) {
+        state.changes = out.changes;
+        state.totalChanges += out.changes;
+      }
       return out;
+    });
+  }
+
+  /** Runs `fn` with the file lock managed (file databases), once however deeply nested. */
+  private withFile<T>(fn: () => T): T {
+    const file = this.engine.fileAccess;
+    if (!file || this.usingFile) return fn();
+    this.usingFile = true;
+    file.beforeUse();
+    try {
+      return fn();
     } catch (e) {
       throw this.engine.explain(e);
     } finally {
-      file?.afterUse(this.engine.inRealTransaction);
+      this.usingFile = false;
+      file.afterUse(this.engine.inRealTransaction);
     }
   }
 
@@ -167,6 +191,9 @@ export class Session {
     if (this.tx) throw misuseError('cannot start a transaction within a transaction');
     this.abortedBySnapshot = false;
     if (mode === 'concurrent') {
+      // The baseline of other processes' commits is taken now, so that a commit by another
+      // process after this point counts as a change at the first validation.
+      this.withFile(() => this.engine.checkExternalChanges());
       this.tx = new ConcurrentTransaction(this.engine, this.id);
       return;
     }
@@ -396,7 +423,14 @@ export class Session {
       const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !intersects(fp.reads, a.writes));
       if (!inPlace) this.bringIn(tx);
     }
-    const entry: LogEntry = { sql: c.sql, params: copyParams(params), want, footprint: fp, control: false };
+    const entry: LogEntry = {
+      sql: c.sql,
+      params: copyParams(params),
+      want,
+      footprint: fp,
+      control: false,
+      state: { ...this.state },
+    };
     let plan: RowidPlan | null = null;
     try {
       const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));

@@ -158,3 +158,41 @@ describe('class 10: overlapping transaction() calls on one handle', () => {
     expect(db.all('SELECT v FROM t ORDER BY v')).toEqual([{ v: 1 }, { v: 3 }, { v: 4 }]);
   });
 });
+
+describe("class 2: last_insert_rowid(), changes(), total_changes() answer the calling handle's own values", () => {
+  it("another handle's autocommit statement never sees a concurrent transaction's uncommitted rowid", async () => {
+    const db = memory('CREATE TABLE parent (id INTEGER PRIMARY KEY, v); CREATE TABLE child (pid)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    b.run("INSERT INTO parent (v) VALUES ('b')"); // b's last insert: 1
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run("INSERT INTO parent (v) VALUES ('a')").lastInsertRowid).toBe(2);
+    await tick();
+    b.run('INSERT INTO child (pid) VALUES (last_insert_rowid())');
+    a.exec('ROLLBACK');
+    expect(db.all('SELECT pid FROM child')).toEqual([{ pid: 1 }]);
+    expect(db.all('SELECT id FROM parent')).toEqual([{ id: 1 }]);
+  });
+
+  it('inside a transaction, and when the transaction is replayed after being parked', async () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t (v) VALUES (1), (2), (3); CREATE TABLE seen (what, n)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run('UPDATE t SET v = v + 1 WHERE id <= 2').changes).toBe(2);
+    const rowid = a.run('INSERT INTO t (v) VALUES (9)').lastInsertRowid;
+    await tick();
+    b.run('DELETE FROM t WHERE id = 3'); // parks a; b's changes() is 1, its rowid 0
+    expect(b.get('SELECT last_insert_rowid() AS r, changes() AS c, total_changes() AS t')).toEqual({ r: 0, c: 1, t: 1 });
+    expect(a.get('SELECT last_insert_rowid() AS r, changes() AS c, total_changes() AS t')).toEqual({ r: rowid, c: 1, t: 3 });
+    a.run("INSERT INTO seen VALUES ('rowid', last_insert_rowid())");
+    a.run("INSERT INTO seen VALUES ('changes', changes())");
+    await tick();
+    b.run("INSERT INTO t (v) VALUES ('b')"); // parks a again: the replay must answer a's values
+    a.exec('COMMIT');
+    expect(db.all('SELECT what, n FROM seen')).toEqual([
+      { what: 'rowid', n: rowid },
+      { what: 'changes', n: 1 },
+    ]);
+  });
+});

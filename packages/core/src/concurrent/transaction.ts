@@ -15,7 +15,7 @@
  * @module
  */
 import { sqliteError, type SqliteError } from '../errors.js';
-import type { Engine, OpenTransaction } from '../engine/engine.js';
+import type { Engine, HandleState, OpenTransaction } from '../engine/engine.js';
 import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Want } from '../engine/execute.js';
 import type { Footprint } from '../engine/footprint.js';
@@ -26,6 +26,8 @@ export interface LogEntry {
   readonly params: BindParams | undefined;
   readonly want: Want;
   readonly footprint: Footprint;
+  /** What the connection-state SQL functions answered when it ran (replays answer the same). */
+  readonly state?: HandleState;
   /** Savepoint statements are replayed but show nothing to compare. */
   readonly control: boolean;
   outcome?: Outcome;
@@ -48,14 +50,6 @@ export class ConcurrentTransaction implements OpenTransaction {
     readonly handleId: number,
   ) {
     engine.concurrentOpen++;
-    try {
-      // The baseline of other processes' commits is taken now: a commit by another process
-      // after this point must count as a change at the first validation.
-      engine.checkExternalChanges();
-    } catch (e) {
-      engine.concurrentOpen--;
-      throw e;
-    }
     this.validatedSeq = engine.commitSeq;
   }
 
@@ -84,6 +78,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     const engine = this.engine;
     engine.exec('BEGIN');
     engine.active = this;
+    const caller = engine.caller;
     try {
       engine.checkExternalChanges();
       for (const entry of this.log) this.replay(entry, true);
@@ -91,6 +86,8 @@ export class ConcurrentTransaction implements OpenTransaction {
       engine.active = null;
       if (engine.inRealTransaction) engine.exec('ROLLBACK');
       throw e;
+    } finally {
+      engine.caller = caller;
     }
     this.validatedSeq = engine.commitSeq;
   }
@@ -101,9 +98,15 @@ export class ConcurrentTransaction implements OpenTransaction {
    * none of the tables read.
    */
   validateReads(): void {
-    this.engine.checkExternalChanges();
-    for (const entry of this.log) if (!entry.control) this.replay(entry, false);
-    this.validatedSeq = this.engine.commitSeq;
+    const engine = this.engine;
+    const caller = engine.caller;
+    try {
+      engine.checkExternalChanges();
+      for (const entry of this.log) if (!entry.control) this.replay(entry, false);
+    } finally {
+      engine.caller = caller;
+    }
+    this.validatedSeq = engine.commitSeq;
   }
 
   /** The tables this transaction read, for deciding whether it may validate in place. */
@@ -130,6 +133,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     if (isRead && !engine.changedSince(entry.footprint.reads, this.validatedSeq)) return;
     if (!isRead && !rebuild) return;
     let outcome: Outcome;
+    if (entry.state) engine.caller = entry.state;
     try {
       // Preparing can fail too, when a schema change removed what the statement used.
       let stmt: PreparedSql;

@@ -45,6 +45,17 @@ export interface RowidPlan {
   readonly sql: string;
 }
 
+/**
+ * What SQL's connection-state functions (`last_insert_rowid()`, `changes()`,
+ * `total_changes()`) answer: the values of the handle whose statement runs, as they were when
+ * that statement started. The engine's own values belong to whichever handle ran last.
+ */
+export interface HandleState {
+  lastInsertRowid: number | bigint;
+  changes: number;
+  totalChanges: number;
+}
+
 /** The parameter name the rowid plans use. */
 export const ROWID_PARAM = ':__siblite_rowid';
 
@@ -60,6 +71,8 @@ export class Engine {
   /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
   mvcc = false;
   fileAccess: FileAccess | undefined;
+  /** The state the connection-state SQL functions answer now (see {@link HandleState}). */
+  caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
   /** Locking and durability settings of a file database (see src/file/). */
   readonly fileSettings: FileSettings | undefined;
   private refs = 0;
@@ -97,6 +110,11 @@ export class Engine {
       }
     }
     this.footprints = new FootprintAnalyzer(this.db);
+    // Per-handle answers instead of the shared connection's (which would show one handle
+    // another's uncommitted insert).
+    this.db.function('last_insert_rowid', () => this.caller.lastInsertRowid);
+    this.db.function('changes', () => this.caller.changes);
+    this.db.function('total_changes', () => this.caller.totalChanges);
   }
 
   /** Registers a handle; returns its id. */
