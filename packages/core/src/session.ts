@@ -97,7 +97,7 @@ export class Session {
   }
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
-    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode';
+    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'setting' && cls.type !== 'journal_mode';
     return { sql, cls, prepared: control ? undefined : this.engine.prepare(sql, cls) };
   }
 
@@ -211,6 +211,7 @@ export class Session {
       return;
     }
     const engine = this.engine;
+    tx.refreshFootprints();
     if (engine.active !== tx) {
       if (tx.readOnly) {
         this.validateReadOnly(tx);
@@ -356,12 +357,22 @@ export class Session {
   private statement(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
     const tx = this.tx;
-    if (this.readonly && (c.cls.type === 'ddl' || !engine.footprints.of(c.sql).readonly)) {
-      throw sqliteError(`attempt to write a readonly database (handle #${this.id} was opened read-only)`, 'SQLITE_READONLY');
+    const setting = c.cls.type === 'setting';
+    if (this.readonly && (c.cls.type === 'ddl' || setting || !engine.footprints.of(c.sql).readonly)) {
+      throw sqliteError(
+        `attempt to write a readonly database (handle #${this.id} was opened read-only${setting ? ' and cannot change the shared connection\'s settings' : ''})`,
+        'SQLITE_READONLY',
+      );
     }
     if (tx === null) {
       const a = engine.active;
       if (a === null) return this.autocommit(c, params, want);
+      if (setting) {
+        // It would fail, or be ignored, inside another handle's real transaction.
+        if (a.kind === 'pessimistic') throw lockedBy(a);
+        engine.park();
+        return this.autocommit(c, params, want);
+      }
       const fp = engine.footprints.of(c.sql);
       if (fp.readonly && !intersects(fp.reads, a.writes)) return this.execute(c, params, want);
       if (a.kind === 'pessimistic') throw lockedBy(a);
@@ -375,11 +386,21 @@ export class Session {
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
     try {
+      if (c.cls.type === 'setting') {
+        // Prepared afresh: SQLite compiles some settings to nothing when prepared inside a
+        // transaction (foreign_keys), and the cached statement may have been.
+        const fresh = engine.prepare(c.sql, c.cls);
+        try {
+          return fresh.execute(engine.db, params, want);
+        } finally {
+          fresh.finalize();
+        }
+      }
       return this.executeSteered(c, params, want, null);
     } finally {
       // Counted on failure too: a statement may change rows before it fails (OR FAIL,
       // RAISE(FAIL) in a trigger) and those changes stay committed.
-      if (c.cls.type === 'ddl') engine.schemaChanged();
+      if (c.cls.type === 'ddl' || c.cls.type === 'setting') engine.schemaChanged();
       else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
         const fp = engine.footprints.of(c.sql);
         if (!fp.readonly) engine.noteChanged(fp.writes);
@@ -394,7 +415,7 @@ export class Session {
     want: Want,
   ): Outcome {
     const engine = this.engine;
-    if (c.cls.type === 'ddl') tx.writes.add(ALL_TABLES);
+    if (c.cls.type === 'ddl' || c.cls.type === 'setting') tx.writes.add(ALL_TABLES);
     else for (const t of engine.footprints.of(c.sql).writes) tx.writes.add(t);
     try {
       return this.executeSteered(c, params, want, tx);
@@ -417,6 +438,13 @@ export class Session {
           'Run schema changes outside it, or in a BEGIN IMMEDIATE transaction.',
       );
     }
+    if (c.cls.type === 'setting') {
+      throw misuseError(
+        'PRAGMA settings, VACUUM, ATTACH and DETACH are not allowed inside BEGIN CONCURRENT (they change the connection ' +
+          'every handle shares); the transaction is still open. Run them outside any transaction.',
+      );
+    }
+    tx.refreshFootprints();
     const fp = engine.footprints.of(c.sql);
     if (engine.active !== tx) {
       const a = engine.active;

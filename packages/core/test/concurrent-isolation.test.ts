@@ -196,3 +196,109 @@ describe("class 2: last_insert_rowid(), changes(), total_changes() answer the ca
     ]);
   });
 });
+
+describe('class 3: footprints follow the settings and the schema that decide what a statement touches', () => {
+  const SCHEMA =
+    'CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (id INTEGER PRIMARY KEY, pid REFERENCES parent ON DELETE CASCADE);' +
+    'INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (1, 1), (2, 1), (3, 2);';
+
+  it('a DELETE first compiled with foreign keys off cascades once they are on: the commit counters see the child change', async () => {
+    const db = memory(`PRAGMA foreign_keys = OFF; ${SCHEMA}`);
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    b.run('DELETE FROM parent WHERE id = ?', [99]); // footprint learned with foreign keys off
+    db.exec('PRAGMA foreign_keys = ON');
+    const n = a.get<{ n: number }>('SELECT count(*) AS n FROM child')!.n;
+    await tick();
+    b.run('DELETE FROM parent WHERE id = ?', [1]); // cascades into child
+    expect(db.get('SELECT count(*) AS n FROM child')).toEqual({ n: 1 });
+    const e = thrown(() => {
+      a.run('INSERT INTO parent VALUES (?)', [10 + n]);
+      a.exec('COMMIT');
+    });
+    expect(errorKind(e)).toBe('busy_snapshot');
+  });
+
+  it("another handle's read never sees a concurrent transaction's uncommitted cascade", async () => {
+    const db = memory(`PRAGMA foreign_keys = OFF; ${SCHEMA}`);
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('DELETE FROM parent WHERE id = ?', [99]); // logged with foreign keys off
+    await tick();
+    db.exec('PRAGMA foreign_keys = ON'); // parks a
+    a.run('DELETE FROM parent WHERE id = ?', [1]); // resumes a; now cascades
+    expect(a.get('SELECT count(*) AS n FROM child')).toEqual({ n: 1 });
+    expect(b.get('SELECT count(*) AS n FROM child')).toEqual({ n: 3 });
+    a.exec('ROLLBACK');
+    expect(b.get('SELECT count(*) AS n FROM child')).toEqual({ n: 3 });
+  });
+
+  it('a trigger created while a transaction is parked: its replayed write fires it, and others do not see that', async () => {
+    const db = memory('CREATE TABLE t (v); CREATE TABLE audit (v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('INSERT INTO t VALUES (1)');
+    await tick();
+    db.exec('CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (new.v); END');
+    expect(a.get('SELECT count(*) AS n FROM t')).toEqual({ n: 1 }); // resumes: the replayed insert fires the trigger
+    expect(b.all('SELECT v FROM audit')).toEqual([]);
+    a.exec('COMMIT');
+    expect(b.all('SELECT v FROM audit ORDER BY v')).toEqual([{ v: 1 }]);
+  });
+});
+
+describe("class 9: statements that change the shared connection never run inside another handle's transaction", () => {
+  it('beside a concurrent transaction: the transaction is parked and the statement takes effect', async () => {
+    const db = memory('PRAGMA foreign_keys = OFF; CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (pid REFERENCES p)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('INSERT INTO p VALUES (1)');
+    b.exec('PRAGMA foreign_keys = ON');
+    expect(b.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+    b.exec('VACUUM');
+    a.run('INSERT INTO c VALUES (1)');
+    a.exec('COMMIT');
+    expectSqliteError(() => b.run('INSERT INTO c VALUES (5)'), 'constraint');
+  });
+
+  it('beside a pessimistic transaction: a clear BusyError, and nothing changed', () => {
+    const db = memory('CREATE TABLE t (v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN IMMEDIATE');
+    a.run('INSERT INTO t VALUES (1)');
+    for (const sql of ['PRAGMA foreign_keys = OFF', 'VACUUM', 'PRAGMA recursive_triggers = 0', "ATTACH ':memory:' AS aux"]) {
+      const e = thrown(() => b.exec(sql));
+      expect(e).toBeInstanceOf(BusyError);
+      expect((e as Error).message).toMatch(/handle #/);
+    }
+    a.exec('COMMIT');
+    expect(b.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+  });
+
+  it('inside BEGIN CONCURRENT: a misuse error, the transaction stays open', () => {
+    const db = memory('CREATE TABLE t (v)');
+    const a = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('INSERT INTO t VALUES (1)');
+    expectSqliteError(() => a.exec('PRAGMA foreign_keys = OFF'), 'misuse');
+    expectSqliteError(() => a.exec('VACUUM'), 'misuse');
+    a.exec('COMMIT');
+    expect(db.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+    expect(db.all('SELECT v FROM t')).toEqual([{ v: 1 }]);
+  });
+
+  it('reading a setting and table-valued PRAGMAs still run beside any transaction', () => {
+    const db = memory('CREATE TABLE t (v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN IMMEDIATE');
+    expect(b.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+    expect(b.all("PRAGMA table_info('t')").length).toBe(1);
+    a.exec('COMMIT');
+  });
+});

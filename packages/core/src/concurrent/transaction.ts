@@ -18,14 +18,15 @@ import { sqliteError, type SqliteError } from '../errors.js';
 import type { Engine, HandleState, OpenTransaction } from '../engine/engine.js';
 import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Want } from '../engine/execute.js';
-import type { Footprint } from '../engine/footprint.js';
+import { UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
 export interface LogEntry {
   readonly sql: string;
   readonly params: BindParams | undefined;
   readonly want: Want;
-  readonly footprint: Footprint;
+  /** Refreshed when the schema or a setting changes (see {@link ConcurrentTransaction.refreshFootprints}). */
+  footprint: Footprint;
   /** What the connection-state SQL functions answered when it ran (replays answer the same). */
   readonly state?: HandleState;
   /** Savepoint statements are replayed but show nothing to compare. */
@@ -44,6 +45,8 @@ export class ConcurrentTransaction implements OpenTransaction {
   /** Every read in the log was valid as of this commit counter. */
   validatedSeq: number;
   private readonly reserved: Array<[string, number | bigint]> = [];
+  /** The engine's schema epoch the log's footprints were learned in. */
+  private epoch: number;
 
   constructor(
     private readonly engine: Engine,
@@ -51,11 +54,33 @@ export class ConcurrentTransaction implements OpenTransaction {
   ) {
     engine.concurrentOpen++;
     this.validatedSeq = engine.commitSeq;
+    this.epoch = engine.schemaEpoch;
   }
 
   /** True when the transaction has written nothing (so far). */
   get readOnly(): boolean {
     return this.writes.size === 0;
+  }
+
+  /**
+   * Learns the footprints of the logged statements again after the schema or a setting changed
+   * (foreign keys turned on, a trigger created, ...): re-running them may now touch more tables.
+   */
+  refreshFootprints(): void {
+    const engine = this.engine;
+    if (this.epoch === engine.schemaEpoch) return;
+    this.epoch = engine.schemaEpoch;
+    this.writes.clear();
+    for (const entry of this.log) {
+      if (entry.control) continue;
+      try {
+        entry.footprint = engine.footprints.of(entry.sql);
+      } catch (e) {
+        if ((e as SqliteError).kind === 'busy') throw e;
+        entry.footprint = UNKNOWN_FOOTPRINT; // no longer compiles: replay will report it
+      }
+      for (const t of entry.footprint.writes) this.writes.add(t);
+    }
   }
 
   /** Records a statement the application saw the result of. */
@@ -81,6 +106,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     const caller = engine.caller;
     try {
       engine.checkExternalChanges();
+      this.refreshFootprints();
       for (const entry of this.log) this.replay(entry, true);
     } catch (e) {
       engine.active = null;
@@ -102,6 +128,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     const caller = engine.caller;
     try {
       engine.checkExternalChanges();
+      this.refreshFootprints();
       for (const entry of this.log) if (!entry.control) this.replay(entry, false);
     } finally {
       engine.caller = caller;

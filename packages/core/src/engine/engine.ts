@@ -66,6 +66,8 @@ export class Engine {
   active: OpenTransaction | null = null;
   /** Open `BEGIN CONCURRENT` transactions (commit counters are kept only while > 0). */
   concurrentOpen = 0;
+  /** Moves whenever footprints learned before may be stale (see {@link Engine.schemaChanged}). */
+  schemaEpoch = 0;
   /** Counts commits that changed something while concurrent transactions were open. */
   commitSeq = 0;
   /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
@@ -206,10 +208,14 @@ export class Engine {
     return false;
   }
 
-  /** The schema changed (DDL ran): forget footprints and treat every table as changed. */
+  /**
+   * The schema or a setting that decides what statements touch changed (DDL, a PRAGMA,
+   * ATTACH, another process's commit): forget footprints and treat every table as changed.
+   */
   schemaChanged(): void {
     this.footprints.invalidate();
     this.rowidPlans.clear();
+    this.schemaEpoch++;
     this.noteChanged([ALL_TABLES]);
   }
 
@@ -228,11 +234,7 @@ export class Engine {
     if (!this.isFile) return;
     const row = this.statement('PRAGMA data_version').execute(this.db, undefined, 'get').rows?.[0];
     const v = row ? Number(Object.values(row)[0]) : 0;
-    if (this.lastDataVersion !== undefined && v !== this.lastDataVersion) {
-      this.footprints.invalidate();
-      this.rowidPlans.clear();
-      this.noteChanged([ALL_TABLES]);
-    }
+    if (this.lastDataVersion !== undefined && v !== this.lastDataVersion) this.schemaChanged();
     this.lastDataVersion = v;
   }
 
