@@ -531,7 +531,7 @@ export class Session {
   }
 }
 
-const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true };
+const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true, deterministic: true };
 
 function lockedBy(a: OpenTransaction): SqliteError {
   const what = a instanceof PessimisticTransaction ? `a BEGIN ${a.mode.toUpperCase()}` : 'a';

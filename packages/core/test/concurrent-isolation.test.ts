@@ -302,3 +302,70 @@ describe("class 9: statements that change the shared connection never run inside
     a.exec('COMMIT');
   });
 });
+
+describe('class 1: a write re-derived differently on resume makes later reads of what it wrote be re-checked', () => {
+  it('a write that reads another table: the value it wrote changed, the read of it is re-checked', async () => {
+    const db = memory('CREATE TABLE cfg (x INT); INSERT INTO cfg VALUES (5); CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE t SET v = (SELECT x FROM cfg) WHERE id = 1');
+    expect(a.get('SELECT v FROM t WHERE id = 1')).toEqual({ v: 5 });
+    await tick();
+    b.run('UPDATE cfg SET x = 7');
+    const e = thrown(() => a.exec('COMMIT'));
+    expect(errorKind(e)).toBe('busy_snapshot');
+    expect(db.get('SELECT v FROM t')).toEqual({ v: 0 });
+  });
+
+  it('a write with random(): when it is re-run, the read of what it wrote is re-checked', async () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0); CREATE TABLE u (x)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE t SET v = random() WHERE id = 1');
+    const seen = a.get<{ v: number }>('SELECT v FROM t WHERE id = 1')!.v;
+    await tick();
+    b.run('INSERT INTO u VALUES (1)'); // parks a: a's write runs again on resume
+    let committed = true;
+    try {
+      a.exec('COMMIT');
+    } catch (e) {
+      expect(errorKind(e)).toBe('busy_snapshot');
+      committed = false;
+    }
+    // Either the value a saw is the value committed, or a did not commit.
+    if (committed) expect(db.get('SELECT v FROM t')).toEqual({ v: seen });
+    else expect(db.get('SELECT v FROM t')).toEqual({ v: 0 });
+  });
+
+  it('a trigger whose WHEN reads another table no longer fires on replay: the read of its effect is re-checked', async () => {
+    const db = memory(
+      'CREATE TABLE cfg (flag INT); INSERT INTO cfg VALUES (1); CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0);' +
+        'CREATE TABLE audit (v); CREATE TRIGGER tr AFTER UPDATE ON t WHEN (SELECT flag FROM cfg) BEGIN INSERT INTO audit VALUES (new.v); END;',
+    );
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE t SET v = v + 1');
+    expect(a.get('SELECT count(*) AS n FROM audit')).toEqual({ n: 1 });
+    await tick();
+    b.run('UPDATE cfg SET flag = 0');
+    expect(errorKind(thrown(() => a.exec('COMMIT')))).toBe('busy_snapshot');
+  });
+
+  it('an upsert whose path changes on replay (insert, then update): the trigger it fired no longer does', async () => {
+    const db = memory(
+      'CREATE TABLE kv (k TEXT PRIMARY KEY, v INT) WITHOUT ROWID; CREATE TABLE audit (k);' +
+        "CREATE TRIGGER ins AFTER INSERT ON kv BEGIN INSERT INTO audit VALUES (new.k); END; INSERT INTO kv VALUES ('y', 0); DELETE FROM audit;",
+    );
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run("INSERT INTO kv VALUES ('x', 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v").changes).toBe(1);
+    expect(a.all('SELECT k FROM audit')).toEqual([{ k: 'x' }]);
+    await tick();
+    b.run("UPDATE kv SET k = 'x' WHERE k = 'y'"); // creates 'x' without touching audit
+    expect(errorKind(thrown(() => a.exec('COMMIT')))).toBe('busy_snapshot');
+  });
+});

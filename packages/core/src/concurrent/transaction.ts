@@ -18,7 +18,7 @@ import { sqliteError, type SqliteError } from '../errors.js';
 import type { Engine, HandleState, OpenTransaction } from '../engine/engine.js';
 import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Want } from '../engine/execute.js';
-import { UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
+import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
 export interface LogEntry {
@@ -107,7 +107,8 @@ export class ConcurrentTransaction implements OpenTransaction {
     try {
       engine.checkExternalChanges();
       this.refreshFootprints();
-      for (const entry of this.log) this.replay(entry, true);
+      const rederived = new Set<string>();
+      for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
       if (engine.inRealTransaction) engine.exec('ROLLBACK');
@@ -129,7 +130,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     try {
       engine.checkExternalChanges();
       this.refreshFootprints();
-      for (const entry of this.log) if (!entry.control) this.replay(entry, false);
+      for (const entry of this.log) if (!entry.control) this.replay(entry, undefined);
     } finally {
       engine.caller = caller;
     }
@@ -150,15 +151,29 @@ export class ConcurrentTransaction implements OpenTransaction {
     if (--this.engine.concurrentOpen === 0) this.engine.forgetCounters();
   }
 
-  private replay(entry: LogEntry, rebuild: boolean): void {
+  /**
+   * Re-runs one logged statement and compares what it shows. `rederived` (rebuilding the
+   * transaction's state; undefined when only validating reads) collects the tables written by
+   * re-run writes whose effect may differ from the first run: a write whose inputs changed
+   * (a table it reads, triggers and foreign keys included, was committed to, or was itself
+   * re-derived) or that calls a non-deterministic function. A later read of such a table is
+   * re-checked even when no commit touched it: the write may have put different values there.
+   */
+  private replay(entry: LogEntry, rederived: Set<string> | undefined): void {
     const engine = this.engine;
     if (entry.control) {
       engine.exec(entry.sql);
       return;
     }
-    const isRead = entry.footprint.readonly;
-    if (isRead && !engine.changedSince(entry.footprint.reads, this.validatedSeq)) return;
-    if (!isRead && !rebuild) return;
+    const fp = entry.footprint;
+    const inputsChanged =
+      engine.changedSince(fp.reads, this.validatedSeq) || (rederived !== undefined && intersects(fp.reads, rederived));
+    if (fp.readonly) {
+      if (!inputsChanged) return;
+    } else {
+      if (rederived === undefined) return;
+      if (inputsChanged || !fp.deterministic) for (const t of fp.writes) rederived.add(t);
+    }
     let outcome: Outcome;
     if (entry.state) engine.caller = entry.state;
     try {
