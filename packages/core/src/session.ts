@@ -94,7 +94,9 @@ export class Session {
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
     const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
-    return { sql, cls, prepared: control ? undefined : this.engine.prepare(sql, cls) };
+    if (control) return { sql, cls, prepared: undefined };
+    // Preparing reads the schema, which needs the file: wait for it like a statement does.
+    return { sql, cls, prepared: waitOutSync(this.busyTimeout, () => this.withFile(() => this.engine.prepare(sql, cls))) };
   }
 
   /** Registers a user statement to finalize when the handle closes. */

@@ -25,7 +25,7 @@
 import { markFileLockBusy } from '../busy-timeout.js';
 import { fromEngineError, SqliteError, sqliteError } from '../errors.js';
 import type { WasmDatabase, WasmStatement } from './load.js';
-import { isHeld, lockDirOf, recentBusyInfo, recentLockFailure, someoneWaiting, waitMarkerExists, watchLock } from './lock.js';
+import { isHeld, lockDirOf, recentBusyInfo, recentLockFailure, someoneWaiting, sweepNextTime, waitMarkerExists, watchLock } from './lock.js';
 
 /** How a file database locks its file. See the module documentation. */
 export type LockingMode = 'auto' | 'shared' | 'exclusive';
@@ -160,6 +160,7 @@ class Policy implements FileAccess {
   ) {
     this.setup = setup.length > 0 ? [...setup] : undefined;
     this.lockDir = lockDirOf(path);
+    sweepNextTime(this.lockDir);
     this.holding = isHeld(this.lockDir);
     if (mode !== 'shared') this.setExclusive(true);
     this.unwatch =

@@ -449,6 +449,11 @@ function sweep(lockDir: string, guard: string | null): void {
   }
 }
 
+/** Makes the next acquire of this lock directory look for crash leftovers (once per open). */
+export function sweepNextTime(lockDir: string): void {
+  swept.delete(lockDir);
+}
+
 /**
  * Takes the lock directory (the VFS's `mkdirSync`). Throws an EEXIST error when the lock is
  * held (the VFS then answers SQLITE_BUSY), any other error on I/O failure.
@@ -532,6 +537,8 @@ function install(lockDir: string, record: LockOwner): boolean {
     step('acquire:prepared');
   } catch (e) {
     removeTree(temp);
+    // Swept away by a process that could not tell it from a crash leftover: just busy.
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     fail(lockDir, e, 'take');
   }
   try {
