@@ -81,7 +81,9 @@ export class Connection {
    */
   connect(): Connection {
     this.session.assertOpen();
-    return new Connection(this.session.engine, this.readonly);
+    const sibling = new Connection(this.session.engine, this.readonly);
+    sibling.session.busyTimeout = this.session.busyTimeout;
+    return sibling;
   }
 
   /**
