@@ -73,15 +73,18 @@ describe('installed from the packed tarballs', () => {
 
   it('runs the quickstart as ESM', () => {
     expect(run('node', ['quickstart.mjs'])).toContain('esm ok qty=7');
+    expect(run('node', ['kysely.mjs'])).toContain('kysely esm ok sum=32');
   });
 
   it('runs the quickstart as CommonJS (require)', () => {
     expect(run('node', ['quickstart.cjs'])).toContain('cjs ok qty=7');
+    expect(run('node', ['kysely.cjs'])).toContain('kysely cjs ok n=8');
   });
 
   it('type-checks and runs the quickstart as TypeScript', () => {
     run(bin('tsc'), ['-p', 'tsconfig.json']);
     expect(run('node', ['out/quickstart.mjs'])).toContain('ts ok qty=7');
+    expect(run('node', ['out/kysely.mjs'])).toContain('kysely ts ok n=8');
   });
 
   it('runs from an esbuild bundle that has the engine files copied next to it, with no node_modules', () => {
