@@ -6,7 +6,7 @@ import type { BindParams, Row } from './engine/execute.js';
 import { misuseError } from './errors.js';
 import { Session } from './session.js';
 import { Statement, type RunResult } from './statement.js';
-import { runTransaction, type TransactionOptions } from './transaction.js';
+import { NO_TRANSACTION_OPTIONS, runTransaction, type TransactionOptions } from './transaction.js';
 import type { Engine } from './engine/engine.js';
 
 /** The transaction modes of a handle. */
@@ -143,7 +143,7 @@ export class Connection {
    * @returns what `fn` returns.
    * @throws what `fn` throws (after rolling back), or the last busy error when retries ran out.
    */
-  transaction<T>(fn: (conn: Connection) => T | Promise<T>, options: TransactionOptions = {}): Promise<T> {
+  transaction<T>(fn: (conn: Connection) => T | Promise<T>, options: TransactionOptions = NO_TRANSACTION_OPTIONS): Promise<T> {
     if (typeof fn !== 'function') throw misuseError('transaction() needs a function');
     return runTransaction(this, fn, options);
   }

@@ -17,6 +17,9 @@ export interface TransactionOptions {
 const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
 let savepoints = 0;
 
+/** The options of a call that passed none (shared: a call allocates no option object). */
+export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
+
 /** @internal */
 export async function runTransaction<T>(
   conn: Connection,
@@ -27,21 +30,25 @@ export async function runTransaction<T>(
   if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
   conn.session.assertOpen();
   if (conn.inTransaction) return nested(conn, fn);
-  const once = async (): Promise<T> => {
-    // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
-    conn.session.assertOpen();
-    conn.session.begin(mode);
-    try {
-      const result = await fn(conn);
-      await commit(conn);
-      return result;
-    } catch (e) {
-      if (conn.isOpen && conn.inTransaction) conn.session.rollback();
-      throw e;
-    }
-  };
-  if (options.retry === false) return once();
-  return retry(once, options.retry ?? {});
+  const retryOptions = options.retry;
+  if (retryOptions === false) return attempt(conn, fn, mode);
+  // retry() runs the first attempt directly; its loop starts only after a busy error.
+  return retry(() => attempt(conn, fn, mode), retryOptions);
+}
+
+/** One attempt: BEGIN, `fn`, COMMIT; rolls back and rethrows on any error. */
+async function attempt<T>(conn: Connection, fn: (conn: Connection) => T | Promise<T>, mode: TransactionMode): Promise<T> {
+  // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
+  conn.session.assertOpen();
+  conn.session.begin(mode);
+  try {
+    const result = await fn(conn);
+    await commit(conn);
+    return result;
+  } catch (e) {
+    if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+    throw e;
+  }
 }
 
 /**
