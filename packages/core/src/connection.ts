@@ -136,8 +136,10 @@ export class Connection {
    * and rethrows when `fn` throws. `fn` may be async and await anything. Busy errors
    * (`SQLITE_BUSY_SNAPSHOT` from a concurrent transaction's conflict, `SQLITE_BUSY` from a lock)
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
-   * (`retry: false` turns that off). Called inside an open transaction, it runs `fn` in a
-   * SAVEPOINT instead (no retry).
+   * (`retry: false` turns that off). A concurrent transaction that keeps failing runs its
+   * next attempt in the engine's first-come-first-served priority lane, as `BEGIN IMMEDIATE`,
+   * so it cannot starve (see docs/concurrency.md). Called inside an open transaction, it runs
+   * `fn` in a SAVEPOINT instead (no retry).
    *
    * @param options.mode - `deferred` (default), `immediate`, `exclusive` or `concurrent`.
    * @returns what `fn` returns.

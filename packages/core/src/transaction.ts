@@ -3,7 +3,8 @@
  * @module
  */
 import type { Connection, TransactionMode } from './connection.js';
-import { errorKind, misuseError } from './errors.js';
+import { errorKind, isRetryable, misuseError } from './errors.js';
+import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { retry, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
@@ -33,7 +34,35 @@ export async function runTransaction<T>(
   const retryOptions = options.retry;
   if (retryOptions === false) return attempt(conn, fn, mode);
   // retry() runs the first attempt directly; its loop starts only after a busy error.
-  return retry(() => attempt(conn, fn, mode), retryOptions);
+  if (mode !== 'concurrent') return retry(() => attempt(conn, fn, mode), retryOptions);
+  // A concurrent transaction that keeps failing takes the engine's priority lane, so that
+  // under contention it degrades to a FIFO mutex instead of starving.
+  const lane = laneOf(conn.session.engine);
+  const deadline = performance.now() + (retryOptions?.maxElapsedMs ?? 30_000);
+  let failures = 0;
+  return retry(async () => {
+    if (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse)) return inLane(conn, fn, lane, deadline);
+    try {
+      return await attempt(conn, fn, mode);
+    } catch (e) {
+      if (isRetryable(e)) failures++;
+      throw e;
+    }
+  }, retryOptions);
+}
+
+/**
+ * One attempt in the lane: once every earlier holder is done, the transaction runs as
+ * `BEGIN IMMEDIATE`, so it cannot conflict. Waiting stops (with a busy error) at the retry
+ * budget's deadline, in case a holder awaits this very transaction.
+ */
+async function inLane<T>(conn: Connection, fn: (conn: Connection) => T | Promise<T>, lane: Lane, deadline: number): Promise<T> {
+  await lane.acquire(deadline - performance.now());
+  try {
+    return await attempt(conn, fn, 'immediate');
+  } finally {
+    lane.release();
+  }
 }
 
 /** One attempt: BEGIN, `fn`, COMMIT; rolls back and rethrows on any error. */
