@@ -101,6 +101,20 @@ const stats: LockStats = { acquired: 0, released: 0, busy: 0, staleBroken: 0, wa
 interface Held {
   token: string;
   guard: net.Server | null;
+  /** Held without a directory: a read-only user in a directory it cannot write (see {@link allowLocklessReads}). */
+  lockless?: boolean;
+}
+
+/** Lock directories that read-only engines may "hold" without creating them. */
+const locklessAllowed = new Set<string>();
+
+/**
+ * Lets a read-only engine read a database in a directory where it cannot create the lock
+ * directory (EACCES, EPERM, EROFS): it then holds only the guard, which still excludes every
+ * siblite writer of this machine and network namespace (they take the guard before writing).
+ */
+export function allowLocklessReads(lockDir: string): void {
+  locklessAllowed.add(lockDir);
 }
 
 /** Locks this thread holds, by lock directory. */
@@ -497,7 +511,18 @@ export function acquire(lockDir: string): void {
         continue;
       }
       const record = ownerRecord(guardId);
-      if (install(lockDir, record)) {
+      let installed: boolean;
+      try {
+        installed = install(lockDir, record);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code ?? '';
+        if (!locklessAllowed.has(lockDir) || !['EACCES', 'EPERM', 'EROFS'].includes(code)) throw e;
+        recentFailure.delete(lockDir);
+        held.set(lockDir, { token: record.token, guard, lockless: true });
+        guard = null;
+        break;
+      }
+      if (installed) {
         step('acquire:renamed');
         held.set(lockDir, { token: record.token, guard });
         guard = null; // kept until release
@@ -575,6 +600,13 @@ export function release(lockDir: string): void {
   const h = held.get(lockDir);
   if (!h) {
     fs.rmdirSync(lockDir); // not ours: behave exactly as the engine expects
+    return;
+  }
+  if (h.lockless) {
+    held.delete(lockDir);
+    stats.released++;
+    h.guard?.close();
+    notify(lockDir, 'released');
     return;
   }
   step('release:start');
