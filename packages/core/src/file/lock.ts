@@ -534,6 +534,7 @@ export function acquire(lockDir: string): void {
   } finally {
     guard?.close();
   }
+  removeColdJournal(dbFileOf(lockDir));
   acquisitions.set(lockDir, (acquisitions.get(lockDir) ?? 0) + 1);
   stats.acquired++;
   lastBusy.delete(lockDir);
@@ -547,6 +548,30 @@ export function acquire(lockDir: string): void {
   }
   waitBaseline.set(lockDir, markerId(lockDir));
   notify(lockDir, 'acquired');
+}
+
+const JOURNAL_HEADER = 28;
+
+/**
+ * Deletes `<file>-journal` when its header is zeroed: a journal SQLite finished with (in
+ * exclusive locking it zeroes the header instead of deleting the file) whose process died
+ * before deleting it. It is not hot, so SQLite would leave it forever. Called right after
+ * taking the lock: only the lock holder writes the journal, and SQLite has not opened it yet.
+ */
+function removeColdJournal(dbFile: string): void {
+  const journal = `${dbFile}-journal`;
+  if (!fs.existsSync(journal)) return;
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(journal, 'r');
+    const head = Buffer.alloc(JOURNAL_HEADER);
+    const n = fs.readSync(fd, head, 0, JOURNAL_HEADER, 0);
+    if (n === JOURNAL_HEADER && head.every((b) => b === 0)) fs.unlinkSync(journal);
+  } catch {
+    // no journal (the usual case), or not ours to delete: SQLite decides
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
 }
 
 /**
