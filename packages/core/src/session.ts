@@ -11,7 +11,7 @@
  *   validates) and are logged with what they showed the application.
  * @module
  */
-import { ConcurrentTransaction, withRowid, type LogEntry } from './concurrent/transaction.js';
+import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
@@ -377,13 +377,17 @@ export class Session {
 
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
-    const out = this.executeSteered(c, params, want, null);
-    if (c.cls.type === 'ddl') engine.schemaChanged();
-    else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
-      const fp = engine.footprints.of(c.sql);
-      if (!fp.readonly) engine.noteChanged(fp.writes);
+    try {
+      return this.executeSteered(c, params, want, null);
+    } finally {
+      // Counted on failure too: a statement may change rows before it fails (OR FAIL,
+      // RAISE(FAIL) in a trigger) and those changes stay committed.
+      if (c.cls.type === 'ddl') engine.schemaChanged();
+      else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
+        const fp = engine.footprints.of(c.sql);
+        if (!fp.readonly) engine.noteChanged(fp.writes);
+      }
     }
-    return out;
   }
 
   private pessimisticStatement(
@@ -426,7 +430,8 @@ export class Session {
     let plan: RowidPlan | null = null;
     try {
       const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
-      entry.outcome = out;
+      // A private copy: the application may mutate the rows it was given.
+      entry.outcome = privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
         const pl = plan as RowidPlan;
         entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };

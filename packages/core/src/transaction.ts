@@ -2,6 +2,7 @@
  * `conn.transaction(fn)`: BEGIN, run, COMMIT, with rollback on error and the retry loop.
  * @module
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
 import { errorKind, misuseError } from './errors.js';
@@ -17,6 +18,11 @@ export interface TransactionOptions {
 
 const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
 let savepoints = 0;
+
+/** Handles with a `transaction()` call in flight (from BEGIN to the end of its retries). */
+const running = new WeakSet<object>();
+/** The handles whose `transaction()` callback the current async context runs inside. */
+const inside = new AsyncLocalStorage<ReadonlySet<object>>();
 
 /**
  * An error that ends `transaction()` without running `fn` again: a lock that stayed busy for the
@@ -36,7 +42,18 @@ export async function runTransaction<T>(
   const mode = options.mode ?? 'deferred';
   if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
   conn.session.assertOpen();
+  const session = conn.session;
+  const within = inside.getStore();
+  if (running.has(session) && !within?.has(session)) {
+    // A second, overlapping call (not one made from inside the first one's callback) would
+    // otherwise become a SAVEPOINT of the first and commit or roll back with it.
+    throw misuseError(
+      `transaction() is already running on handle #${conn.id}; overlapping transactions need their own handles: ` +
+        'use conn.connect() for each concurrent unit of work (or await the first transaction)',
+    );
+  }
   if (conn.inTransaction) return nested(conn, fn);
+  const scope = new Set(within ?? []).add(session);
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
@@ -46,7 +63,7 @@ export async function runTransaction<T>(
       throw errorKind(e) === 'busy' ? new Final(e) : e;
     }
     try {
-      const result = await fn(conn);
+      const result = await inside.run(scope, () => fn(conn));
       await commit(conn);
       return result;
     } catch (e) {
@@ -54,11 +71,14 @@ export async function runTransaction<T>(
       throw e;
     }
   };
+  running.add(session);
   try {
     if (options.retry === false) return await once();
     return await retry(once, options.retry ?? {});
   } catch (e) {
     throw e instanceof Final ? e.error : e;
+  } finally {
+    running.delete(session);
   }
 }
 

@@ -303,3 +303,26 @@ export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   if (next && next.text !== 'returning' && next.text !== 'on') return undefined;
   return { schema, table, columns, columnsClose: columnsClose.start, valuesClose: valuesClose.start };
 }
+
+/**
+ * How many parameter slots the statement has, numbered as SQLite numbers them: `?` takes the
+ * next slot, `?NNN` slot NNN, and a named parameter a new slot the first time its name appears.
+ * (The engine binding does not export `sqlite3_bind_parameter_count`.)
+ */
+export function parameterCount(tokens: readonly Token[]): number {
+  let count = 0;
+  let names: Set<string> | undefined;
+  for (const t of tokens) {
+    if (t.type !== 'param') continue;
+    if (t.text === '?') count++;
+    else if (t.text[0] === '?') count = Math.max(count, Number(t.text.slice(1)) || 0);
+    else {
+      names ??= new Set();
+      if (!names.has(t.text)) {
+        names.add(t.text);
+        count++;
+      }
+    }
+  }
+  return count;
+}
