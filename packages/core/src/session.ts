@@ -13,7 +13,7 @@
  */
 import { ConcurrentTransaction, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
+import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from './engine/execute.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
@@ -49,6 +49,8 @@ export class Session {
   private abortedBySnapshot = false;
   private readonly cache = new Map<string, CompiledSql>();
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
+  /** The row format of the statement being run (raw / safe integers), for execution and the log. */
+  private format: RowFormat | undefined;
 
   constructor(readonly engine: Engine) {
     this.id = engine.retain();
@@ -117,11 +119,12 @@ export class Session {
     }
   }
 
-  /** Runs one compiled statement for this handle. */
-  run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+  /** Runs one compiled statement for this handle; `format` shapes its rows. */
+  run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
     const file = this.engine.fileAccess;
     file?.beforeUse();
+    this.format = format;
     try {
       const out = this.route(c, params, want);
       if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
@@ -129,6 +132,7 @@ export class Session {
     } catch (e) {
       throw this.engine.explain(e);
     } finally {
+      this.format = undefined;
       file?.afterUse(this.engine.inRealTransaction);
     }
   }
@@ -392,7 +396,7 @@ export class Session {
       const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !intersects(fp.reads, a.writes));
       if (!inPlace) this.bringIn(tx);
     }
-    const entry: LogEntry = { sql: c.sql, params: copyParams(params), want, footprint: fp, control: false };
+    const entry: LogEntry = { sql: c.sql, params: copyParams(params), want, format: this.format, footprint: fp, control: false };
     let plan: RowidPlan | null = null;
     try {
       const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
@@ -436,7 +440,7 @@ export class Session {
         onPlan?.(plan);
         if (engine.hasForeignReservations(plan.table, owner)) {
           const stmt = engine.statement(plan.sql);
-          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want);
+          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
         }
       }
     }
@@ -444,7 +448,7 @@ export class Session {
   }
 
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
-    return (c.prepared as PreparedSql).execute(this.engine.db, params, want);
+    return (c.prepared as PreparedSql).execute(this.engine.db, params, want, this.format);
   }
 
   // ---- closing ------------------------------------------------------------------------------
