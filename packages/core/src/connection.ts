@@ -7,7 +7,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BindParams, Row, RowFormat, SqlValue } from './engine/execute.js';
-import { fromEngineError, misuseError } from './errors.js';
+import { extraArguments, fromEngineError, misuseError } from './errors.js';
 import { Session } from './session.js';
 import { Statement, type RunResult } from './statement.js';
 import { runTransaction, type TransactionOptions } from './transaction.js';
@@ -127,6 +127,7 @@ export class Connection {
   connect(): Connection {
     this.session.assertOpen();
     const sibling = new Connection(this.session.engine, this.readonly);
+    sibling.session.busyTimeout = this.session.busyTimeout;
     sibling.safe = this.safe;
     return sibling;
   }
@@ -158,17 +159,20 @@ export class Connection {
    *   parameters, nested BEGIN), `closed`, `readonly`.
    */
   run(sql: string, params?: BindParams): RunResult {
+    if (arguments.length > 2) throw extraArguments('run');
     const out = this.session.run(this.session.compileCached(sql), params, 'run');
     return { changes: out.changes, lastInsertRowid: this.session.lastInsertRowid };
   }
 
   /** The first row of a query, or `undefined` when it returns none. Throws as {@link Connection.run}. */
   get<T = Row>(sql: string, params?: BindParams): T | undefined {
+    if (arguments.length > 2) throw extraArguments('get');
     return this.session.run(this.session.compileCached(sql), params, 'get', this.format()).rows?.[0] as T | undefined;
   }
 
   /** Every row of a query. Throws as {@link Connection.run}. */
   all<T = Row>(sql: string, params?: BindParams): T[] {
+    if (arguments.length > 2) throw extraArguments('all');
     return (this.session.run(this.session.compileCached(sql), params, 'all', this.format()).rows ?? []) as T[];
   }
 
@@ -177,6 +181,7 @@ export class Connection {
    * the engine is shared, so no cursor stays open across other handles' statements.
    */
   iterate<T = Row>(sql: string, params?: BindParams): IterableIterator<T> {
+    if (arguments.length > 2) throw extraArguments('iterate');
     return this.all<T>(sql, params)[Symbol.iterator]();
   }
 
@@ -264,8 +269,11 @@ export class Connection {
    * and rethrows when `fn` throws. `fn` may be async and await anything. Busy errors
    * (`SQLITE_BUSY_SNAPSHOT` from a concurrent transaction's conflict, `SQLITE_BUSY` from a lock)
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
-   * (`retry: false` turns that off). Called inside an open transaction, it runs `fn` in a
-   * SAVEPOINT instead (no retry).
+   * (`retry: false` turns that off). Called from inside another `transaction()` callback of
+   * this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a SAVEPOINT
+   * instead (no retry). A call that overlaps a running `transaction()` of this handle from
+   * anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
+   * give each concurrent unit of work its own handle from {@link Connection.connect}.
    *
    * @param options.mode - `concurrent` (default: optimistic and serializable, never blocks other
    *   handles, rerun on conflict; DDL is refused in it), `immediate`, `exclusive` or `deferred`

@@ -72,6 +72,7 @@ export type SqliteErrorCode =
   | 'SQLITE_FULL'
   | 'SQLITE_TOOBIG'
   | 'SQLITE_IOERR'
+  | 'SQLITE_IOERR_LOCK'
   | 'SQLITE_CANTOPEN'
   | 'SQLITE_NOMEM'
   | 'SQLITE_INTERRUPT'
@@ -276,4 +277,18 @@ export function closedError(what: string): SqliteError {
 /** The error for a wrong use of the API. */
 export function misuseError(message: string): SqliteError {
   return sqliteError(message, 'SQLITE_MISUSE');
+}
+
+/**
+ * The error for a call with more arguments than the method takes: `run(sql, 1, 2)` would
+ * otherwise bind only the first value. Pass several values as one array.
+ */
+export function extraArguments(method: string, expected = 2): SqliteError {
+  return sqliteError(
+    `${method}() takes ${expected === 2 ? 'the SQL and one parameters argument' : 'one parameters argument'}; ` +
+      'pass several values as one array (or an object of named values)',
+    'SQLITE_RANGE',
+    undefined,
+    'misuse',
+  );
 }

@@ -3,7 +3,7 @@
  * @module
  */
 import type { BindParams, Row, RowFormat } from './engine/execute.js';
-import { closedError, misuseError } from './errors.js';
+import { closedError, extraArguments, misuseError } from './errors.js';
 import type { CompiledSql, Session } from './session.js';
 
 /** What `run()` returns. */
@@ -137,18 +137,21 @@ export class Statement<T = Row> {
    * @throws SqliteError: `constraint`, `busy`, `misuse` (bad parameter), `closed`, ...
    */
   run(params?: BindParams): RunResult {
+    if (arguments.length > 1) throw extraArguments('run', 1);
     const out = this.session.run(this.ready(), this.params(params, arguments.length), 'run');
     return { changes: out.changes, lastInsertRowid: this.session.lastInsertRowid };
   }
 
   /** The first row, or `undefined` when there is none. */
   get(params?: BindParams): T | undefined {
+    if (arguments.length > 1) throw extraArguments('get', 1);
     const rows = this.session.run(this.ready(), this.params(params, arguments.length), 'get', this.format()).rows ?? [];
     return rows.length === 0 ? undefined : (this.reshape(rows)[0] as T);
   }
 
   /** Every row. */
   all(params?: BindParams): T[] {
+    if (arguments.length > 1) throw extraArguments('all', 1);
     const rows = this.session.run(this.ready(), this.params(params, arguments.length), 'all', this.format()).rows ?? [];
     return this.reshape(rows) as T[];
   }
@@ -158,6 +161,7 @@ export class Statement<T = Row> {
    * cursor is kept open across other handles' statements).
    */
   iterate(params?: BindParams): IterableIterator<T> {
+    if (arguments.length > 1) throw extraArguments('iterate', 1);
     return (arguments.length === 0 ? this.all() : this.all(params))[Symbol.iterator]();
   }
 
