@@ -7,7 +7,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BindParams, Row, RowFormat, SqlValue } from './engine/execute.js';
-import { extraArguments, fromEngineError, misuseError } from './errors.js';
+import { extraArguments, fromEngineError, misuseError, sqliteError } from './errors.js';
 import { Session } from './session.js';
 import { Statement, type RunResult } from './statement.js';
 import { runTransaction, type TransactionOptions } from './transaction.js';
@@ -257,6 +257,17 @@ export class Connection {
 
   private vacuumInto(file: string): void {
     if (this.inTransaction) throw misuseError('backup()/serialize() cannot run inside a transaction of this handle');
+    // SQLite refuses VACUUM inside a transaction, and another handle's transaction may live in
+    // the engine: a concurrent one steps out (it resumes by re-execution), a pessimistic one
+    // holds the lock, so the copy waits for it like any busy statement.
+    const engine = this.session.engine;
+    if (engine.active?.kind === 'pessimistic') {
+      throw sqliteError(
+        `database is locked: handle #${engine.active.handleId} holds a pessimistic transaction; backup()/serialize() copy committed state only, retry when it ends`,
+        'SQLITE_BUSY',
+      );
+    }
+    engine.park();
     this.run('VACUUM INTO ?', [file]);
   }
 
