@@ -18,6 +18,9 @@ const bin = (name: string) => join(root, 'node_modules', '.bin', name);
 const packages = readdirSync(join(root, 'packages')).filter((p) => existsSync(join(root, 'packages', p, 'package.json')));
 
 let scratch = '';
+// The pnpm that runs this test (`pnpm test` sets npm_execpath), else the one on PATH.
+const execpath = process.env.npm_execpath ?? '';
+const pnpm = /pnpm/.test(execpath) && /\.c?js$/.test(execpath) ? [process.execPath, execpath] : ['pnpm'];
 // pnpm puts the workspace's packages on NODE_PATH: clear it, or the scratch apps would resolve
 // through the workspace instead of their own node_modules.
 const cleanEnv = { ...process.env, NODE_OPTIONS: '', NODE_PATH: '' };
@@ -32,7 +35,7 @@ beforeAll(() => {
   const deps: Record<string, string> = {};
   for (const p of packages) {
     const dir = join(root, 'packages', p);
-    const out = run('pnpm', ['pack', '--pack-destination', tarballs], dir).trim().split('\n');
+    const out = run(pnpm[0]!, [...pnpm.slice(1), 'pack', '--pack-destination', tarballs], dir).trim().split('\n');
     const file = out.find((l) => l.endsWith('.tgz'))!.trim();
     const name = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).name as string;
     deps[name] = `file:${join(tarballs, file.split('/').pop()!)}`;
