@@ -10,7 +10,7 @@ import type { BindParams, Row, RowFormat, SqlValue } from './engine/execute.js';
 import { extraArguments, fromEngineError, misuseError, sqliteError } from './errors.js';
 import { Session } from './session.js';
 import { Statement, type RunResult } from './statement.js';
-import { runTransaction, type TransactionOptions } from './transaction.js';
+import { NO_TRANSACTION_OPTIONS, runTransaction, type TransactionOptions } from './transaction.js';
 import type { Engine } from './engine/engine.js';
 
 const SAFE: RowFormat = { safeIntegers: true };
@@ -280,10 +280,12 @@ export class Connection {
    * and rethrows when `fn` throws. `fn` may be async and await anything. Busy errors
    * (`SQLITE_BUSY_SNAPSHOT` from a concurrent transaction's conflict, `SQLITE_BUSY` from a lock)
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
-   * (`retry: false` turns that off). Called from inside another `transaction()` callback of
-   * this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a SAVEPOINT
-   * instead (no retry). A call that overlaps a running `transaction()` of this handle from
-   * anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
+   * (`retry: false` turns that off). A concurrent transaction that keeps failing runs its
+   * next attempt in the engine's first-come-first-served priority lane, as `BEGIN IMMEDIATE`,
+   * so it cannot starve (see docs/concurrency.md). Called from inside another `transaction()`
+   * callback of this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a
+   * SAVEPOINT instead (no retry). A call that overlaps a running `transaction()` of this handle
+   * from anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
    * give each concurrent unit of work its own handle from {@link Connection.connect}.
    *
    * @param options.mode - `concurrent` (default: optimistic and serializable, never blocks other
@@ -292,7 +294,7 @@ export class Connection {
    * @returns what `fn` returns.
    * @throws what `fn` throws (after rolling back), or the last busy error when retries ran out.
    */
-  transaction<T>(fn: (conn: Connection) => T | Promise<T>, options: TransactionOptions = {}): Promise<T> {
+  transaction<T>(fn: (conn: Connection) => T | Promise<T>, options: TransactionOptions = NO_TRANSACTION_OPTIONS): Promise<T> {
     if (typeof fn !== 'function') throw misuseError('transaction() needs a function');
     return runTransaction(this, fn, options);
   }

@@ -5,7 +5,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
-import { errorKind, misuseError } from './errors.js';
+import { errorKind, isRetryable, misuseError } from './errors.js';
+import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { retry, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
@@ -37,6 +38,9 @@ class Final {
   constructor(readonly error: unknown) {}
 }
 
+/** The options of a call that passed none (shared: a call allocates no option object). */
+export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
+
 /** @internal */
 export async function runTransaction<T>(
   conn: Connection,
@@ -58,31 +62,84 @@ export async function runTransaction<T>(
   }
   if (conn.inTransaction) return nested(conn, fn);
   const scope = new Set(within ?? []).add(session);
-  const once = async (): Promise<T> => {
-    // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
-    conn.session.assertOpen();
-    try {
-      await waitOut(conn.session.busyTimeout, () => begin(conn, mode));
-    } catch (e) {
-      throw errorKind(e) === 'busy' ? new Final(e) : e;
-    }
-    try {
-      const result = await inside.run(scope, () => fn(conn));
-      await commit(conn);
-      return result;
-    } catch (e) {
-      if (conn.isOpen && conn.inTransaction) conn.session.rollback();
-      throw e;
-    }
-  };
   running.add(session);
   try {
-    if (options.retry === false) return await once();
-    return await retry(once, options.retry ?? {});
+    return await attempts(conn, fn, mode, options.retry, scope);
   } catch (e) {
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
+  }
+}
+
+/** The attempts of one `transaction()` call, with the retry loop and the priority lane. */
+function attempts<T>(
+  conn: Connection,
+  fn: (conn: Connection) => T | Promise<T>,
+  mode: TransactionMode,
+  retryOptions: RetryOptions | false | undefined,
+  scope: ReadonlySet<object>,
+): Promise<T> {
+  if (retryOptions === false) return attempt(conn, fn, mode, scope);
+  // retry() runs the first attempt directly; its loop starts only after a busy error.
+  if (mode !== 'concurrent') return retry(() => attempt(conn, fn, mode, scope), retryOptions);
+  // A concurrent transaction that keeps failing takes the engine's priority lane, so that
+  // under contention it degrades to a FIFO mutex instead of starving.
+  const lane = laneOf(conn.session.engine);
+  const deadline = performance.now() + (retryOptions?.maxElapsedMs ?? 30_000);
+  let failures = 0;
+  return retry(async () => {
+    if (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse)) return inLane(conn, fn, lane, deadline, scope);
+    try {
+      return await attempt(conn, fn, mode, scope);
+    } catch (e) {
+      if (isRetryable(e)) failures++;
+      throw e;
+    }
+  }, retryOptions);
+}
+
+/**
+ * One attempt in the lane: once every earlier holder is done, the transaction runs as
+ * `BEGIN IMMEDIATE`, so it cannot conflict. Waiting stops (with a busy error) at the retry
+ * budget's deadline, in case a holder awaits this very transaction.
+ */
+async function inLane<T>(
+  conn: Connection,
+  fn: (conn: Connection) => T | Promise<T>,
+  lane: Lane,
+  deadline: number,
+  scope: ReadonlySet<object>,
+): Promise<T> {
+  await lane.acquire(deadline - performance.now());
+  try {
+    return await attempt(conn, fn, 'immediate', scope);
+  } finally {
+    lane.release();
+  }
+}
+
+/** One attempt: BEGIN, `fn`, COMMIT; rolls back and rethrows on any error. */
+async function attempt<T>(
+  conn: Connection,
+  fn: (conn: Connection) => T | Promise<T>,
+  mode: TransactionMode,
+  scope: ReadonlySet<object>,
+): Promise<T> {
+  // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
+  conn.session.assertOpen();
+  try {
+    await waitOut(conn.session.busyTimeout, () => begin(conn, mode));
+  } catch (e) {
+    throw errorKind(e) === 'busy' ? new Final(e) : e;
+  }
+  try {
+    const result = await inside.run(scope, () => fn(conn));
+    await commit(conn);
+    return result;
+  } catch (e) {
+    if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+    throw e;
   }
 }
 
