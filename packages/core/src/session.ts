@@ -13,7 +13,7 @@
  */
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, HandleState, OpenTransaction, RowidPlan } from './engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
+import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from './engine/execute.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
@@ -56,6 +56,8 @@ export class Session {
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
+  /** The row format of the statement being run (raw / safe integers), for execution and the log. */
+  private format: RowFormat | undefined;
 
   constructor(readonly engine: Engine) {
     this.id = engine.retain();
@@ -133,22 +135,28 @@ export class Session {
   }
 
   /**
-   * Runs one compiled statement for this handle. A refusal by the file lock (another process
-   * holds the file) is waited out synchronously for up to {@link Session.busyTimeout} ms.
+   * Runs one compiled statement for this handle; `format` shapes its rows. A refusal by the file
+   * lock (another process holds the file) is waited out synchronously for up to
+   * {@link Session.busyTimeout} ms.
    */
-  run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+  run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
     return waitOutSync(this.busyTimeout, () =>
       this.withFile(() => {
         this.engine.caller = this.state;
-        const out = this.route(c, params, want);
-        const state = this.state;
-        if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
-        if (c.prepared !== undefined && c.prepared.writesRows) {
-          state.changes = out.changes;
-          state.totalChanges += out.changes;
+        this.format = format;
+        try {
+          const out = this.route(c, params, want);
+          const state = this.state;
+          if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+          if (c.prepared !== undefined && c.prepared.writesRows) {
+            state.changes = out.changes;
+            state.totalChanges += out.changes;
+          }
+          return out;
+        } finally {
+          this.format = undefined;
         }
-        return out;
       }),
     );
   }
@@ -479,6 +487,7 @@ export class Session {
       sql: c.sql,
       params: copyParams(params),
       want,
+      format: this.format,
       footprint: fp,
       control: false,
       state: { ...this.state },
@@ -527,7 +536,7 @@ export class Session {
         onPlan?.(plan);
         if (engine.hasForeignReservations(plan.table, owner)) {
           const stmt = engine.statement(plan.sql);
-          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want);
+          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
         }
       }
     }
@@ -535,7 +544,7 @@ export class Session {
   }
 
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
-    return (c.prepared as PreparedSql).execute(this.engine.db, params, want);
+    return (c.prepared as PreparedSql).execute(this.engine.db, params, want, this.format);
   }
 
   // ---- closing ------------------------------------------------------------------------------
