@@ -3,7 +3,7 @@
  * @module
  */
 import type { BindParams, Row } from './engine/execute.js';
-import { misuseError } from './errors.js';
+import { extraArguments, misuseError } from './errors.js';
 import { Session } from './session.js';
 import { Statement, type RunResult } from './statement.js';
 import { NO_TRANSACTION_OPTIONS, runTransaction, type TransactionOptions } from './transaction.js';
@@ -81,7 +81,9 @@ export class Connection {
    */
   connect(): Connection {
     this.session.assertOpen();
-    return new Connection(this.session.engine, this.readonly);
+    const sibling = new Connection(this.session.engine, this.readonly);
+    sibling.session.busyTimeout = this.session.busyTimeout;
+    return sibling;
   }
 
   /**
@@ -101,17 +103,20 @@ export class Connection {
    *   parameters, nested BEGIN), `closed`, `readonly`.
    */
   run(sql: string, params?: BindParams): RunResult {
+    if (arguments.length > 2) throw extraArguments('run');
     const out = this.session.run(this.session.compileCached(sql), params, 'run');
     return { changes: out.changes, lastInsertRowid: this.session.lastInsertRowid };
   }
 
   /** The first row of a query, or `undefined` when it returns none. Throws as {@link Connection.run}. */
   get<T = Row>(sql: string, params?: BindParams): T | undefined {
+    if (arguments.length > 2) throw extraArguments('get');
     return this.session.run(this.session.compileCached(sql), params, 'get').rows?.[0] as T | undefined;
   }
 
   /** Every row of a query. Throws as {@link Connection.run}. */
   all<T = Row>(sql: string, params?: BindParams): T[] {
+    if (arguments.length > 2) throw extraArguments('all');
     return (this.session.run(this.session.compileCached(sql), params, 'all').rows ?? []) as T[];
   }
 
@@ -120,6 +125,7 @@ export class Connection {
    * the engine is shared, so no cursor stays open across other handles' statements.
    */
   iterate<T = Row>(sql: string, params?: BindParams): IterableIterator<T> {
+    if (arguments.length > 2) throw extraArguments('iterate');
     return this.all<T>(sql, params)[Symbol.iterator]();
   }
 
@@ -138,8 +144,11 @@ export class Connection {
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
    * (`retry: false` turns that off). A concurrent transaction that keeps failing runs its
    * next attempt in the engine's first-come-first-served priority lane, as `BEGIN IMMEDIATE`,
-   * so it cannot starve (see docs/concurrency.md). Called inside an open transaction, it runs
-   * `fn` in a SAVEPOINT instead (no retry).
+   * so it cannot starve (see docs/concurrency.md). Called from inside another `transaction()` callback of
+   * this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a SAVEPOINT
+   * instead (no retry). A call that overlaps a running `transaction()` of this handle from
+   * anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
+   * give each concurrent unit of work its own handle from {@link Connection.connect}.
    *
    * @param options.mode - `deferred` (default), `immediate`, `exclusive` or `concurrent`.
    * @returns what `fn` returns.

@@ -223,3 +223,17 @@ export function closedError(what: string): SqliteError {
 export function misuseError(message: string): SqliteError {
   return sqliteError(message, 'SQLITE_MISUSE');
 }
+
+/**
+ * The error for a call with more arguments than the method takes: `run(sql, 1, 2)` would
+ * otherwise bind only the first value. Pass several values as one array.
+ */
+export function extraArguments(method: string, expected = 2): SqliteError {
+  return sqliteError(
+    `${method}() takes ${expected === 2 ? 'the SQL and one parameters argument' : 'one parameters argument'}; ` +
+      'pass several values as one array (or an object of named values)',
+    'SQLITE_RANGE',
+    undefined,
+    'misuse',
+  );
+}

@@ -11,11 +11,13 @@
  *   validates) and are logged with what they showed the application.
  * @module
  */
-import { ConcurrentTransaction, withRowid, type LogEntry } from './concurrent/transaction.js';
+import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
+import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
+import { walRefused } from './file/database.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
 
 /** A pessimistic transaction (`BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE]`, or an outer SAVEPOINT). */
@@ -44,6 +46,8 @@ export class Session {
   lastInsertRowid: number | bigint = 0;
   /** A read-only handle refuses statements that would write. */
   readonly = false;
+  /** How long a statement waits for a file lock held by another process, in ms (`PRAGMA busy_timeout`). */
+  busyTimeout = DEFAULT_BUSY_TIMEOUT_MS;
   private open = true;
   /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
   private abortedBySnapshot = false;
@@ -89,8 +93,10 @@ export class Session {
   }
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
-    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode';
-    return { sql, cls, prepared: control ? undefined : this.engine.prepare(sql, cls) };
+    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
+    if (control) return { sql, cls, prepared: undefined };
+    // Preparing reads the schema, which needs the file: wait for it like a statement does.
+    return { sql, cls, prepared: waitOutSync(this.busyTimeout, () => this.withFile(() => this.engine.prepare(sql, cls))) };
   }
 
   /** Registers a user statement to finalize when the handle closes. */
@@ -117,15 +123,35 @@ export class Session {
     }
   }
 
-  /** Runs one compiled statement for this handle. */
+  /**
+   * Runs one compiled statement for this handle. A refusal by the file lock (another process
+   * holds the file) is waited out synchronously for up to {@link Session.busyTimeout} ms.
+   */
   run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     this.assertOpen();
+    return waitOutSync(this.busyTimeout, () =>
+      this.withFile(() => {
+        const out = this.route(c, params, want);
+        if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
+        return out;
+      }),
+    );
+  }
+
+  /**
+   * Runs one step on the engine between the file policy's `beforeUse` and `afterUse` (which
+   * hands the file to a waiting process when no transaction is open), with busy errors
+   * explained. One attempt: the callers decide how to wait.
+   */
+  withFile<T>(step: () => T): T {
     const file = this.engine.fileAccess;
-    file?.beforeUse();
     try {
-      const out = this.route(c, params, want);
-      if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
-      return out;
+      file?.beforeUse();
+    } catch (e) {
+      throw this.engine.explain(e);
+    }
+    try {
+      return step();
     } catch (e) {
       throw this.engine.explain(e);
     } finally {
@@ -150,7 +176,11 @@ export class Session {
       case 'rollback_to':
         this.savepoint(c);
         return NO_ROWS;
+      case 'busy_timeout':
+        if (cls.value !== null) this.busyTimeout = parseBusyTimeoutPragma(cls.value);
+        return { rows: want === 'run' ? undefined : [{ timeout: this.busyTimeout }], changes: 0, insertedRowid: undefined };
       case 'journal_mode':
+        if (cls.value === 'wal') throw walRefused();
         if (cls.value !== null) this.engine.mvcc = cls.value === 'mvcc';
         if (this.engine.mvcc) {
           return { rows: want === 'run' ? undefined : [{ journal_mode: 'mvcc' }], changes: 0, insertedRowid: undefined };
@@ -347,13 +377,17 @@ export class Session {
 
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
-    const out = this.executeSteered(c, params, want, null);
-    if (c.cls.type === 'ddl') engine.schemaChanged();
-    else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
-      const fp = engine.footprints.of(c.sql);
-      if (!fp.readonly) engine.noteChanged(fp.writes);
+    try {
+      return this.executeSteered(c, params, want, null);
+    } finally {
+      // Counted on failure too: a statement may change rows before it fails (OR FAIL,
+      // RAISE(FAIL) in a trigger) and those changes stay committed.
+      if (c.cls.type === 'ddl') engine.schemaChanged();
+      else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
+        const fp = engine.footprints.of(c.sql);
+        if (!fp.readonly) engine.noteChanged(fp.writes);
+      }
     }
-    return out;
   }
 
   private pessimisticStatement(
@@ -396,7 +430,8 @@ export class Session {
     let plan: RowidPlan | null = null;
     try {
       const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
-      entry.outcome = out;
+      // A private copy: the application may mutate the rows it was given.
+      entry.outcome = privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
         const pl = plan as RowidPlan;
         entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };

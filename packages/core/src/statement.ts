@@ -3,7 +3,7 @@
  * @module
  */
 import type { BindParams, Row } from './engine/execute.js';
-import { closedError, misuseError } from './errors.js';
+import { closedError, extraArguments, misuseError } from './errors.js';
 import type { CompiledSql, Session } from './session.js';
 
 /** What `run()` returns. */
@@ -47,17 +47,20 @@ export class Statement<T = Row> {
    * @throws SqliteError: `constraint`, `busy`, `misuse` (bad parameter), `closed`, ...
    */
   run(params?: BindParams): RunResult {
+    if (arguments.length > 1) throw extraArguments('run', 1);
     const out = this.session.run(this.ready(), params, 'run');
     return { changes: out.changes, lastInsertRowid: this.session.lastInsertRowid };
   }
 
   /** The first row, or `undefined` when there is none. */
   get(params?: BindParams): T | undefined {
+    if (arguments.length > 1) throw extraArguments('get', 1);
     return this.session.run(this.ready(), params, 'get').rows?.[0] as T | undefined;
   }
 
   /** Every row. */
   all(params?: BindParams): T[] {
+    if (arguments.length > 1) throw extraArguments('all', 1);
     return (this.session.run(this.ready(), params, 'all').rows ?? []) as T[];
   }
 
@@ -66,6 +69,7 @@ export class Statement<T = Row> {
    * cursor is kept open across other handles' statements).
    */
   iterate(params?: BindParams): IterableIterator<T> {
+    if (arguments.length > 1) throw extraArguments('iterate', 1);
     return this.all(params)[Symbol.iterator]();
   }
 

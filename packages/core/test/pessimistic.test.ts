@@ -420,8 +420,9 @@ describe('conn.transaction()', () => {
     expect(attempts).toBe(1); // fn never ran while BEGIN was busy
   });
 
-  it('retry: false gives the busy error at once', async () => {
+  it('retry: false with busy_timeout 0 gives the busy error at once', async () => {
     const [, a, b] = setup();
+    b.exec('PRAGMA busy_timeout = 0');
     a.exec('BEGIN IMMEDIATE');
     let ran = false;
     const err = await b

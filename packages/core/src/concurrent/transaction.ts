@@ -48,6 +48,14 @@ export class ConcurrentTransaction implements OpenTransaction {
     readonly handleId: number,
   ) {
     engine.concurrentOpen++;
+    try {
+      // The baseline of other processes' commits is taken now: a commit by another process
+      // after this point must count as a change at the first validation.
+      engine.checkExternalChanges();
+    } catch (e) {
+      engine.concurrentOpen--;
+      throw e;
+    }
     this.validatedSeq = engine.commitSeq;
   }
 
@@ -166,6 +174,22 @@ export function withRowid(stmt: PreparedSql, params: BindParams | undefined, row
   while (list.length < index - 1) list.push(null);
   list[index - 1] = rowid;
   return list as BindParams;
+}
+
+/** A copy of an outcome that shares nothing mutable with the one handed to the application. */
+export function privateCopy(out: Outcome): Outcome {
+  if (out.rows === undefined || out.rows.length === 0) return out.rows === undefined ? out : { ...out, rows: [] };
+  const rows = new Array<Record<string, unknown>>(out.rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const row = out.rows[i] as Record<string, unknown>;
+    const copy: Record<string, unknown> = {};
+    for (const k in row) {
+      const v = row[k];
+      copy[k] = v instanceof Uint8Array ? v.slice() : v;
+    }
+    rows[i] = copy;
+  }
+  return { rows, changes: out.changes, insertedRowid: out.insertedRowid };
 }
 
 function describeDifference(a: Outcome, b: Outcome): string | undefined {

@@ -8,7 +8,8 @@
  */
 import { fromEngineError, sqliteError } from '../errors.js';
 import { loadSqlite, type WasmStatement } from '../file/load.js';
-import type { StatementClass } from '../sql/lexer.js';
+import { parameterCount, tokenize, type StatementClass } from '../sql/lexer.js';
+import { checkCount, checkValue } from './params.js';
 
 /** A value SQLite can store, as siblite accepts it in parameters. */
 export type SqlValue = number | bigint | string | Uint8Array | null | boolean;
@@ -57,6 +58,8 @@ export class PreparedSql {
   /** An upsert (`ON CONFLICT ... DO UPDATE`) may change rows without inserting any. */
   private readonly upsert: boolean;
   private readonly named = new Map<string, number>();
+  /** How many parameter slots the SQL has (counted once, on first use). */
+  private slots: number | undefined;
 
   constructor(
     readonly sql: string,
@@ -110,21 +113,31 @@ export class PreparedSql {
     return { rows, changes, insertedRowid: rowid };
   }
 
-  /** Gives unprefixed named parameters the prefix the SQL uses; rejects unknown names. */
+  /**
+   * Checks the parameters (every slot filled exactly once, every value storable as given) and
+   * gives unprefixed named parameters the prefix the SQL uses; rejects unknown names.
+   */
   private normalize(params: BindParams | undefined): unknown {
-    // A single blob is one value; the engine would take it for an object of named parameters.
-    if (params instanceof Uint8Array) return [params];
-    if (params === null || typeof params !== 'object') {
-      if (typeof params === 'string') checkText(params);
+    const expected = (this.slots ??= parameterCount(tokenize(this.sql)));
+    if (params === undefined) {
+      checkCount(0, expected, this.sql);
       return params;
     }
+    // A single blob is one value; the engine would take it for an object of named parameters.
+    if (params === null || typeof params !== 'object' || params instanceof Uint8Array) {
+      checkValue(params, '1');
+      checkCount(1, expected, this.sql);
+      return params instanceof Uint8Array ? [params] : params;
+    }
     if (Array.isArray(params)) {
-      for (let i = 0; i < params.length; i++) if (typeof params[i] === 'string') checkText(params[i] as string);
+      for (let i = 0; i < params.length; i++) checkValue(params[i], String(i + 1));
+      checkCount(params.length, expected, this.sql);
       return params;
     }
     // Named values are bound by position: the index of each name is looked up once per
     // statement (the engine wrapper would look every name up again on every execution).
     const out: unknown[] = [];
+    let bound = 0;
     for (const key of Object.keys(params)) {
       let index = this.named.get(key);
       if (index === undefined) {
@@ -132,10 +145,12 @@ export class PreparedSql {
         this.named.set(key, index);
       }
       const value = (params as Record<string, unknown>)[key];
-      if (typeof value === 'string') checkText(value);
-      while (out.length < index - 1) out.push(null);
+      checkValue(value, `"${key}"`);
+      while (out.length < index - 1) out.push(undefined);
+      if (out[index - 1] === undefined) bound++;
       out[index - 1] = value;
     }
+    checkCount(bound, expected, this.sql);
     return out;
   }
 
@@ -161,20 +176,5 @@ export class PreparedSql {
 
   finalize(): void {
     if (!this.stmt.isFinalized) this.stmt.finalize();
-  }
-}
-
-/**
- * The engine binding passes text as a NUL-terminated C string, so a NUL character would silently
- * cut the value short: refuse it instead (store such data as a blob).
- */
-function checkText(s: string): void {
-  if (s.includes('\0')) {
-    throw sqliteError(
-      'A string parameter contains a NUL character, which the engine would silently truncate; pass it as a Uint8Array (blob) instead',
-      'SQLITE_MISMATCH',
-      undefined,
-      'misuse',
-    );
   }
 }

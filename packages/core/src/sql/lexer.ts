@@ -135,6 +135,7 @@ export type StatementClass =
   | { type: 'release'; name: string }
   | { type: 'rollback_to'; name: string }
   | { type: 'journal_mode'; value: string | null }
+  | { type: 'busy_timeout'; value: string | null }
   | { type: 'ddl' }
   | { type: 'dml'; verb: 'select' | 'insert' | 'update' | 'delete' | 'other' };
 
@@ -174,6 +175,12 @@ export function classify(tokens: Token[]): StatementClass {
       if (w(k) === 'journal_mode') {
         const v = tokens[k + 1]?.text === '=' ? tokens[k + 2] : tokens[k + 1]?.text === '(' ? tokens[k + 2] : undefined;
         return { type: 'journal_mode', value: v ? nameOf(v).toLowerCase() : null };
+      }
+      if (w(k) === 'busy_timeout') {
+        // siblite's own busy timeout (see busy-timeout.ts): the value's tokens, e.g. "-1".
+        const at = tokens[k + 1]?.text === '=' || tokens[k + 1]?.text === '(' ? k + 2 : -1;
+        const value = at < 0 ? null : tokens.slice(at).filter((t) => t.text !== ')' && t.text !== ';').map((t) => nameOf(t)).join('');
+        return { type: 'busy_timeout', value };
       }
       return { type: 'dml', verb: 'other' };
     }
@@ -295,4 +302,27 @@ export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   const next = at(k + 1);
   if (next && next.text !== 'returning' && next.text !== 'on') return undefined;
   return { schema, table, columns, columnsClose: columnsClose.start, valuesClose: valuesClose.start };
+}
+
+/**
+ * How many parameter slots the statement has, numbered as SQLite numbers them: `?` takes the
+ * next slot, `?NNN` slot NNN, and a named parameter a new slot the first time its name appears.
+ * (The engine binding does not export `sqlite3_bind_parameter_count`.)
+ */
+export function parameterCount(tokens: readonly Token[]): number {
+  let count = 0;
+  let names: Set<string> | undefined;
+  for (const t of tokens) {
+    if (t.type !== 'param') continue;
+    if (t.text === '?') count++;
+    else if (t.text[0] === '?') count = Math.max(count, Number(t.text.slice(1)) || 0);
+    else {
+      names ??= new Set();
+      if (!names.has(t.text)) {
+        names.add(t.text);
+        count++;
+      }
+    }
+  }
+  return count;
 }
