@@ -150,7 +150,9 @@ export class Connection {
    * anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
    * give each concurrent unit of work its own handle from {@link Connection.connect}.
    *
-   * @param options.mode - `deferred` (default), `immediate`, `exclusive` or `concurrent`.
+   * @param options.mode - `concurrent` (default: optimistic and serializable, never blocks other
+   *   handles, rerun on conflict; DDL is refused in it), `immediate`, `exclusive` or `deferred`
+   *   (pessimistic: other handles get `SQLITE_BUSY` for what this transaction holds while it awaits).
    * @returns what `fn` returns.
    * @throws what `fn` throws (after rolling back), or the last busy error when retries ran out.
    */

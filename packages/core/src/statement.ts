@@ -37,6 +37,14 @@ export class Statement<T = Row> {
     return this.compiled.sql;
   }
 
+  /**
+   * True when the statement returns rows (a query, or a write with `RETURNING`): then use
+   * `get`/`all`/`iterate`; otherwise `run`. As better-sqlite3's `reader`.
+   */
+  get reader(): boolean {
+    return this.compiled.prepared?.returnsRows ?? false;
+  }
+
   /** Whether the statement has been finalized (by you, or by closing its handle). */
   get isFinalized(): boolean {
     return this.finalized;

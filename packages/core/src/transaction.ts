@@ -11,7 +11,11 @@ import { retry, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
 export interface TransactionOptions {
-  /** The transaction mode. Default `deferred`. */
+  /**
+   * The transaction mode. Default `concurrent`: the mode that cannot hurt other handles (they
+   * keep reading and writing while this transaction awaits; a conflict reruns it). Choose
+   * `immediate` for DDL (not allowed in `BEGIN CONCURRENT`) or to hold the write lock.
+   */
   mode?: TransactionMode;
   /** Options of the retry loop that reruns the transaction on busy errors, or `false` for none. */
   retry?: RetryOptions | false;
@@ -43,7 +47,7 @@ export async function runTransaction<T>(
   fn: (conn: Connection) => T | Promise<T>,
   options: TransactionOptions,
 ): Promise<T> {
-  const mode = options.mode ?? 'deferred';
+  const mode = options.mode ?? 'concurrent';
   if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
   conn.session.assertOpen();
   const session = conn.session;
