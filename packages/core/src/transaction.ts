@@ -29,8 +29,17 @@ export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
 
 /** Handles with a `transaction()` call in flight (from BEGIN to the end of its retries). */
 const running = new WeakSet<object>();
-/** The handles whose `transaction()` callback the current async context runs inside. */
-const inside = new AsyncLocalStorage<ReadonlySet<object>>();
+/** The handles whose `transaction()` callbacks the current async context runs inside, innermost first. */
+interface Scope {
+  readonly session: object;
+  readonly outer: Scope | undefined;
+}
+const inside = new AsyncLocalStorage<Scope>();
+
+function isInside(scope: Scope | undefined, session: object): boolean {
+  for (let s = scope; s !== undefined; s = s.outer) if (s.session === session) return true;
+  return false;
+}
 
 /**
  * An error that ends `transaction()` without running `fn` again: a lock that stayed busy for the
@@ -52,7 +61,7 @@ export async function runTransaction<T>(
   conn.session.assertOpen();
   const session = conn.session;
   const within = inside.getStore();
-  if (running.has(session) && !within?.has(session)) {
+  if (running.has(session) && !isInside(within, session)) {
     // A second, overlapping call (not one made from inside the first one's callback) would
     // otherwise become a SAVEPOINT of the first and commit or roll back with it.
     throw misuseError(
@@ -61,7 +70,7 @@ export async function runTransaction<T>(
     );
   }
   if (conn.inTransaction) return nested(conn, fn);
-  const scope = new Set(within ?? []).add(session);
+  const scope: Scope = { session, outer: within };
   const retryOptions = options.retry;
   // A concurrent transaction that keeps failing takes the engine's priority lane (see lane.ts),
   // so that under contention it degrades to a first-come-first-served mutex instead of starving.
@@ -77,13 +86,16 @@ export async function runTransaction<T>(
     if (inLane) await lane.acquire(deadline - performance.now());
     try {
       try {
-        await waitOut(conn.session.busyTimeout, () => begin(conn, inLane ? 'immediate' : mode));
+        // Awaited only when a lock is in the way: no promise for the common case.
+        const waiting = now(conn.session.busyTimeout, begin, conn, inLane ? 'immediate' : mode);
+        if (waiting) await waiting;
       } catch (e) {
         throw errorKind(e) === 'busy' ? new Final(e) : e;
       }
       try {
-        const result = await inside.run(scope, () => fn(conn));
-        await commit(conn, inLane ? undefined : lane, deadline);
+        const result = await inside.run(scope, fn, conn);
+        const committing = commit(conn, inLane ? undefined : lane, deadline);
+        if (committing) await committing;
         return result;
       } catch (e) {
         if (conn.isOpen && conn.inTransaction) conn.session.rollback();
@@ -134,33 +146,61 @@ function begin(conn: Connection, mode: TransactionMode): void {
  * timeout; `fn` is never run again for it. A conflict (`SQLITE_BUSY_SNAPSHOT`) has already
  * ended the transaction and is thrown to the retry loop.
  */
-async function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> {
+function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
+  const session = conn.session;
+  try {
+    session.withFile(() => session.commit());
+    return undefined;
+  } catch (e) {
+    if (errorKind(e) !== 'busy' || !conn.inTransaction) throw commitFailed(conn, e);
+    return commitWhenFree(conn, lane, deadline, e);
+  }
+}
+
+/** COMMIT after a lock refused it: wait in the lane, or wait out the lock. */
+async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline: number, refusal: unknown): Promise<void> {
   const session = conn.session;
   const once = () => session.withFile(() => session.commit());
   try {
-    if (lane?.inUse) {
+    if (lane?.inUse && !isFileLockBusy(refusal)) {
+      // A transaction of the priority lane holds the engine, and the lane hands over to the
+      // next holder at once: wait in the lane rather than poll for a gap that never comes.
+      await lane.acquire(deadline - performance.now());
       try {
-        once();
-        return;
-      } catch (e) {
-        if (errorKind(e) !== 'busy' || !conn.inTransaction) throw e;
-        if (!isFileLockBusy(e)) {
-          // A transaction of the priority lane holds the engine, and the lane hands over to the
-          // next holder at once: wait in the lane rather than poll for a gap that never comes.
-          await lane.acquire(deadline - performance.now());
-          try {
-            await waitOut(session.busyTimeout, once);
-          } finally {
-            lane.release();
-          }
-          return;
-        }
+        await waitOut(session.busyTimeout, once);
+      } finally {
+        lane.release();
       }
+      return;
     }
     await waitOut(session.busyTimeout, once);
   } catch (e) {
-    if (conn.inTransaction) session.rollback();
-    throw errorKind(e) === 'busy' ? new Final(e) : e;
+    throw commitFailed(conn, e);
+  }
+}
+
+/** Ends the transaction after a failed COMMIT; what to throw (a lock that stayed busy is final). */
+function commitFailed(conn: Connection, e: unknown): unknown {
+  if (conn.inTransaction) conn.session.rollback();
+  return errorKind(e) === 'busy' ? new Final(e) : e;
+}
+
+/**
+ * Runs `attempt(conn, mode)` now. Only when a lock (`busy`) refuses it, returns the promise of
+ * {@link waitOut} trying it again for up to `timeoutMs`; other errors are thrown.
+ */
+function now(
+  timeoutMs: number,
+  attempt: (conn: Connection, mode: TransactionMode) => void,
+  conn: Connection,
+  mode: TransactionMode,
+): Promise<void> | undefined {
+  try {
+    attempt(conn, mode);
+    return undefined;
+  } catch (e) {
+    if (errorKind(e) !== 'busy' || timeoutMs <= 0) throw e;
+    return waitOut(timeoutMs, () => attempt(conn, mode));
   }
 }
 
