@@ -14,6 +14,7 @@
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, HandleState, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from './engine/execute.js';
+import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
@@ -30,14 +31,8 @@ export class PessimisticTransaction implements OpenTransaction {
   ) {}
 }
 
-/** A compiled statement: its class and, unless it is transaction control, its engine statement. */
-export interface CompiledSql {
-  readonly sql: string;
-  readonly cls: StatementClass;
-  readonly prepared: PreparedSql | undefined;
-}
+export type { CompiledSql };
 
-const CACHE_LIMIT = 256;
 const NO_ROWS: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
 
 export class Session {
@@ -52,7 +47,6 @@ export class Session {
   private open = true;
   /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
   private abortedBySnapshot = false;
-  private readonly cache = new Map<string, CompiledSql>();
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
@@ -78,18 +72,17 @@ export class Session {
 
   // ---- compiling ----------------------------------------------------------------------------
 
-  /** Compiles one statement, cached per handle. */
+  /** Compiles one statement, cached in the engine for every handle (see statement-cache.ts). */
   compileCached(sql: string): CompiledSql {
-    let c = this.cache.get(sql);
-    if (c && (!c.prepared || !c.prepared.stmt.isFinalized)) return c;
-    c = this.compileOne(sql);
-    if (this.cache.size >= CACHE_LIMIT) {
-      const oldest = this.cache.keys().next().value as string;
-      this.cache.get(oldest)?.prepared?.finalize();
-      this.cache.delete(oldest);
+    const cache = this.engine.statements;
+    const c = cache.get(sql);
+    if (c !== undefined) {
+      this.assertOpen();
+      return c;
     }
-    this.cache.set(sql, c);
-    return c;
+    const compiled = this.compileOne(sql);
+    cache.add(compiled);
+    return compiled;
   }
 
   /** Compiles exactly one statement (uncached): the caller owns and finalizes it. */
@@ -557,8 +550,6 @@ export class Session {
       this.open = false;
       for (const s of this.owned) s.finalizeFromSession();
       this.owned.clear();
-      for (const c of this.cache.values()) c.prepared?.finalize();
-      this.cache.clear();
       this.engine.release();
     }
   }
