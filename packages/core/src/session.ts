@@ -13,9 +13,12 @@
  */
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
+import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from './engine/execute.js';
+import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
+import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
+import { walRefused } from './file/database.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
 
 /** A pessimistic transaction (`BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE]`, or an outer SAVEPOINT). */
@@ -28,14 +31,8 @@ export class PessimisticTransaction implements OpenTransaction {
   ) {}
 }
 
-/** A compiled statement: its class and, unless it is transaction control, its engine statement. */
-export interface CompiledSql {
-  readonly sql: string;
-  readonly cls: StatementClass;
-  readonly prepared: PreparedSql | undefined;
-}
+export type { CompiledSql };
 
-const CACHE_LIMIT = 256;
 const NO_ROWS: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
 
 export class Session {
@@ -45,13 +42,16 @@ export class Session {
   readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
   /** A read-only handle refuses statements that would write. */
   readonly = false;
+  /** How long a statement waits for a file lock held by another process, in ms (`PRAGMA busy_timeout`). */
+  busyTimeout = DEFAULT_BUSY_TIMEOUT_MS;
   private open = true;
   /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
   private abortedBySnapshot = false;
-  private readonly cache = new Map<string, CompiledSql>();
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
+  /** The row format of the statement being run (raw / safe integers), for execution and the log. */
+  private format: RowFormat | undefined;
 
   constructor(readonly engine: Engine) {
     this.id = engine.retain();
@@ -72,18 +72,17 @@ export class Session {
 
   // ---- compiling ----------------------------------------------------------------------------
 
-  /** Compiles one statement, cached per handle. */
+  /** Compiles one statement, cached in the engine for every handle (see statement-cache.ts). */
   compileCached(sql: string): CompiledSql {
-    let c = this.cache.get(sql);
-    if (c && (!c.prepared || !c.prepared.stmt.isFinalized)) return c;
-    c = this.compileOne(sql);
-    if (this.cache.size >= CACHE_LIMIT) {
-      const oldest = this.cache.keys().next().value as string;
-      this.cache.get(oldest)?.prepared?.finalize();
-      this.cache.delete(oldest);
+    const cache = this.engine.statements;
+    const c = cache.get(sql);
+    if (c !== undefined) {
+      this.assertOpen();
+      return c;
     }
-    this.cache.set(sql, c);
-    return c;
+    const compiled = this.compileOne(sql);
+    cache.add(compiled);
+    return compiled;
   }
 
   /** Compiles exactly one statement (uncached): the caller owns and finalizes it. */
@@ -97,8 +96,11 @@ export class Session {
   }
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
-    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'setting' && cls.type !== 'journal_mode';
-    return { sql, cls, prepared: control ? undefined : this.engine.prepare(sql, cls) };
+    const control =
+      cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'setting' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
+    if (control) return { sql, cls, prepared: undefined };
+    // Preparing reads the schema, which needs the file: wait for it like a statement does.
+    return { sql, cls, prepared: waitOutSync(this.busyTimeout, () => this.withFile(() => this.engine.prepare(sql, cls))) };
   }
 
   /** Registers a user statement to finalize when the handle closes. */
@@ -125,30 +127,49 @@ export class Session {
     }
   }
 
-  /** Runs one compiled statement for this handle. */
-  run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+  /**
+   * Runs one compiled statement for this handle; `format` shapes its rows. A refusal by the file
+   * lock (another process holds the file) is waited out synchronously for up to
+   * {@link Session.busyTimeout} ms.
+   */
+  run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
-    return this.withFile(() => {
-      this.engine.caller = this.state;
-      const out = this.route(c, params, want);
-      const state = this.state;
-      if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
-      if (c.prepared !== undefined && c.prepared.writesRows) {
-        state.changes = out.changes;
-        state.totalChanges += out.changes;
-      }
-      return out;
-    });
+    return waitOutSync(this.busyTimeout, () =>
+      this.withFile(() => {
+        this.engine.caller = this.state;
+        this.format = format;
+        try {
+          const out = this.route(c, params, want);
+          const state = this.state;
+          if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+          if (c.prepared !== undefined && c.prepared.writesRows) {
+            state.changes = out.changes;
+            state.totalChanges += out.changes;
+          }
+          return out;
+        } finally {
+          this.format = undefined;
+        }
+      }),
+    );
   }
 
-  /** Runs `fn` with the file lock managed (file databases), once however deeply nested. */
-  private withFile<T>(fn: () => T): T {
+  /**
+   * Runs one step on the engine between the file policy's `beforeUse` and `afterUse` (which
+   * hands the file to a waiting process when no transaction is open), with busy errors
+   * explained; once however deeply nested. One attempt: the callers decide how to wait.
+   */
+  withFile<T>(step: () => T): T {
     const file = this.engine.fileAccess;
-    if (!file || this.usingFile) return fn();
-    this.usingFile = true;
-    file.beforeUse();
+    if (!file || this.usingFile) return step();
     try {
-      return fn();
+      file.beforeUse();
+    } catch (e) {
+      throw this.engine.explain(e);
+    }
+    this.usingFile = true;
+    try {
+      return step();
     } catch (e) {
       throw this.engine.explain(e);
     } finally {
@@ -174,7 +195,11 @@ export class Session {
       case 'rollback_to':
         this.savepoint(c);
         return NO_ROWS;
+      case 'busy_timeout':
+        if (cls.value !== null) this.busyTimeout = parseBusyTimeoutPragma(cls.value);
+        return { rows: want === 'run' ? undefined : [{ timeout: this.busyTimeout }], changes: 0, insertedRowid: undefined };
       case 'journal_mode':
+        if (cls.value === 'wal') throw walRefused();
         if (cls.value !== null) this.engine.mvcc = cls.value === 'mvcc';
         if (this.engine.mvcc) {
           return { rows: want === 'run' ? undefined : [{ journal_mode: 'mvcc' }], changes: 0, insertedRowid: undefined };
@@ -455,6 +480,7 @@ export class Session {
       sql: c.sql,
       params: copyParams(params),
       want,
+      format: this.format,
       footprint: fp,
       control: false,
       state: { ...this.state },
@@ -503,7 +529,7 @@ export class Session {
         onPlan?.(plan);
         if (engine.hasForeignReservations(plan.table, owner)) {
           const stmt = engine.statement(plan.sql);
-          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want);
+          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
         }
       } else if (engine.hasReservations) {
         const target = engine.insertTable(c.sql);
@@ -558,7 +584,7 @@ export class Session {
   }
 
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
-    return (c.prepared as PreparedSql).execute(this.engine.db, params, want);
+    return (c.prepared as PreparedSql).execute(this.engine.db, params, want, this.format);
   }
 
   // ---- closing ------------------------------------------------------------------------------
@@ -571,8 +597,6 @@ export class Session {
       this.open = false;
       for (const s of this.owned) s.finalizeFromSession();
       this.owned.clear();
-      for (const c of this.cache.values()) c.prepared?.finalize();
-      this.cache.clear();
       this.engine.release();
     }
   }

@@ -2,7 +2,7 @@
  * Prepared statements of a handle.
  * @module
  */
-import type { BindParams, Row } from './engine/execute.js';
+import type { BindParams, Row, RowFormat } from './engine/execute.js';
 import { closedError, extraArguments, misuseError } from './errors.js';
 import type { CompiledSql, Session } from './session.js';
 
@@ -15,20 +15,50 @@ export interface RunResult {
 }
 
 /**
+ * A result column, as `columns()` describes it. The engine does not expose a column's origin
+ * name, database or declared type, so those are always `null` (better-sqlite3 fills them).
+ */
+export interface ColumnDefinition {
+  /** The column's name in the result (its alias, if any). */
+  name: string;
+  /** The table the value comes from; `null` for an expression. */
+  table: string | null;
+  /** The origin column's name: `null` (the engine does not expose it). */
+  column: null;
+  /** The database (`main`, `temp`, ...): `null` (the engine does not expose it). */
+  database: null;
+  /** The declared type: `null` (the engine does not expose it). */
+  type: null;
+}
+
+type Shape = 'object' | 'raw' | 'pluck' | 'expand';
+
+/**
  * A statement prepared on one handle by `conn.prepare(sql)`. It runs with the handle's
  * transaction state, exactly like the same SQL passed to `conn.run()` and friends. Finalize it
  * when done to release engine memory early; the handle finalizes its statements when it closes.
+ *
+ * Row shapes as in better-sqlite3: {@link Statement.raw} (arrays), {@link Statement.pluck}
+ * (the first column's value), {@link Statement.expand} (values grouped by table), and
+ * {@link Statement.safeIntegers} (integers as bigints).
  *
  * @typeParam T - the row type `get`, `all` and `iterate` return.
  */
 export class Statement<T = Row> {
   private finalized = false;
+  private shape: Shape = 'object';
+  private safe: boolean;
+  private bound: BindParams | undefined;
+  private isBound = false;
+  private columnCache: ColumnDefinition[] | undefined;
 
   /** @internal */
   constructor(
     private readonly session: Session,
     private readonly compiled: CompiledSql,
+    safeIntegers = false,
   ) {
+    this.safe = safeIntegers;
     session.own(this);
   }
 
@@ -37,9 +67,69 @@ export class Statement<T = Row> {
     return this.compiled.sql;
   }
 
+  /**
+   * True when the statement returns rows (a query, or a write with `RETURNING`): then use
+   * `get`/`all`/`iterate`; otherwise `run`. As better-sqlite3's `reader`.
+   */
+  get reader(): boolean {
+    return this.compiled.prepared?.returnsRows ?? false;
+  }
+
+  /** True when the statement does not write to the database. */
+  get readonly(): boolean {
+    const c = this.compiled.cls;
+    if (c.type !== 'dml') return c.type !== 'ddl' && c.type !== 'journal_mode' ? true : false;
+    return this.session.engine.footprints.of(this.compiled.sql).readonly;
+  }
+
+  /** Always false: rows are read before `iterate()` returns (no cursor stays open). */
+  get busy(): boolean {
+    return false;
+  }
+
   /** Whether the statement has been finalized (by you, or by closing its handle). */
   get isFinalized(): boolean {
     return this.finalized;
+  }
+
+  /** Rows as arrays of values in column order (`true`, the default), or back to objects (`false`). Turns pluck and expand off. */
+  raw(toggle = true): this {
+    return this.setShape('raw', toggle);
+  }
+
+  /** Return only the first column's value of each row (`true`, the default), or whole rows (`false`). */
+  pluck(toggle = true): this {
+    return this.setShape('pluck', toggle);
+  }
+
+  /** Rows as `{ table: { column: value } }`, expressions under `$` (`true`, the default), or flat objects (`false`). */
+  expand(toggle = true): this {
+    return this.setShape('expand', toggle);
+  }
+
+  /** Integers as bigints (`true`, the default), or as numbers when safe (`false`). */
+  safeIntegers(toggle = true): this {
+    this.safe = toggle;
+    return this;
+  }
+
+  /**
+   * Binds parameters for good: later calls take none (as better-sqlite3's `bind()`).
+   * @throws SqliteError of kind `misuse` when already bound.
+   */
+  bind(params: BindParams): this {
+    if (this.isBound) throw misuseError('The statement already has bound parameters');
+    this.ready();
+    this.bound = params;
+    this.isBound = true;
+    return this;
+  }
+
+  /** The result columns (empty for a statement that returns no rows). */
+  columns(): ColumnDefinition[] {
+    const prepared = this.ready().prepared;
+    this.columnCache ??= (prepared?.columns() ?? []).map((c) => ({ ...c, column: null, database: null, type: null }));
+    return this.columnCache.map((c) => ({ ...c }));
   }
 
   /**
@@ -48,20 +138,22 @@ export class Statement<T = Row> {
    */
   run(params?: BindParams): RunResult {
     if (arguments.length > 1) throw extraArguments('run', 1);
-    const out = this.session.run(this.ready(), params, 'run');
+    const out = this.session.run(this.ready(), this.params(params, arguments.length), 'run');
     return { changes: out.changes, lastInsertRowid: this.session.lastInsertRowid };
   }
 
   /** The first row, or `undefined` when there is none. */
   get(params?: BindParams): T | undefined {
     if (arguments.length > 1) throw extraArguments('get', 1);
-    return this.session.run(this.ready(), params, 'get').rows?.[0] as T | undefined;
+    const rows = this.session.run(this.ready(), this.params(params, arguments.length), 'get', this.format()).rows ?? [];
+    return rows.length === 0 ? undefined : (this.reshape(rows)[0] as T);
   }
 
   /** Every row. */
   all(params?: BindParams): T[] {
     if (arguments.length > 1) throw extraArguments('all', 1);
-    return (this.session.run(this.ready(), params, 'all').rows ?? []) as T[];
+    const rows = this.session.run(this.ready(), this.params(params, arguments.length), 'all', this.format()).rows ?? [];
+    return this.reshape(rows) as T[];
   }
 
   /**
@@ -70,7 +162,7 @@ export class Statement<T = Row> {
    */
   iterate(params?: BindParams): IterableIterator<T> {
     if (arguments.length > 1) throw extraArguments('iterate', 1);
-    return this.all(params)[Symbol.iterator]();
+    return (arguments.length === 0 ? this.all() : this.all(params))[Symbol.iterator]();
   }
 
   /**
@@ -92,5 +184,46 @@ export class Statement<T = Row> {
   private ready(): CompiledSql {
     if (this.finalized) throw closedError('Statement');
     return this.compiled;
+  }
+
+  private setShape(shape: Shape, toggle: boolean): this {
+    if (typeof toggle !== 'boolean') throw misuseError(`${shape}() takes a boolean`);
+    if (toggle && shape !== 'object' && !this.reader) throw misuseError(`${shape}() is only for statements that return rows`);
+    if (toggle) this.shape = shape;
+    else if (this.shape === shape) this.shape = 'object';
+    return this;
+  }
+
+  private params(params: BindParams | undefined, given: number): BindParams | undefined {
+    if (!this.isBound) return params;
+    if (given > 0) throw misuseError('This statement has bound parameters; call it without any');
+    return this.bound;
+  }
+
+  /** Pluck and expand read raw rows (every column kept) and reshape them here. */
+  private format(): RowFormat | undefined {
+    const raw = this.shape !== 'object';
+    return raw || this.safe ? { raw, safeIntegers: this.safe } : undefined;
+  }
+
+  private reshape(rows: unknown[]): unknown[] {
+    switch (this.shape) {
+      case 'object':
+      case 'raw':
+        return rows;
+      case 'pluck':
+        return rows.map((r) => (r as unknown[])[0]);
+      case 'expand': {
+        const cols = this.columns();
+        return rows.map((r) => {
+          const out: Record<string, Record<string, unknown>> = {};
+          cols.forEach((c, i) => {
+            const table = c.table ?? '$';
+            (out[table] ??= {})[c.name] = (r as unknown[])[i];
+          });
+          return out;
+        });
+      }
+    }
   }
 }

@@ -12,6 +12,7 @@ import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/d
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
 import { PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
+import { StatementCache } from './statement-cache.js';
 
 /** What every open transaction tells the engine. */
 export interface OpenTransaction {
@@ -80,6 +81,8 @@ export const ROWID_PARAM = ':__siblite_rowid';
 export class Engine {
   readonly db: WasmDatabase;
   readonly footprints: FootprintAnalyzer;
+  /** The prepared statements of every handle's `run()`, `get()`, `all()`, shared. */
+  readonly statements = new StatementCache();
   /** The transaction that lives in the real SQLite transaction now, if any. */
   active: OpenTransaction | null = null;
   /** Open `BEGIN CONCURRENT` transactions (commit counters are kept only while > 0). */
@@ -147,6 +150,7 @@ export class Engine {
   /** Unregisters a handle; the last one closes the engine. */
   release(): void {
     if (--this.refs > 0) return;
+    this.statements.clear();
     for (const p of this.internal.values()) p.finalize();
     this.internal.clear();
     this.fileAccess?.close();

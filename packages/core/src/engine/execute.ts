@@ -26,6 +26,18 @@ export type Row = Record<string, unknown>;
 /** How the application asked for results. */
 export type Want = 'run' | 'get' | 'all';
 
+/**
+ * How result rows are shaped (better-sqlite3's `raw()` and `safeIntegers()`). Part of what a
+ * statement showed the application, so a concurrent transaction's log keeps it and a replay
+ * reads with the same format.
+ */
+export interface RowFormat {
+  /** Rows as arrays of values in column order (same-named columns all kept). */
+  readonly raw?: boolean;
+  /** Every INTEGER value as a bigint (otherwise a number when it is safe, a bigint beyond 2^53). */
+  readonly safeIntegers?: boolean;
+}
+
 /** What executing a statement showed the application. */
 export interface Outcome {
   /** Rows for `get` (at most one) and `all`; undefined for `run`. */
@@ -37,6 +49,7 @@ export interface Outcome {
 
 interface LowLevel {
   _sqlite3_reset(ptr: number): number;
+  _sqlite3_column_type(ptr: number, i: number): number;
   _sqlite3_changes(db: number): number;
   _sqlite3_last_insert_rowid(db: number): bigint;
   _sqlite3_column_count(ptr: number): number;
@@ -45,12 +58,23 @@ interface LowLevel {
 
 let low: LowLevel | undefined;
 let bindIndex: ((ptr: number, name: string) => number) | undefined;
+let columnName: ((ptr: number, i: number) => string) | undefined;
+let columnTable: ((ptr: number, i: number) => string | null) | undefined;
 function lowLevel(): LowLevel {
   low ??= loadSqlite() as unknown as LowLevel;
   return low;
 }
 
 const ptrOf = (o: unknown): number => (o as { _ptr: number })._ptr;
+
+/** The wrapper's private row helpers (node-sqlite3-wasm 0.8.60), used for formatted rows. */
+interface RowHelpers {
+  _bind(values: unknown): void;
+  _step(): boolean;
+  _getColumnNames(): string[];
+  _getRow(columns: string[], expand: boolean): Record<string, unknown>;
+}
+const SQLITE_INTEGER = 1;
 
 /** A prepared engine statement with what siblite knows about it. */
 export class PreparedSql {
@@ -87,8 +111,11 @@ export class PreparedSql {
     return this.cls.type === 'dml' ? this.cls.verb : 'other';
   }
 
-  /** Runs the statement on `db` (the engine connection it was prepared on). */
-  execute(db: unknown, params: BindParams | undefined, want: Want): Outcome {
+  /**
+   * Runs the statement on `db` (the engine connection it was prepared on). `format` shapes the
+   * rows of `get` and `all` (default: objects, integers as numbers when safe).
+   */
+  execute(db: unknown, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     const ll = lowLevel();
     const values = this.normalize(params);
     const writesRows = this.writesRows;
@@ -108,6 +135,9 @@ export class PreparedSql {
           ll._sqlite3_reset(ptrOf(this.stmt));
           if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
         } else if (writesRows) changes = r.changes;
+      } else if (format && (format.raw || format.safeIntegers)) {
+        rows = this.formattedRows(values, want === 'get' ? 1 : Infinity, format);
+        if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
       } else if (want === 'get') {
         const row = this.stmt.get(values);
         rows = row === null ? [] : [row];
@@ -127,6 +157,45 @@ export class PreparedSql {
       rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
     }
     return { rows, changes, insertedRowid: rowid };
+  }
+
+  /** Up to `limit` rows in `format`, then leaves the statement reset. */
+  private formattedRows(values: unknown, limit: number, format: RowFormat): Row[] {
+    const st = this.stmt as unknown as RowHelpers;
+    const ll = lowLevel();
+    const ptr = ptrOf(this.stmt);
+    st._bind(values);
+    const names = st._getColumnNames();
+    // Index keys make the wrapper keep every column, same-named ones included.
+    const keys = format.raw ? names.map((_n, i) => String(i)) : names;
+    const rows: Row[] = [];
+    while (rows.length < limit && st._step()) {
+      const o = st._getRow(keys, false);
+      if (format.safeIntegers) {
+        for (let i = 0; i < keys.length; i++) {
+          const k = keys[i] as string;
+          if (typeof o[k] === 'number' && ll._sqlite3_column_type(ptr, i) === SQLITE_INTEGER) o[k] = BigInt(o[k] as number);
+        }
+      }
+      if (format.raw) {
+        const arr = new Array<unknown>(keys.length);
+        for (let i = 0; i < keys.length; i++) arr[i] = o[i];
+        rows.push(arr as unknown as Row);
+      } else rows.push(o);
+    }
+    ll._sqlite3_reset(ptr);
+    return rows;
+  }
+
+  /** The result columns: name and source table (`null` for expressions). */
+  columns(): { name: string; table: string | null }[] {
+    const ll = lowLevel();
+    columnName ??= ll.cwrap('sqlite3_column_name', 'string', ['number', 'number']) as unknown as (p: number, i: number) => string;
+    columnTable ??= ll.cwrap('sqlite3_column_table_name', 'string', ['number', 'number']) as unknown as (p: number, i: number) => string | null;
+    const ptr = ptrOf(this.stmt);
+    const out: { name: string; table: string | null }[] = [];
+    for (let i = 0; i < ll._sqlite3_column_count(ptr); i++) out.push({ name: columnName(ptr, i), table: columnTable(ptr, i) || null });
+    return out;
   }
 
   /**

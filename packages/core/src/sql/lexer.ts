@@ -135,6 +135,7 @@ export type StatementClass =
   | { type: 'release'; name: string }
   | { type: 'rollback_to'; name: string }
   | { type: 'journal_mode'; value: string | null }
+  | { type: 'busy_timeout'; value: string | null }
   | { type: 'ddl' }
   /**
    * Changes the shared connection's state or needs it outside any transaction: a PRAGMA that
@@ -194,6 +195,12 @@ export function classify(tokens: Token[]): StatementClass {
       if (w(k) === 'journal_mode') {
         const v = tokens[k + 1]?.text === '=' ? tokens[k + 2] : tokens[k + 1]?.text === '(' ? tokens[k + 2] : undefined;
         return { type: 'journal_mode', value: v ? nameOf(v).toLowerCase() : null };
+      }
+      if (w(k) === 'busy_timeout') {
+        // siblite's own busy timeout (see busy-timeout.ts): the value's tokens, e.g. "-1".
+        const at = tokens[k + 1]?.text === '=' || tokens[k + 1]?.text === '(' ? k + 2 : -1;
+        const value = at < 0 ? null : tokens.slice(at).filter((t) => t.text !== ')' && t.text !== ';').map((t) => nameOf(t)).join('');
+        return { type: 'busy_timeout', value };
       }
       const sets = tokens[k + 1]?.text === '=' || tokens[k + 1]?.text === '(';
       if (sets && !QUERY_PRAGMAS.has(w(k) ?? '')) return { type: 'setting' };
