@@ -90,6 +90,20 @@ const OPS: Record<Op['t'], fc.Arbitrary<Op>> = {
 };
 const KINDS = Object.keys(OPS) as Op['t'][];
 
+/** Kinds that interact, so that a history drawing one or two families exercises the interaction. */
+const FAMILIES: Op['t'][][] = [
+  ['get', 'range', 'sum', 'put', 'add', 'del', 'incr'],
+  ['derive', 'setcfg', 'get', 'range', 'incr'],
+  ['flag', 'audit', 'add', 'put', 'incr', 'get'],
+  ['rset', 'rget'],
+  ['bump', 'get', 'sum', 'range', 'add'],
+  ['replace', 'put', 'get', 'range'],
+  ['fk', 'parent', 'unparent', 'child', 'children'],
+  ['ains', 'adel', 'lir', 'lirins'],
+  ['wput', 'wget', 'ins', 'lir', 'lirins'],
+  ['bad', 'put', 'get'],
+];
+
 /** Programs whose operations come from `kinds`. */
 function programArb(kinds: readonly Op['t'][]): fc.Arbitrary<Program> {
   const op = fc.oneof(...kinds.map((k) => OPS[k]));
@@ -114,7 +128,10 @@ function programArb(kinds: readonly Op['t'][]): fc.Arbitrary<Program> {
  * three kinds then come up often instead of being drowned by the other kinds.
  */
 export const historyArb = fc
-  .subarray(KINDS, { minLength: 2, maxLength: 7 })
+  .oneof(
+    fc.subarray(KINDS, { minLength: 2, maxLength: 7 }),
+    fc.subarray(FAMILIES, { minLength: 1, maxLength: 3 }).map((fs) => [...new Set(fs.flat())]),
+  )
   .chain((kinds) =>
     fc.tuple(fc.array(programArb(kinds), { minLength: 2, maxLength: 6 }), fc.array(fc.nat({ max: 7 }), { minLength: 0, maxLength: 60 })),
   );
