@@ -41,6 +41,7 @@ export type Op =
   | { t: 'adel' }
   | { t: 'wput'; k: number; v: number }
   | { t: 'wget'; k: number }
+  | { t: 'wins'; k: number; v: number }
   | { t: 'lir' }
   | { t: 'lirins' }
   | { t: 'bad'; kind: number };
@@ -84,6 +85,7 @@ const OPS: Record<Op['t'], fc.Arbitrary<Op>> = {
   adel: fc.record({ t: fc.constant('adel' as const) }),
   wput: fc.record({ t: fc.constant('wput' as const), k: small, v: fc.integer({ min: 0, max: 99 }) }),
   wget: fc.record({ t: fc.constant('wget' as const), k: small }),
+  wins: fc.record({ t: fc.constant('wins' as const), k: small, v: fc.integer({ min: 0, max: 99 }) }),
   lir: fc.record({ t: fc.constant('lir' as const) }),
   lirins: fc.record({ t: fc.constant('lirins' as const) }),
   bad: fc.record({ t: fc.constant('bad' as const), kind: fc.integer({ min: 0, max: 3 }) }),
@@ -100,7 +102,7 @@ const FAMILIES: Op['t'][][] = [
   ['replace', 'put', 'get', 'range'],
   ['fk', 'parent', 'unparent', 'child', 'children'],
   ['ains', 'adel', 'lir', 'lirins'],
-  ['wput', 'wget', 'ins', 'lir', 'lirins'],
+  ['wput', 'wins', 'wget', 'ins', 'lir', 'lirins'],
   ['bad', 'put', 'get'],
 ];
 
@@ -278,6 +280,13 @@ export function apply(h: Connection, o: Op, told: Told, serial: boolean): unknow
       const before = told.rowid;
       const n = write(h, told, 'INSERT INTO wr VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v', [`k${o.k}`, o.v]);
       // A WITHOUT ROWID insert sets no rowid: the handle's last rowid must not move.
+      if (!serial) invariant(told.rowid === before, `lastInsertRowid moved from ${before} to ${told.rowid} on a WITHOUT ROWID insert`);
+      told.rowid = before;
+      return n;
+    }
+    case 'wins': {
+      const before = told.rowid;
+      const n = write(h, told, 'INSERT OR IGNORE INTO wr VALUES (?, ?)', [`k${o.k}`, o.v]);
       if (!serial) invariant(told.rowid === before, `lastInsertRowid moved from ${before} to ${told.rowid} on a WITHOUT ROWID insert`);
       told.rowid = before;
       return n;
