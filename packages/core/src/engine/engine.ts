@@ -10,6 +10,7 @@ import { fromEngineError } from '../errors.js';
 import { loadSqlite, type WasmDatabase } from '../file/load.js';
 import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
 import { singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
+import { settleCursor } from './cursor.js';
 import { PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
 
@@ -108,6 +109,7 @@ export class Engine {
   /** Unregisters a handle; the last one closes the engine. */
   release(): void {
     if (--this.refs > 0) return;
+    settleCursor();
     for (const p of this.internal.values()) p.finalize();
     this.internal.clear();
     this.fileAccess?.close();
@@ -126,6 +128,7 @@ export class Engine {
 
   /** Runs SQL without results on the engine, mapping errors. */
   exec(sql: string): void {
+    settleCursor();
     try {
       this.db.exec(sql);
     } catch (e) {
@@ -140,6 +143,7 @@ export class Engine {
 
   /** Prepares a new engine statement (the caller finalizes it). */
   prepare(sql: string, cls: StatementClass = classify(tokenize(sql))): PreparedSql {
+    settleCursor();
     let stmt;
     try {
       stmt = this.db.prepare(sql);
