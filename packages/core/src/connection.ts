@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { BindParams, Row, RowFormat, SqlValue } from './engine/execute.js';
 import { extraArguments, fromEngineError, misuseError, sqliteError } from './errors.js';
 import { Session } from './session.js';
+import { settleCursor } from './engine/cursor.js';
 import { iterable } from './iterable.js';
 import { Statement, type RunResult } from './statement.js';
 import { NO_TRANSACTION_OPTIONS, runTransaction, type TransactionOptions } from './transaction.js';
@@ -227,6 +228,7 @@ export class Connection {
     if (typeof name !== 'string' || name === '') throw misuseError('function(name, fn): name must be a non-empty string');
     if (typeof fn !== 'function') throw misuseError('function(name, fn): fn must be a function');
     this.session.assertOpen();
+    settleCursor(); // SQLite refuses to replace a function while a statement is active
     try {
       this.session.engine.db.function(name, fn as (...args: unknown[]) => unknown, { deterministic: options.deterministic === true });
     } catch (e) {

@@ -132,3 +132,14 @@ describe('lazy iterate()', () => {
     expect(file.reads()).toBe(N);
   });
 });
+
+describe('lazy iterate() and user functions', () => {
+  it('re-registering a function mid-iteration settles the cursor first', () => {
+    const { db, reads } = big();
+    const it = db.iterate('SELECT seen(id) AS id FROM t');
+    it.next();
+    db.function('seen', (x) => x);
+    expect(reads()).toBe(N);
+    expect([...it].length).toBe(N - 1);
+  });
+});
