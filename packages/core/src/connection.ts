@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import type { BindParams, Row, RowFormat, SqlValue } from './engine/execute.js';
 import { extraArguments, fromEngineError, misuseError, sqliteError } from './errors.js';
 import { Session } from './session.js';
+import { settleCursor } from './engine/cursor.js';
+import { iterable } from './iterable.js';
 import { Statement, type RunResult } from './statement.js';
 import { NO_TRANSACTION_OPTIONS, runTransaction, type TransactionOptions } from './transaction.js';
 import type { Engine } from './engine/engine.js';
@@ -178,12 +180,14 @@ export class Connection {
   }
 
   /**
-   * The rows of a query as an iterator. The rows are read before the first one is returned:
-   * the engine is shared, so no cursor stays open across other handles' statements.
+   * The rows of a query as an iterator. On an in-memory database, outside transactions, rows are
+   * read one per step while nothing else uses the engine; any other statement (on any handle)
+   * first reads the rest of them, so no cursor stays open across other work. Inside a
+   * transaction, or on a file database, the rows are read before the first one is returned.
    */
   iterate<T = Row>(sql: string, params?: BindParams): IterableIterator<T> {
     if (arguments.length > 2) throw extraArguments('iterate');
-    return this.all<T>(sql, params)[Symbol.iterator]();
+    return iterable(this.session.iterate(this.session.compileCached(sql), params, this.format()) as Iterator<T>);
   }
 
   /**
@@ -225,6 +229,7 @@ export class Connection {
     if (typeof name !== 'string' || name === '') throw misuseError('function(name, fn): name must be a non-empty string');
     if (typeof fn !== 'function') throw misuseError('function(name, fn): fn must be a function');
     this.session.assertOpen();
+    settleCursor(); // SQLite refuses to replace a function while a statement is active
     try {
       this.session.engine.db.function(name, fn as (...args: unknown[]) => unknown, { deterministic: options.deterministic === true });
     } catch (e) {
