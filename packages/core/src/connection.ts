@@ -145,10 +145,10 @@ export class Connection {
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
    * (`retry: false` turns that off). A concurrent transaction that keeps failing runs its
    * next attempt in the engine's first-come-first-served priority lane, as `BEGIN IMMEDIATE`,
-   * so it cannot starve (see docs/concurrency.md). Called from inside another `transaction()` callback of
-   * this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a SAVEPOINT
-   * instead (no retry). A call that overlaps a running `transaction()` of this handle from
-   * anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
+   * so it cannot starve (see docs/concurrency.md). Called from inside another `transaction()`
+   * callback of this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a
+   * SAVEPOINT instead (no retry). A call that overlaps a running `transaction()` of this handle
+   * from anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
    * give each concurrent unit of work its own handle from {@link Connection.connect}.
    *
    * @param options.mode - `concurrent` (default: optimistic and serializable, never blocks other

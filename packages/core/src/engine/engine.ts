@@ -46,6 +46,17 @@ export interface RowidPlan {
   readonly sql: string;
 }
 
+/**
+ * What SQL's connection-state functions (`last_insert_rowid()`, `changes()`,
+ * `total_changes()`) answer: the values of the handle whose statement runs, as they were when
+ * that statement started. The engine's own values belong to whichever handle ran last.
+ */
+export interface HandleState {
+  lastInsertRowid: number | bigint;
+  changes: number;
+  totalChanges: number;
+}
+
 /** The parameter name the rowid plans use. */
 export const ROWID_PARAM = ':__siblite_rowid';
 
@@ -58,11 +69,15 @@ export class Engine {
   active: OpenTransaction | null = null;
   /** Open `BEGIN CONCURRENT` transactions (commit counters are kept only while > 0). */
   concurrentOpen = 0;
+  /** Moves whenever footprints learned before may be stale (see {@link Engine.schemaChanged}). */
+  schemaEpoch = 0;
   /** Counts commits that changed something while concurrent transactions were open. */
   commitSeq = 0;
   /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
   mvcc = false;
   fileAccess: FileAccess | undefined;
+  /** The state the connection-state SQL functions answer now (see {@link HandleState}). */
+  caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
   /** Locking and durability settings of a file database (see src/file/). */
   readonly fileSettings: FileSettings | undefined;
   private refs = 0;
@@ -100,6 +115,11 @@ export class Engine {
       }
     }
     this.footprints = new FootprintAnalyzer(this.db);
+    // Per-handle answers instead of the shared connection's (which would show one handle
+    // another's uncommitted insert).
+    this.db.function('last_insert_rowid', () => this.caller.lastInsertRowid);
+    this.db.function('changes', () => this.caller.changes);
+    this.db.function('total_changes', () => this.caller.totalChanges);
   }
 
   /** Registers a handle; returns its id. */
@@ -192,10 +212,14 @@ export class Engine {
     return false;
   }
 
-  /** The schema changed (DDL ran): forget footprints and treat every table as changed. */
+  /**
+   * The schema or a setting that decides what statements touch changed (DDL, a PRAGMA,
+   * ATTACH, another process's commit): forget footprints and treat every table as changed.
+   */
   schemaChanged(): void {
     this.footprints.invalidate();
     this.rowidPlans.clear();
+    this.schemaEpoch++;
     this.noteChanged([ALL_TABLES]);
   }
 
@@ -214,11 +238,7 @@ export class Engine {
     if (!this.isFile) return;
     const row = this.statement('PRAGMA data_version').execute(this.db, undefined, 'get').rows?.[0];
     const v = row ? Number(Object.values(row)[0]) : 0;
-    if (this.lastDataVersion !== undefined && v !== this.lastDataVersion) {
-      this.footprints.invalidate();
-      this.rowidPlans.clear();
-      this.noteChanged([ALL_TABLES]);
-    }
+    if (this.lastDataVersion !== undefined && v !== this.lastDataVersion) this.schemaChanged();
     this.lastDataVersion = v;
   }
 
