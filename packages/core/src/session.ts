@@ -1,7 +1,7 @@
 /**
- * A handle's session: its transaction state and its statement cache, and the routing of every
- * statement between the handle's own transaction and what other handles hold on the shared
- * engine. The rules (see docs/concurrency.md):
+ * A handle's session: its transaction state, and the routing of every statement between the
+ * handle's own transaction and what other handles hold on the shared engine (its statements
+ * are compiled into the engine's shared cache, see engine/statement-cache.ts). The rules (see docs/concurrency.md):
  *
  * - No transaction active in the engine: run at once (autocommit).
  * - Another handle's transaction is active: a read-only statement whose tables that
