@@ -442,3 +442,23 @@ describe('conn.transaction()', () => {
     expect(a.inTransaction).toBe(false);
   });
 });
+
+describe('conn.transaction() without a mode', () => {
+  it('runs BEGIN CONCURRENT, so another handle reads and writes freely while it awaits', async () => {
+    const [, a, b] = setup();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const p = a.transaction(async (tx) => {
+      expect(tx.transactionMode).toBe('concurrent');
+      tx.run("INSERT INTO t VALUES (5, 'five')");
+      await gate;
+    });
+    await sleep(1);
+    // With a pessimistic default these would throw SQLITE_BUSY while `a` awaits.
+    expect(b.all('SELECT id FROM t ORDER BY id').length).toBeGreaterThan(0);
+    b.run("INSERT INTO t VALUES (6, 'six')");
+    release();
+    await p;
+    expect(b.get<{ n: number }>('SELECT count(*) AS n FROM t WHERE id IN (5, 6)')?.n).toBe(2);
+  });
+});

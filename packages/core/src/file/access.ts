@@ -23,7 +23,7 @@
  * @module
  */
 import { markFileLockBusy } from '../busy-timeout.js';
-import { fromEngineError, SqliteError, sqliteError } from '../errors.js';
+import { fromEngineError, SqliteError, sqliteError, type SqliteErrorCode } from '../errors.js';
 import type { WasmDatabase, WasmStatement } from './load.js';
 import { isHeld, lockDirOf, recentBusyInfo, recentLockFailure, someoneWaiting, sweepNextTime, waitMarkerExists, watchLock } from './lock.js';
 
@@ -114,7 +114,7 @@ export function createFileAccess(
 }
 
 /** SQLite codes for errno codes of a failed lock operation. */
-const LOCK_FAILURE_CODES: Record<string, string> = {
+const LOCK_FAILURE_CODES: Record<string, SqliteErrorCode> = {
   ENOSPC: 'SQLITE_FULL',
   EDQUOT: 'SQLITE_FULL',
   EACCES: 'SQLITE_READONLY',

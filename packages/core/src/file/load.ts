@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import vm from 'node:vm';
+import { locateEngine } from '../locate-engine.js';
 import { acquire, checkReserved, release } from './lock.js';
 
 /** The parts of node-sqlite3-wasm that siblite uses. */
@@ -93,8 +94,7 @@ function lockingFs(): typeof fs {
  */
 export function loadSqlite(): SqliteModule {
   if (loaded) return loaded;
-  const req = createRequire(import.meta.url);
-  const filename = req.resolve('node-sqlite3-wasm');
+  const filename = locateEngine();
   const source = fs.readFileSync(filename, 'utf8');
   const pkgRequire = createRequire(filename);
   const fsForEngine = lockingFs();
