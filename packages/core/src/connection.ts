@@ -44,9 +44,9 @@ export interface BackupMetadata {
 }
 
 /**
- * A handle onto a database. Every handle has its own transaction state and statement cache;
- * handles made by {@link Connection.connect} share one engine with this one and see each
- * other's committed writes at once, never each other's uncommitted ones.
+ * A handle onto a database. Every handle has its own transaction state; handles made by
+ * {@link Connection.connect} share one engine with this one (and its cache of prepared
+ * statements) and see each other's committed writes at once, never each other's uncommitted ones.
  *
  * Statements are synchronous, like the engine. Transactions may span awaits: use
  * `BEGIN CONCURRENT` (or `transaction(fn, { mode: 'concurrent' })`) so that handles never
@@ -122,8 +122,9 @@ export class Connection {
   }
 
   /**
-   * Mints a sibling handle on the same engine, with its own transaction state and statement
-   * cache. It stays usable after this handle closes.
+   * Mints a sibling handle on the same engine, with its own transaction state. It is cheap (one
+   * per request is fine): the prepared statements of `run()`, `get()` and `all()` are cached
+   * per engine, shared by every handle. It stays usable after this handle closes.
    * @throws SqliteError of kind `closed` when this handle is closed.
    */
   connect(): Connection {

@@ -12,8 +12,9 @@
  * @module
  */
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
-import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
+import type { Engine, HandleState, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
+import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
@@ -30,20 +31,15 @@ export class PessimisticTransaction implements OpenTransaction {
   ) {}
 }
 
-/** A compiled statement: its class and, unless it is transaction control, its engine statement. */
-export interface CompiledSql {
-  readonly sql: string;
-  readonly cls: StatementClass;
-  readonly prepared: PreparedSql | undefined;
-}
+export type { CompiledSql };
 
-const CACHE_LIMIT = 256;
 const NO_ROWS: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
 
 export class Session {
   readonly id: number;
   tx: PessimisticTransaction | ConcurrentTransaction | null = null;
-  lastInsertRowid: number | bigint = 0;
+  /** What `last_insert_rowid()`, `changes()` and `total_changes()` answer for this handle. */
+  readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
   /** A read-only handle refuses statements that would write. */
   readonly = false;
   /** How long a statement waits for a file lock held by another process, in ms (`PRAGMA busy_timeout`). */
@@ -51,8 +47,9 @@ export class Session {
   private open = true;
   /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
   private abortedBySnapshot = false;
-  private readonly cache = new Map<string, CompiledSql>();
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
+  /** Inside {@link Session.withFile}: the file lock is already managed. */
+  private usingFile = false;
   /** The row format of the statement being run (raw / safe integers), for execution and the log. */
   private format: RowFormat | undefined;
 
@@ -64,24 +61,28 @@ export class Session {
     return this.open;
   }
 
+  /** The rowid of the last row this handle inserted. */
+  get lastInsertRowid(): number | bigint {
+    return this.state.lastInsertRowid;
+  }
+
   assertOpen(): void {
     if (!this.open) throw closedError(`Handle #${this.id}`);
   }
 
   // ---- compiling ----------------------------------------------------------------------------
 
-  /** Compiles one statement, cached per handle. */
+  /** Compiles one statement, cached in the engine for every handle (see statement-cache.ts). */
   compileCached(sql: string): CompiledSql {
-    let c = this.cache.get(sql);
-    if (c && (!c.prepared || !c.prepared.stmt.isFinalized)) return c;
-    c = this.compileOne(sql);
-    if (this.cache.size >= CACHE_LIMIT) {
-      const oldest = this.cache.keys().next().value as string;
-      this.cache.get(oldest)?.prepared?.finalize();
-      this.cache.delete(oldest);
+    const cache = this.engine.statements;
+    const c = cache.get(sql);
+    if (c !== undefined) {
+      this.assertOpen();
+      return c;
     }
-    this.cache.set(sql, c);
-    return c;
+    const compiled = this.compileOne(sql);
+    cache.add(compiled);
+    return compiled;
   }
 
   /** Compiles exactly one statement (uncached): the caller owns and finalizes it. */
@@ -95,7 +96,8 @@ export class Session {
   }
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
-    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
+    const control =
+      cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'setting' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
     if (control) return { sql, cls, prepared: undefined };
     // Preparing reads the schema, which needs the file: wait for it like a statement does.
     return { sql, cls, prepared: waitOutSync(this.busyTimeout, () => this.withFile(() => this.engine.prepare(sql, cls))) };
@@ -134,10 +136,16 @@ export class Session {
     this.assertOpen();
     return waitOutSync(this.busyTimeout, () =>
       this.withFile(() => {
+        this.engine.caller = this.state;
         this.format = format;
         try {
           const out = this.route(c, params, want);
-          if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
+          const state = this.state;
+          if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+          if (c.prepared !== undefined && c.prepared.writesRows) {
+            state.changes = out.changes;
+            state.totalChanges += out.changes;
+          }
           return out;
         } finally {
           this.format = undefined;
@@ -149,21 +157,24 @@ export class Session {
   /**
    * Runs one step on the engine between the file policy's `beforeUse` and `afterUse` (which
    * hands the file to a waiting process when no transaction is open), with busy errors
-   * explained. One attempt: the callers decide how to wait.
+   * explained; once however deeply nested. One attempt: the callers decide how to wait.
    */
   withFile<T>(step: () => T): T {
     const file = this.engine.fileAccess;
+    if (!file || this.usingFile) return step();
     try {
-      file?.beforeUse();
+      file.beforeUse();
     } catch (e) {
       throw this.engine.explain(e);
     }
+    this.usingFile = true;
     try {
       return step();
     } catch (e) {
       throw this.engine.explain(e);
     } finally {
-      file?.afterUse(this.engine.inRealTransaction);
+      this.usingFile = false;
+      file.afterUse(this.engine.inRealTransaction);
     }
   }
 
@@ -229,6 +240,9 @@ export class Session {
     if (this.tx) throw misuseError('cannot start a transaction within a transaction');
     this.abortedBySnapshot = false;
     if (mode === 'concurrent') {
+      // The baseline of other processes' commits is taken now, so that a commit by another
+      // process after this point counts as a change at the first validation.
+      this.withFile(() => this.engine.checkExternalChanges());
       this.tx = new ConcurrentTransaction(this.engine, this.id);
       return;
     }
@@ -246,6 +260,7 @@ export class Session {
       return;
     }
     const engine = this.engine;
+    tx.refreshFootprints();
     if (engine.active !== tx) {
       if (tx.readOnly) {
         this.validateReadOnly(tx);
@@ -391,12 +406,22 @@ export class Session {
   private statement(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
     const tx = this.tx;
-    if (this.readonly && (c.cls.type === 'ddl' || !engine.footprints.of(c.sql).readonly)) {
-      throw sqliteError(`attempt to write a readonly database (handle #${this.id} was opened read-only)`, 'SQLITE_READONLY');
+    const setting = c.cls.type === 'setting';
+    if (this.readonly && (c.cls.type === 'ddl' || setting || !engine.footprints.of(c.sql).readonly)) {
+      throw sqliteError(
+        `attempt to write a readonly database (handle #${this.id} was opened read-only${setting ? ' and cannot change the shared connection\'s settings' : ''})`,
+        'SQLITE_READONLY',
+      );
     }
     if (tx === null) {
       const a = engine.active;
       if (a === null) return this.autocommit(c, params, want);
+      if (setting) {
+        // It would fail, or be ignored, inside another handle's real transaction.
+        if (a.kind === 'pessimistic') throw lockedBy(a);
+        engine.park();
+        return this.autocommit(c, params, want);
+      }
       const fp = engine.footprints.of(c.sql);
       if (fp.readonly && !intersects(fp.reads, a.writes)) return this.execute(c, params, want);
       if (a.kind === 'pessimistic') throw lockedBy(a);
@@ -410,11 +435,21 @@ export class Session {
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
     try {
+      if (c.cls.type === 'setting') {
+        // Prepared afresh: SQLite compiles some settings to nothing when prepared inside a
+        // transaction (foreign_keys), and the cached statement may have been.
+        const fresh = engine.prepare(c.sql, c.cls);
+        try {
+          return fresh.execute(engine.db, params, want);
+        } finally {
+          fresh.finalize();
+        }
+      }
       return this.executeSteered(c, params, want, null);
     } finally {
       // Counted on failure too: a statement may change rows before it fails (OR FAIL,
       // RAISE(FAIL) in a trigger) and those changes stay committed.
-      if (c.cls.type === 'ddl') engine.schemaChanged();
+      if (c.cls.type === 'ddl' || c.cls.type === 'setting') engine.schemaChanged();
       else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
         const fp = engine.footprints.of(c.sql);
         if (!fp.readonly) engine.noteChanged(fp.writes);
@@ -429,7 +464,7 @@ export class Session {
     want: Want,
   ): Outcome {
     const engine = this.engine;
-    if (c.cls.type === 'ddl') tx.writes.add(ALL_TABLES);
+    if (c.cls.type === 'ddl' || c.cls.type === 'setting') tx.writes.add(ALL_TABLES);
     else for (const t of engine.footprints.of(c.sql).writes) tx.writes.add(t);
     try {
       return this.executeSteered(c, params, want, tx);
@@ -452,13 +487,28 @@ export class Session {
           'Run schema changes outside it, or in a BEGIN IMMEDIATE transaction.',
       );
     }
+    if (c.cls.type === 'setting') {
+      throw misuseError(
+        'PRAGMA settings, VACUUM, ATTACH and DETACH are not allowed inside BEGIN CONCURRENT (they change the connection ' +
+          'every handle shares); the transaction is still open. Run them outside any transaction.',
+      );
+    }
+    tx.refreshFootprints();
     const fp = engine.footprints.of(c.sql);
     if (engine.active !== tx) {
       const a = engine.active;
       const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !intersects(fp.reads, a.writes));
       if (!inPlace) this.bringIn(tx);
     }
-    const entry: LogEntry = { sql: c.sql, params: copyParams(params), want, format: this.format, footprint: fp, control: false };
+    const entry: LogEntry = {
+      sql: c.sql,
+      params: copyParams(params),
+      want,
+      format: this.format,
+      footprint: fp,
+      control: false,
+      state: { ...this.state },
+    };
     let plan: RowidPlan | null = null;
     try {
       const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
@@ -524,14 +574,12 @@ export class Session {
       this.open = false;
       for (const s of this.owned) s.finalizeFromSession();
       this.owned.clear();
-      for (const c of this.cache.values()) c.prepared?.finalize();
-      this.cache.clear();
       this.engine.release();
     }
   }
 }
 
-const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true };
+const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true, deterministic: true };
 
 function lockedBy(a: OpenTransaction): SqliteError {
   const what = a instanceof PessimisticTransaction ? `a BEGIN ${a.mode.toUpperCase()}` : 'a';

@@ -3,7 +3,7 @@
  * @module
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { waitOut } from './busy-timeout.js';
+import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
 import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
@@ -24,10 +24,22 @@ export interface TransactionOptions {
 const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
 let savepoints = 0;
 
+/** The options of a call that passed none (shared: a call allocates no option object). */
+export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
+
 /** Handles with a `transaction()` call in flight (from BEGIN to the end of its retries). */
 const running = new WeakSet<object>();
-/** The handles whose `transaction()` callback the current async context runs inside. */
-const inside = new AsyncLocalStorage<ReadonlySet<object>>();
+/** The handles whose `transaction()` callbacks the current async context runs inside, innermost first. */
+interface Scope {
+  readonly session: object;
+  readonly outer: Scope | undefined;
+}
+const inside = new AsyncLocalStorage<Scope>();
+
+function isInside(scope: Scope | undefined, session: object): boolean {
+  for (let s = scope; s !== undefined; s = s.outer) if (s.session === session) return true;
+  return false;
+}
 
 /**
  * An error that ends `transaction()` without running `fn` again: a lock that stayed busy for the
@@ -37,9 +49,6 @@ const inside = new AsyncLocalStorage<ReadonlySet<object>>();
 class Final {
   constructor(readonly error: unknown) {}
 }
-
-/** The options of a call that passed none (shared: a call allocates no option object). */
-export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
 
 /** @internal */
 export async function runTransaction<T>(
@@ -52,7 +61,7 @@ export async function runTransaction<T>(
   conn.session.assertOpen();
   const session = conn.session;
   const within = inside.getStore();
-  if (running.has(session) && !within?.has(session)) {
+  if (running.has(session) && !isInside(within, session)) {
     // A second, overlapping call (not one made from inside the first one's callback) would
     // otherwise become a SAVEPOINT of the first and commit or roll back with it.
     throw misuseError(
@@ -61,85 +70,53 @@ export async function runTransaction<T>(
     );
   }
   if (conn.inTransaction) return nested(conn, fn);
-  const scope = new Set(within ?? []).add(session);
+  const scope: Scope = { session, outer: within };
+  const retryOptions = options.retry;
+  // A concurrent transaction that keeps failing takes the engine's priority lane (see lane.ts),
+  // so that under contention it degrades to a first-come-first-served mutex instead of starving.
+  const lane = mode === 'concurrent' && retryOptions !== false ? laneOf(session.engine) : undefined;
+  const deadline = lane ? performance.now() + ((retryOptions ? retryOptions.maxElapsedMs : undefined) ?? 30_000) : 0;
+  let failures = 0;
+  const once = async (): Promise<T> => {
+    // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
+    conn.session.assertOpen();
+    const inLane = lane !== undefined && (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse));
+    // In the lane, holders go one at a time, each as BEGIN IMMEDIATE: it cannot conflict. The
+    // wait ends at the retry budget, in case a holder awaits this very transaction.
+    if (inLane) await lane.acquire(deadline - performance.now());
+    try {
+      try {
+        // Awaited only when a lock is in the way: no promise for the common case.
+        const waiting = now(conn.session.busyTimeout, begin, conn, inLane ? 'immediate' : mode);
+        if (waiting) await waiting;
+      } catch (e) {
+        throw errorKind(e) === 'busy' ? new Final(e) : e;
+      }
+      try {
+        const result = await inside.run(scope, fn, conn);
+        const committing = commit(conn, inLane ? undefined : lane, deadline);
+        if (committing) await committing;
+        return result;
+      } catch (e) {
+        if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+        throw e;
+      }
+    } catch (e) {
+      if (!inLane && isRetryable(e)) failures++;
+      throw e;
+    } finally {
+      if (inLane) lane.release();
+    }
+  };
   running.add(session);
   try {
-    return await attempts(conn, fn, mode, options.retry, scope);
+    if (retryOptions === false) return await once();
+    // retry() runs the first attempt directly; its loop starts only after a busy error.
+    return await retry(once, retryOptions);
   } catch (e) {
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
-  }
-}
-
-/** The attempts of one `transaction()` call, with the retry loop and the priority lane. */
-function attempts<T>(
-  conn: Connection,
-  fn: (conn: Connection) => T | Promise<T>,
-  mode: TransactionMode,
-  retryOptions: RetryOptions | false | undefined,
-  scope: ReadonlySet<object>,
-): Promise<T> {
-  if (retryOptions === false) return attempt(conn, fn, mode, scope);
-  // retry() runs the first attempt directly; its loop starts only after a busy error.
-  if (mode !== 'concurrent') return retry(() => attempt(conn, fn, mode, scope), retryOptions);
-  // A concurrent transaction that keeps failing takes the engine's priority lane, so that
-  // under contention it degrades to a FIFO mutex instead of starving.
-  const lane = laneOf(conn.session.engine);
-  const deadline = performance.now() + (retryOptions?.maxElapsedMs ?? 30_000);
-  let failures = 0;
-  return retry(async () => {
-    if (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse)) return inLane(conn, fn, lane, deadline, scope);
-    try {
-      return await attempt(conn, fn, mode, scope);
-    } catch (e) {
-      if (isRetryable(e)) failures++;
-      throw e;
-    }
-  }, retryOptions);
-}
-
-/**
- * One attempt in the lane: once every earlier holder is done, the transaction runs as
- * `BEGIN IMMEDIATE`, so it cannot conflict. Waiting stops (with a busy error) at the retry
- * budget's deadline, in case a holder awaits this very transaction.
- */
-async function inLane<T>(
-  conn: Connection,
-  fn: (conn: Connection) => T | Promise<T>,
-  lane: Lane,
-  deadline: number,
-  scope: ReadonlySet<object>,
-): Promise<T> {
-  await lane.acquire(deadline - performance.now());
-  try {
-    return await attempt(conn, fn, 'immediate', scope);
-  } finally {
-    lane.release();
-  }
-}
-
-/** One attempt: BEGIN, `fn`, COMMIT; rolls back and rethrows on any error. */
-async function attempt<T>(
-  conn: Connection,
-  fn: (conn: Connection) => T | Promise<T>,
-  mode: TransactionMode,
-  scope: ReadonlySet<object>,
-): Promise<T> {
-  // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
-  conn.session.assertOpen();
-  try {
-    await waitOut(conn.session.busyTimeout, () => begin(conn, mode));
-  } catch (e) {
-    throw errorKind(e) === 'busy' ? new Final(e) : e;
-  }
-  try {
-    const result = await inside.run(scope, () => fn(conn));
-    await commit(conn);
-    return result;
-  } catch (e) {
-    if (conn.isOpen && conn.inTransaction) conn.session.rollback();
-    throw e;
   }
 }
 
@@ -169,13 +146,61 @@ function begin(conn: Connection, mode: TransactionMode): void {
  * timeout; `fn` is never run again for it. A conflict (`SQLITE_BUSY_SNAPSHOT`) has already
  * ended the transaction and is thrown to the retry loop.
  */
-async function commit(conn: Connection): Promise<void> {
+function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
   const session = conn.session;
   try {
-    await waitOut(session.busyTimeout, () => session.withFile(() => session.commit()));
+    session.withFile(() => session.commit());
+    return undefined;
   } catch (e) {
-    if (conn.inTransaction) session.rollback();
-    throw errorKind(e) === 'busy' ? new Final(e) : e;
+    if (errorKind(e) !== 'busy' || !conn.inTransaction) throw commitFailed(conn, e);
+    return commitWhenFree(conn, lane, deadline, e);
+  }
+}
+
+/** COMMIT after a lock refused it: wait in the lane, or wait out the lock. */
+async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline: number, refusal: unknown): Promise<void> {
+  const session = conn.session;
+  const once = () => session.withFile(() => session.commit());
+  try {
+    if (lane?.inUse && !isFileLockBusy(refusal)) {
+      // A transaction of the priority lane holds the engine, and the lane hands over to the
+      // next holder at once: wait in the lane rather than poll for a gap that never comes.
+      await lane.acquire(deadline - performance.now());
+      try {
+        await waitOut(session.busyTimeout, once);
+      } finally {
+        lane.release();
+      }
+      return;
+    }
+    await waitOut(session.busyTimeout, once);
+  } catch (e) {
+    throw commitFailed(conn, e);
+  }
+}
+
+/** Ends the transaction after a failed COMMIT; what to throw (a lock that stayed busy is final). */
+function commitFailed(conn: Connection, e: unknown): unknown {
+  if (conn.inTransaction) conn.session.rollback();
+  return errorKind(e) === 'busy' ? new Final(e) : e;
+}
+
+/**
+ * Runs `attempt(conn, mode)` now. Only when a lock (`busy`) refuses it, returns the promise of
+ * {@link waitOut} trying it again for up to `timeoutMs`; other errors are thrown.
+ */
+function now(
+  timeoutMs: number,
+  attempt: (conn: Connection, mode: TransactionMode) => void,
+  conn: Connection,
+  mode: TransactionMode,
+): Promise<void> | undefined {
+  try {
+    attempt(conn, mode);
+    return undefined;
+  } catch (e) {
+    if (errorKind(e) !== 'busy' || timeoutMs <= 0) throw e;
+    return waitOut(timeoutMs, () => attempt(conn, mode));
   }
 }
 

@@ -158,3 +158,214 @@ describe('class 10: overlapping transaction() calls on one handle', () => {
     expect(db.all('SELECT v FROM t ORDER BY v')).toEqual([{ v: 1 }, { v: 3 }, { v: 4 }]);
   });
 });
+
+describe("class 2: last_insert_rowid(), changes(), total_changes() answer the calling handle's own values", () => {
+  it("another handle's autocommit statement never sees a concurrent transaction's uncommitted rowid", async () => {
+    const db = memory('CREATE TABLE parent (id INTEGER PRIMARY KEY, v); CREATE TABLE child (pid)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    b.run("INSERT INTO parent (v) VALUES ('b')"); // b's last insert: 1
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run("INSERT INTO parent (v) VALUES ('a')").lastInsertRowid).toBe(2);
+    await tick();
+    b.run('INSERT INTO child (pid) VALUES (last_insert_rowid())');
+    a.exec('ROLLBACK');
+    expect(db.all('SELECT pid FROM child')).toEqual([{ pid: 1 }]);
+    expect(db.all('SELECT id FROM parent')).toEqual([{ id: 1 }]);
+  });
+
+  it('inside a transaction, and when the transaction is replayed after being parked', async () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t (v) VALUES (1), (2), (3); CREATE TABLE seen (what, n)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run('UPDATE t SET v = v + 1 WHERE id <= 2').changes).toBe(2);
+    const rowid = a.run('INSERT INTO t (v) VALUES (9)').lastInsertRowid;
+    await tick();
+    b.run('DELETE FROM t WHERE id = 3'); // parks a; b's changes() is 1, its rowid 0
+    expect(b.get('SELECT last_insert_rowid() AS r, changes() AS c, total_changes() AS t')).toEqual({ r: 0, c: 1, t: 1 });
+    expect(a.get('SELECT last_insert_rowid() AS r, changes() AS c, total_changes() AS t')).toEqual({ r: rowid, c: 1, t: 3 });
+    a.run("INSERT INTO seen VALUES ('rowid', last_insert_rowid())");
+    a.run("INSERT INTO seen VALUES ('changes', changes())");
+    await tick();
+    b.run("INSERT INTO t (v) VALUES ('b')"); // parks a again: the replay must answer a's values
+    a.exec('COMMIT');
+    expect(db.all('SELECT what, n FROM seen')).toEqual([
+      { what: 'rowid', n: rowid },
+      { what: 'changes', n: 1 },
+    ]);
+  });
+});
+
+describe('class 3: footprints follow the settings and the schema that decide what a statement touches', () => {
+  const SCHEMA =
+    'CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (id INTEGER PRIMARY KEY, pid REFERENCES parent ON DELETE CASCADE);' +
+    'INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (1, 1), (2, 1), (3, 2);';
+
+  it('a DELETE first compiled with foreign keys off cascades once they are on: the commit counters see the child change', async () => {
+    const db = memory(`PRAGMA foreign_keys = OFF; ${SCHEMA}`);
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    b.run('DELETE FROM parent WHERE id = ?', [99]); // footprint learned with foreign keys off
+    db.exec('PRAGMA foreign_keys = ON');
+    const n = a.get<{ n: number }>('SELECT count(*) AS n FROM child')!.n;
+    await tick();
+    b.run('DELETE FROM parent WHERE id = ?', [1]); // cascades into child
+    expect(db.get('SELECT count(*) AS n FROM child')).toEqual({ n: 1 });
+    const e = thrown(() => {
+      a.run('INSERT INTO parent VALUES (?)', [10 + n]);
+      a.exec('COMMIT');
+    });
+    expect(errorKind(e)).toBe('busy_snapshot');
+  });
+
+  it("another handle's read never sees a concurrent transaction's uncommitted cascade", async () => {
+    const db = memory(`PRAGMA foreign_keys = OFF; ${SCHEMA}`);
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('DELETE FROM parent WHERE id = ?', [99]); // logged with foreign keys off
+    await tick();
+    db.exec('PRAGMA foreign_keys = ON'); // parks a
+    a.run('DELETE FROM parent WHERE id = ?', [1]); // resumes a; now cascades
+    expect(a.get('SELECT count(*) AS n FROM child')).toEqual({ n: 1 });
+    expect(b.get('SELECT count(*) AS n FROM child')).toEqual({ n: 3 });
+    a.exec('ROLLBACK');
+    expect(b.get('SELECT count(*) AS n FROM child')).toEqual({ n: 3 });
+  });
+
+  it('a trigger created while a transaction is parked: its replayed write fires it, and others do not see that', async () => {
+    const db = memory('CREATE TABLE t (v); CREATE TABLE audit (v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('INSERT INTO t VALUES (1)');
+    await tick();
+    db.exec('CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (new.v); END');
+    expect(a.get('SELECT count(*) AS n FROM t')).toEqual({ n: 1 }); // resumes: the replayed insert fires the trigger
+    expect(b.all('SELECT v FROM audit')).toEqual([]);
+    a.exec('COMMIT');
+    expect(b.all('SELECT v FROM audit ORDER BY v')).toEqual([{ v: 1 }]);
+  });
+});
+
+describe("class 9: statements that change the shared connection never run inside another handle's transaction", () => {
+  it('beside a concurrent transaction: the transaction is parked and the statement takes effect', async () => {
+    const db = memory('PRAGMA foreign_keys = OFF; CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (pid REFERENCES p)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('INSERT INTO p VALUES (1)');
+    b.exec('PRAGMA foreign_keys = ON');
+    expect(b.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+    b.exec('VACUUM');
+    a.run('INSERT INTO c VALUES (1)');
+    a.exec('COMMIT');
+    expectSqliteError(() => b.run('INSERT INTO c VALUES (5)'), 'constraint');
+  });
+
+  it('beside a pessimistic transaction: a clear BusyError, and nothing changed', () => {
+    const db = memory('CREATE TABLE t (v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN IMMEDIATE');
+    a.run('INSERT INTO t VALUES (1)');
+    for (const sql of ['PRAGMA foreign_keys = OFF', 'VACUUM', 'PRAGMA recursive_triggers = 0', "ATTACH ':memory:' AS aux"]) {
+      const e = thrown(() => b.exec(sql));
+      expect(e).toBeInstanceOf(BusyError);
+      expect((e as Error).message).toMatch(/handle #/);
+    }
+    a.exec('COMMIT');
+    expect(b.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+  });
+
+  it('inside BEGIN CONCURRENT: a misuse error, the transaction stays open', () => {
+    const db = memory('CREATE TABLE t (v)');
+    const a = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('INSERT INTO t VALUES (1)');
+    expectSqliteError(() => a.exec('PRAGMA foreign_keys = OFF'), 'misuse');
+    expectSqliteError(() => a.exec('VACUUM'), 'misuse');
+    a.exec('COMMIT');
+    expect(db.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+    expect(db.all('SELECT v FROM t')).toEqual([{ v: 1 }]);
+  });
+
+  it('reading a setting and table-valued PRAGMAs still run beside any transaction', () => {
+    const db = memory('CREATE TABLE t (v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN IMMEDIATE');
+    expect(b.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+    expect(b.all("PRAGMA table_info('t')").length).toBe(1);
+    a.exec('COMMIT');
+  });
+});
+
+describe('class 1: a write re-derived differently on resume makes later reads of what it wrote be re-checked', () => {
+  it('a write that reads another table: the value it wrote changed, the read of it is re-checked', async () => {
+    const db = memory('CREATE TABLE cfg (x INT); INSERT INTO cfg VALUES (5); CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE t SET v = (SELECT x FROM cfg) WHERE id = 1');
+    expect(a.get('SELECT v FROM t WHERE id = 1')).toEqual({ v: 5 });
+    await tick();
+    b.run('UPDATE cfg SET x = 7');
+    const e = thrown(() => a.exec('COMMIT'));
+    expect(errorKind(e)).toBe('busy_snapshot');
+    expect(db.get('SELECT v FROM t')).toEqual({ v: 0 });
+  });
+
+  it('a write with random(): when it is re-run, the read of what it wrote is re-checked', async () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0); CREATE TABLE u (x)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE t SET v = random() WHERE id = 1');
+    const seen = a.get<{ v: number }>('SELECT v FROM t WHERE id = 1')!.v;
+    await tick();
+    b.run('INSERT INTO u VALUES (1)'); // parks a: a's write runs again on resume
+    let committed = true;
+    try {
+      a.exec('COMMIT');
+    } catch (e) {
+      expect(errorKind(e)).toBe('busy_snapshot');
+      committed = false;
+    }
+    // Either the value a saw is the value committed, or a did not commit.
+    if (committed) expect(db.get('SELECT v FROM t')).toEqual({ v: seen });
+    else expect(db.get('SELECT v FROM t')).toEqual({ v: 0 });
+  });
+
+  it('a trigger whose WHEN reads another table no longer fires on replay: the read of its effect is re-checked', async () => {
+    const db = memory(
+      'CREATE TABLE cfg (flag INT); INSERT INTO cfg VALUES (1); CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0);' +
+        'CREATE TABLE audit (v); CREATE TRIGGER tr AFTER UPDATE ON t WHEN (SELECT flag FROM cfg) BEGIN INSERT INTO audit VALUES (new.v); END;',
+    );
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE t SET v = v + 1');
+    expect(a.get('SELECT count(*) AS n FROM audit')).toEqual({ n: 1 });
+    await tick();
+    b.run('UPDATE cfg SET flag = 0');
+    expect(errorKind(thrown(() => a.exec('COMMIT')))).toBe('busy_snapshot');
+  });
+
+  it('an upsert whose path changes on replay (insert, then update): the trigger it fired no longer does', async () => {
+    const db = memory(
+      'CREATE TABLE kv (k TEXT PRIMARY KEY, v INT) WITHOUT ROWID; CREATE TABLE audit (k);' +
+        "CREATE TRIGGER ins AFTER INSERT ON kv BEGIN INSERT INTO audit VALUES (new.k); END; INSERT INTO kv VALUES ('y', 0); DELETE FROM audit;",
+    );
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run("INSERT INTO kv VALUES ('x', 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v").changes).toBe(1);
+    expect(a.all('SELECT k FROM audit')).toEqual([{ k: 'x' }]);
+    await tick();
+    b.run("UPDATE kv SET k = 'x' WHERE k = 'y'"); // creates 'x' without touching audit
+    expect(errorKind(thrown(() => a.exec('COMMIT')))).toBe('busy_snapshot');
+  });
+});

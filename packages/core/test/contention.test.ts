@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { BusyError, type Connection } from '../src/index.js';
-import { LANE_AFTER_FAILURES } from '../src/lane.js';
+import { LANE_AFTER_FAILURES, laneOf } from '../src/lane.js';
 import { sleep, useScope } from './helpers.js';
 
 const scope = useScope();
@@ -99,5 +99,34 @@ describe('the priority lane', () => {
     );
     expect(await inner).toBeInstanceOf(BusyError);
     expect(db.get<{ n: number }>('SELECT n FROM hot')!.n).toBe(LANE_AFTER_FAILURES + 1);
+  });
+
+  it('a transaction whose COMMIT finds a lane holder in the engine waits its turn in the lane, past the busy timeout, and commits', async () => {
+    const db = scope.open(':memory:', { busyTimeout: 20 });
+    db.exec('CREATE TABLE hot (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); INSERT INTO hot VALUES (1, 0); CREATE TABLE other (n INTEGER)');
+    const x = scope.connect(db);
+    const holder = scope.connect(db);
+    const lane = laneOf(x.session.engine);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const done = x.transaction(
+      async (tx) => {
+        tx.run('INSERT INTO other VALUES (1)');
+        // A lane holder takes the engine while x awaits, and keeps it far past x's busy timeout.
+        await lane.acquire(1000);
+        holder.exec('BEGIN IMMEDIATE');
+        holder.run('UPDATE hot SET n = 1');
+        setTimeout(() => {
+          holder.exec('COMMIT');
+          lane.release();
+          release();
+        }, 100);
+      },
+      { mode: 'concurrent' },
+    );
+    await done;
+    await held;
+    expect(db.get<{ c: number }>('SELECT count(*) AS c FROM other')!.c).toBe(1);
+    expect(db.get<{ n: number }>('SELECT n FROM hot')!.n).toBe(1);
   });
 });

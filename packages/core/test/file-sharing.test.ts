@@ -25,6 +25,7 @@ async function share(file: string, roles: ('writer' | 'reader')[], ms: number): 
   const startAt = Date.now() + 1500; // every child has started and opened the file by then
   const reports = await Promise.all(roles.map((role, id) => runWorker({ cmd: 'share', file, role, id, ms, startAt })));
   for (const r of reports) expect(r).toMatchObject({ ok: true });
+  if (process.env.SIBLITE_SHOW_SHARING) console.log(roles.map((role, i) => `${role} ${reports[i].ops} ops, longest wait ${Math.round(reports[i].maxGap)} ms`).join('\n'));
   return reports;
 }
 

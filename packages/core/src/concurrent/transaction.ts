@@ -15,10 +15,10 @@
  * @module
  */
 import { sqliteError, type SqliteError } from '../errors.js';
-import type { Engine, OpenTransaction } from '../engine/engine.js';
+import type { Engine, HandleState, OpenTransaction } from '../engine/engine.js';
 import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engine/execute.js';
-import type { Footprint } from '../engine/footprint.js';
+import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
 export interface LogEntry {
@@ -27,7 +27,10 @@ export interface LogEntry {
   readonly want: Want;
   /** The row format the application was shown (raw arrays, safe integers); replays use it too. */
   readonly format?: RowFormat | undefined;
-  readonly footprint: Footprint;
+  /** Refreshed when the schema or a setting changes (see {@link ConcurrentTransaction.refreshFootprints}). */
+  footprint: Footprint;
+  /** What the connection-state SQL functions answered when it ran (replays answer the same). */
+  readonly state?: HandleState;
   /** Savepoint statements are replayed but show nothing to compare. */
   readonly control: boolean;
   outcome?: Outcome;
@@ -44,26 +47,42 @@ export class ConcurrentTransaction implements OpenTransaction {
   /** Every read in the log was valid as of this commit counter. */
   validatedSeq: number;
   private readonly reserved: Array<[string, number | bigint]> = [];
+  /** The engine's schema epoch the log's footprints were learned in. */
+  private epoch: number;
 
   constructor(
     private readonly engine: Engine,
     readonly handleId: number,
   ) {
     engine.concurrentOpen++;
-    try {
-      // The baseline of other processes' commits is taken now: a commit by another process
-      // after this point must count as a change at the first validation.
-      engine.checkExternalChanges();
-    } catch (e) {
-      engine.concurrentOpen--;
-      throw e;
-    }
     this.validatedSeq = engine.commitSeq;
+    this.epoch = engine.schemaEpoch;
   }
 
   /** True when the transaction has written nothing (so far). */
   get readOnly(): boolean {
     return this.writes.size === 0;
+  }
+
+  /**
+   * Learns the footprints of the logged statements again after the schema or a setting changed
+   * (foreign keys turned on, a trigger created, ...): re-running them may now touch more tables.
+   */
+  refreshFootprints(): void {
+    const engine = this.engine;
+    if (this.epoch === engine.schemaEpoch) return;
+    this.epoch = engine.schemaEpoch;
+    this.writes.clear();
+    for (const entry of this.log) {
+      if (entry.control) continue;
+      try {
+        entry.footprint = engine.footprints.of(entry.sql);
+      } catch (e) {
+        if ((e as SqliteError).kind === 'busy') throw e;
+        entry.footprint = UNKNOWN_FOOTPRINT; // no longer compiles: replay will report it
+      }
+      for (const t of entry.footprint.writes) this.writes.add(t);
+    }
   }
 
   /** Records a statement the application saw the result of. */
@@ -86,13 +105,18 @@ export class ConcurrentTransaction implements OpenTransaction {
     const engine = this.engine;
     engine.exec('BEGIN');
     engine.active = this;
+    const caller = engine.caller;
     try {
       engine.checkExternalChanges();
-      for (const entry of this.log) this.replay(entry, true);
+      this.refreshFootprints();
+      const rederived = new Set<string>();
+      for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
       if (engine.inRealTransaction) engine.exec('ROLLBACK');
       throw e;
+    } finally {
+      engine.caller = caller;
     }
     this.validatedSeq = engine.commitSeq;
   }
@@ -103,9 +127,16 @@ export class ConcurrentTransaction implements OpenTransaction {
    * none of the tables read.
    */
   validateReads(): void {
-    this.engine.checkExternalChanges();
-    for (const entry of this.log) if (!entry.control) this.replay(entry, false);
-    this.validatedSeq = this.engine.commitSeq;
+    const engine = this.engine;
+    const caller = engine.caller;
+    try {
+      engine.checkExternalChanges();
+      this.refreshFootprints();
+      for (const entry of this.log) if (!entry.control) this.replay(entry, undefined);
+    } finally {
+      engine.caller = caller;
+    }
+    this.validatedSeq = engine.commitSeq;
   }
 
   /** The tables this transaction read, for deciding whether it may validate in place. */
@@ -122,16 +153,31 @@ export class ConcurrentTransaction implements OpenTransaction {
     if (--this.engine.concurrentOpen === 0) this.engine.forgetCounters();
   }
 
-  private replay(entry: LogEntry, rebuild: boolean): void {
+  /**
+   * Re-runs one logged statement and compares what it shows. `rederived` (rebuilding the
+   * transaction's state; undefined when only validating reads) collects the tables written by
+   * re-run writes whose effect may differ from the first run: a write whose inputs changed
+   * (a table it reads, triggers and foreign keys included, was committed to, or was itself
+   * re-derived) or that calls a non-deterministic function. A later read of such a table is
+   * re-checked even when no commit touched it: the write may have put different values there.
+   */
+  private replay(entry: LogEntry, rederived: Set<string> | undefined): void {
     const engine = this.engine;
     if (entry.control) {
       engine.exec(entry.sql);
       return;
     }
-    const isRead = entry.footprint.readonly;
-    if (isRead && !engine.changedSince(entry.footprint.reads, this.validatedSeq)) return;
-    if (!isRead && !rebuild) return;
+    const fp = entry.footprint;
+    const inputsChanged =
+      engine.changedSince(fp.reads, this.validatedSeq) || (rederived !== undefined && intersects(fp.reads, rederived));
+    if (fp.readonly) {
+      if (!inputsChanged) return;
+    } else {
+      if (rederived === undefined) return;
+      if (inputsChanged || !fp.deterministic) for (const t of fp.writes) rederived.add(t);
+    }
     let outcome: Outcome;
+    if (entry.state) engine.caller = entry.state;
     try {
       // Preparing can fail too, when a schema change removed what the statement used.
       let stmt: PreparedSql;

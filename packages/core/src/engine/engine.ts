@@ -13,6 +13,7 @@ import { singleRowInsert, tokenize, classify, type SingleRowInsert, type Stateme
 import { settleCursor } from './cursor.js';
 import { PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
+import { StatementCache } from './statement-cache.js';
 
 /** What every open transaction tells the engine. */
 export interface OpenTransaction {
@@ -46,21 +47,38 @@ export interface RowidPlan {
   readonly sql: string;
 }
 
+/**
+ * What SQL's connection-state functions (`last_insert_rowid()`, `changes()`,
+ * `total_changes()`) answer: the values of the handle whose statement runs, as they were when
+ * that statement started. The engine's own values belong to whichever handle ran last.
+ */
+export interface HandleState {
+  lastInsertRowid: number | bigint;
+  changes: number;
+  totalChanges: number;
+}
+
 /** The parameter name the rowid plans use. */
 export const ROWID_PARAM = ':__siblite_rowid';
 
 export class Engine {
   readonly db: WasmDatabase;
   readonly footprints: FootprintAnalyzer;
+  /** The prepared statements of every handle's `run()`, `get()`, `all()`, shared. */
+  readonly statements = new StatementCache();
   /** The transaction that lives in the real SQLite transaction now, if any. */
   active: OpenTransaction | null = null;
   /** Open `BEGIN CONCURRENT` transactions (commit counters are kept only while > 0). */
   concurrentOpen = 0;
+  /** Moves whenever footprints learned before may be stale (see {@link Engine.schemaChanged}). */
+  schemaEpoch = 0;
   /** Counts commits that changed something while concurrent transactions were open. */
   commitSeq = 0;
   /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
   mvcc = false;
   fileAccess: FileAccess | undefined;
+  /** The state the connection-state SQL functions answer now (see {@link HandleState}). */
+  caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
   /** Locking and durability settings of a file database (see src/file/). */
   readonly fileSettings: FileSettings | undefined;
   private refs = 0;
@@ -98,6 +116,11 @@ export class Engine {
       }
     }
     this.footprints = new FootprintAnalyzer(this.db);
+    // Per-handle answers instead of the shared connection's (which would show one handle
+    // another's uncommitted insert).
+    this.db.function('last_insert_rowid', () => this.caller.lastInsertRowid);
+    this.db.function('changes', () => this.caller.changes);
+    this.db.function('total_changes', () => this.caller.totalChanges);
   }
 
   /** Registers a handle; returns its id. */
@@ -110,6 +133,7 @@ export class Engine {
   release(): void {
     if (--this.refs > 0) return;
     settleCursor();
+    this.statements.clear();
     for (const p of this.internal.values()) p.finalize();
     this.internal.clear();
     this.fileAccess?.close();
@@ -192,10 +216,14 @@ export class Engine {
     return false;
   }
 
-  /** The schema changed (DDL ran): forget footprints and treat every table as changed. */
+  /**
+   * The schema or a setting that decides what statements touch changed (DDL, a PRAGMA,
+   * ATTACH, another process's commit): forget footprints and treat every table as changed.
+   */
   schemaChanged(): void {
     this.footprints.invalidate();
     this.rowidPlans.clear();
+    this.schemaEpoch++;
     this.noteChanged([ALL_TABLES]);
   }
 
@@ -214,11 +242,7 @@ export class Engine {
     if (!this.isFile) return;
     const row = this.statement('PRAGMA data_version').execute(this.db, undefined, 'get').rows?.[0];
     const v = row ? Number(Object.values(row)[0]) : 0;
-    if (this.lastDataVersion !== undefined && v !== this.lastDataVersion) {
-      this.footprints.invalidate();
-      this.rowidPlans.clear();
-      this.noteChanged([ALL_TABLES]);
-    }
+    if (this.lastDataVersion !== undefined && v !== this.lastDataVersion) this.schemaChanged();
     this.lastDataVersion = v;
   }
 

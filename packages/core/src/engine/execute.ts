@@ -95,6 +95,12 @@ export class PreparedSql {
     this.upsert = this.verb === 'insert' && /\bdo\s+update\b/i.test(sql);
   }
 
+  /** An INSERT, UPDATE or DELETE: sets what `changes()` answers. */
+  get writesRows(): boolean {
+    const v = this.verb;
+    return v === 'insert' || v === 'update' || v === 'delete';
+  }
+
   get verb(): string {
     return this.cls.type === 'dml' ? this.cls.verb : 'other';
   }
@@ -107,7 +113,7 @@ export class PreparedSql {
     settleCursor();
     const ll = lowLevel();
     const values = this.normalize(params);
-    const writesRows = this.verb === 'insert' || this.verb === 'update' || this.verb === 'delete';
+    const writesRows = this.writesRows;
     let rows: Row[] | undefined;
     let changes = 0;
     let rowid: number | bigint | undefined;

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { fromEngineError, misuseError, sqliteError, type SqliteError } from '../errors.js';
 import { createFileAccess, type AccessTimings, type FileAccess, type LockingMode } from './access.js';
 import { loadSqlite, type WasmDatabase } from './load.js';
+import { allowLocklessReads, lockDirOf } from './lock.js';
 
 /** `PRAGMA synchronous`: when SQLite waits for the disk. */
 export type SynchronousMode = 'off' | 'normal' | 'full' | 'extra';
@@ -282,6 +283,7 @@ export function openDatabaseFile(file: string, options: FileOptions = {}): Opene
       }
       setup.push(sql);
     }
+    if (options.readonly === true) allowLocklessReads(lockDirOf(abs));
     const access = createFileAccess(db, abs, settings.locking, options.timings, setup);
     return { db, path: abs, readOnly: readOnlyOpen, settings, access };
   } catch (e) {

@@ -101,6 +101,20 @@ const stats: LockStats = { acquired: 0, released: 0, busy: 0, staleBroken: 0, wa
 interface Held {
   token: string;
   guard: net.Server | null;
+  /** Held without a directory: a read-only user in a directory it cannot write (see {@link allowLocklessReads}). */
+  lockless?: boolean;
+}
+
+/** Lock directories that read-only engines may "hold" without creating them. */
+const locklessAllowed = new Set<string>();
+
+/**
+ * Lets a read-only engine read a database in a directory where it cannot create the lock
+ * directory (EACCES, EPERM, EROFS): it then holds only the guard, which still excludes every
+ * siblite writer of this machine and network namespace (they take the guard before writing).
+ */
+export function allowLocklessReads(lockDir: string): void {
+  locklessAllowed.add(lockDir);
 }
 
 /** Locks this thread holds, by lock directory. */
@@ -330,26 +344,71 @@ function markerId(lockDir: string): string {
   return st ? `${st.ino}:${st.mtimeMs}` : '';
 }
 
-/** Leaves the waiting marker `<file>.lock-wait` (a process wants the lock). */
+/** A waiter that has not asked again for this long is no longer counted as waiting (fairness only). */
+export const WAITER_FRESH_MS = 200;
+/** A waiter that stopped asking for this long starts a new wait (it gave up meanwhile). */
+const WAIT_RESTART_MS = 1000;
+/** Per lock directory: when this thread began to wait for it (first refusal), and last asked. */
+const waiting = new Map<string, { since: number; last: number }>();
+const myId = `${self.pid}.${self.thread}`;
+
+interface Marker {
+  id: string;
+  since: number;
+  fresh: boolean;
+}
+
+function readMarker(lockDir: string): Marker | null {
+  const marker = `${lockDir}-wait`;
+  const st = fs.statSync(marker, { throwIfNoEntry: false });
+  if (!st) return null;
+  try {
+    const o = JSON.parse(fs.readFileSync(marker, 'utf8')) as { id?: unknown; since?: unknown };
+    if (typeof o.id !== 'string' || typeof o.since !== 'number') return null;
+    return { id: o.id, since: o.since, fresh: Date.now() - st.mtimeMs < WAITER_FRESH_MS };
+  } catch {
+    return null; // empty (an older siblite) or being written
+  }
+}
+
+/**
+ * Leaves the waiting marker `<file>.lock-wait`: the holder hands the lock back when it changes,
+ * and it names the *oldest* waiter that is still asking, which the others let go first (see
+ * {@link deferToOlderWaiter}). Each waiter refreshes it when it is the oldest (or the recorded
+ * one stopped asking): so the order is first come, first served, and a waiter that is paused or
+ * gone stops counting after {@link WAITER_FRESH_MS}. This is fairness only: safety never
+ * depends on it.
+ */
 export function markWaiting(lockDir: string): void {
   const now = Date.now();
+  let w = waiting.get(lockDir);
+  if (!w || now - w.last > WAIT_RESTART_MS) waiting.set(lockDir, (w = { since: now, last: now }));
   if ((lastWaitMark.get(lockDir) ?? -1) === now) return; // at most once per millisecond
   lastWaitMark.set(lockDir, now);
+  w.last = now;
+  const current = readMarker(lockDir);
+  if (current && current.fresh && current.id !== myId && current.since <= w.since) return; // someone older asks
   const marker = `${lockDir}-wait`;
-  // A unique, sub-millisecond time: mtime granularity alone could hide a touch.
-  const t = (performance.timeOrigin + performance.now()) / 1000;
   try {
-    try {
-      fs.utimesSync(marker, t, t);
-    } catch {
-      fs.writeFileSync(marker, '');
-      fs.utimesSync(marker, t, t);
-    }
+    fs.writeFileSync(marker, JSON.stringify({ id: myId, since: w.since }));
+    // A unique, sub-millisecond time: mtime granularity alone could hide a change.
+    const t = (performance.timeOrigin + performance.now()) / 1000;
+    fs.utimesSync(marker, t, t);
     waitedFor.add(lockDir);
     stats.waitMarks++;
   } catch {
     // best effort: a read-only directory, for instance
   }
+}
+
+/**
+ * True when another waiter that began to wait before this thread is still asking: then this
+ * thread lets it take the free lock first.
+ */
+function deferToOlderWaiter(lockDir: string): boolean {
+  const m = readMarker(lockDir);
+  if (!m || !m.fresh || m.id === myId) return false;
+  return m.since < (waiting.get(lockDir)?.since ?? Date.now());
 }
 
 /** True while the wait marker exists (a waiter removes it when it gets the lock). */
@@ -380,9 +439,9 @@ function remember(map: Map<string, unknown>, lockDir: string, value: unknown): v
   map.set(lockDir, value);
 }
 
-function refuse(lockDir: string, owner: LockOwner | null, guardBusy: boolean): never {
+function refuse(lockDir: string, owner: LockOwner | null, guardBusy: boolean, why?: string): never {
   stats.busy++;
-  const info = { lockDir, owner, detail: describe(lockDir, owner, guardBusy) };
+  const info = { lockDir, owner, detail: why ? `lock directory "${lockDir}" is free, ${why}` : describe(lockDir, owner, guardBusy) };
   lastBusy.set(lockDir, info);
   remember(recentBusy, lockDir, info);
   markWaiting(lockDir);
@@ -496,8 +555,21 @@ export function acquire(lockDir: string): void {
         sweep(lockDir, guardId);
         continue;
       }
+      // Free. Fairness: an older waiter that is still asking goes first.
+      if (deferToOlderWaiter(lockDir)) refuse(lockDir, null, false, 'deferring to a process that has waited longer');
       const record = ownerRecord(guardId);
-      if (install(lockDir, record)) {
+      let installed: boolean;
+      try {
+        installed = install(lockDir, record);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code ?? '';
+        if (!locklessAllowed.has(lockDir) || !['EACCES', 'EPERM', 'EROFS'].includes(code)) throw e;
+        recentFailure.delete(lockDir);
+        held.set(lockDir, { token: record.token, guard, lockless: true });
+        guard = null;
+        break;
+      }
+      if (installed) {
         step('acquire:renamed');
         held.set(lockDir, { token: record.token, guard });
         guard = null; // kept until release
@@ -509,11 +581,13 @@ export function acquire(lockDir: string): void {
   } finally {
     guard?.close();
   }
+  removeColdJournal(dbFileOf(lockDir));
   acquisitions.set(lockDir, (acquisitions.get(lockDir) ?? 0) + 1);
   stats.acquired++;
   lastBusy.delete(lockDir);
-  if (waitedFor.delete(lockDir)) {
-    // We were waiting and got in: our wish is granted, clear the marker.
+  waiting.delete(lockDir);
+  if (waitedFor.delete(lockDir) && readMarker(lockDir)?.id === myId) {
+    // We were the oldest waiter and got in: our wish is granted, clear the marker.
     try {
       fs.unlinkSync(`${lockDir}-wait`);
     } catch {
@@ -522,6 +596,30 @@ export function acquire(lockDir: string): void {
   }
   waitBaseline.set(lockDir, markerId(lockDir));
   notify(lockDir, 'acquired');
+}
+
+const JOURNAL_HEADER = 28;
+
+/**
+ * Deletes `<file>-journal` when its header is zeroed: a journal SQLite finished with (in
+ * exclusive locking it zeroes the header instead of deleting the file) whose process died
+ * before deleting it. It is not hot, so SQLite would leave it forever. Called right after
+ * taking the lock: only the lock holder writes the journal, and SQLite has not opened it yet.
+ */
+function removeColdJournal(dbFile: string): void {
+  const journal = `${dbFile}-journal`;
+  if (!fs.existsSync(journal)) return;
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(journal, 'r');
+    const head = Buffer.alloc(JOURNAL_HEADER);
+    const n = fs.readSync(fd, head, 0, JOURNAL_HEADER, 0);
+    if (n === JOURNAL_HEADER && head.every((b) => b === 0)) fs.unlinkSync(journal);
+  } catch {
+    // no journal (the usual case), or not ours to delete: SQLite decides
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
 }
 
 /**
@@ -575,6 +673,13 @@ export function release(lockDir: string): void {
   const h = held.get(lockDir);
   if (!h) {
     fs.rmdirSync(lockDir); // not ours: behave exactly as the engine expects
+    return;
+  }
+  if (h.lockless) {
+    held.delete(lockDir);
+    stats.released++;
+    h.guard?.close();
+    notify(lockDir, 'released');
     return;
   }
   step('release:start');

@@ -137,9 +137,29 @@ export type StatementClass =
   | { type: 'journal_mode'; value: string | null }
   | { type: 'busy_timeout'; value: string | null }
   | { type: 'ddl' }
+  /**
+   * Changes the shared connection's state or needs it outside any transaction: a PRAGMA that
+   * sets something, VACUUM, ATTACH, DETACH. Such a statement never runs inside another handle's
+   * real transaction (it would fail there, or be silently ignored).
+   */
+  | { type: 'setting' }
   | { type: 'dml'; verb: 'select' | 'insert' | 'update' | 'delete' | 'other' };
 
-const DDL = new Set(['create', 'drop', 'alter', 'reindex', 'vacuum', 'analyze', 'attach', 'detach']);
+const DDL = new Set(['create', 'drop', 'alter', 'reindex', 'analyze']);
+const SETTINGS = new Set(['vacuum', 'attach', 'detach']);
+/** PRAGMAs that take an argument but only report (the table-valued ones). */
+const QUERY_PRAGMAS = new Set([
+  'table_info',
+  'table_xinfo',
+  'table_list',
+  'index_info',
+  'index_xinfo',
+  'index_list',
+  'foreign_key_list',
+  'foreign_key_check',
+  'integrity_check',
+  'quick_check',
+]);
 
 /** Classifies one statement from its tokens. Unknown shapes are `dml` with verb `other`. */
 export function classify(tokens: Token[]): StatementClass {
@@ -182,10 +202,13 @@ export function classify(tokens: Token[]): StatementClass {
         const value = at < 0 ? null : tokens.slice(at).filter((t) => t.text !== ')' && t.text !== ';').map((t) => nameOf(t)).join('');
         return { type: 'busy_timeout', value };
       }
+      const sets = tokens[k + 1]?.text === '=' || tokens[k + 1]?.text === '(';
+      if (sets && !QUERY_PRAGMAS.has(w(k) ?? '')) return { type: 'setting' };
       return { type: 'dml', verb: 'other' };
     }
     default:
       if (first && DDL.has(first)) return { type: 'ddl' };
+      if (first && SETTINGS.has(first)) return { type: 'setting' };
       return { type: 'dml', verb: verbOf(tokens) };
   }
 }
