@@ -195,7 +195,7 @@ export class Connection {
    * @throws SqliteError of kind `sql` for invalid SQL, `misuse` for more than one statement.
    */
   prepare<T = Row>(sql: string): Statement<T> {
-    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe);
+    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe, this);
   }
 
   /**
