@@ -68,6 +68,7 @@ export class Connection {
   /** @internal */
   readonly session: Session;
   private safe = false;
+  private readonly closeHooks: Array<() => void> = [];
 
   /** @internal */
   constructor(
@@ -195,7 +196,7 @@ export class Connection {
    * @throws SqliteError of kind `sql` for invalid SQL, `misuse` for more than one statement.
    */
   prepare<T = Row>(sql: string): Statement<T> {
-    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe);
+    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe, this);
   }
 
   /**
@@ -310,6 +311,17 @@ export class Connection {
    * engine when this was its last handle. Calling it again does nothing.
    */
   close(): void {
-    this.session.close();
+    if (!this.session.isOpen) return;
+    try {
+      this.session.close();
+    } finally {
+      for (const fn of this.closeHooks.splice(0)) fn();
+    }
+  }
+
+  /** Runs `fn` once this handle closes (a pool of its siblings closes with it). @internal */
+  onClose(fn: () => void): void {
+    if (!this.session.isOpen) fn();
+    else this.closeHooks.push(fn);
   }
 }
