@@ -1,21 +1,43 @@
 /**
  * The priority lane of an engine: where `transaction(fn, { mode: 'concurrent' })` runs an
  * attempt after its earlier attempts kept failing. Holders of the lane go one at a time, in
- * the order they arrived, and each runs pessimistically (`BEGIN IMMEDIATE`), so it cannot
- * conflict: under contention on a hot row the transactions degrade to a FIFO mutex instead of
- * aborting each other until one gives up.
+ * the order they arrived. A holder first runs optimistically with priority: while it is open,
+ * other `transaction()` commits that would change a table it read wait their turn in the lane
+ * (their statements still run), so it cannot be overtaken by them. If it conflicts anyway (an
+ * autocommit write, a hand-written COMMIT), its next lane attempt runs pessimistically
+ * (`BEGIN IMMEDIATE`), which cannot conflict. Under contention on a hot row the transactions
+ * thus degrade to a FIFO mutex instead of aborting each other until one gives up, while
+ * transactions that touch other tables keep running.
  * @module
  */
 import type { Engine } from './engine/engine.js';
+import { intersects } from './engine/footprint.js';
 import { sqliteError } from './errors.js';
+import type { Session } from './session.js';
 
 /** Failed attempts (busy or conflict) after which a concurrent transaction takes the lane. */
 export const LANE_AFTER_FAILURES = 3;
+
 
 /** A first-in first-out async mutex. */
 export class Lane {
   private held = false;
   private readonly waiting: Array<() => void> = [];
+  /** The holder running optimistically with priority, if any. */
+  priority: Session | undefined;
+
+  /**
+   * Whether the commit of `session`'s transaction must wait for the priority holder: it would
+   * change a table the holder has read.
+   */
+  blocks(session: Session): boolean {
+    const holder = this.priority;
+    if (holder === undefined || holder === session) return false;
+    const mine = session.tx;
+    const theirs = holder.tx;
+    if (mine?.kind !== 'concurrent' || mine.writes.size === 0 || theirs?.kind !== 'concurrent') return false;
+    return intersects(theirs.readTables(), mine.writes);
+  }
 
   /** Whether someone holds the lane now (so contention is going on). */
   get inUse(): boolean {
