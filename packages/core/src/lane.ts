@@ -25,6 +25,8 @@ export class Lane {
   private readonly waiting: Array<() => void> = [];
   /** The holder running optimistically with priority, if any. */
   priority: Session | undefined;
+  /** A handle that holds the lane between a conflicted commit and its rerun. */
+  keptFor: Session | undefined;
 
   /**
    * Whether the commit of `session`'s transaction must wait for the priority holder: it would

@@ -81,11 +81,14 @@ export async function runTransaction<T>(
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
-    const inLane = lane !== undefined && (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse));
+    // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
+    const kept = lane !== undefined && lane.keptFor === session;
+    const inLane = kept || (lane !== undefined && (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse)));
     // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
     // holder awaits this very transaction. A holder runs optimistically with priority first,
     // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
-    if (inLane) await lane.acquire(deadline - performance.now());
+    if (kept) lane.keptFor = undefined;
+    else if (inLane) await lane.acquire(deadline - performance.now());
     const pessimistic = inLane && laneFailures > 0;
     if (inLane && !pessimistic) lane.priority = session;
     try {
@@ -127,6 +130,11 @@ export async function runTransaction<T>(
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
+    // The retry loop ended while this transaction kept its turn in the lane.
+    if (lane?.keptFor === session) {
+      lane.keptFor = undefined;
+      lane.release();
+    }
   }
 }
 
@@ -184,9 +192,16 @@ async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline
       await lane.acquire(deadline - performance.now());
       try {
         await waitOut(session.busyTimeout, once);
-      } finally {
+      } catch (e) {
+        // Conflicted after waiting its turn: keep the turn for the rerun, not the queue's end.
+        if (isRetryable(e) && !conn.inTransaction) {
+          lane.keptFor = session;
+          throw e;
+        }
         lane.release();
+        throw e;
       }
+      lane.release();
       return;
     }
     await waitOut(session.busyTimeout, once);
