@@ -18,6 +18,9 @@ const bin = (name: string) => join(root, 'node_modules', '.bin', name);
 const packages = readdirSync(join(root, 'packages')).filter((p) => existsSync(join(root, 'packages', p, 'package.json')));
 
 let scratch = '';
+// The pnpm that runs this test (`pnpm test` sets npm_execpath), else the one on PATH.
+const execpath = process.env.npm_execpath ?? '';
+const pnpm = /pnpm/.test(execpath) && /\.c?js$/.test(execpath) ? [process.execPath, execpath] : ['pnpm'];
 // pnpm puts the workspace's packages on NODE_PATH: clear it, or the scratch apps would resolve
 // through the workspace instead of their own node_modules.
 const cleanEnv = { ...process.env, NODE_OPTIONS: '', NODE_PATH: '' };
@@ -32,7 +35,7 @@ beforeAll(() => {
   const deps: Record<string, string> = {};
   for (const p of packages) {
     const dir = join(root, 'packages', p);
-    const out = run('pnpm', ['pack', '--pack-destination', tarballs], dir).trim().split('\n');
+    const out = run(pnpm[0]!, [...pnpm.slice(1), 'pack', '--pack-destination', tarballs], dir).trim().split('\n');
     const file = out.find((l) => l.endsWith('.tgz'))!.trim();
     const name = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).name as string;
     deps[name] = `file:${join(tarballs, file.split('/').pop()!)}`;
@@ -53,7 +56,7 @@ afterAll(() => {
   if (scratch) rmSync(dirname(scratch), { recursive: true, force: true });
 });
 
-describe('installed from the packed tarballs', () => {
+describe('installed from the packed tarballs: the quickstart, a Kysely app and a Drizzle app', () => {
   it('ships LICENSE, README, dist with maps and the sources the maps name, and no internal members in the typings', () => {
     for (const p of packages) {
       const pkgJson = JSON.parse(readFileSync(join(root, 'packages', p, 'package.json'), 'utf8'));
@@ -74,17 +77,20 @@ describe('installed from the packed tarballs', () => {
   it('runs the quickstart as ESM', () => {
     expect(run('node', ['quickstart.mjs'])).toContain('esm ok qty=7');
     expect(run('node', ['kysely.mjs'])).toContain('kysely esm ok sum=32');
+    expect(run('node', ['drizzle.mjs'])).toContain('drizzle esm ok sum=32');
   });
 
   it('runs the quickstart as CommonJS (require)', () => {
     expect(run('node', ['quickstart.cjs'])).toContain('cjs ok qty=7');
     expect(run('node', ['kysely.cjs'])).toContain('kysely cjs ok n=8');
+    expect(run('node', ['drizzle.cjs'])).toContain('drizzle cjs ok n=8');
   });
 
   it('type-checks and runs the quickstart as TypeScript', () => {
     run(bin('tsc'), ['-p', 'tsconfig.json']);
     expect(run('node', ['out/quickstart.mjs'])).toContain('ts ok qty=7');
     expect(run('node', ['out/kysely.mjs'])).toContain('kysely ts ok n=8');
+    expect(run('node', ['out/drizzle.mjs'])).toContain('drizzle ts ok n=8');
   });
 
   it('runs from an esbuild bundle that has the engine files copied next to it, with no node_modules', () => {

@@ -12,7 +12,7 @@
  * thrown at once (and awaited by `transaction()`).
  * @module
  */
-import { errorKind, misuseError, sqliteError } from './errors.js';
+import { errorKind, misuseError, sqliteError, type SqliteErrorCode } from './errors.js';
 
 /** The default busy timeout in milliseconds (better-sqlite3's `timeout` default). */
 export const DEFAULT_BUSY_TIMEOUT_MS = 5000;
@@ -79,7 +79,7 @@ function pause(n: number, left: number): number {
 /** What the busy error says once the timeout ran out. */
 function timedOut(error: unknown, ms: number): unknown {
   if (ms <= 0 || !(error instanceof Error)) return error;
-  const e = sqliteError(`${error.message} (waited ${ms} ms, the busy timeout)`, (error as { code?: string }).code ?? 'SQLITE_BUSY', error);
+  const e = sqliteError(`${error.message} (waited ${ms} ms, the busy timeout)`, (error as { code?: SqliteErrorCode }).code ?? 'SQLITE_BUSY', error);
   return markFileLockBusy(e);
 }
 

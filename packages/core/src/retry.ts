@@ -4,7 +4,7 @@
  * @module
  */
 import pRetry from 'p-retry';
-import { isRetryable, type SqliteError } from './errors.js';
+import { isRetryable, retryableError, type SqliteError } from './errors.js';
 
 /** Options of {@link retry}. */
 export interface RetryOptions {
@@ -18,13 +18,16 @@ export interface RetryOptions {
   maxElapsedMs?: number;
   /** Stops retrying (and waiting) when aborted; the promise rejects with the signal's reason. */
   signal?: AbortSignal;
-  /** Called before each retry with the busy error and the number of the attempt that failed (1-based). */
+  /**
+   * Called before each retry with the busy error (found in the thrown error's `cause` chain when
+   * a library wrapped it) and the number of the attempt that failed (1-based).
+   */
   onRetry?: (error: SqliteError, attempt: number) => void;
 }
 
 /**
  * Runs `fn`, and runs it again while it throws a retryable error (`BusyError`: `SQLITE_BUSY` or
- * `SQLITE_BUSY_SNAPSHOT`), waiting a random, exponentially growing delay between attempts
+ * `SQLITE_BUSY_SNAPSHOT`, also when wrapped: it is looked for in the error's `cause` chain), waiting a random, exponentially growing delay between attempts
  * ("full jitter"). Any other error is thrown at once, unchanged. When the retries or the time
  * budget run out, the last busy error is thrown.
  *
@@ -81,7 +84,7 @@ async function retryAfterFailure<T>(
     // The next attempt would start past the budget: give up now with this error (p-retry
     // would otherwise run it at once, without the delay and without onRetry).
     if (performance.now() - started + delay >= maxElapsedMs) throw error;
-    onRetry?.(error as SqliteError, failed);
+    onRetry?.(retryableError(error) as SqliteError, failed);
     if (delay >= 1) await sleep(delay, signal);
   };
   await backOff(firstError, 1);

@@ -12,8 +12,8 @@
  * @module
  */
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
-import type { Engine, HandleState, OpenTransaction, RowidPlan } from './engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
+import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
+import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
@@ -50,6 +50,8 @@ export class Session {
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
+  /** The row format of the statement being run (raw / safe integers), for execution and the log. */
+  private format: RowFormat | undefined;
 
   constructor(readonly engine: Engine) {
     this.id = engine.retain();
@@ -126,22 +128,28 @@ export class Session {
   }
 
   /**
-   * Runs one compiled statement for this handle. A refusal by the file lock (another process
-   * holds the file) is waited out synchronously for up to {@link Session.busyTimeout} ms.
+   * Runs one compiled statement for this handle; `format` shapes its rows. A refusal by the file
+   * lock (another process holds the file) is waited out synchronously for up to
+   * {@link Session.busyTimeout} ms.
    */
-  run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+  run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
     return waitOutSync(this.busyTimeout, () =>
       this.withFile(() => {
         this.engine.caller = this.state;
-        const out = this.route(c, params, want);
-        const state = this.state;
-        if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
-        if (c.prepared !== undefined && c.prepared.writesRows) {
-          state.changes = out.changes;
-          state.totalChanges += out.changes;
+        this.format = format;
+        try {
+          const out = this.route(c, params, want);
+          const state = this.state;
+          if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+          if (c.prepared !== undefined && c.prepared.writesRows) {
+            state.changes = out.changes;
+            state.totalChanges += out.changes;
+          }
+          return out;
+        } finally {
+          this.format = undefined;
         }
-        return out;
       }),
     );
   }
@@ -168,6 +176,30 @@ export class Session {
       this.usingFile = false;
       file.afterUse(this.engine.inRealTransaction);
     }
+  }
+
+  /**
+   * The rows of a query for `iterate()`: a lazy cursor when that is safe (this handle in
+   * autocommit, no transaction in the engine, an in-memory database, a read-only statement),
+   * otherwise every row read now like `all()` (inside a transaction the read must be logged
+   * whole; on a file the file lock must not be held across other work).
+   */
+  iterate(c: CompiledSql, params: BindParams | undefined, format?: RowFormat): Iterator<Row> {
+    this.assertOpen();
+    const engine = this.engine;
+    const p = c.prepared;
+    if (
+      p !== undefined &&
+      this.tx === null &&
+      engine.active === null &&
+      !engine.isFile &&
+      c.cls.type === 'dml' &&
+      p.returnsRows &&
+      engine.footprints.of(c.sql).readonly
+    ) {
+      return p.openCursor(params, format);
+    }
+    return (this.run(c, params, 'all', format).rows ?? [])[Symbol.iterator]();
   }
 
   private route(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
@@ -472,6 +504,7 @@ export class Session {
       sql: c.sql,
       params: copyParams(params),
       want,
+      format: this.format,
       footprint: fp,
       control: false,
       state: { ...this.state },
@@ -520,15 +553,62 @@ export class Session {
         onPlan?.(plan);
         if (engine.hasForeignReservations(plan.table, owner)) {
           const stmt = engine.statement(plan.sql);
-          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want);
+          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
         }
+      } else if (engine.hasReservations) {
+        const target = engine.insertTable(c.sql);
+        if (target && engine.hasForeignReservations(target.key, owner)) return this.insertAboveReservations(c, params, want, target, owner);
       }
     }
     return this.execute(c, params, want);
   }
 
+  /**
+   * An INSERT that cannot be given explicit rowids (several rows, SELECT, ...) into a table where
+   * another transaction holds reserved rowids: the rows SQLite numbers must land above the
+   * reservations' high-water mark. AUTOINCREMENT tables get `sqlite_sequence` raised to it; in
+   * a plain rowid table SQLite numbers from its largest rowid, so the statement runs in a
+   * savepoint and is undone with a BusyError if it took a reserved rowid.
+   */
+  private insertAboveReservations(
+    c: CompiledSql,
+    params: BindParams | undefined,
+    want: Want,
+    target: InsertTable,
+    owner: object | null,
+  ): Outcome {
+    const engine = this.engine;
+    const high = engine.reservedHigh(target.key);
+    const before = engine.usedRowid(target);
+    if (before >= high) return this.execute(c, params, want);
+    if (target.autoincrement) {
+      engine.raiseSequence(target, high);
+      return this.execute(c, params, want);
+    }
+    engine.exec('SAVEPOINT siblite_rowids');
+    let out: Outcome | undefined;
+    let failure: unknown;
+    try {
+      out = this.execute(c, params, want);
+    } catch (e) {
+      failure = e;
+    }
+    if (!engine.inRealTransaction) throw failure; // OR ROLLBACK ended everything
+    if (engine.reservedBetween(target.key, before, engine.usedRowid(target), owner)) {
+      engine.exec('ROLLBACK TO siblite_rowids; RELEASE siblite_rowids');
+      throw sqliteError(
+        `database is locked: this INSERT would take rowids of ${target.key.replace(/^main\./, '')} that an open BEGIN CONCURRENT ` +
+          'transaction of another handle was told; retry when it ends (or insert one row per statement, which gets a free rowid)',
+        'SQLITE_BUSY',
+      );
+    }
+    engine.exec('RELEASE siblite_rowids');
+    if (failure !== undefined) throw failure;
+    return out as Outcome;
+  }
+
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
-    return (c.prepared as PreparedSql).execute(this.engine.db, params, want);
+    return (c.prepared as PreparedSql).execute(this.engine.db, params, want, this.format);
   }
 
   // ---- closing ------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ function isInside(scope: Scope | undefined, session: object): boolean {
 
 /**
  * An error that ends `transaction()` without running `fn` again: a lock that stayed busy for the
- * whole busy timeout at BEGIN or COMMIT (running `fn` again could not help; only a conflict,
- * `SQLITE_BUSY_SNAPSHOT`, can).
+ * whole busy timeout at BEGIN or COMMIT, or another process's file lock that a statement of `fn`
+ * waited out in vain (running `fn` again could not help). A conflict (`SQLITE_BUSY_SNAPSHOT`),
+ * or a busy error from another handle of this process thrown inside `fn`, runs `fn` again.
  */
 class Final {
   constructor(readonly error: unknown) {}
@@ -111,7 +112,9 @@ export async function runTransaction<T>(
         return result;
       } catch (e) {
         if (conn.isOpen && conn.inTransaction) conn.session.rollback();
-        throw e;
+        // The file lock of another process, already waited out for the busy timeout by the
+        // statement that threw it: running fn again would only wait again.
+        throw isFileLockBusy(e) ? new Final(e) : e;
       }
     } catch (e) {
       if (isRetryable(e)) {

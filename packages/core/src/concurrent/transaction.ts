@@ -17,7 +17,7 @@
 import { sqliteError, type SqliteError } from '../errors.js';
 import type { Engine, HandleState, OpenTransaction } from '../engine/engine.js';
 import { ROWID_PARAM } from '../engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, Want } from '../engine/execute.js';
+import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engine/execute.js';
 import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
@@ -25,6 +25,8 @@ export interface LogEntry {
   readonly sql: string;
   readonly params: BindParams | undefined;
   readonly want: Want;
+  /** The row format the application was shown (raw arrays, safe integers); replays use it too. */
+  readonly format?: RowFormat | undefined;
   /** Refreshed when the schema or a setting changes (see {@link ConcurrentTransaction.refreshFootprints}). */
   footprint: Footprint;
   /** What the connection-state SQL functions answered when it ran (replays answer the same). */
@@ -186,7 +188,7 @@ export class ConcurrentTransaction implements OpenTransaction {
       } else {
         stmt = engine.statement(entry.sql);
       }
-      outcome = stmt.execute(engine.db, params, entry.want);
+      outcome = stmt.execute(engine.db, params, entry.want, entry.format);
     } catch (e) {
       const err = e as SqliteError;
       if (err.kind === 'busy') throw err;
