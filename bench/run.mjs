@@ -17,7 +17,7 @@ import os from 'node:os';
 import { dirname, join, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { summarize } from './lib/measure.mjs';
-import { render, writeDocs } from './lib/report.mjs';
+import { render, writeDocs, fmtTarget } from './lib/report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -76,17 +76,21 @@ function runSuite(file) {
   });
 }
 
-/** Per-round ratios of two figures (paired by round), summarized. */
+/**
+ * Per-round ratios of two figures (paired by round), summarized. A spec without `den` reports
+ * the `num` figure itself (a count or an index with a goal); `atMost` makes the target a ceiling.
+ */
 function ratioOf(spec, byId) {
   const a = byId.get(spec.num);
-  const b = byId.get(spec.den);
-  const out = { id: spec.id ?? `${spec.num}/${spec.den}`, label: spec.label, num: spec.num, den: spec.den, target: spec.target ?? null };
-  if (!a?.samples?.length || !b?.samples?.length) return { ...out, median: NaN, min: NaN, max: NaN, met: null, note: 'a peer was skipped' };
-  const n = Math.min(a.samples.length, b.samples.length);
+  const b = spec.den === undefined ? null : byId.get(spec.den);
+  const out = { id: spec.id ?? (spec.den === undefined ? spec.num : `${spec.num}/${spec.den}`), label: spec.label, num: spec.num, den: spec.den ?? null, target: spec.target ?? null, atMost: spec.atMost === true, unit: spec.unit ?? 'x' };
+  if (!a?.samples?.length || (spec.den !== undefined && !b?.samples?.length)) return { ...out, median: NaN, min: NaN, max: NaN, met: null, note: 'a peer was skipped' };
+  const n = b ? Math.min(a.samples.length, b.samples.length) : a.samples.length;
   const per = [];
-  for (let i = 0; i < n; i++) per.push(a.samples[i] / b.samples[i]);
+  for (let i = 0; i < n; i++) per.push(b ? a.samples[i] / b.samples[i] : a.samples[i]);
   const s = summarize(per);
-  return { ...out, median: s.median, p25: s.p25, p75: s.p75, min: s.min, max: s.max, met: spec.target == null ? null : s.median >= spec.target };
+  const met = spec.target == null ? null : out.atMost ? s.median <= spec.target : s.median >= spec.target;
+  return { ...out, median: s.median, p25: s.p25, p75: s.p75, min: s.min, max: s.max, met };
 }
 
 const started = performance.now();
@@ -156,7 +160,7 @@ for (const f of files) {
     console.log(`  ${fig.group} | ${fig.peer}: ${v}`);
   }
   for (const ra of ratios) {
-    console.log(`  ratio ${ra.label}: ${Number.isFinite(ra.median) ? ra.median.toFixed(2) + 'x' : 'n/a'}${ra.note ? ` (${ra.note})` : ra.target != null ? ` (target >= ${+ra.target.toFixed(2)}x: ${ra.met ? 'met' : 'not met'})` : ''}`);
+    console.log(`  ratio ${ra.label}: ${Number.isFinite(ra.median) ? ra.median.toFixed(2) + ra.unit : 'n/a'}${ra.note ? ` (${ra.note})` : ra.target != null ? ` (goal ${fmtTarget(ra)}: ${ra.met ? 'met' : 'not met'})` : ''}`);
   }
   for (const n of suite.notes) console.log(`  note: ${n}`);
   for (const c of checks) (c.ok ? console.log : console.error)(`  check ${c.ok ? 'ok' : 'FAILED'}: ${c.message}`);

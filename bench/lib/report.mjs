@@ -21,7 +21,9 @@ export function fmt(value, unit = '') {
   return unit === '%' ? `${s}%` : s;
 }
 
-const fmtRatio = (r) => (Number.isFinite(r) ? `${r >= 10 ? r.toFixed(1) : r.toFixed(2)}x` : 'n/a');
+const fmtRatio = (r, unit = 'x') => (Number.isFinite(r) ? `${r >= 10 ? r.toFixed(1) : r.toFixed(2)}${unit}` : 'n/a');
+/** A ratio's goal: `>= 10x` by default, `<= 2x` for a ceiling (`atMost`). */
+export const fmtTarget = (r) => (r.target == null ? '-' : `${r.atMost ? '<=' : '>='} ${+r.target.toFixed(2)}${r.unit ?? 'x'}`);
 
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
@@ -134,7 +136,7 @@ export function renderMarkdown(results) {
     }
     for (const r of s.ratios ?? []) {
       const met = r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no';
-      out.push(`| [${s.name}](#${anchor(s.title ?? s.name)}) | ${r.label} | ${fmtRatio(r.median)} (${fmtRatio(r.min)}..${fmtRatio(r.max)}) | ${r.target == null ? '-' : `>= ${+r.target.toFixed(2)}x`} | ${met} |`);
+      out.push(`| [${s.name}](#${anchor(s.title ?? s.name)}) | ${r.label} | ${fmtRatio(r.median, r.unit)} (${fmtRatio(r.min, r.unit)}..${fmtRatio(r.max, r.unit)}) | ${fmtTarget(r)} | ${met} |`);
     }
   }
   out.push('');
@@ -160,7 +162,7 @@ export function renderMarkdown(results) {
       out.push('| ratio | median | min..max | target | met |');
       out.push('|---|---|---|---|---|');
       for (const r of s.ratios) {
-        out.push(`| ${r.label} | **${fmtRatio(r.median)}** | ${fmtRatio(r.min)}..${fmtRatio(r.max)} | ${r.target == null ? '-' : `>= ${+r.target.toFixed(2)}x`} | ${r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no'} |`);
+        out.push(`| ${r.label} | **${fmtRatio(r.median, r.unit)}** | ${fmtRatio(r.min, r.unit)}..${fmtRatio(r.max, r.unit)} | ${fmtTarget(r)} | ${r.note ? r.note : r.target == null ? '-' : r.met ? 'yes' : 'no'} |`);
       }
       out.push('');
     }

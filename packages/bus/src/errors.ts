@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { SqliteError, type ErrorKind } from '@siblite/core';
+import { SqliteError, type ErrorKind , type SqliteErrorCode } from '@siblite/core';
 
 /**
  * Base class of every error the bus itself throws (database errors from `@siblite/core`
@@ -24,7 +24,7 @@ export class BusError extends SqliteError {
    * @param kind - the core error kind (`misuse` for bad arguments, `closed`, `other`).
    * @param cause - the underlying error, if any.
    */
-  constructor(code: string, message: string, kind: ErrorKind = 'other', cause?: unknown) {
+  constructor(code: SqliteErrorCode, message: string, kind: ErrorKind = 'other', cause?: unknown) {
     super(message, { code, kind, cause });
     this.name = new.target.name;
   }

@@ -50,10 +50,51 @@ export const ERROR_KINDS: readonly ErrorKind[] = [
   'other',
 ];
 
+/**
+ * Every code siblite's packages produce: SQLite's names for the result codes the engine reports,
+ * plus siblite's own (`SIBLITE_...`).
+ */
+export type SqliteErrorCode =
+  | 'SQLITE_ERROR'
+  | 'SQLITE_BUSY'
+  | 'SQLITE_BUSY_SNAPSHOT'
+  | 'SQLITE_LOCKED'
+  | 'SQLITE_CONSTRAINT'
+  | 'SQLITE_CONSTRAINT_UNIQUE'
+  | 'SQLITE_CONSTRAINT_NOTNULL'
+  | 'SQLITE_CONSTRAINT_CHECK'
+  | 'SQLITE_CONSTRAINT_FOREIGNKEY'
+  | 'SQLITE_CONSTRAINT_DATATYPE'
+  | 'SQLITE_MISMATCH'
+  | 'SQLITE_READONLY'
+  | 'SQLITE_CORRUPT'
+  | 'SQLITE_NOTADB'
+  | 'SQLITE_FULL'
+  | 'SQLITE_TOOBIG'
+  | 'SQLITE_IOERR'
+  | 'SQLITE_IOERR_LOCK'
+  | 'SQLITE_CANTOPEN'
+  | 'SQLITE_NOMEM'
+  | 'SQLITE_INTERRUPT'
+  | 'SQLITE_MISUSE'
+  | 'SQLITE_RANGE'
+  /** A closed handle, statement or engine. */
+  | 'SIBLITE_CLOSED'
+  /** Not an engine error (a WebAssembly trap or a bug in siblite). */
+  | 'SIBLITE_INTERNAL'
+  /** `@siblite/bus`: see its `BusError` classes. */
+  | 'SIBLITE_BUS_CLOSED'
+  | 'SIBLITE_BUS_DECODE'
+  | 'SIBLITE_BUS_HANDLER_TRANSACTION'
+  | 'SIBLITE_BUS_INVALID_ARGUMENT'
+  | 'SIBLITE_BUS_PERMANENT'
+  | 'SIBLITE_BUS_STALE_CLAIM'
+  | 'SIBLITE_BUS_TRANSACTION_ENDED';
+
 /** Options of the {@link SqliteError} constructor. */
 export interface SqliteErrorOptions {
   /** SQLite's name for the result code, such as `SQLITE_CONSTRAINT_UNIQUE`. */
-  code: string;
+  code: SqliteErrorCode;
   /** The coarse class; derived from `code` when omitted. */
   kind?: ErrorKind;
   /** The original error, usually the engine's. */
@@ -75,7 +116,7 @@ export interface SqliteErrorOptions {
  */
 export class SqliteError extends Error {
   /** SQLite's name for the result code: `SQLITE_BUSY`, `SQLITE_CONSTRAINT_UNIQUE`, ... */
-  readonly code: string;
+  readonly code: SqliteErrorCode;
   /** The coarse class of the error. */
   readonly kind: ErrorKind;
   /** True exactly when `kind` is `busy` or `busy_snapshot`: running again may succeed. */
@@ -115,17 +156,32 @@ export function errorKind(e: unknown): ErrorKind {
   }
 }
 
-/** True when `e` is a siblite error that retrying may resolve (the busy kinds). Never throws. */
+/**
+ * True when `e`, or an error in its `cause` chain, is a siblite error that retrying may resolve
+ * (the busy kinds). ORMs such as Drizzle wrap driver errors (`new DrizzleQueryError(..., cause)`),
+ * so the chain is followed. Never throws.
+ */
 export function isRetryable(e: unknown): boolean {
+  return retryableError(e) !== undefined;
+}
+
+/** The first retryable siblite error in `e`'s `cause` chain (`e` itself included), if any. Never throws. */
+export function retryableError(e: unknown): SqliteError | undefined {
   try {
-    return e instanceof SqliteError && e.retryable === true;
+    const seen = new Set<unknown>();
+    for (let cur = e, depth = 0; cur !== null && typeof cur === 'object' && depth < 16 && !seen.has(cur); depth++) {
+      seen.add(cur);
+      if (cur instanceof SqliteError && cur.retryable === true) return cur;
+      cur = (cur as { cause?: unknown }).cause;
+    }
   } catch {
-    return false; // a hostile or revoked Proxy
+    // a hostile or revoked Proxy
   }
+  return undefined;
 }
 
 /** Builds the right class for a code: {@link BusyError} for the busy kinds. */
-export function sqliteError(message: string, code: string, cause?: unknown, kind?: ErrorKind): SqliteError {
+export function sqliteError(message: string, code: SqliteErrorCode, cause?: unknown, kind?: ErrorKind): SqliteError {
   const k = kind ?? kindOfCode(code);
   const options: SqliteErrorOptions = { code, kind: k, cause };
   return k === 'busy' || k === 'busy_snapshot' ? new BusyError(message, options) : new SqliteError(message, options);
@@ -157,7 +213,7 @@ export function kindOfCode(code: string): ErrorKind {
 }
 
 /** Engine messages, most specific first, and the codes they stand for. */
-const MESSAGE_CODES: ReadonlyArray<readonly [RegExp, string, ErrorKind?]> = [
+const MESSAGE_CODES: ReadonlyArray<readonly [RegExp, SqliteErrorCode, ErrorKind?]> = [
   [/^database is locked/i, 'SQLITE_BUSY'],
   [/^database table is locked/i, 'SQLITE_LOCKED'],
   [/^UNIQUE constraint failed/i, 'SQLITE_CONSTRAINT_UNIQUE'],
@@ -198,7 +254,7 @@ const MESSAGE_CODES: ReadonlyArray<readonly [RegExp, string, ErrorKind?]> = [
 export function fromEngineError(e: unknown, context?: string): SqliteError {
   if (e instanceof SqliteError) return e;
   const message = e instanceof Error ? e.message : String(e);
-  let code = 'SQLITE_ERROR';
+  let code: SqliteErrorCode = 'SQLITE_ERROR';
   let kind: ErrorKind | undefined;
   for (const [pattern, c, k] of MESSAGE_CODES) {
     if (pattern.test(message)) {
@@ -222,4 +278,18 @@ export function closedError(what: string): SqliteError {
 /** The error for a wrong use of the API. */
 export function misuseError(message: string): SqliteError {
   return sqliteError(message, 'SQLITE_MISUSE');
+}
+
+/**
+ * The error for a call with more arguments than the method takes: `run(sql, 1, 2)` would
+ * otherwise bind only the first value. Pass several values as one array.
+ */
+export function extraArguments(method: string, expected = 2): SqliteError {
+  return sqliteError(
+    `${method}() takes ${expected === 2 ? 'the SQL and one parameters argument' : 'one parameters argument'}; ` +
+      'pass several values as one array (or an object of named values)',
+    'SQLITE_RANGE',
+    undefined,
+    'misuse',
+  );
 }

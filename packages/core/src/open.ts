@@ -2,13 +2,12 @@
  * `open()`: the process-wide registry that gives every open of one file the same engine.
  * @module
  */
-import { realpathSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
 import { Connection } from './connection.js';
 import { Engine } from './engine/engine.js';
 import { misuseError } from './errors.js';
 import type { LockingMode } from './file/access.js';
-import { fileSettings, type JournalMode, type SynchronousMode } from './file/database.js';
+import { busyTimeoutOption } from './busy-timeout.js';
+import { canonicalDatabasePath, fileSettings, type JournalMode, type SynchronousMode } from './file/database.js';
 
 /** Options of {@link open}. */
 export interface OpenOptions {
@@ -27,6 +26,16 @@ export interface OpenOptions {
   synchronous?: SynchronousMode;
   /** File databases: `PRAGMA journal_mode`. Default `'delete'`; `'wal'` is rejected (kind `misuse`). */
   journalMode?: JournalMode;
+  /**
+   * File databases: how long, in ms, a statement waits for the file while another process (or
+   * worker thread) holds it, before it throws `BusyError`. Default 5000, like better-sqlite3's
+   * `timeout`; 0 throws at once. Statements wait synchronously (the event loop is blocked while
+   * they wait); `transaction()` waits for BEGIN and COMMIT without blocking. Siblings made by
+   * `connect()` inherit it; `PRAGMA busy_timeout = N` changes it per handle.
+   */
+  busyTimeout?: number;
+  /** Alias of {@link OpenOptions.busyTimeout} (better-sqlite3's name). */
+  timeout?: number;
 }
 
 const engines = new Map<string, Engine>();
@@ -54,11 +63,12 @@ export function open(path: string, options: OpenOptions = {}): Connection {
   if (options === null || typeof options !== 'object') throw misuseError('open(path, options): options must be an object');
   const readonly = options.readonly === true;
   const settings = fileSettings(options); // validates (rejects journalMode 'wal')
+  const busyTimeout = busyTimeoutOption(options);
   if (path === ':memory:' || path === '') {
     const engine = new Engine(':memory:', false, {}, () => {});
-    return new Connection(engine, readonly);
+    return withBusyTimeout(new Connection(engine, readonly), busyTimeout);
   }
-  const key = canonicalPath(path);
+  const key = canonicalDatabasePath(path);
   let engine = engines.get(key);
   if (!engine || !engine.isOpen) {
     engine = new Engine(key, true, { ...settings, readonly, fileMustExist: options.fileMustExist === true || readonly }, (e) => {
@@ -75,20 +85,10 @@ export function open(path: string, options: OpenOptions = {}): Connection {
       }
     }
   }
-  return new Connection(engine, readonly);
+  return withBusyTimeout(new Connection(engine, readonly), busyTimeout);
 }
 
-function canonicalPath(path: string): string {
-  const abs = resolve(path);
-  try {
-    return realpathSync(abs);
-  } catch {
-    // Not created yet: resolve the directory, so that every process names the file (and its
-    // lock directory, `<path>.lock`) the same way, whatever symlinks led to it.
-    try {
-      return join(realpathSync(dirname(abs)), basename(abs));
-    } catch {
-      return abs;
-    }
-  }
+function withBusyTimeout(conn: Connection, ms: number): Connection {
+  conn.session.busyTimeout = ms;
+  return conn;
 }

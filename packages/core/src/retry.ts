@@ -4,7 +4,7 @@
  * @module
  */
 import pRetry from 'p-retry';
-import { isRetryable, type SqliteError } from './errors.js';
+import { isRetryable, retryableError, type SqliteError } from './errors.js';
 
 /** Options of {@link retry}. */
 export interface RetryOptions {
@@ -18,13 +18,16 @@ export interface RetryOptions {
   maxElapsedMs?: number;
   /** Stops retrying (and waiting) when aborted; the promise rejects with the signal's reason. */
   signal?: AbortSignal;
-  /** Called before each retry with the busy error and the number of the attempt that failed (1-based). */
+  /**
+   * Called before each retry with the busy error (found in the thrown error's `cause` chain when
+   * a library wrapped it) and the number of the attempt that failed (1-based).
+   */
   onRetry?: (error: SqliteError, attempt: number) => void;
 }
 
 /**
  * Runs `fn`, and runs it again while it throws a retryable error (`BusyError`: `SQLITE_BUSY` or
- * `SQLITE_BUSY_SNAPSHOT`), waiting a random, exponentially growing delay between attempts
+ * `SQLITE_BUSY_SNAPSHOT`, also when wrapped: it is looked for in the error's `cause` chain), waiting a random, exponentially growing delay between attempts
  * ("full jitter"). Any other error is thrown at once, unchanged. When the retries or the time
  * budget run out, the last busy error is thrown.
  *
@@ -42,20 +45,53 @@ export interface RetryOptions {
  * @throws the first non-retryable error, the last busy error when the budget is spent, or the
  *   signal's reason when aborted.
  */
-export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options: RetryOptions = {}): Promise<T> {
+export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options: RetryOptions = NO_OPTIONS): Promise<T> {
+  const retries = options.retries ?? 100;
+  const minTimeout = options.minTimeout ?? 1;
+  const maxTimeout = options.maxTimeout ?? 100;
+  const maxElapsedMs = options.maxElapsedMs ?? 30_000;
+  if (!(retries >= 0) || !(minTimeout >= 0) || !(maxTimeout >= 0) || !(maxElapsedMs >= 0)) {
+    throw new RangeError('retry(): retries, minTimeout, maxTimeout and maxElapsedMs must be numbers >= 0');
+  }
+  options.signal?.throwIfAborted();
+  const started = performance.now();
+  // The first attempt runs directly: most succeed, and they should cost no more than `fn`.
+  try {
+    return await fn(1);
+  } catch (e) {
+    if (retries === 0 || !isRetryable(e)) throw e;
+    return retryAfterFailure(fn, e, started, options);
+  }
+}
+
+/** The retry loop once the first attempt failed with `firstError` (a retryable error). */
+async function retryAfterFailure<T>(
+  fn: (attempt: number) => T | Promise<T>,
+  firstError: unknown,
+  started: number,
+  options: RetryOptions,
+): Promise<T> {
   const retries = options.retries ?? 100;
   const minTimeout = options.minTimeout ?? 1;
   const maxTimeout = options.maxTimeout ?? 100;
   const maxElapsedMs = options.maxElapsedMs ?? 30_000;
   const { signal, onRetry } = options;
-  if (!(retries >= 0) || !(minTimeout >= 0) || !(maxTimeout >= 0) || !(maxElapsedMs >= 0)) {
-    throw new RangeError('retry(): retries, minTimeout, maxTimeout and maxElapsedMs must be numbers >= 0');
-  }
-  signal?.throwIfAborted();
-  const started = performance.now();
+  /** Waits before the attempt after `failed` (1-based), or throws `error` when the budget is spent. */
+  const backOff = async (error: unknown, failed: number): Promise<void> => {
+    signal?.throwIfAborted();
+    const ceiling = Math.min(maxTimeout, minTimeout * 2 ** Math.min(failed - 1, 30));
+    const delay = Math.random() * ceiling;
+    // The next attempt would start past the budget: give up now with this error (p-retry
+    // would otherwise run it at once, without the delay and without onRetry).
+    if (performance.now() - started + delay >= maxElapsedMs) throw error;
+    onRetry?.(retryableError(error) as SqliteError, failed);
+    if (delay >= 1) await sleep(delay, signal);
+  };
+  await backOff(firstError, 1);
+  // p-retry numbers its attempts from 1; ours continue from 2.
   const attempt = async (n: number): Promise<T> => {
     try {
-      return await fn(n);
+      return await fn(n + 1);
     } catch (e) {
       // p-retry replaces thrown non-errors with a TypeError; carry them through unchanged.
       throw e instanceof Error ? e : new NonError(e);
@@ -63,7 +99,7 @@ export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options:
   };
   try {
     return await pRetry(attempt, {
-      retries,
+      retries: retries - 1,
       minTimeout: 0,
       maxTimeout: 0,
       factor: 1,
@@ -75,19 +111,15 @@ export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options:
       shouldRetry: ({ error }) => isRetryable(error),
       onFailedAttempt: async ({ error, attemptNumber, retriesLeft }) => {
         if (!isRetryable(error) || retriesLeft <= 0) return;
-        const ceiling = Math.min(maxTimeout, minTimeout * 2 ** Math.min(attemptNumber - 1, 30));
-        const delay = Math.random() * ceiling;
-        // The next attempt would start past the budget: give up now with this error (p-retry
-        // would otherwise run it at once, without the delay and without onRetry).
-        if (performance.now() - started + delay >= maxElapsedMs) throw error;
-        onRetry?.(error as SqliteError, attemptNumber);
-        if (delay >= 1) await sleep(delay, signal);
+        await backOff(error, attemptNumber + 1);
       },
     });
   } catch (e) {
     throw e instanceof NonError ? e.value : e;
   }
 }
+
+const NO_OPTIONS: RetryOptions = Object.freeze({});
 
 /** A thrown value that is not an Error, boxed on its way through p-retry. */
 class NonError extends Error {

@@ -1,7 +1,7 @@
 /**
- * A handle's session: its transaction state and its statement cache, and the routing of every
- * statement between the handle's own transaction and what other handles hold on the shared
- * engine. The rules (see docs/concurrency.md):
+ * A handle's session: its transaction state, and the routing of every statement between the
+ * handle's own transaction and what other handles hold on the shared engine (its statements
+ * are compiled into the engine's shared cache, see engine/statement-cache.ts). The rules (see docs/concurrency.md):
  *
  * - No transaction active in the engine: run at once (autocommit).
  * - Another handle's transaction is active: a read-only statement whose tables that
@@ -11,11 +11,14 @@
  *   validates) and are logged with what they showed the application.
  * @module
  */
-import { ConcurrentTransaction, withRowid, type LogEntry } from './concurrent/transaction.js';
-import type { Engine, OpenTransaction, RowidPlan } from './engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, Want } from './engine/execute.js';
+import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
+import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
+import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
+import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
+import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
+import { walRefused } from './file/database.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
 
 /** A pessimistic transaction (`BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE]`, or an outer SAVEPOINT). */
@@ -28,27 +31,27 @@ export class PessimisticTransaction implements OpenTransaction {
   ) {}
 }
 
-/** A compiled statement: its class and, unless it is transaction control, its engine statement. */
-export interface CompiledSql {
-  readonly sql: string;
-  readonly cls: StatementClass;
-  readonly prepared: PreparedSql | undefined;
-}
+export type { CompiledSql };
 
-const CACHE_LIMIT = 256;
 const NO_ROWS: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
 
 export class Session {
   readonly id: number;
   tx: PessimisticTransaction | ConcurrentTransaction | null = null;
-  lastInsertRowid: number | bigint = 0;
+  /** What `last_insert_rowid()`, `changes()` and `total_changes()` answer for this handle. */
+  readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
   /** A read-only handle refuses statements that would write. */
   readonly = false;
+  /** How long a statement waits for a file lock held by another process, in ms (`PRAGMA busy_timeout`). */
+  busyTimeout = DEFAULT_BUSY_TIMEOUT_MS;
   private open = true;
   /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
   private abortedBySnapshot = false;
-  private readonly cache = new Map<string, CompiledSql>();
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
+  /** Inside {@link Session.withFile}: the file lock is already managed. */
+  private usingFile = false;
+  /** The row format of the statement being run (raw / safe integers), for execution and the log. */
+  private format: RowFormat | undefined;
 
   constructor(readonly engine: Engine) {
     this.id = engine.retain();
@@ -58,24 +61,28 @@ export class Session {
     return this.open;
   }
 
+  /** The rowid of the last row this handle inserted. */
+  get lastInsertRowid(): number | bigint {
+    return this.state.lastInsertRowid;
+  }
+
   assertOpen(): void {
     if (!this.open) throw closedError(`Handle #${this.id}`);
   }
 
   // ---- compiling ----------------------------------------------------------------------------
 
-  /** Compiles one statement, cached per handle. */
+  /** Compiles one statement, cached in the engine for every handle (see statement-cache.ts). */
   compileCached(sql: string): CompiledSql {
-    let c = this.cache.get(sql);
-    if (c && (!c.prepared || !c.prepared.stmt.isFinalized)) return c;
-    c = this.compileOne(sql);
-    if (this.cache.size >= CACHE_LIMIT) {
-      const oldest = this.cache.keys().next().value as string;
-      this.cache.get(oldest)?.prepared?.finalize();
-      this.cache.delete(oldest);
+    const cache = this.engine.statements;
+    const c = cache.get(sql);
+    if (c !== undefined) {
+      this.assertOpen();
+      return c;
     }
-    this.cache.set(sql, c);
-    return c;
+    const compiled = this.compileOne(sql);
+    cache.add(compiled);
+    return compiled;
   }
 
   /** Compiles exactly one statement (uncached): the caller owns and finalizes it. */
@@ -89,8 +96,11 @@ export class Session {
   }
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
-    const control = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode';
-    return { sql, cls, prepared: control ? undefined : this.engine.prepare(sql, cls) };
+    const control =
+      cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'setting' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
+    if (control) return { sql, cls, prepared: undefined };
+    // Preparing reads the schema, which needs the file: wait for it like a statement does.
+    return { sql, cls, prepared: waitOutSync(this.busyTimeout, () => this.withFile(() => this.engine.prepare(sql, cls))) };
   }
 
   /** Registers a user statement to finalize when the handle closes. */
@@ -117,20 +127,79 @@ export class Session {
     }
   }
 
-  /** Runs one compiled statement for this handle. */
-  run(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+  /**
+   * Runs one compiled statement for this handle; `format` shapes its rows. A refusal by the file
+   * lock (another process holds the file) is waited out synchronously for up to
+   * {@link Session.busyTimeout} ms.
+   */
+  run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
+    return waitOutSync(this.busyTimeout, () =>
+      this.withFile(() => {
+        this.engine.caller = this.state;
+        this.format = format;
+        try {
+          const out = this.route(c, params, want);
+          const state = this.state;
+          if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+          if (c.prepared !== undefined && c.prepared.writesRows) {
+            state.changes = out.changes;
+            state.totalChanges += out.changes;
+          }
+          return out;
+        } finally {
+          this.format = undefined;
+        }
+      }),
+    );
+  }
+
+  /**
+   * Runs one step on the engine between the file policy's `beforeUse` and `afterUse` (which
+   * hands the file to a waiting process when no transaction is open), with busy errors
+   * explained; once however deeply nested. One attempt: the callers decide how to wait.
+   */
+  withFile<T>(step: () => T): T {
     const file = this.engine.fileAccess;
-    file?.beforeUse();
+    if (!file || this.usingFile) return step();
     try {
-      const out = this.route(c, params, want);
-      if (out.insertedRowid !== undefined) this.lastInsertRowid = out.insertedRowid;
-      return out;
+      file.beforeUse();
+    } catch (e) {
+      throw this.engine.explain(e);
+    }
+    this.usingFile = true;
+    try {
+      return step();
     } catch (e) {
       throw this.engine.explain(e);
     } finally {
-      file?.afterUse(this.engine.inRealTransaction);
+      this.usingFile = false;
+      file.afterUse(this.engine.inRealTransaction);
     }
+  }
+
+  /**
+   * The rows of a query for `iterate()`: a lazy cursor when that is safe (this handle in
+   * autocommit, no transaction in the engine, an in-memory database, a read-only statement),
+   * otherwise every row read now like `all()` (inside a transaction the read must be logged
+   * whole; on a file the file lock must not be held across other work).
+   */
+  iterate(c: CompiledSql, params: BindParams | undefined, format?: RowFormat): Iterator<Row> {
+    this.assertOpen();
+    const engine = this.engine;
+    const p = c.prepared;
+    if (
+      p !== undefined &&
+      this.tx === null &&
+      engine.active === null &&
+      !engine.isFile &&
+      c.cls.type === 'dml' &&
+      p.returnsRows &&
+      engine.footprints.of(c.sql).readonly
+    ) {
+      return p.openCursor(params, format);
+    }
+    return (this.run(c, params, 'all', format).rows ?? [])[Symbol.iterator]();
   }
 
   private route(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
@@ -150,7 +219,11 @@ export class Session {
       case 'rollback_to':
         this.savepoint(c);
         return NO_ROWS;
+      case 'busy_timeout':
+        if (cls.value !== null) this.busyTimeout = parseBusyTimeoutPragma(cls.value);
+        return { rows: want === 'run' ? undefined : [{ timeout: this.busyTimeout }], changes: 0, insertedRowid: undefined };
       case 'journal_mode':
+        if (cls.value === 'wal') throw walRefused();
         if (cls.value !== null) this.engine.mvcc = cls.value === 'mvcc';
         if (this.engine.mvcc) {
           return { rows: want === 'run' ? undefined : [{ journal_mode: 'mvcc' }], changes: 0, insertedRowid: undefined };
@@ -167,6 +240,9 @@ export class Session {
     if (this.tx) throw misuseError('cannot start a transaction within a transaction');
     this.abortedBySnapshot = false;
     if (mode === 'concurrent') {
+      // The baseline of other processes' commits is taken now, so that a commit by another
+      // process after this point counts as a change at the first validation.
+      this.withFile(() => this.engine.checkExternalChanges());
       this.tx = new ConcurrentTransaction(this.engine, this.id);
       return;
     }
@@ -184,6 +260,7 @@ export class Session {
       return;
     }
     const engine = this.engine;
+    tx.refreshFootprints();
     if (engine.active !== tx) {
       if (tx.readOnly) {
         this.validateReadOnly(tx);
@@ -329,12 +406,22 @@ export class Session {
   private statement(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
     const tx = this.tx;
-    if (this.readonly && (c.cls.type === 'ddl' || !engine.footprints.of(c.sql).readonly)) {
-      throw sqliteError(`attempt to write a readonly database (handle #${this.id} was opened read-only)`, 'SQLITE_READONLY');
+    const setting = c.cls.type === 'setting';
+    if (this.readonly && (c.cls.type === 'ddl' || setting || !engine.footprints.of(c.sql).readonly)) {
+      throw sqliteError(
+        `attempt to write a readonly database (handle #${this.id} was opened read-only${setting ? ' and cannot change the shared connection\'s settings' : ''})`,
+        'SQLITE_READONLY',
+      );
     }
     if (tx === null) {
       const a = engine.active;
       if (a === null) return this.autocommit(c, params, want);
+      if (setting) {
+        // It would fail, or be ignored, inside another handle's real transaction.
+        if (a.kind === 'pessimistic') throw lockedBy(a);
+        engine.park();
+        return this.autocommit(c, params, want);
+      }
       const fp = engine.footprints.of(c.sql);
       if (fp.readonly && !intersects(fp.reads, a.writes)) return this.execute(c, params, want);
       if (a.kind === 'pessimistic') throw lockedBy(a);
@@ -347,13 +434,27 @@ export class Session {
 
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
-    const out = this.executeSteered(c, params, want, null);
-    if (c.cls.type === 'ddl') engine.schemaChanged();
-    else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
-      const fp = engine.footprints.of(c.sql);
-      if (!fp.readonly) engine.noteChanged(fp.writes);
+    try {
+      if (c.cls.type === 'setting') {
+        // Prepared afresh: SQLite compiles some settings to nothing when prepared inside a
+        // transaction (foreign_keys), and the cached statement may have been.
+        const fresh = engine.prepare(c.sql, c.cls);
+        try {
+          return fresh.execute(engine.db, params, want);
+        } finally {
+          fresh.finalize();
+        }
+      }
+      return this.executeSteered(c, params, want, null);
+    } finally {
+      // Counted on failure too: a statement may change rows before it fails (OR FAIL,
+      // RAISE(FAIL) in a trigger) and those changes stay committed.
+      if (c.cls.type === 'ddl' || c.cls.type === 'setting') engine.schemaChanged();
+      else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
+        const fp = engine.footprints.of(c.sql);
+        if (!fp.readonly) engine.noteChanged(fp.writes);
+      }
     }
-    return out;
   }
 
   private pessimisticStatement(
@@ -363,7 +464,7 @@ export class Session {
     want: Want,
   ): Outcome {
     const engine = this.engine;
-    if (c.cls.type === 'ddl') tx.writes.add(ALL_TABLES);
+    if (c.cls.type === 'ddl' || c.cls.type === 'setting') tx.writes.add(ALL_TABLES);
     else for (const t of engine.footprints.of(c.sql).writes) tx.writes.add(t);
     try {
       return this.executeSteered(c, params, want, tx);
@@ -386,17 +487,33 @@ export class Session {
           'Run schema changes outside it, or in a BEGIN IMMEDIATE transaction.',
       );
     }
+    if (c.cls.type === 'setting') {
+      throw misuseError(
+        'PRAGMA settings, VACUUM, ATTACH and DETACH are not allowed inside BEGIN CONCURRENT (they change the connection ' +
+          'every handle shares); the transaction is still open. Run them outside any transaction.',
+      );
+    }
+    tx.refreshFootprints();
     const fp = engine.footprints.of(c.sql);
     if (engine.active !== tx) {
       const a = engine.active;
       const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !intersects(fp.reads, a.writes));
       if (!inPlace) this.bringIn(tx);
     }
-    const entry: LogEntry = { sql: c.sql, params: copyParams(params), want, footprint: fp, control: false };
+    const entry: LogEntry = {
+      sql: c.sql,
+      params: copyParams(params),
+      want,
+      format: this.format,
+      footprint: fp,
+      control: false,
+      state: { ...this.state },
+    };
     let plan: RowidPlan | null = null;
     try {
       const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
-      entry.outcome = out;
+      // A private copy: the application may mutate the rows it was given.
+      entry.outcome = privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
         const pl = plan as RowidPlan;
         entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };
@@ -436,15 +553,62 @@ export class Session {
         onPlan?.(plan);
         if (engine.hasForeignReservations(plan.table, owner)) {
           const stmt = engine.statement(plan.sql);
-          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want);
+          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
         }
+      } else if (engine.hasReservations) {
+        const target = engine.insertTable(c.sql);
+        if (target && engine.hasForeignReservations(target.key, owner)) return this.insertAboveReservations(c, params, want, target, owner);
       }
     }
     return this.execute(c, params, want);
   }
 
+  /**
+   * An INSERT that cannot be given explicit rowids (several rows, SELECT, ...) into a table where
+   * another transaction holds reserved rowids: the rows SQLite numbers must land above the
+   * reservations' high-water mark. AUTOINCREMENT tables get `sqlite_sequence` raised to it; in
+   * a plain rowid table SQLite numbers from its largest rowid, so the statement runs in a
+   * savepoint and is undone with a BusyError if it took a reserved rowid.
+   */
+  private insertAboveReservations(
+    c: CompiledSql,
+    params: BindParams | undefined,
+    want: Want,
+    target: InsertTable,
+    owner: object | null,
+  ): Outcome {
+    const engine = this.engine;
+    const high = engine.reservedHigh(target.key);
+    const before = engine.usedRowid(target);
+    if (before >= high) return this.execute(c, params, want);
+    if (target.autoincrement) {
+      engine.raiseSequence(target, high);
+      return this.execute(c, params, want);
+    }
+    engine.exec('SAVEPOINT siblite_rowids');
+    let out: Outcome | undefined;
+    let failure: unknown;
+    try {
+      out = this.execute(c, params, want);
+    } catch (e) {
+      failure = e;
+    }
+    if (!engine.inRealTransaction) throw failure; // OR ROLLBACK ended everything
+    if (engine.reservedBetween(target.key, before, engine.usedRowid(target), owner)) {
+      engine.exec('ROLLBACK TO siblite_rowids; RELEASE siblite_rowids');
+      throw sqliteError(
+        `database is locked: this INSERT would take rowids of ${target.key.replace(/^main\./, '')} that an open BEGIN CONCURRENT ` +
+          'transaction of another handle was told; retry when it ends (or insert one row per statement, which gets a free rowid)',
+        'SQLITE_BUSY',
+      );
+    }
+    engine.exec('RELEASE siblite_rowids');
+    if (failure !== undefined) throw failure;
+    return out as Outcome;
+  }
+
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
-    return (c.prepared as PreparedSql).execute(this.engine.db, params, want);
+    return (c.prepared as PreparedSql).execute(this.engine.db, params, want, this.format);
   }
 
   // ---- closing ------------------------------------------------------------------------------
@@ -457,14 +621,12 @@ export class Session {
       this.open = false;
       for (const s of this.owned) s.finalizeFromSession();
       this.owned.clear();
-      for (const c of this.cache.values()) c.prepared?.finalize();
-      this.cache.clear();
       this.engine.release();
     }
   }
 }
 
-const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true };
+const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true, deterministic: true };
 
 function lockedBy(a: OpenTransaction): SqliteError {
   const what = a instanceof PessimisticTransaction ? `a BEGIN ${a.mode.toUpperCase()}` : 'a';

@@ -2,13 +2,20 @@
  * `conn.transaction(fn)`: BEGIN, run, COMMIT, with rollback on error and the retry loop.
  * @module
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
-import { errorKind, misuseError } from './errors.js';
+import { errorKind, isRetryable, misuseError } from './errors.js';
+import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { retry, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
 export interface TransactionOptions {
-  /** The transaction mode. Default `deferred`. */
+  /**
+   * The transaction mode. Default `concurrent`: the mode that cannot hurt other handles (they
+   * keep reading and writing while this transaction awaits; a conflict reruns it). Choose
+   * `immediate` for DDL (not allowed in `BEGIN CONCURRENT`) or to hold the write lock.
+   */
   mode?: TransactionMode;
   /** Options of the retry loop that reruns the transaction on busy errors, or `false` for none. */
   retry?: RetryOptions | false;
@@ -17,57 +24,185 @@ export interface TransactionOptions {
 const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
 let savepoints = 0;
 
+/** The options of a call that passed none (shared: a call allocates no option object). */
+export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
+
+/** Handles with a `transaction()` call in flight (from BEGIN to the end of its retries). */
+const running = new WeakSet<object>();
+/** The handles whose `transaction()` callbacks the current async context runs inside, innermost first. */
+interface Scope {
+  readonly session: object;
+  readonly outer: Scope | undefined;
+}
+const inside = new AsyncLocalStorage<Scope>();
+
+function isInside(scope: Scope | undefined, session: object): boolean {
+  for (let s = scope; s !== undefined; s = s.outer) if (s.session === session) return true;
+  return false;
+}
+
+/**
+ * An error that ends `transaction()` without running `fn` again: a lock that stayed busy for the
+ * whole busy timeout at BEGIN or COMMIT (running `fn` again could not help; only a conflict,
+ * `SQLITE_BUSY_SNAPSHOT`, can).
+ */
+class Final {
+  constructor(readonly error: unknown) {}
+}
+
 /** @internal */
 export async function runTransaction<T>(
   conn: Connection,
   fn: (conn: Connection) => T | Promise<T>,
   options: TransactionOptions,
 ): Promise<T> {
-  const mode = options.mode ?? 'deferred';
+  const mode = options.mode ?? 'concurrent';
   if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
   conn.session.assertOpen();
+  const session = conn.session;
+  const within = inside.getStore();
+  if (running.has(session) && !isInside(within, session)) {
+    // A second, overlapping call (not one made from inside the first one's callback) would
+    // otherwise become a SAVEPOINT of the first and commit or roll back with it.
+    throw misuseError(
+      `transaction() is already running on handle #${conn.id}; overlapping transactions need their own handles: ` +
+        'use conn.connect() for each concurrent unit of work (or await the first transaction)',
+    );
+  }
   if (conn.inTransaction) return nested(conn, fn);
+  const scope: Scope = { session, outer: within };
+  const retryOptions = options.retry;
+  // A concurrent transaction that keeps failing takes the engine's priority lane (see lane.ts),
+  // so that under contention it degrades to a first-come-first-served mutex instead of starving.
+  const lane = mode === 'concurrent' && retryOptions !== false ? laneOf(session.engine) : undefined;
+  const deadline = lane ? performance.now() + ((retryOptions ? retryOptions.maxElapsedMs : undefined) ?? 30_000) : 0;
+  let failures = 0;
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
-    conn.session.begin(mode);
+    const inLane = lane !== undefined && (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse));
+    // In the lane, holders go one at a time, each as BEGIN IMMEDIATE: it cannot conflict. The
+    // wait ends at the retry budget, in case a holder awaits this very transaction.
+    if (inLane) await lane.acquire(deadline - performance.now());
     try {
-      const result = await fn(conn);
-      await commit(conn);
-      return result;
+      try {
+        // Awaited only when a lock is in the way: no promise for the common case.
+        const waiting = now(conn.session.busyTimeout, begin, conn, inLane ? 'immediate' : mode);
+        if (waiting) await waiting;
+      } catch (e) {
+        throw errorKind(e) === 'busy' ? new Final(e) : e;
+      }
+      try {
+        const result = await inside.run(scope, fn, conn);
+        const committing = commit(conn, inLane ? undefined : lane, deadline);
+        if (committing) await committing;
+        return result;
+      } catch (e) {
+        if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+        throw e;
+      }
     } catch (e) {
-      if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+      if (!inLane && isRetryable(e)) failures++;
       throw e;
+    } finally {
+      if (inLane) lane.release();
     }
   };
-  if (options.retry === false) return once();
-  return retry(once, options.retry ?? {});
-}
-
-/**
- * COMMIT. While a lock (`SQLITE_BUSY`, not a conflict) is in the way, the work stays open and
- * COMMIT is tried again briefly; a conflict (`SQLITE_BUSY_SNAPSHOT`) has already ended it.
- */
-async function commit(conn: Connection): Promise<void> {
-  const started = performance.now();
-  for (let attempt = 0; ; attempt++) {
-    try {
-      conn.session.commit();
-      return;
-    } catch (e) {
-      const lockOnly = errorKind(e) === 'busy' && conn.inTransaction;
-      if (lockOnly && performance.now() - started < COMMIT_PATIENCE_MS) {
-        await new Promise((r) => setTimeout(r, Math.random() * Math.min(20, 2 ** attempt)));
-        continue;
-      }
-      if (conn.inTransaction) conn.session.rollback();
-      throw e;
-    }
+  running.add(session);
+  try {
+    if (retryOptions === false) return await once();
+    // retry() runs the first attempt directly; its loop starts only after a busy error.
+    return await retry(once, retryOptions);
+  } catch (e) {
+    throw e instanceof Final ? e.error : e;
+  } finally {
+    running.delete(session);
   }
 }
 
-/** How long COMMIT waits for a lock before the whole transaction is rolled back and retried. */
-const COMMIT_PATIENCE_MS = 2_000;
+/**
+ * BEGIN, one attempt. A pessimistic transaction of a file database also takes the file lock
+ * here (a read of the schema), so that the wait for another process happens now, awaited, and
+ * not in the first statement of `fn`, which would have to wait synchronously.
+ */
+function begin(conn: Connection, mode: TransactionMode): void {
+  const session = conn.session;
+  session.withFile(() => {
+    session.begin(mode);
+    if (mode === 'concurrent' || !session.engine.isFile) return;
+    try {
+      session.engine.statement('SELECT 1 FROM sqlite_schema LIMIT 1').execute(session.engine.db, undefined, 'all');
+    } catch (e) {
+      session.rollback();
+      throw e;
+    }
+  });
+}
+
+/**
+ * COMMIT. While a lock (`SQLITE_BUSY`, not a conflict) is in the way, for instance another
+ * process holds the file while a parked `BEGIN CONCURRENT` transaction must come back, the work
+ * stays open (parked) and COMMIT is tried again, awaiting between attempts, for up to the busy
+ * timeout; `fn` is never run again for it. A conflict (`SQLITE_BUSY_SNAPSHOT`) has already
+ * ended the transaction and is thrown to the retry loop.
+ */
+function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
+  const session = conn.session;
+  try {
+    session.withFile(() => session.commit());
+    return undefined;
+  } catch (e) {
+    if (errorKind(e) !== 'busy' || !conn.inTransaction) throw commitFailed(conn, e);
+    return commitWhenFree(conn, lane, deadline, e);
+  }
+}
+
+/** COMMIT after a lock refused it: wait in the lane, or wait out the lock. */
+async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline: number, refusal: unknown): Promise<void> {
+  const session = conn.session;
+  const once = () => session.withFile(() => session.commit());
+  try {
+    if (lane?.inUse && !isFileLockBusy(refusal)) {
+      // A transaction of the priority lane holds the engine, and the lane hands over to the
+      // next holder at once: wait in the lane rather than poll for a gap that never comes.
+      await lane.acquire(deadline - performance.now());
+      try {
+        await waitOut(session.busyTimeout, once);
+      } finally {
+        lane.release();
+      }
+      return;
+    }
+    await waitOut(session.busyTimeout, once);
+  } catch (e) {
+    throw commitFailed(conn, e);
+  }
+}
+
+/** Ends the transaction after a failed COMMIT; what to throw (a lock that stayed busy is final). */
+function commitFailed(conn: Connection, e: unknown): unknown {
+  if (conn.inTransaction) conn.session.rollback();
+  return errorKind(e) === 'busy' ? new Final(e) : e;
+}
+
+/**
+ * Runs `attempt(conn, mode)` now. Only when a lock (`busy`) refuses it, returns the promise of
+ * {@link waitOut} trying it again for up to `timeoutMs`; other errors are thrown.
+ */
+function now(
+  timeoutMs: number,
+  attempt: (conn: Connection, mode: TransactionMode) => void,
+  conn: Connection,
+  mode: TransactionMode,
+): Promise<void> | undefined {
+  try {
+    attempt(conn, mode);
+    return undefined;
+  } catch (e) {
+    if (errorKind(e) !== 'busy' || timeoutMs <= 0) throw e;
+    return waitOut(timeoutMs, () => attempt(conn, mode));
+  }
+}
 
 async function nested<T>(conn: Connection, fn: (conn: Connection) => T | Promise<T>): Promise<T> {
   const name = `siblite_sp_${++savepoints}`;

@@ -12,6 +12,8 @@ import {
   errorKind,
   isRetryable,
   open,
+  retry,
+  retryableError,
   SqliteError,
   type Connection,
   type ErrorKind,
@@ -355,5 +357,29 @@ describe('errorKind() and isRetryable() accept anything and never throw', () => 
     expect(collected.map((e) => errorKind(e))).toEqual(['constraint', 'sql', 'misuse', 'toobig', 'busy']);
     expect(collected.map((e) => isRetryable(e))).toEqual([false, false, false, false, true]);
     for (const e of collected) checkSqliteError(e, errorKind(e));
+  });
+});
+
+describe('isRetryable and retry look through error.cause', () => {
+  it('finds a busy error wrapped by a library, stops at cycles, ignores non-busy causes', async () => {
+    const busy = new BusyError('database is locked', { code: 'SQLITE_BUSY_SNAPSHOT' });
+    const wrapped = new Error('Failed query: UPDATE ...', { cause: new Error('inner', { cause: busy }) });
+    expect(isRetryable(wrapped)).toBe(true);
+    expect(retryableError(wrapped)).toBe(busy);
+    const cyclic: { cause?: unknown } = new Error('a');
+    cyclic.cause = cyclic;
+    expect(isRetryable(cyclic)).toBe(false);
+    expect(isRetryable(new Error('x', { cause: new SqliteError('UNIQUE constraint failed', { code: 'SQLITE_CONSTRAINT_UNIQUE' }) }))).toBe(false);
+    let n = 0;
+    const seen: string[] = [];
+    const out = await retry(
+      () => {
+        if (++n < 3) throw new Error('wrapped', { cause: busy });
+        return 'done';
+      },
+      { onRetry: (e) => seen.push(e.code) },
+    );
+    expect(out).toBe('done');
+    expect(seen).toEqual(['SQLITE_BUSY_SNAPSHOT', 'SQLITE_BUSY_SNAPSHOT']);
   });
 });

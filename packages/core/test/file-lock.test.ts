@@ -3,24 +3,23 @@
  * breaking a lock, locks that are never broken, the waiting marker and the hand-off, idle
  * release, and the three locking modes.
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { BusyError, open } from '../src/index.js';
 import { openDatabaseFile } from '../src/file/database.js';
-import { checkReserved, isHeld, lockStats, markWaiting, ownerIsGone, self, type LockOwner } from '../src/file/lock.js';
+import { checkReserved, guardName, isHeld, LOCK_PROTOCOL, lockStats, markWaiting, provablyStale, self, type LockOwner } from '../src/file/lock.js';
 import { checkSqliteError, thrown, useScope } from './helpers.js';
 
 const scope = useScope();
 
-/** The pid of a process that has exited (and been reaped). */
-function deadPid(): number {
-  const r = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
-  return Number(r.stdout.toString());
+function record(file: string, over: Partial<LockOwner>): LockOwner {
+  return { proto: LOCK_PROTOCOL, ...self, guard: guardName(file), token: 'test', since: Date.now(), ...over };
 }
 
-function record(over: Partial<LockOwner>): LockOwner {
-  return { ...self, token: 'test', since: Date.now(), ...over };
+/** Plants a lock directory with this owner record, as a dead process of the protocol leaves it. */
+function plant(file: string, over: Partial<LockOwner>): void {
+  mkdirSync(`${file}.lock`);
+  writeFileSync(`${file}.lock/owner`, JSON.stringify(record(file, over)));
 }
 
 async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
@@ -31,49 +30,49 @@ async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
   }
 }
 
-describe('owner records: when is the owner provably gone', () => {
-  it('this process is alive; an earlier process with our pid is gone', () => {
-    expect(ownerIsGone(record({}))).toBe(false);
-    expect(ownerIsGone(record({ start: '1' }))).toBe(self.start !== null);
-  });
+function makeDb(): string {
+  const file = scope.file();
+  const c = open(file);
+  c.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1)');
+  c.close();
+  return file;
+}
 
-  it('a pid that exited is gone; a live pid with the same start time is not; pid reuse is detected', () => {
-    expect(ownerIsGone(record({ pid: deadPid() }))).toBe(true);
-    const parentStart = readFileSync(`/proc/${process.ppid}/stat`, 'utf8').split(') ')[1]?.split(' ')[19] ?? null;
-    expect(ownerIsGone(record({ pid: process.ppid, start: parentStart }))).toBe(false);
-    expect(ownerIsGone(record({ pid: process.ppid, start: '12345' }))).toBe(true);
-  });
-
-  it('another host or pid namespace is never judged gone; another boot is', () => {
-    const dead = deadPid();
-    expect(ownerIsGone(record({ pid: dead, host: `${self.host}-elsewhere` }))).toBe(false);
-    expect(ownerIsGone(record({ pid: dead, pidns: 'pid:[1]' }))).toBe(false);
-    expect(ownerIsGone(record({ pid: process.pid, boot: 'an-earlier-boot' }))).toBe(self.boot !== null);
+describe('owner records: what is proof that the owner is gone', () => {
+  it('only a record of this protocol, machine (boot id), network namespace and guard', () => {
+    const file = makeDb();
+    const guard = guardName(file);
+    expect(guard).toMatch(/^siblite-\d+-\d+$/);
+    expect(provablyStale(record(file, {}), guard)).toBe(true);
+    // Pids, hosts and clocks play no part: a record of this very process counts as stale too,
+    // because whoever holds the guard knows that its writer no longer does.
+    expect(provablyStale(record(file, { pid: process.pid, since: Date.now() + 1e9 }), guard)).toBe(true);
+    expect(provablyStale(record(file, { boot: 'another-boot' }), guard)).toBe(false);
+    expect(provablyStale(record(file, { host: 'elsewhere', boot: 'another-boot' }), guard)).toBe(false);
+    expect(provablyStale(record(file, { netns: 'net:[1]' }), guard)).toBe(false);
+    expect(provablyStale(record(file, { guard: 'siblite-1-2' }), guard)).toBe(false);
+    expect(provablyStale(record(file, { proto: 1 }), guard)).toBe(false);
+    expect(provablyStale(record(file, {}), null)).toBe(false);
   });
 });
 
 describe('stale locks', () => {
-  it('a lock whose recorded owner died is broken by the next statement', () => {
-    const file = scope.file();
-    const c = scope.open(file);
-    c.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1)');
-    c.close();
-    mkdirSync(`${file}.lock`);
-    writeFileSync(`${file}.lock/owner`, JSON.stringify(record({ pid: deadPid(), token: 'dead-1' })));
+  it('a lock whose owner is provably gone is broken by the next statement, and its leftovers swept', () => {
+    const file = makeDb();
+    plant(file, { pid: 999_999_999, token: 'dead-1' });
+    mkdirSync(`${file}.lock-rel-crashed`); // a release that was killed after its rename
     const before = lockStats().staleBroken;
     const d = scope.open(file);
     expect(d.get('SELECT x FROM t')).toEqual({ x: 1 });
     expect(lockStats().staleBroken).toBe(before + 1);
+    expect(existsSync(`${file}.lock-rel-crashed`)).toBe(false);
   });
 
   it('a lock without an owner record is never broken; the error names the lock directory', () => {
-    const file = scope.file();
-    const c = open(file);
-    c.exec('CREATE TABLE t (x)');
-    c.close();
+    const file = makeDb();
     // A plain node-sqlite3-wasm process holds it: an empty lock directory.
     mkdirSync(`${file}.lock`);
-    const d = scope.open(file);
+    const d = scope.open(file, { busyTimeout: 0 });
     for (let i = 0; i < 3; i++) {
       const e = checkSqliteError(thrown(() => d.get('SELECT count(*) FROM t')), 'busy', 'SQLITE_BUSY');
       expect(e).toBeInstanceOf(BusyError);
@@ -84,27 +83,49 @@ describe('stale locks', () => {
   });
 
   it('a record that cannot be parsed counts as no record', () => {
-    const file = scope.file();
+    const file = makeDb();
     mkdirSync(`${file}.lock`);
     writeFileSync(`${file}.lock/owner`, '{"pid": 1'); // half-written
-    const d = scope.open(file);
+    const d = scope.open(file, { busyTimeout: 0 });
     checkSqliteError(thrown(() => d.get('SELECT 1 FROM sqlite_schema')), 'busy');
     expect(existsSync(`${file}.lock`)).toBe(true);
   });
 
-  it('a break in progress (fresh <file>.lock-break) defers breaking; an abandoned one is removed', () => {
-    const file = scope.file();
-    scope.open(file).close();
-    mkdirSync(`${file}.lock`);
-    writeFileSync(`${file}.lock/owner`, JSON.stringify(record({ pid: deadPid(), token: 'dead-2' })));
-    mkdirSync(`${file}.lock-break`);
-    const d = scope.open(file);
-    checkSqliteError(thrown(() => d.get('SELECT 1 FROM sqlite_schema')), 'busy');
-    expect(existsSync(`${file}.lock`)).toBe(true);
-    const old = Date.now() / 1000 - 60;
-    utimesSync(`${file}.lock-break`, old, old);
-    expect(d.get('SELECT 1 AS one FROM sqlite_schema')).toBeUndefined();
-    expect(existsSync(`${file}.lock-break`)).toBe(false);
+  it('foreign boot ids, hosts, network namespaces and protocols are never broken; the error says who and how to check', () => {
+    const file = makeDb();
+    const d = scope.open(file, { busyTimeout: 0 });
+    const cases: [Partial<LockOwner>, RegExp][] = [
+      [{ boot: 'a-boot-of-a-machine-with-the-same-host-name' }, /on host .*boot id a-boot/],
+      [{ host: 'elsewhere', boot: 'b' }, /on host elsewhere/],
+      [{ netns: 'net:[4026531999]' }, /another network namespace/],
+      [{ proto: 1 }, /another version/],
+    ];
+    for (const [over, why] of cases) {
+      plant(file, { pid: 999_999_999, ...over });
+      const e = checkSqliteError(thrown(() => d.get('SELECT x FROM t')), 'busy');
+      expect(e.message).toMatch(why);
+      expect(e.message).toContain('never breaks this lock');
+      expect(existsSync(`${file}.lock/owner`)).toBe(true);
+      rmSync(`${file}.lock`, { recursive: true });
+    }
+    expect(d.get('SELECT x FROM t')).toEqual({ x: 1 });
+  });
+
+  it('a regular file where the lock directory goes: a clear error naming both, not "busy"', () => {
+    const file = makeDb();
+    // Found by open() ...
+    writeFileSync(`${file}.lock`, 'I am another database named like a lock');
+    const atOpen = checkSqliteError(thrown(() => open(file)), 'io', 'SQLITE_CANTOPEN');
+    expect(atOpen.message).toContain(`"${file}.lock" is not a directory`);
+    rmSync(`${file}.lock`);
+    // ... and by the lock, when it appears later: a database named "<file>.lock" created now.
+    const d = scope.open(file, { busyTimeout: 0 });
+    const other = scope.open(`${file}.lock`);
+    other.exec('CREATE TABLE u (y)');
+    const e = checkSqliteError(thrown(() => d.get('SELECT x FROM t')), 'io', 'SQLITE_CANTOPEN');
+    expect(e.message).toContain(`"${file}.lock" is not a directory`);
+    expect(e.message).toContain(`lock of "${file}"`);
+    expect(other.all('SELECT * FROM u')).toEqual([]);
   });
 
   it('the reserved-lock check reports only locks held by someone else', () => {
@@ -138,12 +159,57 @@ describe('opening while another process holds the file', () => {
     c.exec('CREATE TABLE t (x)');
     c.close();
     mkdirSync(`${file}.lock`); // someone else holds it
-    const d = scope.open(file, { synchronous: 'normal', journalMode: 'persist' });
+    const d = scope.open(file, { synchronous: 'normal', journalMode: 'persist', busyTimeout: 0 });
     checkSqliteError(thrown(() => d.get('SELECT count(*) FROM t')), 'busy', 'SQLITE_BUSY');
     rmSync(`${file}.lock`, { recursive: true });
     expect(d.get('SELECT count(*) AS n FROM t')).toEqual({ n: 0 });
     expect(d.get('PRAGMA synchronous')).toEqual({ synchronous: 1 });
     expect(d.get('PRAGMA journal_mode')).toEqual({ journal_mode: 'persist' });
+  });
+
+  it('the first transaction() after a deferred option works: it waits, applies the option, then begins', async () => {
+    const file = scope.file();
+    const c = open(file);
+    c.exec('CREATE TABLE t (x)');
+    c.close();
+    mkdirSync(`${file}.lock`); // someone else holds it ...
+    const d = scope.open(file, { synchronous: 'normal' });
+    setTimeout(() => rmSync(`${file}.lock`, { recursive: true }), 100); // ... for 100 ms
+    // Used to fail with "Safety level may not be changed inside a transaction".
+    await d.transaction((tx) => tx.run('INSERT INTO t VALUES (1)'));
+    expect(d.get('PRAGMA synchronous')).toEqual({ synchronous: 1 });
+    expect(d.all('SELECT x FROM t')).toEqual([{ x: 1 }]);
+  });
+});
+
+describe('journals and journal modes', () => {
+  it('PRAGMA journal_mode = wal is refused with kind misuse saying why; the mode stays', () => {
+    const c = scope.open(scope.file());
+    const e = checkSqliteError(thrown(() => c.exec('PRAGMA journal_mode = WAL')), 'misuse');
+    expect(e.message).toMatch(/no shared memory.*cannot run WAL/);
+    expect(c.get('PRAGMA journal_mode')).toEqual({ journal_mode: 'delete' });
+    checkSqliteError(thrown(() => c.get('PRAGMA main.journal_mode = wal')), 'misuse');
+  });
+
+  it('a zeroed journal left by a dead holder is removed by the next process that takes the lock', () => {
+    const file = scope.file();
+    const c = open(file);
+    c.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1)');
+    c.close();
+    writeFileSync(`${file}-journal`, Buffer.concat([Buffer.alloc(28), Buffer.alloc(1000, 7)]));
+    const d = scope.open(file);
+    expect(d.get('SELECT x FROM t')).toEqual({ x: 1 });
+    expect(existsSync(`${file}-journal`)).toBe(false);
+    d.close();
+    // A journal that is not zeroed (hot, or someone else's) is left to SQLite.
+    writeFileSync(`${file}-journal`, Buffer.alloc(1000, 7));
+    const e = scope.open(file);
+    try {
+      e.get('SELECT x FROM t');
+    } catch {
+      // SQLite judges that garbage; what matters is that siblite did not delete it
+    }
+    expect(existsSync(`${file}-journal`)).toBe(true);
   });
 });
 

@@ -420,8 +420,9 @@ describe('conn.transaction()', () => {
     expect(attempts).toBe(1); // fn never ran while BEGIN was busy
   });
 
-  it('retry: false gives the busy error at once', async () => {
+  it('retry: false with busy_timeout 0 gives the busy error at once', async () => {
     const [, a, b] = setup();
+    b.exec('PRAGMA busy_timeout = 0');
     a.exec('BEGIN IMMEDIATE');
     let ran = false;
     const err = await b
@@ -439,5 +440,25 @@ describe('conn.transaction()', () => {
     checkSqliteError(e, 'misuse');
     expectSqliteError(() => a.transaction(42 as never), 'misuse');
     expect(a.inTransaction).toBe(false);
+  });
+});
+
+describe('conn.transaction() without a mode', () => {
+  it('runs BEGIN CONCURRENT, so another handle reads and writes freely while it awaits', async () => {
+    const [, a, b] = setup();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const p = a.transaction(async (tx) => {
+      expect(tx.transactionMode).toBe('concurrent');
+      tx.run("INSERT INTO t VALUES (5, 'five')");
+      await gate;
+    });
+    await sleep(1);
+    // With a pessimistic default these would throw SQLITE_BUSY while `a` awaits.
+    expect(b.all('SELECT id FROM t ORDER BY id').length).toBeGreaterThan(0);
+    b.run("INSERT INTO t VALUES (6, 'six')");
+    release();
+    await p;
+    expect(b.get<{ n: number }>('SELECT count(*) AS n FROM t WHERE id IN (5, 6)')?.n).toBe(2);
   });
 });

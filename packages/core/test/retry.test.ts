@@ -106,6 +106,30 @@ describe('retry()', () => {
     ]);
   });
 
+  it('the first attempt runs outside the loop: what it throws, and an abort during it, are handled as before', async () => {
+    const { busy } = realErrors();
+    // A non-error thrown by a retry (after a busy first attempt) passes through unchanged.
+    const value = { not: 'an error' };
+    let calls = 0;
+    const got = await retry(() => {
+      calls++;
+      throw calls === 1 ? busy : value;
+    }, { maxTimeout: 1 }).catch((e: unknown) => e);
+    expect(got).toBe(value);
+    expect(calls).toBe(2);
+    // Aborted while the first (async) attempt runs: no second attempt, the signal's reason.
+    const ctl = new AbortController();
+    const reason = new Error('stopped during the first attempt');
+    calls = 0;
+    const p = retry(async () => {
+      calls++;
+      ctl.abort(reason);
+      throw busy;
+    }, { signal: ctl.signal });
+    await expect(p).rejects.toBe(reason);
+    expect(calls).toBe(1);
+  });
+
   it('gives up after `retries` retries with the last busy error', async () => {
     const { busy } = realErrors();
     for (const retries of [0, 1, 3]) {

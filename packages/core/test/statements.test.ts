@@ -147,7 +147,7 @@ describe('parameters and values', () => {
     expect(db.get('SELECT ? AS a', 7)).toEqual({ a: 7 });
     expect(db.get('SELECT ? AS a', null)).toEqual({ a: null });
     expect(db.get('SELECT ?2 AS a, ?1 AS b', [1, 2])).toEqual({ a: 2, b: 1 });
-    expect(db.get('SELECT ? AS a, ? AS b', [1])).toEqual({ a: 1, b: null });
+    expect(db.get('SELECT ? AS a, ? AS b', [1, null])).toEqual({ a: 1, b: null });
     for (const p of [':', '@', '$']) {
       const sql = `SELECT ${p}x AS x, ${p}y AS y`;
       expect(db.get(sql, { x: 1, y: 'b' })).toEqual({ x: 1, y: 'b' });

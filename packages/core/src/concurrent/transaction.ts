@@ -15,17 +15,22 @@
  * @module
  */
 import { sqliteError, type SqliteError } from '../errors.js';
-import type { Engine, OpenTransaction } from '../engine/engine.js';
+import type { Engine, HandleState, OpenTransaction } from '../engine/engine.js';
 import { ROWID_PARAM } from '../engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, Want } from '../engine/execute.js';
-import type { Footprint } from '../engine/footprint.js';
+import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engine/execute.js';
+import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
 export interface LogEntry {
   readonly sql: string;
   readonly params: BindParams | undefined;
   readonly want: Want;
-  readonly footprint: Footprint;
+  /** The row format the application was shown (raw arrays, safe integers); replays use it too. */
+  readonly format?: RowFormat | undefined;
+  /** Refreshed when the schema or a setting changes (see {@link ConcurrentTransaction.refreshFootprints}). */
+  footprint: Footprint;
+  /** What the connection-state SQL functions answered when it ran (replays answer the same). */
+  readonly state?: HandleState;
   /** Savepoint statements are replayed but show nothing to compare. */
   readonly control: boolean;
   outcome?: Outcome;
@@ -42,6 +47,8 @@ export class ConcurrentTransaction implements OpenTransaction {
   /** Every read in the log was valid as of this commit counter. */
   validatedSeq: number;
   private readonly reserved: Array<[string, number | bigint]> = [];
+  /** The engine's schema epoch the log's footprints were learned in. */
+  private epoch: number;
 
   constructor(
     private readonly engine: Engine,
@@ -49,11 +56,33 @@ export class ConcurrentTransaction implements OpenTransaction {
   ) {
     engine.concurrentOpen++;
     this.validatedSeq = engine.commitSeq;
+    this.epoch = engine.schemaEpoch;
   }
 
   /** True when the transaction has written nothing (so far). */
   get readOnly(): boolean {
     return this.writes.size === 0;
+  }
+
+  /**
+   * Learns the footprints of the logged statements again after the schema or a setting changed
+   * (foreign keys turned on, a trigger created, ...): re-running them may now touch more tables.
+   */
+  refreshFootprints(): void {
+    const engine = this.engine;
+    if (this.epoch === engine.schemaEpoch) return;
+    this.epoch = engine.schemaEpoch;
+    this.writes.clear();
+    for (const entry of this.log) {
+      if (entry.control) continue;
+      try {
+        entry.footprint = engine.footprints.of(entry.sql);
+      } catch (e) {
+        if ((e as SqliteError).kind === 'busy') throw e;
+        entry.footprint = UNKNOWN_FOOTPRINT; // no longer compiles: replay will report it
+      }
+      for (const t of entry.footprint.writes) this.writes.add(t);
+    }
   }
 
   /** Records a statement the application saw the result of. */
@@ -76,13 +105,18 @@ export class ConcurrentTransaction implements OpenTransaction {
     const engine = this.engine;
     engine.exec('BEGIN');
     engine.active = this;
+    const caller = engine.caller;
     try {
       engine.checkExternalChanges();
-      for (const entry of this.log) this.replay(entry, true);
+      this.refreshFootprints();
+      const rederived = new Set<string>();
+      for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
       if (engine.inRealTransaction) engine.exec('ROLLBACK');
       throw e;
+    } finally {
+      engine.caller = caller;
     }
     this.validatedSeq = engine.commitSeq;
   }
@@ -93,9 +127,16 @@ export class ConcurrentTransaction implements OpenTransaction {
    * none of the tables read.
    */
   validateReads(): void {
-    this.engine.checkExternalChanges();
-    for (const entry of this.log) if (!entry.control) this.replay(entry, false);
-    this.validatedSeq = this.engine.commitSeq;
+    const engine = this.engine;
+    const caller = engine.caller;
+    try {
+      engine.checkExternalChanges();
+      this.refreshFootprints();
+      for (const entry of this.log) if (!entry.control) this.replay(entry, undefined);
+    } finally {
+      engine.caller = caller;
+    }
+    this.validatedSeq = engine.commitSeq;
   }
 
   /** The tables this transaction read, for deciding whether it may validate in place. */
@@ -112,16 +153,31 @@ export class ConcurrentTransaction implements OpenTransaction {
     if (--this.engine.concurrentOpen === 0) this.engine.forgetCounters();
   }
 
-  private replay(entry: LogEntry, rebuild: boolean): void {
+  /**
+   * Re-runs one logged statement and compares what it shows. `rederived` (rebuilding the
+   * transaction's state; undefined when only validating reads) collects the tables written by
+   * re-run writes whose effect may differ from the first run: a write whose inputs changed
+   * (a table it reads, triggers and foreign keys included, was committed to, or was itself
+   * re-derived) or that calls a non-deterministic function. A later read of such a table is
+   * re-checked even when no commit touched it: the write may have put different values there.
+   */
+  private replay(entry: LogEntry, rederived: Set<string> | undefined): void {
     const engine = this.engine;
     if (entry.control) {
       engine.exec(entry.sql);
       return;
     }
-    const isRead = entry.footprint.readonly;
-    if (isRead && !engine.changedSince(entry.footprint.reads, this.validatedSeq)) return;
-    if (!isRead && !rebuild) return;
+    const fp = entry.footprint;
+    const inputsChanged =
+      engine.changedSince(fp.reads, this.validatedSeq) || (rederived !== undefined && intersects(fp.reads, rederived));
+    if (fp.readonly) {
+      if (!inputsChanged) return;
+    } else {
+      if (rederived === undefined) return;
+      if (inputsChanged || !fp.deterministic) for (const t of fp.writes) rederived.add(t);
+    }
     let outcome: Outcome;
+    if (entry.state) engine.caller = entry.state;
     try {
       // Preparing can fail too, when a schema change removed what the statement used.
       let stmt: PreparedSql;
@@ -132,7 +188,7 @@ export class ConcurrentTransaction implements OpenTransaction {
       } else {
         stmt = engine.statement(entry.sql);
       }
-      outcome = stmt.execute(engine.db, params, entry.want);
+      outcome = stmt.execute(engine.db, params, entry.want, entry.format);
     } catch (e) {
       const err = e as SqliteError;
       if (err.kind === 'busy') throw err;
@@ -166,6 +222,22 @@ export function withRowid(stmt: PreparedSql, params: BindParams | undefined, row
   while (list.length < index - 1) list.push(null);
   list[index - 1] = rowid;
   return list as BindParams;
+}
+
+/** A copy of an outcome that shares nothing mutable with the one handed to the application. */
+export function privateCopy(out: Outcome): Outcome {
+  if (out.rows === undefined || out.rows.length === 0) return out.rows === undefined ? out : { ...out, rows: [] };
+  const rows = new Array<Record<string, unknown>>(out.rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const row = out.rows[i] as Record<string, unknown>;
+    const copy: Record<string, unknown> = {};
+    for (const k in row) {
+      const v = row[k];
+      copy[k] = v instanceof Uint8Array ? v.slice() : v;
+    }
+    rows[i] = copy;
+  }
+  return { rows, changes: out.changes, insertedRowid: out.insertedRowid };
 }
 
 function describeDifference(a: Outcome, b: Outcome): string | undefined {

@@ -8,7 +8,9 @@
  */
 import { fromEngineError, sqliteError } from '../errors.js';
 import { loadSqlite, type WasmStatement } from '../file/load.js';
-import type { StatementClass } from '../sql/lexer.js';
+import { parameterCount, tokenize, type StatementClass } from '../sql/lexer.js';
+import { checkCount, checkValue } from './params.js';
+import { RowCursor, settleCursor } from './cursor.js';
 
 /** A value SQLite can store, as siblite accepts it in parameters. */
 export type SqlValue = number | bigint | string | Uint8Array | null | boolean;
@@ -25,6 +27,18 @@ export type Row = Record<string, unknown>;
 /** How the application asked for results. */
 export type Want = 'run' | 'get' | 'all';
 
+/**
+ * How result rows are shaped (better-sqlite3's `raw()` and `safeIntegers()`). Part of what a
+ * statement showed the application, so a concurrent transaction's log keeps it and a replay
+ * reads with the same format.
+ */
+export interface RowFormat {
+  /** Rows as arrays of values in column order (same-named columns all kept). */
+  readonly raw?: boolean;
+  /** Every INTEGER value as a bigint (otherwise a number when it is safe, a bigint beyond 2^53). */
+  readonly safeIntegers?: boolean;
+}
+
 /** What executing a statement showed the application. */
 export interface Outcome {
   /** Rows for `get` (at most one) and `all`; undefined for `run`. */
@@ -36,6 +50,7 @@ export interface Outcome {
 
 interface LowLevel {
   _sqlite3_reset(ptr: number): number;
+  _sqlite3_column_type(ptr: number, i: number): number;
   _sqlite3_changes(db: number): number;
   _sqlite3_last_insert_rowid(db: number): bigint;
   _sqlite3_column_count(ptr: number): number;
@@ -44,6 +59,8 @@ interface LowLevel {
 
 let low: LowLevel | undefined;
 let bindIndex: ((ptr: number, name: string) => number) | undefined;
+let columnName: ((ptr: number, i: number) => string) | undefined;
+let columnTable: ((ptr: number, i: number) => string | null) | undefined;
 function lowLevel(): LowLevel {
   low ??= loadSqlite() as unknown as LowLevel;
   return low;
@@ -51,12 +68,30 @@ function lowLevel(): LowLevel {
 
 const ptrOf = (o: unknown): number => (o as { _ptr: number })._ptr;
 
+/** The wrapper's private row helpers (node-sqlite3-wasm 0.8.60), used for formatted rows. */
+interface RowHelpers {
+  _bind(values: unknown): void;
+  _step(): boolean;
+  _getColumnNames(): string[];
+  _getRow(columns: string[], expand: boolean): Record<string, unknown>;
+}
+const SQLITE_INTEGER = 1;
+
 /** A prepared engine statement with what siblite knows about it. */
 export class PreparedSql {
   readonly returnsRows: boolean;
   /** An upsert (`ON CONFLICT ... DO UPDATE`) may change rows without inserting any. */
   private readonly upsert: boolean;
   private readonly named = new Map<string, number>();
+  /**
+   * For an INSERT: whether it writes a rowid table (false for WITHOUT ROWID, views, virtual
+   * tables: SQLite then leaves its connection-wide last rowid, another handle's, alone).
+   */
+  rowidTarget = true;
+  /** For an upsert into a rowid table: whether a row with this rowid exists now. */
+  rowidExists: ((rowid: bigint) => boolean) | undefined;
+  /** How many parameter slots the SQL has (counted once, on first use). */
+  private slots: number | undefined;
 
   constructor(
     readonly sql: string,
@@ -67,21 +102,34 @@ export class PreparedSql {
     this.upsert = this.verb === 'insert' && /\bdo\s+update\b/i.test(sql);
   }
 
+  /** An INSERT, UPDATE or DELETE: sets what `changes()` answers. */
+  get writesRows(): boolean {
+    const v = this.verb;
+    return v === 'insert' || v === 'update' || v === 'delete';
+  }
+
   get verb(): string {
     return this.cls.type === 'dml' ? this.cls.verb : 'other';
   }
 
-  /** Runs the statement on `db` (the engine connection it was prepared on). */
-  execute(db: unknown, params: BindParams | undefined, want: Want): Outcome {
+  /**
+   * Runs the statement on `db` (the engine connection it was prepared on). `format` shapes the
+   * rows of `get` and `all` (default: objects, integers as numbers when safe).
+   */
+  execute(db: unknown, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
+    settleCursor();
     const ll = lowLevel();
     const values = this.normalize(params);
-    const writesRows = this.verb === 'insert' || this.verb === 'update' || this.verb === 'delete';
+    const writesRows = this.writesRows;
     let rows: Row[] | undefined;
     let changes = 0;
     let rowid: number | bigint | undefined;
     // An upsert that only updated leaves SQLite's connection-wide last_insert_rowid alone, and on
     // a shared engine that value may be another handle's insert: report a rowid only if it moved.
-    const rowidBefore = this.upsert ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    const rowidBefore = this.upsert && this.rowidTarget ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    // If a row with that rowid exists already, an insert cannot take it: an unmoved value then
+    // means the upsert only updated. If none exists, an unmoved value may be a real insert.
+    const staleTaken = rowidBefore !== undefined && (this.rowidExists?.(rowidBefore) ?? true);
     try {
       if (want === 'run') {
         const r = this.stmt.run(values);
@@ -89,6 +137,9 @@ export class PreparedSql {
           ll._sqlite3_reset(ptrOf(this.stmt));
           if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
         } else if (writesRows) changes = r.changes;
+      } else if (format && (format.raw || format.safeIntegers)) {
+        rows = this.formattedRows(values, want === 'get' ? 1 : Infinity, format);
+        if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
       } else if (want === 'get') {
         const row = this.stmt.get(values);
         rows = row === null ? [] : [row];
@@ -103,28 +154,106 @@ export class PreparedSql {
       ll._sqlite3_reset(ptrOf(this.stmt));
       throw fromEngineError(e);
     }
-    const big = this.verb === 'insert' && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
-    if (big !== undefined && big !== rowidBefore) {
+    const big = this.verb === 'insert' && this.rowidTarget && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    if (big !== undefined && (big !== rowidBefore || (!staleTaken && this.rowidExists?.(big) === true))) {
       rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
     }
     return { rows, changes, insertedRowid: rowid };
   }
 
-  /** Gives unprefixed named parameters the prefix the SQL uses; rejects unknown names. */
+  /** Up to `limit` rows in `format`, then leaves the statement reset. */
+  private formattedRows(values: unknown, limit: number, format: RowFormat): Row[] {
+    const read = this.rowReader(values, format);
+    const rows: Row[] = [];
+    while (rows.length < limit) {
+      const row = read();
+      if (row === undefined) break;
+      rows.push(row);
+    }
+    lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+    return rows;
+  }
+
+  /** Binds `values` and returns a function that reads the next row in `format` (undefined at the end). */
+  private rowReader(values: unknown, format: RowFormat): () => Row | undefined {
+    const st = this.stmt as unknown as RowHelpers;
+    const ll = lowLevel();
+    const ptr = ptrOf(this.stmt);
+    st._bind(values);
+    const names = st._getColumnNames();
+    // Index keys make the wrapper keep every column, same-named ones included.
+    const keys = format.raw ? names.map((_n, i) => String(i)) : names;
+    return () => {
+      if (!st._step()) return undefined;
+      const o = st._getRow(keys, false);
+      if (format.safeIntegers) {
+        for (let i = 0; i < keys.length; i++) {
+          const k = keys[i] as string;
+          if (typeof o[k] === 'number' && ll._sqlite3_column_type(ptr, i) === SQLITE_INTEGER) o[k] = BigInt(o[k] as number);
+        }
+      }
+      if (!format.raw) return o;
+      const arr = new Array<unknown>(keys.length);
+      for (let i = 0; i < keys.length; i++) arr[i] = o[i];
+      return arr as unknown as Row;
+    };
+  }
+
+  /**
+   * Opens a lazy cursor over the rows of this (read-only) statement: rows are stepped one per
+   * `next()` until anything else uses an engine, which reads the rest first (see cursor.ts).
+   */
+  openCursor(params: BindParams | undefined, format: RowFormat = {}): RowCursor<Row> {
+    settleCursor();
+    const values = this.normalize(params);
+    let read: () => Row | undefined;
+    try {
+      read = this.rowReader(values, format);
+    } catch (e) {
+      lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+      throw fromEngineError(e);
+    }
+    return new RowCursor(read, () => {
+      if (!this.stmt.isFinalized) lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+    });
+  }
+
+  /** The result columns: name and source table (`null` for expressions). */
+  columns(): { name: string; table: string | null }[] {
+    const ll = lowLevel();
+    columnName ??= ll.cwrap('sqlite3_column_name', 'string', ['number', 'number']) as unknown as (p: number, i: number) => string;
+    columnTable ??= ll.cwrap('sqlite3_column_table_name', 'string', ['number', 'number']) as unknown as (p: number, i: number) => string | null;
+    const ptr = ptrOf(this.stmt);
+    const out: { name: string; table: string | null }[] = [];
+    for (let i = 0; i < ll._sqlite3_column_count(ptr); i++) out.push({ name: columnName(ptr, i), table: columnTable(ptr, i) || null });
+    return out;
+  }
+
+  /**
+   * Checks the parameters (every slot filled exactly once, every value storable as given) and
+   * gives unprefixed named parameters the prefix the SQL uses; rejects unknown names.
+   */
   private normalize(params: BindParams | undefined): unknown {
-    // A single blob is one value; the engine would take it for an object of named parameters.
-    if (params instanceof Uint8Array) return [params];
-    if (params === null || typeof params !== 'object') {
-      if (typeof params === 'string') checkText(params);
+    const expected = (this.slots ??= parameterCount(tokenize(this.sql)));
+    if (params === undefined) {
+      checkCount(0, expected, this.sql);
       return params;
     }
+    // A single blob is one value; the engine would take it for an object of named parameters.
+    if (params === null || typeof params !== 'object' || params instanceof Uint8Array) {
+      checkValue(params, '1');
+      checkCount(1, expected, this.sql);
+      return params instanceof Uint8Array ? [params] : params;
+    }
     if (Array.isArray(params)) {
-      for (let i = 0; i < params.length; i++) if (typeof params[i] === 'string') checkText(params[i] as string);
+      for (let i = 0; i < params.length; i++) checkValue(params[i], String(i + 1));
+      checkCount(params.length, expected, this.sql);
       return params;
     }
     // Named values are bound by position: the index of each name is looked up once per
     // statement (the engine wrapper would look every name up again on every execution).
     const out: unknown[] = [];
+    let bound = 0;
     for (const key of Object.keys(params)) {
       let index = this.named.get(key);
       if (index === undefined) {
@@ -132,10 +261,12 @@ export class PreparedSql {
         this.named.set(key, index);
       }
       const value = (params as Record<string, unknown>)[key];
-      if (typeof value === 'string') checkText(value);
-      while (out.length < index - 1) out.push(null);
+      checkValue(value, `"${key}"`);
+      while (out.length < index - 1) out.push(undefined);
+      if (out[index - 1] === undefined) bound++;
       out[index - 1] = value;
     }
+    checkCount(bound, expected, this.sql);
     return out;
   }
 
@@ -160,21 +291,7 @@ export class PreparedSql {
   }
 
   finalize(): void {
+    settleCursor();
     if (!this.stmt.isFinalized) this.stmt.finalize();
-  }
-}
-
-/**
- * The engine binding passes text as a NUL-terminated C string, so a NUL character would silently
- * cut the value short: refuse it instead (store such data as a blob).
- */
-function checkText(s: string): void {
-  if (s.includes('\0')) {
-    throw sqliteError(
-      'A string parameter contains a NUL character, which the engine would silently truncate; pass it as a Uint8Array (blob) instead',
-      'SQLITE_MISMATCH',
-      undefined,
-      'misuse',
-    );
   }
 }

@@ -19,13 +19,39 @@ export interface Footprint {
   readonly writes: ReadonlySet<string>;
   /** True when the statement starts no write transaction. */
   readonly readonly: boolean;
+  /**
+   * False when the statement (its triggers included) calls a function that may answer
+   * differently when run again on the same data: `random()`, the date and time functions,
+   * user functions, anything not known to be deterministic.
+   */
+  readonly deterministic: boolean;
 }
 
 const EMPTY: ReadonlySet<string> = new Set();
 const EVERYTHING: ReadonlySet<string> = new Set([ALL_TABLES]);
 
 /** A footprint that conflicts with everything: used where the bytecode cannot tell. */
-export const UNKNOWN_FOOTPRINT: Footprint = { reads: EVERYTHING, writes: EVERYTHING, readonly: false };
+export const UNKNOWN_FOOTPRINT: Footprint = { reads: EVERYTHING, writes: EVERYTHING, readonly: false, deterministic: false };
+
+/**
+ * Built-in functions whose result depends only on their arguments (and, for the per-handle
+ * connection-state functions, on values that replays restore). Anything else counts as
+ * non-deterministic. The date and time functions are left out on purpose: with 'now' they are not.
+ */
+const DETERMINISTIC_FUNCTIONS = new Set(
+  (
+    'abs char coalesce concat concat_ws format glob hex ifnull iif if instr length like likelihood likely lower ' +
+    'ltrim max min nullif octet_length printf quote replace round rtrim sign soundex substr substring trim typeof ' +
+    'unhex unicode unlikely upper zeroblob unistr unistr_quote ' +
+    'json json_array json_array_length json_error_position json_extract json_insert json_object json_patch ' +
+    'json_pretty json_quote json_remove json_replace json_set json_type json_valid jsonb jsonb_array jsonb_extract ' +
+    'jsonb_insert jsonb_object jsonb_patch jsonb_remove jsonb_replace jsonb_set -> ->> ' +
+    'acos acosh asin asinh atan atan2 atanh ceil ceiling cos cosh degrees exp floor ln log log10 log2 mod pi pow ' +
+    'power radians sin sinh sqrt tan tanh trunc ' +
+    'count sum total avg group_concat string_agg ' +
+    'last_insert_rowid changes total_changes'
+  ).split(' '),
+);
 
 /** True when the two sets share a table (either may be {@link ALL_TABLES}). */
 export function intersects(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
@@ -77,6 +103,7 @@ export class FootprintAnalyzer {
     const writes = new Set<string>();
     let readonly = true;
     let unknown = false;
+    let deterministic = true;
     for (const r of rows) {
       const op = r.opcode as string;
       switch (op) {
@@ -98,6 +125,18 @@ export class FootprintAnalyzer {
           writes.add(t);
           break;
         }
+        case 'Function':
+        case 'PureFunc':
+        case 'AggStep':
+        case 'AggStep1':
+        case 'AggInverse':
+        case 'AggValue':
+        case 'AggFinal': {
+          const p4 = String(r.p4 ?? '');
+          const paren = p4.lastIndexOf('(');
+          if (!DETERMINISTIC_FUNCTIONS.has((paren > 0 ? p4.slice(0, paren) : p4).toLowerCase())) deterministic = false;
+          break;
+        }
         case 'Transaction':
           if ((r.p2 as number) !== 0) readonly = false;
           break;
@@ -113,9 +152,9 @@ export class FootprintAnalyzer {
           break;
       }
     }
-    if (unknown) return readonly ? { reads: EVERYTHING, writes: EMPTY, readonly } : UNKNOWN_FOOTPRINT;
+    if (unknown) return readonly ? { reads: EVERYTHING, writes: EMPTY, readonly, deterministic } : UNKNOWN_FOOTPRINT;
     if (!readonly && writes.size === 0) return UNKNOWN_FOOTPRINT; // SetCookie & co: schema-wide
-    return { reads, writes, readonly };
+    return { reads, writes, readonly, deterministic };
   }
 
   private table(db: number, root: number): string {

@@ -22,9 +22,10 @@
  * {@link FileAccess.afterUse} after, with whether a real transaction is still open.
  * @module
  */
-import { fromEngineError, SqliteError, sqliteError } from '../errors.js';
+import { markFileLockBusy } from '../busy-timeout.js';
+import { fromEngineError, SqliteError, sqliteError, type SqliteErrorCode } from '../errors.js';
 import type { WasmDatabase, WasmStatement } from './load.js';
-import { isHeld, lockDirOf, recentBusyInfo, someoneWaiting, waitMarkerExists, watchLock } from './lock.js';
+import { isHeld, lockDirOf, recentBusyInfo, recentLockFailure, someoneWaiting, sweepNextTime, waitMarkerExists, watchLock } from './lock.js';
 
 /** How a file database locks its file. See the module documentation. */
 export type LockingMode = 'auto' | 'shared' | 'exclusive';
@@ -106,6 +107,17 @@ export function createFileAccess(
   return new Policy(db, path, mode, { ...DEFAULT_TIMINGS, ...timings }, setup);
 }
 
+/** SQLite codes for errno codes of a failed lock operation. */
+const LOCK_FAILURE_CODES: Record<string, SqliteErrorCode> = {
+  ENOSPC: 'SQLITE_FULL',
+  EDQUOT: 'SQLITE_FULL',
+  EACCES: 'SQLITE_READONLY',
+  EPERM: 'SQLITE_READONLY',
+  EROFS: 'SQLITE_READONLY',
+  ENOTDIR: 'SQLITE_CANTOPEN',
+  EMLINK: 'SQLITE_CANTOPEN',
+};
+
 /** Open policies, for the exit hook. */
 const live = new Set<Policy>();
 let exitHooked = false;
@@ -148,6 +160,7 @@ class Policy implements FileAccess {
   ) {
     this.setup = setup.length > 0 ? [...setup] : undefined;
     this.lockDir = lockDirOf(path);
+    sweepNextTime(this.lockDir);
     this.holding = isHeld(this.lockDir);
     if (mode !== 'shared') this.setExclusive(true);
     this.unwatch =
@@ -175,10 +188,12 @@ class Policy implements FileAccess {
     if (this.graceUntil !== 0) {
       if (Date.now() < this.graceUntil && waitMarkerExists(this.lockDir)) {
         this.counters.graceRefusals++;
-        throw sqliteError(
-          `database is locked: this process is handing "${this.path}" to another process that waits for it ` +
-            `(for at most ${this.t.graceMs} ms); retry`,
-          'SQLITE_BUSY',
+        throw markFileLockBusy(
+          sqliteError(
+            `database is locked: this process is handing "${this.path}" to another process that waits for it ` +
+              `(for at most ${this.t.graceMs} ms); retry`,
+            'SQLITE_BUSY',
+          ),
         );
       }
       this.graceUntil = 0;
@@ -203,9 +218,18 @@ class Policy implements FileAccess {
   }
 
   explain(error: unknown): unknown {
-    if (!(error instanceof SqliteError) || error.kind !== 'busy') return error;
+    if (!(error instanceof SqliteError)) return error;
+    if (error.kind === 'io') {
+      // The engine says only "disk I/O error": name the file and the cause when it was the lock.
+      const failure = recentLockFailure(this.lockDir);
+      if (failure === undefined) return error;
+      return sqliteError(`${error.message}: ${failure.detail}`, LOCK_FAILURE_CODES[failure.code] ?? 'SQLITE_IOERR_LOCK', error);
+    }
+    if (error.kind !== 'busy') return error;
     const detail = this.busyDetail();
-    if (detail === undefined || error.message.includes(this.lockDir)) return error;
+    if (detail === undefined) return error;
+    markFileLockBusy(error);
+    if (error.message.includes(this.lockDir)) return error;
     error.message = `${error.message}: ${detail}`;
     if (error.stack) error.stack = `${error.name}: ${error.message}\n${error.stack.split('\n').slice(1).join('\n')}`;
     return error;

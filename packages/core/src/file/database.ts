@@ -8,6 +8,7 @@ import path from 'node:path';
 import { fromEngineError, misuseError, sqliteError, type SqliteError } from '../errors.js';
 import { createFileAccess, type AccessTimings, type FileAccess, type LockingMode } from './access.js';
 import { loadSqlite, type WasmDatabase } from './load.js';
+import { allowLocklessReads, lockDirOf } from './lock.js';
 
 /** `PRAGMA synchronous`: when SQLite waits for the disk. */
 export type SynchronousMode = 'off' | 'normal' | 'full' | 'extra';
@@ -61,17 +62,68 @@ function pick<T extends string>(name: string, value: unknown, allowed: readonly 
  */
 export function fileSettings(options: Omit<FileOptions, 'readonly' | 'fileMustExist' | 'timings'> = {}): FileSettings {
   const jm = options.journalMode as unknown;
-  if (typeof jm === 'string' && jm.toLowerCase() === 'wal') {
-    throw misuseError(
-      "open(): journalMode 'wal' is not supported: this engine's file system layer has no shared memory, " +
-        "so SQLite cannot run WAL; use 'delete' (default), 'truncate' or 'persist'",
-    );
-  }
+  if (typeof jm === 'string' && jm.toLowerCase() === 'wal') throw walRefused("open(): journalMode 'wal'");
   return {
     locking: pick('locking', options.locking, LOCKING, DEFAULT_FILE_SETTINGS.locking),
     synchronous: pick('synchronous', options.synchronous, SYNCHRONOUS, DEFAULT_FILE_SETTINGS.synchronous),
     journalMode: pick('journalMode', jm, JOURNAL, DEFAULT_FILE_SETTINGS.journalMode),
   };
+}
+
+/**
+ * The error for WAL, asked for by `open()` or by `PRAGMA journal_mode = wal`: the engine would
+ * accept the pragma and keep the rollback journal, or (with the file held) lock every other
+ * process out, so it is refused with the reason.
+ */
+export function walRefused(what = 'PRAGMA journal_mode = wal'): SqliteError {
+  return misuseError(
+    `${what} is not supported: this engine's file system layer has no shared memory, ` +
+      "so SQLite cannot run WAL; use 'delete' (default), 'truncate' or 'persist'. Nothing was changed",
+  );
+}
+
+/**
+ * The error for a database file with several names (hard links). SQLite names the journal, and
+ * the engine its lock directory, after the path: two names would have two journals, and a crash
+ * under one name would leave a hot journal the other name never sees.
+ */
+export function hardLinked(file: string, links: number): SqliteError {
+  return cantOpen(
+    `cannot open database "${file}": the file has ${links} hard links (names). Its rollback journal and lock are named ` +
+      `after the path, so two names of one file would not see each other's journal; remove the other names ` +
+      `(\`find / -xdev -samefile "${file}"\` lists them), or use a symlink instead`,
+  );
+}
+
+/**
+ * The one name of a database file that every process uses (so its lock directory `<name>.lock`
+ * and journal `<name>-journal` are the same for all): the absolute path with every symlink
+ * resolved, including a symlink whose target does not exist yet (it names its target).
+ */
+export function canonicalDatabasePath(file: string): string {
+  let abs = path.resolve(file);
+  for (let hops = 0; hops < 40; hops++) {
+    try {
+      return fs.realpathSync(abs);
+    } catch {
+      // Not there (yet): resolve the directory, then follow a dangling symlink at the end.
+    }
+    let dir: string;
+    try {
+      dir = fs.realpathSync(path.dirname(abs));
+    } catch {
+      return abs; // the directory is missing: open() reports that
+    }
+    const joined = path.join(dir, path.basename(abs));
+    let target: string;
+    try {
+      target = fs.readlinkSync(joined);
+    } catch {
+      return joined; // not a symlink: a file to be created
+    }
+    abs = path.resolve(dir, target);
+  }
+  throw cantOpen(`cannot open database "${file}": too many levels of symbolic links`);
 }
 
 const cantOpen = (message: string, cause?: unknown): SqliteError => sqliteError(message, 'SQLITE_CANTOPEN', cause);
@@ -109,6 +161,16 @@ function checkPath(file: string, readonly: boolean, mustExist: boolean, needsJou
   }
   if (!dirStat.isDirectory()) throw cantOpen(`cannot open database "${file}": "${dir}" is not a directory`);
 
+  const lockPath = `${file}.lock`;
+  const lockStat = fs.lstatSync(lockPath, { throwIfNoEntry: false });
+  if (lockStat && !lockStat.isDirectory()) {
+    throw cantOpen(
+      `cannot open database "${file}": "${lockPath}" is not a directory, but the engine locks "${file}" by creating ` +
+        `a directory of that name (is "${lockPath}" another database? a database must not be named like another one's ` +
+        `lock, <name>.lock); rename or move one of them`,
+    );
+  }
+
   let st: fs.Stats | undefined;
   try {
     st = fs.statSync(file);
@@ -126,6 +188,7 @@ function checkPath(file: string, readonly: boolean, mustExist: boolean, needsJou
   }
   if (st.isDirectory()) throw cantOpen(`cannot open database "${file}": it is a directory`);
   if (!st.isFile()) throw cantOpen(`cannot open database "${file}": not a regular file`);
+  if (st.nlink > 1) throw hardLinked(file, st.nlink);
   if (!canAccess(file, fs.constants.R_OK)) throw cantOpen(`cannot open database "${file}": permission denied (not readable)`);
 
   if (st.size > 0) {
@@ -220,6 +283,7 @@ export function openDatabaseFile(file: string, options: FileOptions = {}): Opene
       }
       setup.push(sql);
     }
+    if (options.readonly === true) allowLocklessReads(lockDirOf(abs));
     const access = createFileAccess(db, abs, settings.locking, options.timings, setup);
     return { db, path: abs, readOnly: readOnlyOpen, settings, access };
   } catch (e) {

@@ -6,8 +6,8 @@
  * `var fs = require("node:fs")`. Its source is evaluated here, like Node's own CommonJS loader
  * does (same `module`, `exports`, `__filename`, `__dirname`, so it finds its `.wasm` next to
  * itself), except that `require("node:fs")` returns a thin object whose prototype is the real
- * `fs` and which overrides `mkdirSync`, `rmdirSync` and `accessSync` for paths ending in `.lock`.
- * Everything else (reads, writes, fsync, the wasm binary) goes straight to the real `fs`.
+ * `fs` and which overrides `mkdirSync`, `rmdirSync` and `accessSync` for paths ending in `.lock`,
+ * and the mode of files the engine creates (`openSync`). Everything else (reads, writes, fsync, the wasm binary) goes straight to the real `fs`.
  *
  * The WebAssembly heap belongs to one load: {@link loadSqlite} is memoized, and every siblite
  * engine of the process uses the same module.
@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import vm from 'node:vm';
+import { locateEngine } from '../locate-engine.js';
 import { acquire, checkReserved, release } from './lock.js';
 
 /** The parts of node-sqlite3-wasm that siblite uses. */
@@ -61,8 +62,16 @@ function isLockDir(p: unknown): p is string {
  */
 function lockingFs(): typeof fs {
   const wrapped = Object.create(fs) as typeof fs;
-  const real = { mkdirSync: fs.mkdirSync, rmdirSync: fs.rmdirSync, accessSync: fs.accessSync };
+  const real = { mkdirSync: fs.mkdirSync, rmdirSync: fs.rmdirSync, accessSync: fs.accessSync, openSync: fs.openSync };
   Object.assign(wrapped, {
+    // The engine creates files with a fixed mode (0600 whatever the umask). Like SQLite's unix
+    // VFS: a database gets 0666 less the umask, a journal the mode of its database.
+    openSync(p: fs.PathLike, flags?: fs.OpenMode, mode?: fs.Mode | null) {
+      if (typeof p !== 'string' || typeof mode !== 'number') return real.openSync(p, flags as fs.OpenMode, mode);
+      const journalOf = p.endsWith('-journal') ? p.slice(0, -'-journal'.length) : undefined;
+      const dbMode = journalOf === undefined ? undefined : fs.statSync(journalOf, { throwIfNoEntry: false })?.mode;
+      return real.openSync(p, flags as fs.OpenMode, dbMode === undefined ? 0o666 : dbMode & 0o777);
+    },
     mkdirSync(p: fs.PathLike, options?: fs.MakeDirectoryOptions | fs.Mode | null) {
       if (isLockDir(p) && options === undefined) return acquire(p);
       return real.mkdirSync(p, options as fs.MakeDirectoryOptions);
@@ -85,8 +94,7 @@ function lockingFs(): typeof fs {
  */
 export function loadSqlite(): SqliteModule {
   if (loaded) return loaded;
-  const req = createRequire(import.meta.url);
-  const filename = req.resolve('node-sqlite3-wasm');
+  const filename = locateEngine();
   const source = fs.readFileSync(filename, 'utf8');
   const pkgRequire = createRequire(filename);
   const fsForEngine = lockingFs();

@@ -135,10 +135,31 @@ export type StatementClass =
   | { type: 'release'; name: string }
   | { type: 'rollback_to'; name: string }
   | { type: 'journal_mode'; value: string | null }
+  | { type: 'busy_timeout'; value: string | null }
   | { type: 'ddl' }
+  /**
+   * Changes the shared connection's state or needs it outside any transaction: a PRAGMA that
+   * sets something, VACUUM, ATTACH, DETACH. Such a statement never runs inside another handle's
+   * real transaction (it would fail there, or be silently ignored).
+   */
+  | { type: 'setting' }
   | { type: 'dml'; verb: 'select' | 'insert' | 'update' | 'delete' | 'other' };
 
-const DDL = new Set(['create', 'drop', 'alter', 'reindex', 'vacuum', 'analyze', 'attach', 'detach']);
+const DDL = new Set(['create', 'drop', 'alter', 'reindex', 'analyze']);
+const SETTINGS = new Set(['vacuum', 'attach', 'detach']);
+/** PRAGMAs that take an argument but only report (the table-valued ones). */
+const QUERY_PRAGMAS = new Set([
+  'table_info',
+  'table_xinfo',
+  'table_list',
+  'index_info',
+  'index_xinfo',
+  'index_list',
+  'foreign_key_list',
+  'foreign_key_check',
+  'integrity_check',
+  'quick_check',
+]);
 
 /** Classifies one statement from its tokens. Unknown shapes are `dml` with verb `other`. */
 export function classify(tokens: Token[]): StatementClass {
@@ -175,10 +196,19 @@ export function classify(tokens: Token[]): StatementClass {
         const v = tokens[k + 1]?.text === '=' ? tokens[k + 2] : tokens[k + 1]?.text === '(' ? tokens[k + 2] : undefined;
         return { type: 'journal_mode', value: v ? nameOf(v).toLowerCase() : null };
       }
+      if (w(k) === 'busy_timeout') {
+        // siblite's own busy timeout (see busy-timeout.ts): the value's tokens, e.g. "-1".
+        const at = tokens[k + 1]?.text === '=' || tokens[k + 1]?.text === '(' ? k + 2 : -1;
+        const value = at < 0 ? null : tokens.slice(at).filter((t) => t.text !== ')' && t.text !== ';').map((t) => nameOf(t)).join('');
+        return { type: 'busy_timeout', value };
+      }
+      const sets = tokens[k + 1]?.text === '=' || tokens[k + 1]?.text === '(';
+      if (sets && !QUERY_PRAGMAS.has(w(k) ?? '')) return { type: 'setting' };
       return { type: 'dml', verb: 'other' };
     }
     default:
       if (first && DDL.has(first)) return { type: 'ddl' };
+      if (first && SETTINGS.has(first)) return { type: 'setting' };
       return { type: 'dml', verb: verbOf(tokens) };
   }
 }
@@ -244,17 +274,37 @@ export interface SingleRowInsert {
   columnsClose: number;
   /** Offset of the `)` that closes the single VALUES tuple. */
   valuesClose: number;
+  /** `DEFAULT VALUES`: the offsets of `DEFAULT` and of the end of `VALUES` (no column list). */
+  defaults?: { start: number; end: number };
+}
+
+/** The table an INSERT (or REPLACE) writes into, looking past a leading WITH clause. */
+export function insertTarget(tokens: Token[]): { schema: string | undefined; table: string } | undefined {
+  let depth = 0;
+  for (let k = 0; k < tokens.length; k++) {
+    const t = tokens[k] as Token;
+    if (t.text === '(') depth++;
+    else if (t.text === ')') depth--;
+    if (depth !== 0 || t.type !== 'word' || t.text !== 'into') continue;
+    const prev = tokens[k - 1]?.text;
+    if (prev !== 'insert' && prev !== 'replace' && tokens[k - 3]?.text !== 'insert') return undefined;
+    const first = tokens[k + 1];
+    if (!first) return undefined;
+    if (tokens[k + 2]?.text === '.') return { schema: nameOf(first), table: nameOf(tokens[k + 3]) };
+    return { schema: undefined, table: nameOf(first) };
+  }
+  return undefined;
 }
 
 /** Recognizes a {@link SingleRowInsert}. */
 export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   let k = 0;
   const at = (i: number) => tokens[i];
-  if (at(k)?.text !== 'insert') return undefined;
+  if (at(k)?.text !== 'insert' && at(k)?.text !== 'replace') return undefined;
   k++;
-  if (at(k)?.text === 'or') {
+  if (at(0)?.text === 'insert' && at(k)?.text === 'or') {
     const c = at(k + 1)?.text;
-    if (c !== 'abort' && c !== 'fail' && c !== 'ignore' && c !== 'rollback') return undefined;
+    if (c !== 'abort' && c !== 'fail' && c !== 'ignore' && c !== 'rollback' && c !== 'replace') return undefined;
     k += 2;
   }
   if (at(k)?.text !== 'into') return undefined;
@@ -268,6 +318,12 @@ export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   }
   k++;
   if (at(k)?.text === 'as') k += 2;
+  if (at(k)?.text === 'default' && at(k + 1)?.text === 'values') {
+    const next = at(k + 2);
+    if (next && next.text !== 'returning') return undefined;
+    const d = { start: (at(k) as Token).start, end: (at(k + 1) as Token).end };
+    return { schema, table, columns: [], columnsClose: d.start, valuesClose: d.end, defaults: d };
+  }
   if (at(k)?.text !== '(') return undefined;
   k++;
   const columns: string[] = [];
@@ -295,4 +351,27 @@ export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   const next = at(k + 1);
   if (next && next.text !== 'returning' && next.text !== 'on') return undefined;
   return { schema, table, columns, columnsClose: columnsClose.start, valuesClose: valuesClose.start };
+}
+
+/**
+ * How many parameter slots the statement has, numbered as SQLite numbers them: `?` takes the
+ * next slot, `?NNN` slot NNN, and a named parameter a new slot the first time its name appears.
+ * (The engine binding does not export `sqlite3_bind_parameter_count`.)
+ */
+export function parameterCount(tokens: readonly Token[]): number {
+  let count = 0;
+  let names: Set<string> | undefined;
+  for (const t of tokens) {
+    if (t.type !== 'param') continue;
+    if (t.text === '?') count++;
+    else if (t.text[0] === '?') count = Math.max(count, Number(t.text.slice(1)) || 0);
+    else {
+      names ??= new Set();
+      if (!names.has(t.text)) {
+        names.add(t.text);
+        count++;
+      }
+    }
+  }
+  return count;
 }

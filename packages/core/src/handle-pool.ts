@@ -1,0 +1,83 @@
+/**
+ * A pool of sibling handles with their prepared statements, for adapters (Kysely, Drizzle) that
+ * give every connection or transaction a handle of its own.
+ * @module
+ */
+import type { Connection } from './connection.js';
+import type { Statement } from './statement.js';
+
+const STATEMENTS_PER_HANDLE = 128;
+
+/** A sibling handle from a {@link HandlePool}, with a cache of its prepared statements. */
+export class PooledHandle {
+  private readonly statements = new Map<string, Statement>();
+
+  /** @internal */
+  constructor(
+    /** The sibling handle. */
+    readonly handle: Connection,
+  ) {}
+
+  /** A prepared statement for `sql` on this handle, cached (the least recently prepared of 128 is finalized). */
+  statement(sql: string): Statement {
+    let stmt = this.statements.get(sql);
+    if (stmt && !stmt.isFinalized) return stmt;
+    stmt = this.handle.prepare(sql);
+    if (this.statements.size >= STATEMENTS_PER_HANDLE) {
+      const [oldest, old] = this.statements.entries().next().value as [string, Statement];
+      if (!old.isFinalized) old.finalize();
+      this.statements.delete(oldest);
+    }
+    this.statements.set(sql, stmt);
+    return stmt;
+  }
+
+  /** Finalizes the cached statements and closes the handle. */
+  close(): void {
+    for (const s of this.statements.values()) if (!s.isFinalized) s.finalize();
+    this.statements.clear();
+    this.handle.close();
+  }
+}
+
+/**
+ * Sibling handles of one database, reused: {@link HandlePool.acquire} hands out an idle one (or
+ * connects a new one), {@link HandlePool.release} takes it back. Handles never block each other,
+ * so there is no limit on how many are out at once; only idle ones are capped.
+ */
+export class HandlePool {
+  private readonly idle: PooledHandle[] = [];
+  private closed = false;
+
+  /**
+   * @param root - the database's handle; pooled handles are `root.connect()` siblings.
+   * @param maxIdle - how many idle handles to keep (each keeps its statement cache). Default 32.
+   */
+  constructor(
+    readonly root: Connection,
+    private readonly maxIdle = 32,
+  ) {}
+
+  /**
+   * An idle handle, or a new sibling.
+   * @throws SqliteError of kind `closed` when the root handle or the pool is closed.
+   */
+  acquire(): PooledHandle {
+    if (this.closed) throw new Error('siblite: the handle pool is closed');
+    return this.idle.pop() ?? new PooledHandle(this.root.connect());
+  }
+
+  /** Takes a handle back; a transaction left open on it is rolled back first. */
+  release(pooled: PooledHandle): void {
+    if (!pooled.handle.isOpen) return;
+    if (pooled.handle.inTransaction) pooled.handle.exec('ROLLBACK');
+    if (!this.closed && this.idle.length < this.maxIdle) this.idle.push(pooled);
+    else pooled.close();
+  }
+
+  /** Closes the idle handles (handles still out are closed when released). The root stays open. */
+  close(): void {
+    this.closed = true;
+    for (const p of this.idle.splice(0)) p.close();
+  }
+}
