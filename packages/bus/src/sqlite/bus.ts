@@ -910,7 +910,7 @@ export class SqliteBus implements Bus, Store {
       let commands = h.run(this.plans.pruneCommands, { before: now - olderThan, withDead: 0 }).changes;
       let deadLetters = 0;
       if (dead !== null) {
-        deadLetters = h.run(this.plans.purgeDead, { source: null, grp: null, status: null, before: now - dead }).changes;
+        deadLetters = h.run(this.plans.purgeDead, { source: null, grp: null, status: null, name: null, before: now - dead }).changes;
         commands += h.run(this.plans.pruneCommands, { before: now - dead, withDead: 1 }).changes;
         if (deadLetters > 0) commands += h.run(this.plans.dropPurgedCommands).changes;
       }
@@ -959,7 +959,7 @@ export class SqliteBus implements Bus, Store {
     return this.immediate((h) => {
       const n = h.run(this.plans.deleteGroup, { grp: group }).changes;
       h.run(this.plans.deleteGroupState, { grp: group });
-      if (options?.deadLetters === true) h.run(this.plans.purgeDead, { source: 'log', grp: group, status: null, before: null });
+      if (options?.deadLetters === true) h.run(this.plans.purgeDead, { source: 'log', grp: group, status: null, name: null, before: null });
       h.run(this.plans.resume, { target: `group:${group}` });
       return n > 0;
     });
@@ -1110,7 +1110,8 @@ function checkFilter(filter: DeadLetterFilter) {
   const status = filter.status ?? null;
   if (status !== null && status !== 'dead' && status !== 'parked') throw new ValidationError('status', 'status must be "dead" or "parked"');
   const grp = filter.group === undefined ? null : validateGroup(filter.group);
-  return { source, grp, status };
+  const name = filter.name === undefined ? null : validateName(filter.name);
+  return { source, grp, status, name };
 }
 
 function toClaim(row: MessageRow, ref: number, kind: MessageKind, group: string | null, token: string): Claim {

@@ -440,7 +440,7 @@ export function buildPlans(namespace: string) {
     /** Lists dead letters and parked messages, oldest first. */
     listDead: `SELECT dead_id, source, ref, grp, status, reason, failed_at, attempts, ${MSG_COLS} FROM ${dead}
       WHERE (:source IS NULL OR source = :source) AND (:grp IS NULL OR grp = :grp) AND (:status IS NULL OR status = :status)
-        AND dead_id > :after
+        AND (:name IS NULL OR name = :name) AND dead_id > :after
       ORDER BY dead_id LIMIT :limit`,
     /** Reads one dead letter. */
     getDead: `SELECT dead_id, source, ref, grp, status FROM ${dead} WHERE dead_id = :deadId`,
@@ -452,7 +452,7 @@ export function buildPlans(namespace: string) {
     /** Deletes dead letters matching a filter. */
     purgeDead: `DELETE FROM ${dead}
       WHERE (:source IS NULL OR source = :source) AND (:grp IS NULL OR grp = :grp) AND (:status IS NULL OR status = :status)
-        AND (:before IS NULL OR failed_at < :before)`,
+        AND (:name IS NULL OR name = :name) AND (:before IS NULL OR failed_at < :before)`,
 
     // ---------------------------------------------------------------- stats
     /** Unsettled commands per name, with the oldest waiting one's creation time. */
