@@ -1,0 +1,94 @@
+/**
+ * Adversarial findings against the guarantees of docs/concurrency.md: each test states what
+ * plain SQLite (or a serial execution) shows, and is marked `it.fails` while siblite differs.
+ * See FINDINGS.md next to this file.
+ */
+import { describe, expect, it } from 'vitest';
+import { open } from '../../src/index.js';
+import { rawDatabase } from './oracle.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('adversarial findings', () => {
+  it.fails('params-under-reservation: too few / too many positional parameters are refused while another transaction holds a rowid reservation', () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, a, b)');
+      const a = db.connect();
+      const b = db.connect();
+      // Without reservations both are refused (class 11):
+      expect(() => b.run('INSERT INTO t (a, b) VALUES (?, ?)', [9])).toThrow(/Too few/);
+      a.exec('BEGIN CONCURRENT');
+      a.run('INSERT INTO t (a, b) VALUES (?, ?)', [1, 2]); // reserves rowid 1 in t
+      expect(() => b.run('INSERT INTO t (a, b) VALUES (?, ?)', [9])).toThrow(/Too few/);
+      expect(() => b.run('INSERT INTO t (a, b) VALUES (?, ?)', [7, 8, 99])).toThrow(/Too many/);
+      a.exec('ROLLBACK');
+      expect(db.all('SELECT * FROM t')).toEqual([]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it.fails('overlapping-nested-transactions: a nested transaction() that rejects leaves none of its writes when a sibling nested call overlaps it', async () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT); INSERT INTO acct VALUES (1, 100), (2, 0)');
+      const h = db.connect();
+      await h.transaction(async (tx) => {
+        const results = await Promise.allSettled([
+          tx.transaction(async (t) => {
+            await sleep(5);
+            t.run('UPDATE acct SET bal = bal + 1 WHERE id = 2');
+          }),
+          tx.transaction(async (t) => {
+            t.run('UPDATE acct SET bal = bal - 50 WHERE id = 1');
+            await sleep(20);
+            throw new Error('transfer aborted before the credit');
+          }),
+        ]);
+        expect(results[1]?.status).toBe('rejected');
+      });
+      // Whatever the first call did, the rejected one must have left nothing: no debit.
+      expect(db.get('SELECT bal FROM acct WHERE id = 1')).toEqual({ bal: 100 });
+    } finally {
+      db.close();
+    }
+  });
+
+  it.fails('total-changes-misses-trigger-and-cascade-rows: total_changes() counts rows changed by triggers and foreign-key actions, as in SQLite', () => {
+    const setup =
+      'CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (id INTEGER PRIMARY KEY, pid REFERENCES p ON DELETE CASCADE);' +
+      'CREATE TABLE audit (id INTEGER PRIMARY KEY, x); CREATE TRIGGER tr AFTER INSERT ON p BEGIN INSERT INTO audit (x) VALUES (new.id); END;';
+    const steps = ['INSERT INTO p VALUES (1)', 'INSERT INTO c VALUES (1, 1), (2, 1)', 'DELETE FROM p', 'SELECT total_changes() AS tc'];
+    const raw = rawDatabase();
+    raw.exec(setup);
+    const want = steps.map((s) => raw.all(s));
+    raw.close();
+    const db = open(':memory:');
+    try {
+      db.exec(setup);
+      const h = db.connect();
+      expect(steps.map((s) => h.all(s))).toEqual(want); // SQLite: 1+1 (trigger) + 2 + 1+2 (cascade) = 7
+    } finally {
+      db.close();
+    }
+  });
+
+  it.fails('last-insert-rowid-inside-statement: last_insert_rowid() inside a trigger body or a multi-row INSERT answers what SQLite answers', () => {
+    const setup =
+      'CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE audit (id INTEGER PRIMARY KEY, lid);' +
+      'CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO audit (lid) VALUES (last_insert_rowid()); END;';
+    const steps = ['INSERT INTO t (id, v) VALUES (10, 1)', 'INSERT INTO t (v) VALUES (2), (last_insert_rowid())', 'SELECT * FROM t', 'SELECT * FROM audit'];
+    const raw = rawDatabase();
+    raw.exec(setup);
+    const want = steps.map((s) => raw.all(s));
+    raw.close();
+    const db = open(':memory:');
+    try {
+      db.exec(setup);
+      expect(steps.map((s) => db.all(s))).toEqual(want); // SQLite: audit.lid = 10 (the trigger sees new row), t row 12 gets v = 11
+    } finally {
+      db.close();
+    }
+  });
+});
