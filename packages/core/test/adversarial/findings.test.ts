@@ -3,6 +3,9 @@
  * plain SQLite (or a serial execution) shows, and is marked `it.fails` while siblite differs.
  * See FINDINGS.md next to this file.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { open } from '../../src/index.js';
 import { rawDatabase } from './oracle.js';
@@ -89,6 +92,58 @@ describe('adversarial findings', () => {
       expect(steps.map((s) => db.all(s))).toEqual(want); // SQLite: audit.lid = 10 (the trigger sees new row), t row 12 gets v = 11
     } finally {
       db.close();
+    }
+  });
+
+  it.fails('refused-setting-takes-effect: a PRAGMA refused inside BEGIN CONCURRENT changes nothing', () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (id INTEGER PRIMARY KEY, pid REFERENCES p); INSERT INTO p VALUES (1)');
+      const a = db.connect();
+      const b = db.connect();
+      a.exec('BEGIN CONCURRENT');
+      expect(() => a.run('PRAGMA foreign_keys = OFF')).toThrow(/not allowed inside BEGIN CONCURRENT/);
+      a.exec('ROLLBACK');
+      expect(b.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+      expect(() => b.run('INSERT INTO c VALUES (1, 99)')).toThrow(/FOREIGN KEY/);
+    } finally {
+      db.close();
+    }
+  });
+
+  it.fails('refused-setting-takes-effect: a PRAGMA refused with BusyError beside a BEGIN IMMEDIATE changes nothing', () => {
+    const db = open(':memory:');
+    try {
+      db.exec(
+        'CREATE TABLE chain (id INTEGER PRIMARY KEY, n INT); INSERT INTO chain VALUES (1, 0), (2, 0), (3, 0);' +
+          'CREATE TRIGGER step AFTER UPDATE ON chain WHEN new.n > 0 AND new.id < 3 BEGIN UPDATE chain SET n = new.n - 1 WHERE id = new.id + 1; END;',
+      );
+      const h0 = db.connect();
+      const h1 = db.connect();
+      h0.exec('BEGIN IMMEDIATE');
+      expect(() => h1.run('PRAGMA recursive_triggers = 1')).toThrow(/database is locked/);
+      h0.run('UPDATE chain SET n = 3 WHERE id = 1');
+      h0.exec('COMMIT');
+      // Serially the refused PRAGMA never ran: the trigger does not recurse, row 3 stays 0.
+      expect(db.all('SELECT n FROM chain ORDER BY id')).toEqual([{ n: 3 }, { n: 2 }, { n: 0 }]);
+      expect(db.get('PRAGMA recursive_triggers')).toEqual({ recursive_triggers: 0 });
+    } finally {
+      db.close();
+    }
+  });
+
+  it.fails('refused-setting-takes-effect: a read-only handle cannot turn foreign keys off for its siblings', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'siblite-adv-'));
+    const w = open(join(dir, 'db.sqlite'));
+    const r = open(join(dir, 'db.sqlite'), { readonly: true }); // same engine, read-only handle
+    try {
+      w.exec('CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (id INTEGER PRIMARY KEY, pid REFERENCES p); INSERT INTO p VALUES (1)');
+      expect(() => r.run('PRAGMA foreign_keys = 0')).toThrow(/readonly/);
+      expect(() => w.run('INSERT INTO c VALUES (1, 99)')).toThrow(/FOREIGN KEY/);
+    } finally {
+      r.close();
+      w.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -190,13 +190,22 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
   };
 
   const settingsUnit = (h: Connection, u: Unit) => {
+    // Known finding refused-setting-takes-effect: a refused PRAGMA still takes effect. With
+    // ADV_SKIP_KNOWN set, settings are issued only when no other transaction holds the engine.
+    const engine = (h as unknown as { session: { engine: { active: unknown } } }).session.engine;
+    if (process.env.ADV_SKIP_KNOWN && engine.active !== null) return;
     const choice = int(0, 4);
     const sql =
       choice === 0 ? `PRAGMA foreign_keys = ${int(0, 1)}` :
       choice === 1 ? `PRAGMA recursive_triggers = ${int(0, 1)}` :
       choice === 2 ? 'CREATE INDEX IF NOT EXISTS child_w ON child(w)' :
       choice === 3 ? 'DROP INDEX IF EXISTS child_w' : 'PRAGMA case_sensitive_like = 1';
-    h.run(sql);
+    try {
+      h.run(sql);
+    } catch (e) {
+      aborted.push({ kind: 'auto', handle: u.handle, steps: [{ sql, params: undefined, want: 'run', saw: { error: (e as Error).message } }] });
+      throw e;
+    }
     units.push({ kind: 'auto', handle: u.handle, steps: [{ sql, params: undefined, want: 'run', saw: null }], seq: ++seq });
   };
 
