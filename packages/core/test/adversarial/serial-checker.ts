@@ -8,7 +8,7 @@
 import { errorKind, open, type Connection } from '../../src/index.js';
 import { rawDatabase } from './oracle.js';
 
-export type HistoryKind = 'mixed' | 'settings' | 'lane';
+export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic';
 
 interface Step {
   sql: string;
@@ -36,6 +36,9 @@ CREATE TABLE gen (id INTEGER PRIMARY KEY, a INT, b INT GENERATED ALWAYS AS (a * 
 CREATE TABLE log (id INTEGER PRIMARY KEY, v INT NOT NULL);
 CREATE TABLE chain (id INTEGER PRIMARY KEY, n INT NOT NULL);
 CREATE TABLE wr (k TEXT PRIMARY KEY, v INT) WITHOUT ROWID;
+CREATE TABLE dchild (id INTEGER PRIMARY KEY, pid INT REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TRIGGER log_nine BEFORE INSERT ON log WHEN new.v = 9 BEGIN SELECT RAISE(FAIL, 'nine'); END;
+CREATE TRIGGER gen_cap BEFORE UPDATE ON gen WHEN new.a > 20 BEGIN SELECT RAISE(IGNORE); END;
 CREATE VIEW vtot AS SELECT count(*) AS n, total(v) AS s FROM kv WHERE v > 30;
 CREATE TRIGGER kv_big_audit AFTER UPDATE OF v ON kv WHEN new.v > 50 AND old.v <= 50 BEGIN INSERT INTO audit (what, val) VALUES ('big', new.v); END;
 CREATE TRIGGER parent_gone AFTER DELETE ON parent BEGIN UPDATE cfg SET x = x + 100 WHERE id = 2; END;
@@ -54,7 +57,7 @@ CREATE TEMP TABLE tmp (id INTEGER PRIMARY KEY, v INT);
 INSERT INTO tmp VALUES (1, 1);
 `;
 
-const TABLES = ['kv', 'cfg', 'parent', 'child', 'audit', 'uniq', 'gen', 'log', 'chain', 'wr', 'temp.tmp'];
+const TABLES = ['kv', 'cfg', 'parent', 'child', 'audit', 'uniq', 'gen', 'log', 'chain', 'wr', 'dchild', 'temp.tmp'];
 
 /** A small seeded PRNG (mulberry32). */
 function prng(seed: number): () => number {
@@ -88,7 +91,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
   const units: Unit[] = [];
   const nHandles = int(2, 5);
   const handles: Connection[] = [];
-  for (let i = 0; i < nHandles; i++) {
+  const makeHandle = () => {
     const h = db.connect();
     const session = (h as unknown as { session: { commit(): void } }).session;
     const commit = session.commit.bind(session);
@@ -98,8 +101,9 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
       if (current) current.seq = ++seq;
     };
     (h as unknown as { setUnit(u: Unit | undefined): void }).setUnit = (u) => (current = u);
-    handles.push(h);
-  }
+    return h;
+  };
+  for (let i = 0; i < nHandles; i++) handles.push(makeHandle());
   const prepared = new Map<Connection, Map<string, ReturnType<Connection['prepare']>>>();
   // Deterministic for a seed (no timers): 1-3 hops through the event loop.
   const tick = async () => {
@@ -119,7 +123,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
         saw = params ? st.all(params as never) : st.all();
       } else if (want === 'run') {
         const r = params ? h.run(sql, params as never) : h.run(sql);
-        saw = CONTROL.test(sql) ? null : /^\s*insert into log/i.test(sql) && r.changes > 0 ? { changes: r.changes, rowid: r.lastInsertRowid } : { changes: r.changes };
+        saw = CONTROL.test(sql) ? null : /^\s*insert into log/i.test(sql) && r.changes > 0 ? { changes: r.changes, rowid: Number(r.lastInsertRowid) } : { changes: r.changes };
       } else if (want === 'get') saw = (params ? h.get(sql, params as never) : h.get(sql)) ?? null;
       else saw = params ? h.all(sql, params as never) : h.all(sql);
     } catch (e) {
@@ -141,6 +145,33 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
   const operation = async (h: Connection, u: Unit, tx: boolean) => {
     const k = int(1, 6);
     const s = (sql: string, params?: unknown[], want: Step['want'] = 'run') => step(h, u, sql, params, want);
+    if (kind === 'exotic' && rnd() < 0.45) {
+      switch (int(0, 7)) {
+        case 0: return s('UPDATE OR FAIL uniq SET u = u + 10 WHERE id <= ?', [int(1, 5)]);
+        case 1: return s('INSERT INTO log (v) VALUES (?), (?), (?)', [int(0, 9), int(0, 9), int(0, 9)]);
+        case 2: return s('INSERT INTO log (v) SELECT v % 10 FROM kv WHERE k <= ?', [int(1, 3)]);
+        case 3: return s('INSERT INTO dchild (id, pid) VALUES (?, ?)', [int(1, 6), int(1, 5)]);
+        case 4: return s('DELETE FROM dchild WHERE pid = ?', [int(1, 5)]);
+        case 5: return s('UPDATE gen SET a = a + ? WHERE id = ?', [int(3, 9), int(1, 2)]);
+        case 6: {
+          // Bad parameters: a typed error and nothing written (never recorded as a step).
+          const before = JSON.stringify(h.all('SELECT * FROM kv ORDER BY k'));
+          let threw = false;
+          try {
+            h.run('UPDATE kv SET v = ? WHERE k = ?', [2n ** 64n + 5n, k] as never);
+          } catch (e) {
+            threw = errorKind(e) === 'misuse';
+            if (!threw) throw e;
+          }
+          if (!threw || JSON.stringify(h.all('SELECT * FROM kv ORDER BY k')) !== before) throw new Error(`bad parameter was accepted (seed ${seed})`);
+          return;
+        }
+        default:
+          if (!tx) return s('SELECT count(*) AS n FROM dchild', undefined, 'get');
+          s('UPDATE kv SET v = v + 0 WHERE k <= ?', [k]);
+          return s('SELECT changes() AS c', undefined, 'get');
+      }
+    }
     switch (int(0, 27)) {
       case 0: return s('SELECT v FROM kv WHERE k = ?', [k], 'get');
       case 1: return s('SELECT k, v FROM kv WHERE v BETWEEN ? AND ? ORDER BY k', [int(0, 40), int(30, 90)], 'all');
@@ -236,7 +267,23 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
             attempt = { kind: 'txfn', handle: hi, steps: [] };
             setUnit(attempt);
             for (let i = 0; i < nOps; i++) {
-              await operation(t, attempt, true);
+              if (kind === 'exotic' && rnd() < 0.3) {
+                const a = attempt;
+                const fail = rnd() < 0.4;
+                a.steps.push({ sql: 'SAVEPOINT nest', params: undefined, want: 'run', saw: null });
+                try {
+                  await t.transaction(async (n) => {
+                    await operation(n, a, false);
+                    await tick();
+                    await operation(n, a, false);
+                    if (fail) throw new Abort();
+                  });
+                  a.steps.push({ sql: 'RELEASE nest', params: undefined, want: 'run', saw: null });
+                } catch (e) {
+                  if (!(e instanceof Abort)) throw e;
+                  a.steps.push({ sql: 'ROLLBACK TO nest', params: undefined, want: 'run', saw: null }, { sql: 'RELEASE nest', params: undefined, want: 'run', saw: null });
+                }
+              } else await operation(t, attempt, true);
               await tick();
             }
           },
@@ -245,7 +292,8 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
         if (attempt) units.push(attempt);
       } catch (e) {
         const k = errorKind(e);
-        if (k !== 'busy' && k !== 'busy_snapshot') throw e;
+        if (k !== 'busy' && k !== 'busy_snapshot' && k !== 'constraint') throw e;
+        if (attempt) aborted.push(attempt);
       } finally {
         setUnit(undefined);
       }
@@ -276,6 +324,14 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
         await tick();
       }
       if (kindOfUnit === 'concurrent' && rnd() < 0.1) throw new Abort();
+      if (kind === 'exotic' && rnd() < 0.08) {
+        // Closing a handle mid-transaction rolls it back; a fresh handle takes its place.
+        h.close();
+        prepared.delete(h); // finalized by close()
+        handles[hi] = makeHandle();
+        aborted.push(u);
+        return;
+      }
       for (let tries = 0; ; tries++) {
         try {
           h.exec('COMMIT');
@@ -288,7 +344,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
       units.push(u);
     } catch (e) {
       const k = errorKind(e);
-      if (!(e instanceof Abort) && k !== 'busy' && k !== 'busy_snapshot') throw e;
+      if (!(e instanceof Abort) && k !== 'busy' && k !== 'busy_snapshot' && k !== 'constraint') throw e;
       aborted.push(u);
       if (h.inTransaction) h.exec('ROLLBACK');
       else if (k === 'busy_snapshot') h.exec('ROLLBACK'); // must be a no-op after a conflict
@@ -329,7 +385,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
       let sql = st.sql;
       let params = st.params;
       const told = (st.saw as { rowid?: number } | null)?.rowid;
-      if (told !== undefined && /^INSERT INTO log \(v\)/.test(sql)) {
+      if (told !== undefined && /^INSERT INTO log \(v\) VALUES \(\?\)$/.test(sql)) {
         sql = 'INSERT INTO log (id, v) VALUES (?, ?)';
         params = [told, ...(params ?? [])];
       }
@@ -339,7 +395,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
         else if (st.want === 'raw') got = raw.all(sql, params).map((r) => Object.values(r));
         else if (st.want === 'run') {
           const r = raw.run(sql, params);
-          got = told !== undefined ? { changes: r.changes, rowid: told } : { changes: r.changes };
+          got = told !== undefined ? { changes: r.changes, rowid: sql === st.sql ? Number(r.lastInsertRowid) : told } : { changes: r.changes };
           if (/^\s*(PRAGMA|CREATE|DROP)/i.test(sql) || CONTROL.test(sql)) got = null;
         } else if (st.want === 'get') got = raw.all(sql, params)[0] ?? null;
         else got = raw.all(sql, params);
