@@ -146,4 +146,32 @@ describe('adversarial findings', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it.fails('statements-after-conflict-autocommit: inside transaction(), a statement after a swallowed conflict does not commit on its own', async () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT); INSERT INTO acct VALUES (1, 100), (2, 0)');
+      const a = db.connect();
+      const b = db.connect();
+      let attempts = 0;
+      await a
+        .transaction(async (tx) => {
+          attempts++;
+          const { bal } = tx.get<{ bal: number }>('SELECT bal FROM acct WHERE id = 1')!;
+          if (attempts === 1) b.run('UPDATE acct SET bal = bal + 1 WHERE id = 1'); // a commit in between
+          await sleep(1);
+          try {
+            tx.run('UPDATE acct SET bal = ? WHERE id = 1', [bal - 10]); // conflicts: SQLITE_BUSY_SNAPSHOT
+          } catch {
+            // the application swallows the error (a library retry helper, a logging wrapper, ...)
+          }
+          tx.run('UPDATE acct SET bal = bal + 10 WHERE id = 2');
+        })
+        .catch(() => undefined);
+      // Whatever transaction() reports, its writes are all or nothing: money is never created.
+      expect(db.get('SELECT sum(bal) AS total FROM acct')).toEqual({ total: 101 });
+    } finally {
+      db.close();
+    }
+  });
 });
