@@ -174,4 +174,40 @@ describe('adversarial findings', () => {
       db.close();
     }
   });
+
+  it.fails('nested-rollback-hides-conflict: a conflict found while rolling back a nested transaction() is not swallowed', async () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT); INSERT INTO acct VALUES (1, 100); CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT, seen INT)');
+      const a = db.connect();
+      const b = db.connect();
+      let attempts = 0;
+      let resolved = 0;
+      await a
+        .transaction(async (tx) => {
+          attempts++;
+          const { bal } = tx.get<{ bal: number }>('SELECT bal FROM acct WHERE id = 1')!;
+          try {
+            await tx.transaction(async (n) => {
+              n.run('UPDATE acct SET bal = bal - 10 WHERE id = 1');
+              await sleep(1);
+              if (attempts === 1) b.run('UPDATE acct SET bal = bal + 1 WHERE id = 1'); // commits meanwhile
+              throw new Error('card declined'); // an ordinary business failure of the nested step
+            });
+          } catch (e) {
+            if ((e as Error).message !== 'card declined') throw e;
+          }
+          tx.run("INSERT INTO orders (status, seen) VALUES ('declined', ?)", [bal]);
+        })
+        .then(() => resolved++, () => undefined);
+      // The outer transaction read bal = 100, which a commit changed: it must be retried (or
+      // fail as a whole). Either way only a committed attempt's order row may exist, and the
+      // row it wrote must hold what a serial execution would have read.
+      const rows = db.all<{ seen: number }>('SELECT seen FROM orders');
+      expect(rows.length).toBe(resolved);
+      if (resolved === 1) expect(rows[0]?.seen).toBe(101);
+    } finally {
+      db.close();
+    }
+  });
 });

@@ -1,7 +1,8 @@
 /**
  * The adversarial serializability checker (serial-checker.ts) on a modest number of seeds per
  * history kind. More seeds: `ADV_SEEDS=400 pnpm exec vitest run packages/core/test/adversarial/serial-oracle.test.ts`
- * (`ADV_FROM` picks the first seed).
+ * (`ADV_FROM` picks the first seed; `ADV_REPORT_KNOWN=1` stops steering around the findings of
+ * FINDINGS.md; `ADV_DEBUG=1` prints every statement).
  */
 import { describe, expect, it } from 'vitest';
 import { runHistory, type HistoryKind } from './serial-checker.js';
@@ -14,7 +15,9 @@ describe('adversarial serial oracle', () => {
     it(`${kind} histories are serializable`, async () => {
       let committed = 0;
       for (let seed = FROM; seed < FROM + SEEDS; seed++) {
-        const r = await runHistory(seed, kind);
+        const r = await runHistory(seed, kind).catch((e: Error) => {
+          throw new Error(`seed ${seed} (${kind}) threw: ${e.stack ?? e.message}`);
+        });
         if (!r.ok) expect.fail(r.report);
         committed += r.committed;
       }
