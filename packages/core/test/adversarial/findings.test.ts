@@ -210,4 +210,29 @@ describe('adversarial findings', () => {
       db.close();
     }
   });
+
+  it.fails('params-read-twice: a concurrent transaction commits the parameter values it executed, not a second reading of them', () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0); CREATE TABLE u (id INTEGER PRIMARY KEY, w INT); INSERT INTO u VALUES (1, 0)');
+      const a = db.connect();
+      const b = db.connect();
+      let reads = 0;
+      // An accessor property (think `get now() { return Date.now(); }`): each read differs.
+      const params = {
+        get v() {
+          return ++reads;
+        },
+      };
+      a.exec('BEGIN CONCURRENT');
+      a.run('UPDATE t SET v = :v WHERE id = 1', params);
+      const saw = a.get<{ v: number }>('SELECT v FROM t WHERE id = 1')!.v;
+      b.run('UPDATE u SET w = 1'); // parks a
+      a.run('UPDATE u SET w = w + 1'); // a resumes by replaying its log
+      a.exec('COMMIT');
+      expect(db.get('SELECT v FROM t WHERE id = 1')).toEqual({ v: saw });
+    } finally {
+      db.close();
+    }
+  });
 });
