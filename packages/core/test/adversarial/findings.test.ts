@@ -235,4 +235,37 @@ describe('adversarial findings', () => {
       db.close();
     }
   });
+
+  it.fails('nested-rollback-busy-keeps-writes: a nested transaction() that rejects leaves no writes even when another handle holds BEGIN IMMEDIATE meanwhile', async () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE kv (k INTEGER PRIMARY KEY, v INT); INSERT INTO kv VALUES (6, 60); CREATE TABLE other (x)');
+      const a = db.connect();
+      const b = db.connect();
+      const holder = (async () => {
+        await sleep(2);
+        b.exec('BEGIN IMMEDIATE'); // e.g. a transaction() in the priority lane
+        b.run('INSERT INTO other VALUES (1)');
+        await sleep(30);
+        b.exec('COMMIT');
+      })();
+      let nested: unknown;
+      await a.transaction(async (tx) => {
+        try {
+          await tx.transaction(async (n) => {
+            n.run('DELETE FROM kv WHERE k = 6');
+            await sleep(10);
+            throw new Error('nope');
+          });
+        } catch (e) {
+          nested = e;
+        }
+      });
+      await holder;
+      expect((nested as Error).message).toBe('nope');
+      expect(db.all('SELECT * FROM kv')).toEqual([{ k: 6, v: 60 }]); // the rejected nested DELETE must not commit
+    } finally {
+      db.close();
+    }
+  });
 });

