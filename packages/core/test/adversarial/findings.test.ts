@@ -268,4 +268,24 @@ describe('adversarial findings', () => {
       db.close();
     }
   });
+
+  it.fails('tableless-reads-never-revalidated: a concurrent transaction cannot commit after two different readings of PRAGMA page_count', () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE note (n INT)');
+      const a = db.connect();
+      const b = db.connect();
+      a.exec('BEGIN CONCURRENT');
+      const first = a.get<{ page_count: number }>('PRAGMA page_count')!.page_count;
+      b.run(
+        'INSERT INTO t (v) SELECT hex(randomblob(2000)) FROM (WITH RECURSIVE c(i) AS (VALUES (1) UNION ALL SELECT i + 1 FROM c WHERE i < 50) SELECT i FROM c)',
+      );
+      const second = a.get<{ page_count: number }>('PRAGMA page_count')!.page_count;
+      a.run('INSERT INTO note VALUES (?)', [first]);
+      expect(second).not.toBe(first); // a read skew: no serial execution shows both
+      expect(() => a.exec('COMMIT')).toThrow(/conflicted/);
+    } finally {
+      db.close();
+    }
+  });
 });
