@@ -83,6 +83,13 @@ export class PreparedSql {
   /** An upsert (`ON CONFLICT ... DO UPDATE`) may change rows without inserting any. */
   private readonly upsert: boolean;
   private readonly named = new Map<string, number>();
+  /**
+   * For an INSERT: whether it writes a rowid table (false for WITHOUT ROWID, views, virtual
+   * tables: SQLite then leaves its connection-wide last rowid, another handle's, alone).
+   */
+  rowidTarget = true;
+  /** For an upsert into a rowid table: whether a row with this rowid exists now. */
+  rowidExists: ((rowid: bigint) => boolean) | undefined;
   /** How many parameter slots the SQL has (counted once, on first use). */
   private slots: number | undefined;
 
@@ -119,7 +126,10 @@ export class PreparedSql {
     let rowid: number | bigint | undefined;
     // An upsert that only updated leaves SQLite's connection-wide last_insert_rowid alone, and on
     // a shared engine that value may be another handle's insert: report a rowid only if it moved.
-    const rowidBefore = this.upsert ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    const rowidBefore = this.upsert && this.rowidTarget ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    // If a row with that rowid exists already, an insert cannot take it: an unmoved value then
+    // means the upsert only updated. If none exists, an unmoved value may be a real insert.
+    const staleTaken = rowidBefore !== undefined && (this.rowidExists?.(rowidBefore) ?? true);
     try {
       if (want === 'run') {
         const r = this.stmt.run(values);
@@ -144,8 +154,8 @@ export class PreparedSql {
       ll._sqlite3_reset(ptrOf(this.stmt));
       throw fromEngineError(e);
     }
-    const big = this.verb === 'insert' && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
-    if (big !== undefined && big !== rowidBefore) {
+    const big = this.verb === 'insert' && this.rowidTarget && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    if (big !== undefined && (big !== rowidBefore || (!staleTaken && this.rowidExists?.(big) === true))) {
       rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
     }
     return { rows, changes, insertedRowid: rowid };
