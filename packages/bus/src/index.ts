@@ -53,4 +53,6 @@ export type {
 export type { Claim, Source, Store, TransactResult } from './store.js';
 export { validateName, validateGroup, validateNamespace } from './validate.js';
 export { buildPlans, SCHEMA_VERSION, type Plans } from './sqlite/plans.js';
+export { claimCommandRows, claimEventRows, inImmediate, type CommandClaimArgs, type EventClaimArgs, type ClaimedCommandRow } from './sqlite/claims.js';
 export { backoffPolicy } from './backoff.js';
+export type { ScheduleSpec, ScheduleInfo } from './schedule.js';

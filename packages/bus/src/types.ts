@@ -418,6 +418,8 @@ export interface DeadLetterFilter {
   group?: string;
   /** Only dead or only parked. */
   status?: 'dead' | 'parked';
+  /** Only messages with this name. */
+  name?: string;
 }
 
 /**

@@ -173,7 +173,7 @@ export class BusWorker implements Worker {
     if (!l) return;
     try {
       const what = (m: Message | null) => (m ? `${m.kind} ${m.name} ${JSON.stringify(m.id)}` : 'an undecodable message');
-      if (e.type === 'retry') l.warn(`[siblite/bus] ${what(e.message)} failed (attempt ${e.message.attempts}); retrying in ${Math.round(e.delay)} ms:`, e.error);
+      if (e.type === 'retry') l.warn(`[siblite/bus] ${what(e.message)} failed (attempt ${e.message.attempts}); retrying in ${Math.round(e.delay)} ms: ${errorText(e.error)}`);
       else if (e.type === 'dead') l.error(`[siblite/bus] ${what(e.message)} dead-lettered: ${e.reason}`);
       else if (e.type === 'stale') l.warn(`[siblite/bus] ${what(e.message)}: the claim went stale (lease lost) before it settled`);
       else if (e.type === 'error') l.error('[siblite/bus] worker error (it keeps running):', e.error);

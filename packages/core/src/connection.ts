@@ -288,8 +288,9 @@ export class Connection {
    * (`SQLITE_BUSY_SNAPSHOT` from a concurrent transaction's conflict, `SQLITE_BUSY` from a lock)
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
    * (`retry: false` turns that off). A concurrent transaction that keeps failing runs its
-   * next attempt in the engine's first-come-first-served priority lane, as `BEGIN IMMEDIATE`,
-   * so it cannot starve (see docs/concurrency.md). Called from inside another `transaction()`
+   * next attempts in the engine's first-come-first-served priority lane (with priority over
+   * other `transaction()` commits, then as `BEGIN IMMEDIATE`), so it cannot starve (see
+   * docs/concurrency.md). Called from inside another `transaction()`
    * callback of this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a
    * SAVEPOINT instead (no retry). A call that overlaps a running `transaction()` of this handle
    * from anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:

@@ -1,47 +1,16 @@
 /**
- * The handle a handler gets as `context.conn`: the bus's transaction handle, except that
- *
- * - it refuses to end that transaction (`COMMIT`, `END`, `ROLLBACK`, `BEGIN`) or to close the
- *   handle. A handler that committed by itself would make its writes permanent before the
- *   acknowledgement, so a later throw would apply them twice. `SAVEPOINT`, `RELEASE`,
- *   `ROLLBACK TO` and `conn.transaction()` (a savepoint inside) stay allowed;
- * - a statement refused because *another process* holds the file lock (plain `SQLITE_BUSY`;
- *   the handler's concurrent transaction stays parked) is tried again after a short
- *   synchronous wait, up to {@link LOCK_PATIENCE_MS}, like SQLite's own busy timeout. A
- *   statement cannot wait asynchronously (statements are synchronous), and throwing would
- *   stop the handler half-way, so the bus would have to run it again. The other process
- *   hands the lock over within milliseconds (see the core's file access policy). A lock held
- *   by another handle of this process is never waited for this way (it could only be
- *   released by this process's event loop): that error is thrown as before.
+ * The handle a handler gets as `context.conn`: the bus's transaction handle, except that it
+ * refuses to end that transaction (`COMMIT`, `END`, `ROLLBACK`, `BEGIN`) or to close the
+ * handle. A handler that committed by itself would make its writes permanent before the
+ * acknowledgement, so a later throw would apply them twice. `SAVEPOINT`, `RELEASE`,
+ * `ROLLBACK TO` and `conn.transaction()` (a savepoint inside) stay allowed. (A statement that
+ * finds the file locked by another process waits for it per the database's `busyTimeout`,
+ * in the core, so the handler is not stopped half-way.)
  *
  * @module
  */
-import { errorKind, type Connection } from '@siblite/core';
+import type { Connection } from '@siblite/core';
 import { BusError } from '../errors.js';
-
-/** The longest a handler's statement waits for another process's file lock, in ms. */
-export const LOCK_PATIENCE_MS = 5_000;
-
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Whether `e` is a busy error from another process's lock (not from a handle of this process). */
-function otherProcessLock(e: unknown, conn: Connection): boolean {
-  if (errorKind(e) !== 'busy' || !conn.isOpen || !conn.inTransaction) return false;
-  return !/handle #\d+ holds/.test((e as Error).message);
-}
-
-/** Runs `fn`, waiting synchronously (briefly, growing) while another process holds the lock. */
-function waitingOutLocks<T>(conn: Connection, fn: () => T): T {
-  const started = performance.now();
-  for (let i = 0; ; i++) {
-    try {
-      return fn();
-    } catch (e) {
-      if (!otherProcessLock(e, conn) || performance.now() - started > LOCK_PATIENCE_MS) throw e;
-      Atomics.wait(sleeper, 0, 0, Math.min(10, 1 + i));
-    }
-  }
-}
 
 /** Strips leading whitespace and comments, then reads the first keyword and the next one. */
 function leadingWords(sql: string): [string, string] {
@@ -98,12 +67,12 @@ export function guardHandlerConn(conn: Connection): Connection {
         case 'iterate':
           return (sql: string, ...rest: unknown[]) => {
             if (typeof sql === 'string' && endsTransaction(sql)) refuse(`"${leadingWords(sql).join(' ').trim()}" is not allowed`);
-            return waitingOutLocks(target, () => (value as (...a: unknown[]) => unknown).call(target, sql, ...rest));
+            return (value as (...a: unknown[]) => unknown).call(target, sql, ...rest);
           };
         case 'prepare':
           return (sql: string) => {
             if (typeof sql === 'string' && endsTransaction(sql)) refuse(`"${leadingWords(sql).join(' ').trim()}" is not allowed`);
-            return guardStatement(target, (value as (s: string) => object).call(target, sql));
+            return (value as (s: string) => object).call(target, sql);
           };
         case 'exec':
           return (sql: string) => {
@@ -123,16 +92,3 @@ export function guardHandlerConn(conn: Connection): Connection {
   });
 }
 
-/** A prepared statement of a handler: its runs wait out other processes' locks too. */
-function guardStatement<S extends object>(conn: Connection, stmt: S): S {
-  return new Proxy(stmt, {
-    get(target, prop, receiver) {
-      const value = Reflect.get(target, prop, receiver) as unknown;
-      if (typeof value !== 'function') return value;
-      if (prop === 'run' || prop === 'get' || prop === 'all' || prop === 'iterate') {
-        return (...args: unknown[]) => waitingOutLocks(conn, () => (value as (...a: unknown[]) => unknown).apply(target, args));
-      }
-      return (value as (...a: unknown[]) => unknown).bind(target);
-    },
-  });
-}

@@ -39,7 +39,7 @@
 import { validateNamespace } from '../validate.js';
 
 /** The schema version this code writes and reads. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** The columns that make up a stored message, in the order the dead-letter copy uses. */
 const MSG_COLS = 'id, name, kind, encoding, payload, content_type, headers, key, created_at, available_at';
@@ -65,6 +65,7 @@ export function buildPlans(namespace: string) {
   const gstate = t('gstate');
   const dead = t('dead');
   const paused = t('paused');
+  const schedules = t('schedules');
   const unsettled = `state IN ('ready', 'inflight')`;
   const QUEUE_COLS = `seq, id, name, kind, encoding, payload, content_type, headers, key, attempts, created_at, available_at, state, due_at, token, settled_at, last_error`;
 
@@ -204,6 +205,26 @@ export function buildPlans(namespace: string) {
       `CREATE INDEX ${t('gstate_open')} ON ${gstate} (grp, pos) WHERE ${unsettled}`,
       `CREATE INDEX ${t('log_created')} ON ${log} (created_at) WHERE pos IS NOT NULL`,
       `CREATE TABLE ${paused} (target TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID`,
+    ],
+    // version 3: schedules
+    [
+      `CREATE TABLE ${schedules} (
+        schedule     TEXT PRIMARY KEY CHECK (length(schedule) BETWEEN 1 AND 128),
+        name         TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 128),
+        cron         TEXT,
+        every        INTEGER CHECK (every IS NULL OR every >= 1000),
+        timezone     TEXT,
+        encoding     TEXT NOT NULL CHECK (encoding IN ('json', 'bytes')),
+        payload      BLOB,
+        content_type TEXT NOT NULL,
+        headers      TEXT NOT NULL,
+        key          TEXT,
+        priority     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        CHECK ((cron IS NULL) <> (every IS NULL))
+      ) WITHOUT ROWID`,
+      `CREATE INDEX ${t('schedules_next')} ON ${schedules} (next_at)`,
     ],
   ];
 
@@ -428,6 +449,24 @@ export function buildPlans(namespace: string) {
     /** Lowest remaining position. */
     minPosition: `SELECT min(pos) AS m FROM ${log} WHERE pos IS NOT NULL`,
 
+    // ---------------------------------------------------------------- schedules
+    /** Creates or replaces a schedule. */
+    upsertSchedule: `INSERT INTO ${schedules} (schedule, name, cron, every, timezone, encoding, payload, content_type, headers, key, priority, next_at, updated_at)
+      VALUES (:schedule, :name, :cron, :every, :timezone, :encoding, :payload, :contentType, :headers, :key, :priority, :nextAt, :now)
+      ON CONFLICT (schedule) DO UPDATE SET name = excluded.name, cron = excluded.cron, every = excluded.every, timezone = excluded.timezone,
+        encoding = excluded.encoding, payload = excluded.payload, content_type = excluded.content_type, headers = excluded.headers,
+        key = excluded.key, priority = excluded.priority, next_at = excluded.next_at, updated_at = excluded.updated_at`,
+    /** Deletes a schedule. */
+    deleteSchedule: `DELETE FROM ${schedules} WHERE schedule = :schedule`,
+    /** Every schedule. */
+    listSchedules: `SELECT schedule, name, cron, every, timezone, next_at FROM ${schedules} ORDER BY schedule`,
+    /** Schedules whose slot has come. */
+    dueSchedules: `SELECT * FROM ${schedules} WHERE next_at <= :now ORDER BY next_at`,
+    /** Moves a schedule to its next slot (only from the slot just fired: a concurrent firing moves it once). */
+    advanceSchedule: `UPDATE ${schedules} SET next_at = :nextAt WHERE schedule = :schedule AND next_at = :slot`,
+    /** The earliest slot of any schedule. */
+    nextScheduleAt: `SELECT min(next_at) AS at FROM ${schedules}`,
+
     // ---------------------------------------------------------------- pauses
     /** Pauses a target (`queue`, `name:<name>`, `group:<group>`). */
     pause: `INSERT INTO ${paused} (target, at) VALUES (:target, :now) ON CONFLICT (target) DO NOTHING`,
@@ -440,7 +479,7 @@ export function buildPlans(namespace: string) {
     /** Lists dead letters and parked messages, oldest first. */
     listDead: `SELECT dead_id, source, ref, grp, status, reason, failed_at, attempts, ${MSG_COLS} FROM ${dead}
       WHERE (:source IS NULL OR source = :source) AND (:grp IS NULL OR grp = :grp) AND (:status IS NULL OR status = :status)
-        AND dead_id > :after
+        AND (:name IS NULL OR name = :name) AND dead_id > :after
       ORDER BY dead_id LIMIT :limit`,
     /** Reads one dead letter. */
     getDead: `SELECT dead_id, source, ref, grp, status FROM ${dead} WHERE dead_id = :deadId`,
@@ -452,7 +491,7 @@ export function buildPlans(namespace: string) {
     /** Deletes dead letters matching a filter. */
     purgeDead: `DELETE FROM ${dead}
       WHERE (:source IS NULL OR source = :source) AND (:grp IS NULL OR grp = :grp) AND (:status IS NULL OR status = :status)
-        AND (:before IS NULL OR failed_at < :before)`,
+        AND (:name IS NULL OR name = :name) AND (:before IS NULL OR failed_at < :before)`,
 
     // ---------------------------------------------------------------- stats
     /** Unsettled commands per name, with the oldest waiting one's creation time. */
