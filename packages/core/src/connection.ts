@@ -68,6 +68,7 @@ export class Connection {
   /** @internal */
   readonly session: Session;
   private safe = false;
+  private readonly closeHooks: Array<() => void> = [];
 
   /** @internal */
   constructor(
@@ -195,7 +196,7 @@ export class Connection {
    * @throws SqliteError of kind `sql` for invalid SQL, `misuse` for more than one statement.
    */
   prepare<T = Row>(sql: string): Statement<T> {
-    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe);
+    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe, this);
   }
 
   /**
@@ -287,8 +288,9 @@ export class Connection {
    * (`SQLITE_BUSY_SNAPSHOT` from a concurrent transaction's conflict, `SQLITE_BUSY` from a lock)
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
    * (`retry: false` turns that off). A concurrent transaction that keeps failing runs its
-   * next attempt in the engine's first-come-first-served priority lane, as `BEGIN IMMEDIATE`,
-   * so it cannot starve (see docs/concurrency.md). Called from inside another `transaction()`
+   * next attempts in the engine's first-come-first-served priority lane (with priority over
+   * other `transaction()` commits, then as `BEGIN IMMEDIATE`), so it cannot starve (see
+   * docs/concurrency.md). Called from inside another `transaction()`
    * callback of this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a
    * SAVEPOINT instead (no retry). A call that overlaps a running `transaction()` of this handle
    * from anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
@@ -310,6 +312,17 @@ export class Connection {
    * engine when this was its last handle. Calling it again does nothing.
    */
   close(): void {
-    this.session.close();
+    if (!this.session.isOpen) return;
+    try {
+      this.session.close();
+    } finally {
+      for (const fn of this.closeHooks.splice(0)) fn();
+    }
+  }
+
+  /** Runs `fn` once this handle closes (a pool of its siblings closes with it). @internal */
+  onClose(fn: () => void): void {
+    if (!this.session.isOpen) fn();
+    else this.closeHooks.push(fn);
   }
 }

@@ -5,6 +5,7 @@
 import type { BindParams, Row, RowFormat } from './engine/execute.js';
 import { closedError, extraArguments, misuseError } from './errors.js';
 import { iterable } from './iterable.js';
+import type { Connection } from './connection.js';
 import type { CompiledSql, Session } from './session.js';
 
 /** What `run()` returns. */
@@ -59,6 +60,8 @@ export class Statement<T = Row> {
     private readonly session: Session,
     private readonly compiled: CompiledSql,
     safeIntegers = false,
+    /** The handle that prepared this statement (better-sqlite3's `database`). */
+    readonly database?: Connection,
   ) {
     this.safe = safeIntegers;
     session.own(this);
