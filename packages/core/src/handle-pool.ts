@@ -47,6 +47,7 @@ export class PooledHandle {
  */
 export class HandlePool {
   private readonly idle: PooledHandle[] = [];
+  private readonly out = new Set<PooledHandle>();
   private closed = false;
 
   /**
@@ -56,7 +57,10 @@ export class HandlePool {
   constructor(
     readonly root: Connection,
     private readonly maxIdle = 32,
-  ) {}
+  ) {
+    // Idle siblings would keep the engine (and a file's lock) alive after the root closed.
+    root.onClose(() => this.close());
+  }
 
   /**
    * An idle handle, or a new sibling.
@@ -64,20 +68,29 @@ export class HandlePool {
    */
   acquire(): PooledHandle {
     if (this.closed) throw new Error('siblite: the handle pool is closed');
-    return this.idle.pop() ?? new PooledHandle(this.root.connect());
+    const pooled = this.idle.pop() ?? new PooledHandle(this.root.connect());
+    this.out.add(pooled);
+    return pooled;
   }
 
   /** Takes a handle back; a transaction left open on it is rolled back first. */
   release(pooled: PooledHandle): void {
+    this.out.delete(pooled);
     if (!pooled.handle.isOpen) return;
     if (pooled.handle.inTransaction) pooled.handle.exec('ROLLBACK');
     if (!this.closed && this.idle.length < this.maxIdle) this.idle.push(pooled);
     else pooled.close();
   }
 
-  /** Closes the idle handles (handles still out are closed when released). The root stays open. */
+  /**
+   * Closes every handle of the pool, idle or handed out (a transaction still open on one is
+   * rolled back; its next statement throws kind `closed`). The root stays open; closing the root
+   * closes the pool too, so that no sibling keeps the engine (and a file's lock) alive.
+   */
   close(): void {
     this.closed = true;
     for (const p of this.idle.splice(0)) p.close();
+    for (const p of this.out) p.close();
+    this.out.clear();
   }
 }

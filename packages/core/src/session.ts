@@ -1,7 +1,7 @@
 /**
- * A handle's session: its transaction state and its statement cache, and the routing of every
- * statement between the handle's own transaction and what other handles hold on the shared
- * engine. The rules (see docs/concurrency.md):
+ * A handle's session: its transaction state, and the routing of every statement between the
+ * handle's own transaction and what other handles hold on the shared engine (its statements
+ * are compiled into the engine's shared cache, see engine/statement-cache.ts). The rules (see docs/concurrency.md):
  *
  * - No transaction active in the engine: run at once (autocommit).
  * - Another handle's transaction is active: a read-only statement whose tables that
@@ -13,7 +13,7 @@
  */
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from './engine/execute.js';
+import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
@@ -176,6 +176,30 @@ export class Session {
       this.usingFile = false;
       file.afterUse(this.engine.inRealTransaction);
     }
+  }
+
+  /**
+   * The rows of a query for `iterate()`: a lazy cursor when that is safe (this handle in
+   * autocommit, no transaction in the engine, an in-memory database, a read-only statement),
+   * otherwise every row read now like `all()` (inside a transaction the read must be logged
+   * whole; on a file the file lock must not be held across other work).
+   */
+  iterate(c: CompiledSql, params: BindParams | undefined, format?: RowFormat): Iterator<Row> {
+    this.assertOpen();
+    const engine = this.engine;
+    const p = c.prepared;
+    if (
+      p !== undefined &&
+      this.tx === null &&
+      engine.active === null &&
+      !engine.isFile &&
+      c.cls.type === 'dml' &&
+      p.returnsRows &&
+      engine.footprints.of(c.sql).readonly
+    ) {
+      return p.openCursor(params, format);
+    }
+    return (this.run(c, params, 'all', format).rows ?? [])[Symbol.iterator]();
   }
 
   private route(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {

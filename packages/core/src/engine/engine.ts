@@ -10,6 +10,7 @@ import { fromEngineError } from '../errors.js';
 import { loadSqlite, type WasmDatabase } from '../file/load.js';
 import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
+import { settleCursor } from './cursor.js';
 import { PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
 import { StatementCache } from './statement-cache.js';
@@ -150,6 +151,7 @@ export class Engine {
   /** Unregisters a handle; the last one closes the engine. */
   release(): void {
     if (--this.refs > 0) return;
+    settleCursor();
     this.statements.clear();
     for (const p of this.internal.values()) p.finalize();
     this.internal.clear();
@@ -169,6 +171,7 @@ export class Engine {
 
   /** Runs SQL without results on the engine, mapping errors. */
   exec(sql: string): void {
+    settleCursor();
     try {
       this.db.exec(sql);
     } catch (e) {
@@ -183,6 +186,7 @@ export class Engine {
 
   /** Prepares a new engine statement (the caller finalizes it). */
   prepare(sql: string, cls: StatementClass = classify(tokenize(sql))): PreparedSql {
+    settleCursor();
     let stmt;
     try {
       stmt = this.db.prepare(sql);

@@ -10,6 +10,7 @@ import { fromEngineError, sqliteError } from '../errors.js';
 import { loadSqlite, type WasmStatement } from '../file/load.js';
 import { parameterCount, tokenize, type StatementClass } from '../sql/lexer.js';
 import { checkCount, checkValue } from './params.js';
+import { RowCursor, settleCursor } from './cursor.js';
 
 /** A value SQLite can store, as siblite accepts it in parameters. */
 export type SqlValue = number | bigint | string | Uint8Array | null | boolean;
@@ -116,6 +117,7 @@ export class PreparedSql {
    * rows of `get` and `all` (default: objects, integers as numbers when safe).
    */
   execute(db: unknown, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
+    settleCursor();
     const ll = lowLevel();
     const values = this.normalize(params);
     const writesRows = this.writesRows;
@@ -161,6 +163,19 @@ export class PreparedSql {
 
   /** Up to `limit` rows in `format`, then leaves the statement reset. */
   private formattedRows(values: unknown, limit: number, format: RowFormat): Row[] {
+    const read = this.rowReader(values, format);
+    const rows: Row[] = [];
+    while (rows.length < limit) {
+      const row = read();
+      if (row === undefined) break;
+      rows.push(row);
+    }
+    lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+    return rows;
+  }
+
+  /** Binds `values` and returns a function that reads the next row in `format` (undefined at the end). */
+  private rowReader(values: unknown, format: RowFormat): () => Row | undefined {
     const st = this.stmt as unknown as RowHelpers;
     const ll = lowLevel();
     const ptr = ptrOf(this.stmt);
@@ -168,8 +183,8 @@ export class PreparedSql {
     const names = st._getColumnNames();
     // Index keys make the wrapper keep every column, same-named ones included.
     const keys = format.raw ? names.map((_n, i) => String(i)) : names;
-    const rows: Row[] = [];
-    while (rows.length < limit && st._step()) {
+    return () => {
+      if (!st._step()) return undefined;
       const o = st._getRow(keys, false);
       if (format.safeIntegers) {
         for (let i = 0; i < keys.length; i++) {
@@ -177,14 +192,30 @@ export class PreparedSql {
           if (typeof o[k] === 'number' && ll._sqlite3_column_type(ptr, i) === SQLITE_INTEGER) o[k] = BigInt(o[k] as number);
         }
       }
-      if (format.raw) {
-        const arr = new Array<unknown>(keys.length);
-        for (let i = 0; i < keys.length; i++) arr[i] = o[i];
-        rows.push(arr as unknown as Row);
-      } else rows.push(o);
+      if (!format.raw) return o;
+      const arr = new Array<unknown>(keys.length);
+      for (let i = 0; i < keys.length; i++) arr[i] = o[i];
+      return arr as unknown as Row;
+    };
+  }
+
+  /**
+   * Opens a lazy cursor over the rows of this (read-only) statement: rows are stepped one per
+   * `next()` until anything else uses an engine, which reads the rest first (see cursor.ts).
+   */
+  openCursor(params: BindParams | undefined, format: RowFormat = {}): RowCursor<Row> {
+    settleCursor();
+    const values = this.normalize(params);
+    let read: () => Row | undefined;
+    try {
+      read = this.rowReader(values, format);
+    } catch (e) {
+      lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+      throw fromEngineError(e);
     }
-    ll._sqlite3_reset(ptr);
-    return rows;
+    return new RowCursor(read, () => {
+      if (!this.stmt.isFinalized) lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+    });
   }
 
   /** The result columns: name and source table (`null` for expressions). */
@@ -260,6 +291,7 @@ export class PreparedSql {
   }
 
   finalize(): void {
+    settleCursor();
     if (!this.stmt.isFinalized) this.stmt.finalize();
   }
 }

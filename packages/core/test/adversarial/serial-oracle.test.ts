@@ -1,0 +1,27 @@
+/**
+ * The adversarial serializability checker (serial-checker.ts) on a modest number of seeds per
+ * history kind. More seeds: `ADV_SEEDS=400 pnpm exec vitest run packages/core/test/adversarial/serial-oracle.test.ts`
+ * (`ADV_FROM` picks the first seed; `ADV_REPORT_KNOWN=1` stops steering around the findings of
+ * FINDINGS.md; `ADV_DEBUG=1` prints every statement).
+ */
+import { describe, expect, it } from 'vitest';
+import { runHistory, type HistoryKind } from './serial-checker.js';
+
+const SEEDS = Number(process.env.ADV_SEEDS ?? 15);
+const FROM = Number(process.env.ADV_FROM ?? 1);
+
+describe('adversarial serial oracle', () => {
+  for (const kind of ['mixed', 'settings', 'lane', 'exotic'] as HistoryKind[]) {
+    it(`${kind} histories are serializable`, async () => {
+      let committed = 0;
+      for (let seed = FROM; seed < FROM + SEEDS; seed++) {
+        const r = await runHistory(seed, kind).catch((e: Error) => {
+          throw new Error(`seed ${seed} (${kind}) threw: ${e.stack ?? e.message}`);
+        });
+        if (!r.ok) expect.fail(r.report);
+        committed += r.committed;
+      }
+      console.log(`${kind}: ${SEEDS} histories, ${committed} committed units`);
+    }, 170_000);
+  }
+});
