@@ -84,17 +84,15 @@ export async function runTransaction<T>(
     conn.session.assertOpen();
     // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
     const kept = lane !== undefined && lane.keptFor === session;
-    const inLane =
-      kept || (lane !== undefined && (failures >= LANE_AFTER_FAILURES || ((failures > 0 || lane.expects(session)) && lane.inUse)));
+    // Only a transaction that failed LANE_AFTER_FAILURES times queues: sending transactions to the
+    // lane earlier (after one failure while it is in use) serialized moderate contention and
+    // cost 40% of the throughput at 10% overlap in the concurrent-tx bench.
+    const inLane = kept || (lane !== undefined && failures >= LANE_AFTER_FAILURES);
     // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
     // holder awaits this very transaction. A holder runs optimistically with priority first,
     // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
     if (kept) lane.keptFor = undefined;
-    else if (inLane) {
-      // A handle that had to fail its way here skips the doomed first attempts for a while.
-      if (failures > 0) lane.remember(session);
-      await lane.acquire(deadline - performance.now());
-    }
+    else if (inLane) await lane.acquire(deadline - performance.now());
     const pessimistic = inLane && laneFailures > 0;
     if (inLane && !pessimistic) lane.priority = session;
     try {
