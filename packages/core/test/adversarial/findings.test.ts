@@ -288,4 +288,28 @@ describe('adversarial findings', () => {
       db.close();
     }
   });
+
+  it.fails('internal-cache-eviction-finalizes-statement-in-use: a valid INSERT beside a rowid reservation never fails because the engine evicted its own statement', () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE kv (k INTEGER PRIMARY KEY, v INT); INSERT INTO kv VALUES (1, 1); CREATE TABLE log2 (id INTEGER PRIMARY KEY, v INT)');
+      // White-box only to reach the state deterministically: the engine's cache of its own
+      // statements (replays, rowid plans) holds 500 entries, its limit.
+      const internal = (db as unknown as { session: { engine: { internal: Map<string, unknown> } } }).session.engine.internal;
+      const a = db.connect();
+      const b = db.connect();
+      const c = db.connect();
+      a.exec('BEGIN CONCURRENT');
+      a.run('INSERT INTO log2 (v) VALUES (?)', [1]); // a reservation in log2
+      c.exec('BEGIN CONCURRENT');
+      for (let i = 0; internal.size < 500; i++) {
+        c.get(`SELECT v + ${i} AS x FROM kv`); // distinct reads, replayed (so cached) on every resume
+        db.run('UPDATE kv SET v = v');
+        c.run('UPDATE kv SET v = v WHERE k = 2');
+      }
+      expect(b.run('INSERT INTO log2 (v) VALUES (?)', [2]).changes).toBe(1);
+    } finally {
+      db.close();
+    }
+  });
 });
