@@ -1,5 +1,7 @@
 // The bus: messages per second for send, for claim + handle + ack with 1/4/16 workers, and
-// for fan-out to 3 groups, on :memory: and on a file. Peers: @siblite/bus (SqliteBus),
+// for fan-out to 3 groups, on :memory: and on a file; the cost of a claim behind backlogs
+// nothing can claim (one busy ordering key, a stuck event with many settled above it); and
+// handler calls per message with 4 worker processes on one file. Peers: @siblite/bus (SqliteBus),
 // a minimal hand-written baseline running the same SQL (the bus's own plans) on one raw
 // node-sqlite3-wasm connection, and plainjob (a SQLite job queue on better-sqlite3) where
 // it is installed.
@@ -35,7 +37,7 @@ export async function run({ quick, log }) {
   if (!wasm.ok) throw new Error(wasm.reason);
   versions['node-sqlite3-wasm'] = wasm.version;
   const sib = await loadSiblite(['open']);
-  const busMod = await loadBus(['SqliteBus', 'buildPlans']);
+  const busMod = await loadBus(['SqliteBus', 'buildPlans', 'claimCommandRows', 'claimEventRows', 'inImmediate']);
   if (!sib.ok || !busMod.ok) throw new Error(`the bus suite needs @siblite/core and @siblite/bus built: ${sib.reason ?? busMod.reason}`);
   versions['@siblite/core'] = sib.version;
   versions['@siblite/bus'] = 'workspace';
@@ -57,7 +59,7 @@ export async function run({ quick, log }) {
   // ------------------------------------------------------------------ SqliteBus
   async function withBus(storage, fn) {
     const conn = sib.open(pathFor(storage));
-    const bus = await busMod.SqliteBus.open(conn);
+    const bus = await busMod.SqliteBus.open(conn, { logger: null });
     try {
       return await fn(bus, conn);
     } finally {
@@ -121,11 +123,23 @@ export async function run({ quick, log }) {
       stmts.push(s);
       return s;
     };
-    return { db, prep, close: () => { for (const s of stmts) s.finalize(); db.close(); } };
+    // The bus's claim procedures take a handle with all/get/run/exec; this one runs them on the
+    // raw connection with cached statements (named parameters get the ':' prefix it wants).
+    const cache = new Map();
+    const st = (sql) => cache.get(sql) ?? cache.set(sql, prep(sql)).get(sql);
+    const pre = (p) => (p ? Object.fromEntries(Object.entries(p).map(([k, v]) => [`:${k}`, v])) : undefined);
+    const handle = {
+      all: (sql, p) => st(sql).all(pre(p)),
+      get: (sql, p) => st(sql).all(pre(p))[0], // to completion: a half-read statement would block COMMIT
+      run: (sql, p) => st(sql).run(pre(p)),
+      exec: (sql) => db.exec(sql),
+      get inTransaction() { return db.inTransaction; },
+    };
+    return { db, prep, handle, close: () => { for (const s of stmts) s.finalize(); db.close(); } };
   }
   const sendParams = (i) => {
     const now = Date.now();
-    return { ':id': `m-${i}-${Math.random()}`, ':name': 'bench.job', ':encoding': 'json', ':payload': JSON.stringify({ i }), ':contentType': 'application/json', ':headers': '{}', ':key': null, ':now': now, ':availableAt': now };
+    return { ':id': `m-${i}-${Math.random()}`, ':name': 'bench.job', ':encoding': 'json', ':payload': JSON.stringify({ i }), ':contentType': 'application/json', ':headers': '{}', ':key': null, ':now': now, ':availableAt': now, ':priority': 0 };
   };
   function rawSend(storage) {
     const r = rawOpen(storage);
@@ -147,7 +161,6 @@ export async function run({ quick, log }) {
       r.db.exec('BEGIN');
       for (let i = 0; i < n; i++) ins.run(sendParams(i));
       r.db.exec('COMMIT');
-      const claim = r.prep(plans.claimCommands);
       const ack = r.prep(plans.ackCommand);
       let handled = 0;
       const t0 = performance.now();
@@ -156,7 +169,8 @@ export async function run({ quick, log }) {
         for (;;) {
           const now = Date.now();
           const token = `t-${Math.random()}`;
-          const rows = claim.all({ ':token': token, ':leaseUntil': now + 30_000, ':now': now, ':names': null, ':limit': workers });
+          const rows = busMod.inImmediate(r.handle, () =>
+            busMod.claimCommandRows(r.handle, plans, { token, now, leaseUntil: now + 30_000, limit: workers, names: null }));
           if (rows.length === 0) return;
           await Promise.all(rows.map(async (row) => {
             JSON.parse(row.payload);
@@ -187,10 +201,10 @@ export async function run({ quick, log }) {
       r.db.exec('COMMIT');
       r.db.run(plans.sequence);
       const create = r.prep(plans.createGroup);
-      const claim = r.prep(plans.claimEvents);
       const get = r.prep(plans.getEvent);
       const ack = r.prep(plans.ackEvent);
       const advance = r.prep(plans.advanceGroup);
+      const lift = r.prep(plans.liftHighWater);
       const compact = r.prep(plans.compactGroup);
       let handled = 0;
       const t0 = performance.now();
@@ -199,13 +213,15 @@ export async function run({ quick, log }) {
         for (;;) {
           const now = Date.now();
           const token = `t-${Math.random()}`;
-          const rows = claim.all({ ':grp': g, ':token': token, ':leaseUntil': now + 30_000, ':now': now, ':names': null, ':limit': 1, ':ordered': 0 });
+          const rows = busMod.inImmediate(r.handle, () =>
+            busMod.claimEventRows(r.handle, plans, { group: g, token, now, leaseUntil: now + 30_000, limit: 1, ordered: false }));
           if (rows.length === 0) return;
           for (const row of rows) {
             JSON.parse(get.get({ ':pos': row.pos }).payload);
             await Promise.resolve();
             ack.run({ ':grp': g, ':pos': row.pos, ':token': token });
             advance.run({ ':grp': g });
+            lift.run({ ':grp': g });
             compact.run({ ':grp': g });
             handled++;
           }
@@ -256,6 +272,120 @@ export async function run({ quick, log }) {
       return rate;
     });
 
+  // ------------------------------------------------------------------ claim cost
+  // ms per claim + ack of one message (SqliteBus.receive, :memory:), behind backlogs that
+  // nothing can claim: a single ordering key whose head is in flight, and a group whose first
+  // event is stuck in flight with many events settled above it. Bounded claims stay near the
+  // flat case (target: within 3x).
+  const backlog = quick ? 5_000 : 100_000;
+  const settledAbove = quick ? 2_000 : 20_000;
+  const CLAIMS = quick ? 100 : 300;
+  const perClaim = async (bus, options) => {
+    const t0 = performance.now();
+    for (let i = 0; i < CLAIMS; i++) {
+      const d = await bus.receive(options);
+      if (!d) throw new Error(`claim cost: nothing claimable after ${i} claims`);
+      await d.ack();
+    }
+    return (performance.now() - t0) / CLAIMS;
+  };
+  const costFlat = () =>
+    withBus('memory', async (bus, conn) => {
+      await fillWith(conn, async (tx) => { for (let i = 0; i < backlog; i++) await bus.send('c', i, { conn: tx }); });
+      return perClaim(bus, {});
+    });
+  const costKey = () =>
+    withBus('memory', async (bus, conn) => {
+      await fillWith(conn, async (tx) => {
+        for (let i = 0; i < backlog; i++) await bus.send('c', i, { conn: tx, key: 'hot' });
+        for (let i = 0; i < CLAIMS; i++) await bus.send('c', i, { conn: tx });
+      });
+      const head = await bus.receive({ lease: 3_600_000 }); // the hot key's head stays in flight
+      if (!head) throw new Error('claim cost: no head');
+      return perClaim(bus, {});
+    });
+  const costEventsFlat = () =>
+    withBus('memory', async (bus, conn) => {
+      await fillWith(conn, async (tx) => { for (let i = 0; i <= settledAbove + CLAIMS; i++) await bus.publish('e', i, { conn: tx }); });
+      return perClaim(bus, { group: 'g' });
+    });
+  const costEventsStuck = () =>
+    withBus('memory', async (bus, conn) => {
+      await fillWith(conn, async (tx) => { for (let i = 0; i <= settledAbove + CLAIMS; i++) await bus.publish('e', i, { conn: tx }); });
+      const stuck = await bus.receive({ group: 'g', lease: 3_600_000 });
+      if (!stuck) throw new Error('claim cost: no event');
+      for (let i = 0; i < settledAbove; i++) await (await bus.receive({ group: 'g' })).ack();
+      return perClaim(bus, { group: 'g' });
+    });
+  async function fillWith(conn, fn) {
+    const h = conn.connect();
+    await h.transaction(fn, { mode: 'immediate' });
+    h.close();
+  }
+  const costCases = [
+    { id: 'cost:flat', group: `claim + ack cost, ${backlog} queued commands`, peer: 'SqliteBus (flat backlog)', run: costFlat },
+    { id: 'cost:key', group: `claim + ack cost, ${backlog} queued commands`, peer: 'SqliteBus (one ordering key, head in flight)', run: costKey },
+    { id: 'cost:events', group: `claim + ack cost, events of a group`, peer: 'SqliteBus (flat log)', run: costEventsFlat },
+    { id: 'cost:stuck', group: `claim + ack cost, events of a group`, peer: `SqliteBus (first event stuck, ${settledAbove} settled above it)`, run: costEventsStuck },
+  ];
+
+  // ------------------------------------------------------------------ several processes
+  // 4 worker processes on one file drain N commands; every handler call is logged by the
+  // child (appendFileSync, before the handler's work), so calls per message counts reruns and
+  // re-deliveries. Two handler kinds: effects keyed by a fresh id, and effects in a rowid table
+  // (two processes inserting at once are handed the same rowid: a real conflict, rerun).
+  async function multiProcess(keyed) {
+    const { fork } = await import('node:child_process');
+    const { readFileSync } = await import('node:fs');
+    const { fileURLToPath } = await import('node:url');
+    const fixture = fileURLToPath(new URL('../../packages/bus/test/fixtures/proc-worker.mjs', import.meta.url));
+    const n = quick ? 80 : 400;
+    const path = pathFor('file');
+    const calls = `${path}.calls`;
+    const conn = sib.open(path);
+    const bus = await busMod.SqliteBus.open(conn, { logger: null });
+    conn.exec(keyed ? 'CREATE TABLE effects (call TEXT PRIMARY KEY, msg TEXT, pid INTEGER, grp TEXT) WITHOUT ROWID' : 'CREATE TABLE effects (msg TEXT, pid INTEGER, grp TEXT)');
+    await fillWith(conn, async (tx) => { for (let i = 0; i < n; i++) await bus.send('fx', i, { conn: tx }); });
+    await bus.close();
+    conn.close();
+    const t0 = performance.now();
+    const kids = await Promise.all([1, 2, 3, 4].map(() => new Promise((resolve, reject) => {
+      const c = fork(fixture, [path, '2000', 'queue', '4', calls], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      c.once('message', () => resolve(c));
+      c.once('error', reject);
+    })));
+    const watch = sib.open(path);
+    try {
+      for (;;) {
+        await sleep(100);
+        let left;
+        try {
+          left = watch.get(`SELECT count(*) AS n FROM bus_queue WHERE state IN ('ready', 'inflight')`).n;
+        } catch {
+          continue;
+        }
+        if (left === 0) break;
+      }
+    } finally {
+      for (const k of kids) k.kill('SIGTERM');
+      await Promise.all(kids.map((k) => new Promise((r) => (k.exitCode !== null ? r() : k.once('exit', r)))));
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    let effects;
+    for (;;) {
+      try {
+        effects = watch.get('SELECT count(*) AS total, count(DISTINCT msg) AS uniq FROM effects');
+        break;
+      } catch {
+        await sleep(5);
+      }
+    }
+    watch.close();
+    const lines = readFileSync(calls, 'utf8').trim().split('\n').length;
+    if (effects.total !== n || effects.uniq !== n) failures.push(`multi-process (${keyed ? 'keyed' : 'rowid'}): ${effects.total} effects for ${n} messages`);
+    return { perMessage: lines / n, rate: n / seconds };
+  }
+
   // ------------------------------------------------------------------ cases
   const peers = [
     { key: 'bus', label: 'SqliteBus', send: busSend, consume: busConsume, fanout: busFanout },
@@ -274,12 +404,27 @@ export async function run({ quick, log }) {
   }
   log(`${cases.length} cases, N = ${sizes.memory} (:memory:) / ${sizes.file} (file), ${rounds} interleaved rounds (+1 warm-up round)`);
   let samples;
+  let costSamples;
+  const multi = {};
   try {
     samples = await interleaved({ rounds, warmup: 1, cases, log });
+    log(`claim cost: ${costCases.length} cases, backlog ${backlog}, ${settledAbove} settled above a stuck event`);
+    costSamples = await interleaved({ rounds, warmup: 0, cases: costCases, log });
+    for (const keyed of [true, false]) {
+      const r = await multiProcess(keyed);
+      multi[keyed ? 'keyed' : 'rowid'] = r;
+      log(`4 processes, effects ${keyed ? 'keyed by id' : 'in a rowid table'}: ${r.perMessage.toFixed(3)} handler calls per message, ${r.rate.toFixed(0)} msg/s`);
+    }
   } finally {
     tmp.cleanup();
   }
   const figures = cases.map((c) => ({ id: c.id, group: c.group, peer: c.peer, unit: 'msg/s', samples: samples.get(c.id) }));
+  for (const c of costCases) figures.push({ id: c.id, group: c.group, peer: c.peer, unit: 'ms per claim', samples: costSamples.get(c.id) });
+  for (const [kind, r] of Object.entries(multi)) {
+    const label = kind === 'keyed' ? 'effects keyed by a fresh id' : 'effects in a rowid table';
+    figures.push({ id: `procs:calls:${kind}`, group: '4 worker processes on one file: handler calls per message', peer: `SqliteBus (${label})`, unit: 'calls/msg', samples: [r.perMessage] });
+    figures.push({ id: `procs:rate:${kind}`, group: '4 worker processes on one file: throughput', peer: `SqliteBus (${label})`, unit: 'msg/s', samples: [r.rate] });
+  }
   const ratios = [];
   for (const storage of ['memory', 'file']) {
     ratios.push({ label: `SqliteBus / raw SQL, send, ${storage}`, num: `send:bus@${storage}`, den: `send:raw@${storage}` });
@@ -289,6 +434,18 @@ export async function run({ quick, log }) {
       ratios.push({ label: `SqliteBus / plainjob, send, ${storage}`, num: `send:bus@${storage}`, den: `send:plainjob@${storage}` });
       for (const w of WORKERS) ratios.push({ label: `SqliteBus / plainjob, consume x${w}, ${storage}`, num: `consume${w}:bus@${storage}`, den: `consume${w}:plainjob@${storage}` });
     }
+  }
+  ratios.push({ label: 'claim cost, one busy ordering key / flat backlog', num: 'cost:key', den: 'cost:flat' });
+  ratios.push({ label: 'claim cost, events settled above a stuck one / flat log', num: 'cost:stuck', den: 'cost:events' });
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  for (const [num, den, what] of [['cost:key', 'cost:flat', 'one busy key'], ['cost:stuck', 'cost:events', 'a stuck event']]) {
+    const r = median(costSamples.get(num)) / median(costSamples.get(den));
+    // Quick mode runs one short round on a busy machine: reported, not checked.
+    checks.push({ ok: quick || r <= 3, message: `claim cost behind ${what}: ${r.toFixed(2)}x the flat case (target <= 3x${quick ? '; quick mode: not checked' : ''})` });
+  }
+  if (multi.keyed) {
+    const c = multi.keyed.perMessage;
+    checks.push({ ok: quick || c < 1.3, message: `4 processes: ${c.toFixed(3)} handler calls per message with keyed effects (target < 1.3); ${multi.rowid.perMessage.toFixed(3)} with a rowid table` });
   }
   checks.push(
     failures.length

@@ -37,6 +37,9 @@ export interface MessageRow {
 const JSON_CT = 'application/json';
 const BYTES_CT = 'application/octet-stream';
 
+/** Deepest accepted payload nesting: far beyond real data, well within the stack. */
+export const MAX_PAYLOAD_DEPTH = 512;
+
 function checkJson(value: unknown, path: string, stack: Set<object>): void {
   switch (typeof value) {
     case 'string':
@@ -44,6 +47,7 @@ function checkJson(value: unknown, path: string, stack: Set<object>): void {
       return;
     case 'number':
       if (!Number.isFinite(value)) throw new ValidationError('payload', `payload${path} is ${value}, which JSON cannot represent`);
+      if (Object.is(value, -0)) throw new ValidationError('payload', `payload${path} is -0, which JSON stores as 0`);
       return;
     case 'bigint':
       throw new ValidationError('payload', `payload${path} is a BigInt, which JSON cannot represent (convert it to a string)`);
@@ -59,9 +63,22 @@ function checkJson(value: unknown, path: string, stack: Set<object>): void {
       if (value instanceof Uint8Array) {
         throw new ValidationError('payload', `payload${path} is a Uint8Array nested in JSON; send bytes as the whole payload`);
       }
+      if (stack.size >= MAX_PAYLOAD_DEPTH) {
+        throw new ValidationError('payload', `payload${path.length > 60 ? `${path.slice(0, 60)}...` : path} is nested deeper than ${MAX_PAYLOAD_DEPTH} levels`);
+      }
       stack.add(value);
       if (Array.isArray(value)) {
-        value.forEach((v, i) => checkJson(v, `${path}[${i}]`, stack));
+        const keys = Object.keys(value);
+        if (keys.length !== value.length) {
+          const extra = keys.find((k) => !/^(0|[1-9][0-9]*)$/.test(k) || Number(k) >= value.length);
+          throw new ValidationError(
+            'payload',
+            extra !== undefined
+              ? `payload${path} is an array with a property ${JSON.stringify(extra)}, which JSON drops`
+              : `payload${path} is a sparse array (it has holes), which JSON turns into nulls`,
+          );
+        }
+        for (let i = 0; i < value.length; i++) checkJson(value[i], `${path}[${i}]`, stack);
       } else {
         const proto = Object.getPrototypeOf(value);
         if (proto !== Object.prototype && proto !== null) {

@@ -5,7 +5,13 @@
  *
  * @packageDocumentation
  */
-export { SqliteBus, type SqliteBusOptions } from './sqlite-bus.js';
+export {
+  SqliteBus,
+  type SqliteBusOptions,
+  type RetentionOptions,
+  type TrimResult,
+  type PruneResult,
+} from './sqlite/bus.js';
 export { BusError, ValidationError, StaleClaimError, DecodeError, PermanentError, BusClosedError } from './errors.js';
 export type {
   Bus,
@@ -26,20 +32,27 @@ export type {
   HandlerContext,
   Handlers,
   JsonValue,
+  Logger,
   Message,
+  MessageInfo,
   MessageKind,
   NameStats,
+  PauseTarget,
   Payload,
   ProduceOptions,
   ProduceResult,
   ReceiveOptions,
   SettleOptions,
+  StopOptions,
   SubscribeOptions,
   Worker,
   WorkerCounters,
   WorkerEvent,
   WorkerOptions,
 } from './types.js';
+export type { Claim, Source, Store, TransactResult } from './store.js';
 export { validateName, validateGroup, validateNamespace } from './validate.js';
-export { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
+export { buildPlans, SCHEMA_VERSION, type Plans } from './sqlite/plans.js';
+export { claimCommandRows, claimEventRows, inImmediate, type CommandClaimArgs, type EventClaimArgs, type ClaimedCommandRow } from './sqlite/claims.js';
 export { backoffPolicy } from './backoff.js';
+export type { ScheduleSpec, ScheduleInfo } from './schedule.js';

@@ -53,8 +53,13 @@ export interface ProduceOptions {
   contentType?: string;
   /** Ordering key. */
   key?: string;
-  /** Commands only: milliseconds before the command becomes claimable. */
+  /** Commands only: milliseconds before the command becomes claimable (at most 100 years). */
   delay?: number;
+  /**
+   * Commands only: among claimable commands, higher priorities are claimed first (then
+   * oldest first). An integer from -1000 to 1000; default 0.
+   */
+  priority?: number;
   /**
    * A `Connection` (possibly inside a transaction) to write the message with: the
    * transactional outbox. The message exists only if that transaction commits.
@@ -101,9 +106,23 @@ export interface HandlerContext {
    * acknowledgement: writes through it take effect exactly once.
    */
   readonly conn: Connection;
-  /** Aborted when the worker stops hard (its `signal` aborted). */
+  /**
+   * Aborted when the handler should give up: the worker is stopping (`stop()`, `close()` or
+   * the worker's own `signal`), the lease was lost (another worker may have the message now),
+   * or the handler's `timeout` passed. Nothing the handler writes through `conn` after that
+   * is committed.
+   */
   readonly signal: AbortSignal;
-  /** Pushes this delivery's lease `ms` milliseconds from now. Throws `StaleClaimError` if lost. */
+  /**
+   * Which run of the handler this is for this delivery: 1, or more when a real conflict of its
+   * transaction with another commit made the bus run it again (never for a busy lock). Keep
+   * external side effects idempotent, or skip them when `run > 1`.
+   */
+  readonly run: number;
+  /**
+   * Pushes this delivery's lease `ms` milliseconds from now. The worker already renews the
+   * lease while the handler runs; this is for longer pauses. Throws `StaleClaimError` if lost.
+   */
   extendLease(ms: number): Promise<void>;
 }
 
@@ -145,7 +164,7 @@ export interface DeadEvent {
   readonly reason: string;
 }
 
-/** A message without a handler was acknowledged (`onUnknown: 'ack'`). */
+/** A message without a handler was acknowledged (`onUnknown: 'ack'`) or skipped by its group. */
 export interface UnknownEvent {
   /** Discriminant. */
   readonly type: 'unknown';
@@ -172,12 +191,30 @@ export interface ErrorEvent {
 /** A progress notification from a worker, for logs and metrics. */
 export type WorkerEvent = HandledEvent | RetryEvent | DeadEvent | UnknownEvent | StaleEvent | ErrorEvent;
 
+/** Where a bus reports failures nobody else hears about: `console` unless told otherwise. */
+export interface Logger {
+  /** Retries, stale claims. */
+  warn(message: string, ...details: unknown[]): void;
+  /** Dead letters, unexpected worker errors. */
+  error(message: string, ...details: unknown[]): void;
+}
+
 /** Options of `listen` and `subscribe`. */
 export interface WorkerOptions {
   /** Handlers running at once in this worker. Default 1. */
   concurrency?: number;
-  /** Lease in milliseconds: how long a claim is held before others may claim again. Default 30 000. */
+  /**
+   * Lease in milliseconds: how long a claim is held before others may claim again. Default
+   * 30 000. The worker renews it every third of a lease while the handler runs, so a crashed
+   * or frozen process loses its messages after one lease, a live one never.
+   */
   lease?: number;
+  /**
+   * Handler timeout in ms, for every name or per name (`{ 'img.resize': 60_000 }`; names
+   * not listed have none). When it passes, `context.signal` is aborted, the handler's
+   * transaction is rolled back and the attempt counts as failed (retried with backoff).
+   */
+  timeout?: number | Record<string, number>;
   /** Claims per message before it is dead-lettered. Default 5. */
   maxAttempts?: number;
   /** Retry delay policy. Default exponential from 1 s, capped at 5 min, with jitter. */
@@ -187,10 +224,19 @@ export interface WorkerOptions {
   /** How often idle workers look for work from other processes, in ms. Default 1000. */
   pollInterval?: number;
   /**
-   * What to do with a message that has no handler: `ack` (default; counted as `unknown`),
-   * `deadLetter`, or `skip` (do not claim it at all: leave it for another worker).
+   * What to do with a message that has no handler. `skip` (default): a command worker never
+   * claims names it has no handler for (they stay queued for a worker that has one); a group
+   * settles such events without a handler (counted as `unknown`), so they never hold back its
+   * offset. `ack`: claim and acknowledge (counted as `unknown`). `deadLetter`: claim and
+   * dead-letter.
    */
   onUnknown?: 'ack' | 'deadLetter' | 'skip';
+  /**
+   * Where failures are reported (retries and stale claims as warnings, dead letters and
+   * worker errors as errors). Default: the bus's logger (`console` unless `SqliteBus.open`
+   * was given another); `null` silences it.
+   */
+  logger?: Logger | null;
   /**
    * Whether the worker's timers keep the Node process alive. Default `false`: timers are
    * unref'd, so a worker never holds a finished program open; a process whose only job is
@@ -229,16 +275,33 @@ export interface WorkerCounters {
   unknown: number;
   /** Settlements refused because the claim had gone stale. */
   stale: number;
+  /** Handler runs repeated because their transaction conflicted with another commit (see `HandlerContext.run`). */
+  reruns: number;
+  /** Handler calls in total (first runs and reruns). */
+  calls: number;
+  /** Claims given back without a settlement (stop, timeout of `stop`), not counted as attempts when no handler ran. */
+  released: number;
   /** Handlers running right now. */
   inFlight: number;
+}
+
+/** Options of `Worker.stop` and `Bus.close`. */
+export interface StopOptions {
+  /** How long to wait for running handlers before abandoning them, in ms. Default 30 000. */
+  timeout?: number;
 }
 
 /** A running consumer returned by `listen` and `subscribe`. */
 export interface Worker {
   /** Live counters. */
   readonly counters: Readonly<WorkerCounters>;
-  /** Graceful stop: no new claims; resolves when in-flight handlers have finished. */
-  stop(): Promise<void>;
+  /**
+   * Stops the worker: no new claims, `context.signal` of running handlers aborted; resolves
+   * when they have settled or, after `timeout` ms (default 30 000; `Infinity` waits for ever),
+   * abandons the rest: their transactions are rolled back and their messages released for
+   * another worker.
+   */
+  stop(options?: StopOptions): Promise<void>;
   /** Resolves when nothing is claimable right now and nothing is in flight in this worker. */
   drain(): Promise<void>;
 }
@@ -291,6 +354,8 @@ export interface NameStats {
   dead: number;
   /** Parked. */
   parked: number;
+  /** How long the oldest ready command has been claimable, in ms, or `null` when none is. */
+  oldestAge: number | null;
 }
 
 /** Per-group counts. */
@@ -307,6 +372,8 @@ export interface GroupStats {
   dead: number;
   /** Parked events of this group. */
   parked: number;
+  /** Age of the oldest event the group has not settled, in ms, or `null` when it is caught up. */
+  oldestAge: number | null;
 }
 
 /** What `stats()` returns. */
@@ -351,6 +418,8 @@ export interface DeadLetterFilter {
   group?: string;
   /** Only dead or only parked. */
   status?: 'dead' | 'parked';
+  /** Only messages with this name. */
+  name?: string;
 }
 
 /**
@@ -377,6 +446,41 @@ export interface Bus {
   replayDeadLetter(deadId: number): Promise<boolean>;
   /** Deletes dead letters matching the filter; returns how many. */
   purgeDeadLetters(filter?: DeadLetterFilter & { before?: Date | number }): Promise<number>;
-  /** Stops workers and releases handles. */
-  close(): Promise<void>;
+  /** Reads a command (by default) or an event by id, with its state; `undefined` if unknown. */
+  get(id: string, options?: { kind?: MessageKind }): Promise<MessageInfo | undefined>;
+  /** Cancels a command that is not running or settled; `true` if it was cancelled. */
+  cancel(id: string): Promise<boolean>;
+  /** Stops claims of the whole queue, of one command name, or of one group (every process). */
+  pause(target?: PauseTarget): Promise<void>;
+  /** Undoes {@link Bus.pause} for the same target. */
+  resume(target?: PauseTarget): Promise<void>;
+  /** Stops workers (see `Worker.stop`) and releases handles. */
+  close(options?: StopOptions): Promise<void>;
+}
+
+/** What `pause` and `resume` act on: nothing (the whole queue), a command `name`, or a `group`. */
+export interface PauseTarget {
+  /** A command name. */
+  name?: string;
+  /** A consumer group. */
+  group?: string;
+}
+
+/** A stored message and where it stands, as `get` returns it. */
+export interface MessageInfo {
+  /** The decoded message, or `null` when the stored row cannot be decoded. */
+  readonly message: Message | null;
+  /**
+   * Commands: `ready`, `delayed`, `inflight`, `done`, `dead`, `parked` or `cancelled`.
+   * Events: `logged` (per-group progress is in `stats()`).
+   */
+  readonly state: 'ready' | 'delayed' | 'inflight' | 'done' | 'dead' | 'parked' | 'cancelled' | 'logged';
+  /** Commands: the claims so far. */
+  readonly attempts: number;
+  /** Commands: the error of the last failed attempt, or the dead-letter reason. */
+  readonly lastError: string | null;
+  /** Commands: when it was settled (handled, dead-lettered, parked, cancelled). */
+  readonly settledAt: Date | null;
+  /** Commands: its priority. */
+  readonly priority: number;
 }

@@ -68,8 +68,14 @@ export function validateNamespace(namespace: unknown): string {
   return ns;
 }
 
+/** Longest accepted delay, lease or age: 100 years, so every time stays a safe integer. */
+export const MAX_MS = 100 * 365 * 24 * 3_600_000;
+/** Longest accepted timer-driven duration (lease, poll interval, timeouts): what `setTimeout` can wait. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
- * Checks a message id or ordering key: a non-empty string of at most 512 characters.
+ * Checks a message id or ordering key: a non-empty string of at most 512 characters, without
+ * NUL characters.
  *
  * @throws ValidationError when it is not acceptable.
  */
@@ -77,6 +83,7 @@ export function validateId(argument: 'id' | 'key', value: unknown): string {
   if (typeof value !== 'string') throw new ValidationError(argument, `${argument} must be a string, got ${typeof value}`);
   if (value.length === 0) throw new ValidationError(argument, `${argument} must not be empty`);
   if (value.length > MAX_ID_LENGTH) throw new ValidationError(argument, `${argument} is longer than ${MAX_ID_LENGTH} characters`);
+  if (value.includes('\u0000')) throw new ValidationError(argument, `${argument} must not contain NUL characters`);
   return value;
 }
 
@@ -117,13 +124,25 @@ export function validateContentType(value: unknown): string {
 }
 
 /**
- * Checks a duration or delay in milliseconds: a finite number >= `min`.
+ * Checks a duration or delay in milliseconds: a finite number from `min` to `max`.
  *
  * @throws ValidationError when it is not acceptable.
  */
-export function validateMs(argument: string, value: unknown, min = 0): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
-    throw new ValidationError(argument, `${argument} must be a finite number >= ${min} (milliseconds), got ${describe(value)}`);
+export function validateMs(argument: string, value: unknown, min = 0, max = MAX_MS): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
+    throw new ValidationError(argument, `${argument} must be a number from ${min} to ${max} (milliseconds), got ${describe(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Checks a command priority: an integer from -1000 to 1000.
+ *
+ * @throws ValidationError when it is not acceptable.
+ */
+export function validatePriority(value: unknown): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < -1000 || value > 1000) {
+    throw new ValidationError('priority', `priority must be an integer from -1000 to 1000, got ${describe(value)}`);
   }
   return value;
 }

@@ -1,32 +1,28 @@
 /**
- * The worker loop shared by `listen` (commands) and `subscribe` (a group's events).
+ * The worker runtime shared by every transport and by `listen` (commands) and `subscribe`
+ * (a group's events): concurrency, claims, handler runs with lease renewal, timeouts and
+ * abort signals, retries with backoff, dead letters, graceful and forced stops. It talks to
+ * storage only through the {@link Store} and {@link Source} interfaces.
  *
  * @module
  */
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { backoffPolicy } from './backoff.js';
 import { PermanentError, StaleClaimError, ValidationError } from './errors.js';
 import { onNotify } from './notify.js';
-import type { Claim, SqliteBus } from './sqlite-bus.js';
-import type { Handlers, Message, Worker, WorkerCounters, WorkerEvent, WorkerOptions } from './types.js';
-import { validateMs, validatePositiveInt } from './validate.js';
+import type { Claim, Source, Store } from './store.js';
+import type { Handlers, Logger, Message, StopOptions, Worker, WorkerCounters, WorkerEvent, WorkerOptions } from './types.js';
+import { MAX_TIMER_MS, validateMs, validatePositiveInt } from './validate.js';
 
-/** Where a worker gets its work. @internal */
-export interface Source {
-  /** Notifier key that signals new work. */
-  readonly channel: string;
-  /** Runs once before the first claim (creates the group). */
-  prepare(): Promise<void>;
-  /** Claims up to `limit` messages under a lease of `lease` ms. */
-  claim(limit: number, lease: number): Promise<Claim[]>;
-  /** The earliest time something becomes claimable, or null. */
-  nextDue(): Promise<number | null>;
-  /** Called after a handler's acknowledgement committed. */
-  settled(): void;
-  /** Called when nothing is claimable (and when stopping): catch up on deferred work. */
-  idle(): Promise<void>;
+const DEFAULTS = { concurrency: 1, lease: 30_000, maxAttempts: 5, pollInterval: 1_000, stopTimeout: 30_000 };
+
+/** Why a handler's signal was aborted. */
+class AbortReason extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'AbortError';
+  }
 }
-
-const DEFAULTS = { concurrency: 1, lease: 30_000, maxAttempts: 5, pollInterval: 1_000 };
 
 function errorText(e: unknown): string {
   if (e instanceof Error) return `${e.name}: ${e.message}`;
@@ -37,9 +33,56 @@ function errorText(e: unknown): string {
   }
 }
 
+/** A handler running now, with what is needed to abort or abandon it. */
+interface Running {
+  readonly claim: Claim;
+  /** Aborts `context.signal` (stop, lost lease, timeout). */
+  readonly signal: AbortController;
+  /** Rolls the handler's transaction back for good (stop timeout, handler timeout). */
+  readonly abandon: AbortController;
+  done: Promise<void>;
+}
+
+/** Checks the `timeout` option: a number for every name, or a map of names to numbers. */
+function timeoutPolicy(timeout: WorkerOptions['timeout']): (name: string) => number | undefined {
+  if (timeout === undefined) return () => undefined;
+  if (typeof timeout === 'number') {
+    const ms = validateMs('timeout', timeout, 1, MAX_TIMER_MS);
+    return () => ms;
+  }
+  if (timeout === null || typeof timeout !== 'object') throw new ValidationError('timeout', 'timeout must be a number or an object of numbers');
+  const map = new Map<string, number>();
+  for (const [name, ms] of Object.entries(timeout)) map.set(name, validateMs(`timeout.${name}`, ms, 1, MAX_TIMER_MS));
+  return (name) => map.get(name);
+}
+
+/**
+ * Validates the logger option: `undefined` means the bus's default, `null` silences.
+ * @internal
+ */
+export function checkLogger(logger: unknown, argument = 'logger'): Logger | null | undefined {
+  if (logger === undefined || logger === null) return logger;
+  const l = logger as Logger;
+  if (typeof l !== 'object' || typeof l.warn !== 'function' || typeof l.error !== 'function') {
+    throw new ValidationError(argument, `${argument} must have warn() and error() methods, or be null`);
+  }
+  return l;
+}
+
 /** A running worker. @internal */
 export class BusWorker implements Worker {
-  readonly counters: WorkerCounters = { claimed: 0, handled: 0, retried: 0, deadLettered: 0, unknown: 0, stale: 0, inFlight: 0 };
+  readonly counters: WorkerCounters = {
+    claimed: 0,
+    handled: 0,
+    retried: 0,
+    deadLettered: 0,
+    unknown: 0,
+    stale: 0,
+    inFlight: 0,
+    reruns: 0,
+    calls: 0,
+    released: 0,
+  };
   private readonly concurrency: number;
   private readonly lease: number;
   private readonly maxAttempts: number;
@@ -47,53 +90,56 @@ export class BusWorker implements Worker {
   private readonly onUnknown: 'ack' | 'deadLetter' | 'skip';
   private readonly keepAlive: boolean;
   private readonly delayFor: (attempt: number) => number;
+  private readonly timeoutOf: (name: string) => number | undefined;
   private readonly onEvent: ((e: WorkerEvent) => void) | undefined;
-  private readonly signal: AbortSignal;
+  private readonly logger: Logger | null;
   private readonly abortListener: (() => void) | undefined;
   private running = true;
   private dirty = true;
   private wakeUp: (() => void) | null = null;
   private loopDone: Promise<void> = Promise.resolve();
-  private readonly inflight = new Set<Promise<void>>();
+  private readonly inflight = new Map<Promise<void>, Running>();
   private drainWaiters: { after: number; resolve: () => void }[] = [];
   private claimSeq = 0;
+  private stopping: Promise<void> | null = null;
+  /** Resolves when stop() is called, so a loop waiting for a free slot wakes up. */
+  private stopCalled!: () => void;
+  private readonly stopRequested = new Promise<void>((resolve) => (this.stopCalled = resolve));
   private unsubscribe: () => void = () => {};
 
+  /**
+   * @param kind - `command` workers skip unknown names by not claiming them (the source
+   *   filters); `event` workers settle them.
+   */
   constructor(
-    private readonly bus: SqliteBus,
+    private readonly store: Store,
     private readonly source: Source,
     private readonly handlers: Handlers,
     options: WorkerOptions,
+    defaultLogger: Logger | null,
     private readonly onStopped: () => void,
   ) {
     if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
     this.concurrency = options.concurrency === undefined ? DEFAULTS.concurrency : validatePositiveInt('concurrency', options.concurrency);
-    this.lease = options.lease === undefined ? DEFAULTS.lease : validateMs('lease', options.lease, 1);
+    this.lease = options.lease === undefined ? DEFAULTS.lease : validateMs('lease', options.lease, 1, MAX_TIMER_MS);
     this.maxAttempts = options.maxAttempts === undefined ? DEFAULTS.maxAttempts : validatePositiveInt('maxAttempts', options.maxAttempts);
-    this.pollInterval = options.pollInterval === undefined ? DEFAULTS.pollInterval : validateMs('pollInterval', options.pollInterval, 1);
-    const onUnknown = options.onUnknown ?? 'ack';
-    if (onUnknown !== 'ack' && onUnknown !== 'deadLetter' && onUnknown !== 'skip') {
-      throw new ValidationError('onUnknown', 'onUnknown must be "ack", "deadLetter" or "skip"');
-    }
-    this.onUnknown = onUnknown;
+    this.pollInterval = options.pollInterval === undefined ? DEFAULTS.pollInterval : validateMs('pollInterval', options.pollInterval, 1, MAX_TIMER_MS);
+    this.onUnknown = checkOnUnknown(options.onUnknown);
     this.keepAlive = options.keepAlive === true;
     this.delayFor = backoffPolicy(options.backoff);
+    this.timeoutOf = timeoutPolicy(options.timeout);
     if (options.onEvent !== undefined && typeof options.onEvent !== 'function') {
       throw new ValidationError('onEvent', 'onEvent must be a function');
     }
     this.onEvent = options.onEvent;
-    const controller = new AbortController();
-    this.signal = controller.signal;
+    const logger = checkLogger(options.logger);
+    this.logger = logger === undefined ? defaultLogger : logger;
     const external = options.signal;
     if (external !== undefined) {
       if (!(external instanceof AbortSignal)) throw new ValidationError('signal', 'signal must be an AbortSignal');
-      const abort = () => {
-        controller.abort(external.reason);
-        void this.stop();
-      };
+      const abort = () => void this.stop();
       if (external.aborted) {
         this.running = false;
-        controller.abort(external.reason);
       } else {
         external.addEventListener('abort', abort, { once: true });
         this.abortListener = () => external.removeEventListener('abort', abort);
@@ -113,11 +159,26 @@ export class BusWorker implements Worker {
   }
 
   private emit(e: WorkerEvent): void {
+    this.log(e);
     if (!this.onEvent) return;
     try {
       this.onEvent(e);
     } catch {
       // a progress callback must not break the worker
+    }
+  }
+
+  private log(e: WorkerEvent): void {
+    const l = this.logger;
+    if (!l) return;
+    try {
+      const what = (m: Message | null) => (m ? `${m.kind} ${m.name} ${JSON.stringify(m.id)}` : 'an undecodable message');
+      if (e.type === 'retry') l.warn(`[siblite/bus] ${what(e.message)} failed (attempt ${e.message.attempts}); retrying in ${Math.round(e.delay)} ms: ${errorText(e.error)}`);
+      else if (e.type === 'dead') l.error(`[siblite/bus] ${what(e.message)} dead-lettered: ${e.reason}`);
+      else if (e.type === 'stale') l.warn(`[siblite/bus] ${what(e.message)}: the claim went stale (lease lost) before it settled`);
+      else if (e.type === 'error') l.error('[siblite/bus] worker error (it keeps running):', e.error);
+    } catch {
+      // a logger must not break the worker
     }
   }
 
@@ -131,10 +192,13 @@ export class BusWorker implements Worker {
   private sleep(ms: number): Promise<void> {
     if (this.dirty || !this.running) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.wakeUp = null;
-        resolve();
-      }, Math.max(1, ms));
+      const timer = setTimeout(
+        () => {
+          this.wakeUp = null;
+          resolve();
+        },
+        Math.min(MAX_TIMER_MS, Math.max(1, ms)),
+      );
       if (!this.keepAlive) timer.unref();
       this.wakeUp = () => {
         clearTimeout(timer);
@@ -155,21 +219,25 @@ export class BusWorker implements Worker {
     let prepared = false;
     while (this.running) {
       try {
+        // Every turn goes through the event loop's macrotask phases, so timers, I/O and
+        // signal handlers of the process run while a worker drains a backlog.
+        await yieldToLoop();
+        if (!this.running) break;
         if (!prepared) {
           await this.source.prepare();
           prepared = true;
         }
         const free = this.concurrency - this.inflight.size;
         if (free <= 0) {
-          await Promise.race(this.inflight);
+          await Promise.race([...this.inflight.keys(), this.stopRequested]);
           continue;
         }
         this.dirty = false;
         const claimSeq = ++this.claimSeq;
         const claims = await this.source.claim(free, this.lease);
         if (!this.running) {
-          // stopped while claiming: give the claims back at once
-          for (const c of claims) void this.bus.nack(c, 0, null).catch(() => {});
+          // Stopped while claiming: give the claims back at once, without counting an attempt.
+          await this.giveBack(claims, false);
           break;
         }
         if (claims.length === 0) {
@@ -180,29 +248,44 @@ export class BusWorker implements Worker {
           if (this.dirty) continue;
           let wait = this.pollInterval;
           const due = await this.source.nextDue().catch(() => null);
-          if (due !== null) wait = Math.min(wait, due - Date.now() + 1);
+          if (due !== null) wait = Math.min(wait, due - this.store.now() + 1);
           if (wait <= 0) continue;
           await this.sleep(wait);
           continue;
         }
-        for (const claim of claims) {
-          this.counters.claimed++;
-          const p: Promise<void> = this.handle(claim).finally(() => {
-            this.inflight.delete(p);
-            this.counters.inFlight = this.inflight.size;
-            this.wake();
-          });
-          this.inflight.add(p);
-          this.counters.inFlight = this.inflight.size;
-        }
+        for (const claim of claims) this.start1(claim);
       } catch (e) {
         if (!this.running) break;
         this.emit({ type: 'error', error: e });
         await this.sleep(Math.min(this.pollInterval, 100));
       }
     }
-    await Promise.allSettled([...this.inflight]);
+    await Promise.allSettled([...this.inflight.keys()]);
     await this.source.idle().catch(() => {});
+  }
+
+  private start1(claim: Claim): void {
+    this.counters.claimed++;
+    const r: Running = { claim, signal: new AbortController(), abandon: new AbortController(), done: Promise.resolve() };
+    const p: Promise<void> = this.handle(r).finally(() => {
+      this.inflight.delete(p);
+      this.counters.inFlight = this.inflight.size;
+      this.wake();
+    });
+    r.done = p;
+    this.inflight.set(p, r);
+    this.counters.inFlight = this.inflight.size;
+  }
+
+  private async giveBack(claims: readonly Claim[], countAttempt: boolean): Promise<void> {
+    if (claims.length === 0) return;
+    try {
+      await this.store.release(claims, countAttempt);
+      this.counters.released += claims.length;
+    } catch (e) {
+      // The leases run out on their own; nothing is lost.
+      this.emit({ type: 'error', error: e });
+    }
   }
 
   private async settle(step: () => Promise<void>, message: Message | null): Promise<boolean> {
@@ -221,13 +304,14 @@ export class BusWorker implements Worker {
   }
 
   private async deadLetter(claim: Claim, reason: string): Promise<void> {
-    if (await this.settle(() => this.bus.bury(claim, 'dead', reason), claim.message)) {
+    if (await this.settle(() => this.store.bury(claim, 'dead', reason), claim.message)) {
       this.counters.deadLettered++;
       this.emit({ type: 'dead', message: claim.message, reason });
     }
   }
 
-  private async handle(claim: Claim): Promise<void> {
+  private async handle(r: Running): Promise<void> {
+    const claim = r.claim;
     const message = claim.message;
     if (!message) {
       await this.deadLetter(claim, `decode error: ${claim.decodeError?.message ?? 'unknown'}`);
@@ -241,30 +325,48 @@ export class BusWorker implements Worker {
     if (!handler) {
       if (this.onUnknown === 'deadLetter') {
         await this.deadLetter(claim, `no handler for "${message.name}"`);
-      } else if (await this.settle(() => this.bus.ack(claim), message)) {
+      } else if (await this.settle(() => this.store.ack(claim), message)) {
         this.counters.unknown++;
         this.emit({ type: 'unknown', message });
       }
       return;
     }
     const started = performance.now();
-    const h = this.bus.acquire();
+    const stopRenewal = this.renewLease(r);
+    const timeout = this.timeoutOf(message.name);
+    let timer: NodeJS.Timeout | undefined;
+    if (timeout !== undefined) {
+      timer = setTimeout(() => {
+        const reason = new AbortReason(`handler timeout: ${timeout} ms passed`);
+        r.signal.abort(reason);
+        r.abandon.abort(reason);
+      }, timeout);
+      timer.unref();
+    }
     let failure: unknown;
     let ok = false;
     try {
-      await this.bus.txOn(h, async (tx) => {
-        await handler(message, {
-          conn: tx,
-          signal: this.signal,
-          extendLease: (ms: number) => this.bus.extend(claim, ms),
-        });
-        this.bus.ackOn(tx, claim);
-      });
+      const { reruns } = await this.store.transact(
+        claim,
+        async (conn, run) => {
+          this.counters.calls++;
+          if (run > 1) this.counters.reruns++;
+          await handler(message, {
+            conn,
+            signal: r.signal.signal,
+            run,
+            extendLease: (ms: number) => this.store.extend(claim, ms),
+          });
+        },
+        r.abandon.signal,
+      );
+      void reruns;
       ok = true;
     } catch (e) {
       failure = e;
     } finally {
-      this.bus.release(h);
+      stopRenewal();
+      if (timer) clearTimeout(timer);
     }
     if (ok) {
       this.counters.handled++;
@@ -277,6 +379,15 @@ export class BusWorker implements Worker {
       this.emit({ type: 'stale', message });
       return;
     }
+    if (r.abandon.signal.aborted && !(r.abandon.signal.reason instanceof AbortReason && r.abandon.signal.reason.message.startsWith('handler timeout'))) {
+      // Abandoned by stop(): the release already happened (or the lease runs out).
+      return;
+    }
+    if (!this.running && r.signal.signal.aborted && !r.abandon.signal.aborted) {
+      // The handler gave up because the worker is stopping: not a failure of the message.
+      await this.giveBack([claim], false);
+      return;
+    }
     if (failure instanceof PermanentError) {
       await this.deadLetter(claim, `permanent error: ${failure.message}`);
       return;
@@ -286,16 +397,79 @@ export class BusWorker implements Worker {
       return;
     }
     const delay = this.delayFor(claim.attempts);
-    if (await this.settle(() => this.bus.nack(claim, delay, errorText(failure)), message)) {
+    if (await this.settle(() => this.store.nack(claim, delay, errorText(failure)), message)) {
       this.counters.retried++;
       this.emit({ type: 'retry', message, error: failure, delay });
     }
   }
 
-  /** Graceful stop: no new claims; resolves once in-flight handlers have finished. */
-  async stop(): Promise<void> {
+  /** Renews the lease every third of it while the handler runs; a lost lease aborts the handler. */
+  private renewLease(r: Running): () => void {
+    const every = Math.max(1, Math.floor(this.lease / 3));
+    let busy = false;
+    const timer = setInterval(() => {
+      if (busy || r.abandon.signal.aborted) return;
+      busy = true;
+      this.store
+        .extend(r.claim, this.lease)
+        .catch((e) => {
+          if (e instanceof StaleClaimError) {
+            const reason = new AbortReason('the lease was lost: another worker may be handling this message now');
+            r.signal.abort(reason);
+            r.abandon.abort(reason);
+          }
+          // other errors (busy for too long): the next tick tries again
+        })
+        .finally(() => {
+          busy = false;
+        });
+    }, every);
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
+  /**
+   * Stops: no new claims; running handlers' signals are aborted; waits up to `timeout` ms for
+   * them, then abandons the rest (rolled back, released for another worker).
+   */
+  stop(options: StopOptions = {}): Promise<void> {
+    if (options === null || typeof options !== 'object') return Promise.reject(new ValidationError('options', 'options must be an object'));
+    let timeout: number;
+    try {
+      timeout = options.timeout === undefined ? DEFAULTS.stopTimeout : options.timeout === Infinity ? Infinity : validateMs('timeout', options.timeout, 0, MAX_TIMER_MS);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     this.running = false;
     this.wake();
+    this.stopCalled();
+    const stopping = new AbortReason('the worker is stopping');
+    for (const r of this.inflight.values()) r.signal.abort(stopping);
+    this.stopping ??= this.finishStop(timeout);
+    return this.stopping;
+  }
+
+  private async finishStop(timeout: number): Promise<void> {
+    if (timeout !== Infinity && this.inflight.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const expired = new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(true), timeout);
+      });
+      const settled = Promise.allSettled([...this.inflight.keys()]).then(() => false);
+      const timedOut = await Promise.race([settled, expired]);
+      clearTimeout(timer);
+      if (timedOut) {
+        const abandoned = [...this.inflight.values()];
+        const reason = new AbortReason(`abandoned: stop() timeout of ${timeout} ms passed`);
+        for (const r of abandoned) r.abandon.abort(reason);
+        await this.giveBack(
+          abandoned.map((r) => r.claim),
+          true,
+        );
+        for (const r of abandoned) this.inflight.delete(r.done);
+        this.counters.inFlight = this.inflight.size;
+      }
+    }
     await this.loopDone;
   }
 
@@ -307,4 +481,12 @@ export class BusWorker implements Worker {
       this.wake();
     });
   }
+}
+
+function checkOnUnknown(value: unknown): 'ack' | 'deadLetter' | 'skip' {
+  const v = value ?? 'skip';
+  if (v !== 'ack' && v !== 'deadLetter' && v !== 'skip') {
+    throw new ValidationError('onUnknown', 'onUnknown must be "skip", "ack" or "deadLetter"');
+  }
+  return v;
 }

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { decodeRow, encodePayload, type MessageRow } from '../src/codec.js';
 import { DecodeError, ValidationError } from '../src/errors.js';
-import { buildPlans } from '../src/plans.js';
+import { buildPlans } from '../src/sqlite/plans.js';
 import { validateGroup, validateName, validateNamespace } from '../src/validate.js';
 
 const row = (over: Partial<MessageRow> = {}): MessageRow => ({

@@ -13,7 +13,7 @@ export async function makeBus(where: 'memory' | 'file' = 'memory', options: Sqli
     path = join(dir, 'bus.db');
   }
   const conn: Connection = open(path);
-  const bus = await SqliteBus.open(conn, options);
+  const bus = await SqliteBus.open(conn, { logger: null, ...options });
   return {
     conn,
     bus,
@@ -31,9 +31,9 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 /** Polls `cond` until true or the deadline passes (then throws). */
 export async function until(cond: () => boolean | Promise<boolean>, timeoutMs = 20_000, what = 'condition'): Promise<void> {
-  const end = Date.now() + timeoutMs;
+  const end = performance.now() + timeoutMs;
   while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(5);
   }
 }

@@ -1,13 +1,23 @@
 import { fork, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { makeBus, sleep } from './helpers.js';
 
 const WORKER = fileURLToPath(new URL('./fixtures/proc-worker.mjs', import.meta.url));
 
-function spawnWorker(file: string, lease: number, mode = 'queue'): Promise<ChildProcess> {
+/** Every child started by this file, so a failing test never leaves workers behind. */
+const spawned = new Set<ChildProcess>();
+afterEach(() => {
+  for (const c of spawned) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  spawned.clear();
+});
+
+function spawnWorker(file: string, lease: number, mode = 'queue', calls = '', concurrency = 8): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const child = fork(WORKER, [file, String(lease), mode], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(WORKER, [file, String(lease), mode, String(concurrency), calls], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    spawned.add(child);
     child.once('message', () => resolve(child));
     child.once('error', reject);
     child.once('exit', (code, signal) => reject(new Error(`worker exited early: ${code ?? signal}`)));
@@ -22,11 +32,15 @@ function exited(child: ChildProcess): Promise<void> {
 }
 
 describe('SqliteBus: several processes on one file', () => {
-  it('exactly-once effects while 4 processes drain 2,000 commands and are SIGKILLed at random', async () => {
-    const N = 2_000;
+  it('exactly-once effects and < 1.3 handler calls per message while 4 processes drain 250 commands and are SIGKILLed at random', async () => {
+    const N = 250;
     const LEASE = 1_000;
-    const { bus, conn, path, cleanup } = await makeBus('file');
-    conn.exec('CREATE TABLE effects (msg TEXT NOT NULL, pid INTEGER NOT NULL, grp TEXT)'); // no UNIQUE: duplicates would show
+    const { bus, conn, path, dir, cleanup } = await makeBus('file');
+    const calls = join(dir!, 'calls.txt');
+    // Keyed by a fresh id per handler call, no UNIQUE on msg: duplicates would show. (With a
+    // rowid table, two processes inserting at once are handed the same rowid and one of them
+    // conflicts: a real conflict, which reruns the handler; see docs/bus.md and the bench.)
+    conn.exec('CREATE TABLE effects (call TEXT PRIMARY KEY, msg TEXT NOT NULL, pid INTEGER NOT NULL, grp TEXT) WITHOUT ROWID');
     const h = conn.connect();
     await h.transaction(
       async (tx) => {
@@ -38,7 +52,7 @@ describe('SqliteBus: several processes on one file', () => {
 
     const children = new Set<ChildProcess>();
     const start = async () => {
-      const c = await spawnWorker(path, LEASE);
+      const c = await spawnWorker(path, LEASE, 'queue', calls, 4);
       children.add(c);
       c.once('exit', () => children.delete(c));
     };
@@ -62,7 +76,7 @@ describe('SqliteBus: several processes on one file', () => {
       }
     };
     // kill a random worker every 200-500 ms while a good part of the work remains
-    while ((await read(remaining)) > N / 4 && kills < 8 && Date.now() < deadline) {
+    while ((await read(remaining)) > N / 4 && kills < 5 && Date.now() < deadline) {
       await sleep(200 + Math.random() * 300);
       const victims = [...children];
       const victim = victims[Math.floor(Math.random() * victims.length)];
@@ -92,6 +106,13 @@ describe('SqliteBus: several processes on one file', () => {
     expect(await bus.deadLetters()).toEqual([]);
     const pids = await read(() => conn.get<{ n: number }>('SELECT count(DISTINCT pid) AS n FROM effects')?.n ?? 0);
     expect(pids).toBeGreaterThan(1);
+    // Handler calls per message: re-deliveries after a SIGKILL (the lease ran out) and reruns
+    // after real conflicts only; a busy lock never runs a handler again.
+    const lines = readFileSync(calls, 'utf8').trim().split('\n');
+    const perMessage = lines.length / N;
+    const reruns = lines.filter((l) => !l.endsWith(' 1')).length;
+    if (process.env.BUS_TEST_DEBUG) console.log(`calls=${lines.length} perMessage=${perMessage.toFixed(3)} reruns=${reruns} kills=${kills}`);
+    expect(perMessage).toBeLessThan(1.3);
     await cleanup();
   }, 120_000);
 
@@ -99,7 +120,7 @@ describe('SqliteBus: several processes on one file', () => {
     const { bus, conn, path, cleanup } = await makeBus('file');
     conn.exec('CREATE TABLE effects (msg TEXT NOT NULL, pid INTEGER NOT NULL, grp TEXT)');
     const children = await Promise.all(['ga', 'ga', 'gb', 'gb'].map((g) => spawnWorker(path, 2_000, g)));
-    const N = 300;
+    const N = 100;
     for (let i = 0; i < N; i++) await bus.publish('ev', i, { id: `ev-${i}` });
     const counts = async () => {
       for (;;) {

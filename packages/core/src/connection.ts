@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import type { BindParams, Row, RowFormat, SqlValue } from './engine/execute.js';
 import { extraArguments, fromEngineError, misuseError, sqliteError } from './errors.js';
 import { Session } from './session.js';
+import { settleCursor } from './engine/cursor.js';
+import { iterable } from './iterable.js';
 import { Statement, type RunResult } from './statement.js';
 import { NO_TRANSACTION_OPTIONS, runTransaction, type TransactionOptions } from './transaction.js';
 import type { Engine } from './engine/engine.js';
@@ -66,6 +68,7 @@ export class Connection {
   /** @internal */
   readonly session: Session;
   private safe = false;
+  private readonly closeHooks: Array<() => void> = [];
 
   /** @internal */
   constructor(
@@ -178,12 +181,14 @@ export class Connection {
   }
 
   /**
-   * The rows of a query as an iterator. The rows are read before the first one is returned:
-   * the engine is shared, so no cursor stays open across other handles' statements.
+   * The rows of a query as an iterator. On an in-memory database, outside transactions, rows are
+   * read one per step while nothing else uses the engine; any other statement (on any handle)
+   * first reads the rest of them, so no cursor stays open across other work. Inside a
+   * transaction, or on a file database, the rows are read before the first one is returned.
    */
   iterate<T = Row>(sql: string, params?: BindParams): IterableIterator<T> {
     if (arguments.length > 2) throw extraArguments('iterate');
-    return this.all<T>(sql, params)[Symbol.iterator]();
+    return iterable(this.session.iterate(this.session.compileCached(sql), params, this.format()) as Iterator<T>);
   }
 
   /**
@@ -191,7 +196,7 @@ export class Connection {
    * @throws SqliteError of kind `sql` for invalid SQL, `misuse` for more than one statement.
    */
   prepare<T = Row>(sql: string): Statement<T> {
-    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe);
+    return new Statement<T>(this.session, this.session.compileOne(sql), this.safe, this);
   }
 
   /**
@@ -225,6 +230,7 @@ export class Connection {
     if (typeof name !== 'string' || name === '') throw misuseError('function(name, fn): name must be a non-empty string');
     if (typeof fn !== 'function') throw misuseError('function(name, fn): fn must be a function');
     this.session.assertOpen();
+    settleCursor(); // SQLite refuses to replace a function while a statement is active
     try {
       this.session.engine.db.function(name, fn as (...args: unknown[]) => unknown, { deterministic: options.deterministic === true });
     } catch (e) {
@@ -282,8 +288,9 @@ export class Connection {
    * (`SQLITE_BUSY_SNAPSHOT` from a concurrent transaction's conflict, `SQLITE_BUSY` from a lock)
    * run the whole transaction again through {@link retry}, with `options.retry` as its options
    * (`retry: false` turns that off). A concurrent transaction that keeps failing runs its
-   * next attempt in the engine's first-come-first-served priority lane, as `BEGIN IMMEDIATE`,
-   * so it cannot starve (see docs/concurrency.md). Called from inside another `transaction()`
+   * next attempts in the engine's first-come-first-served priority lane (with priority over
+   * other `transaction()` commits, then as `BEGIN IMMEDIATE`), so it cannot starve (see
+   * docs/concurrency.md). Called from inside another `transaction()`
    * callback of this handle, or inside a transaction opened with `BEGIN`, it runs `fn` in a
    * SAVEPOINT instead (no retry). A call that overlaps a running `transaction()` of this handle
    * from anywhere else (two requests sharing one handle) is rejected at once with kind `misuse`:
@@ -305,6 +312,17 @@ export class Connection {
    * engine when this was its last handle. Calling it again does nothing.
    */
   close(): void {
-    this.session.close();
+    if (!this.session.isOpen) return;
+    try {
+      this.session.close();
+    } finally {
+      for (const fn of this.closeHooks.splice(0)) fn();
+    }
+  }
+
+  /** Runs `fn` once this handle closes (a pool of its siblings closes with it). @internal */
+  onClose(fn: () => void): void {
+    if (!this.session.isOpen) fn();
+    else this.closeHooks.push(fn);
   }
 }

@@ -85,6 +85,7 @@ export type SqliteErrorCode =
   /** `@siblite/bus`: see its `BusError` classes. */
   | 'SIBLITE_BUS_CLOSED'
   | 'SIBLITE_BUS_DECODE'
+  | 'SIBLITE_BUS_HANDLER_TRANSACTION'
   | 'SIBLITE_BUS_INVALID_ARGUMENT'
   | 'SIBLITE_BUS_PERMANENT'
   | 'SIBLITE_BUS_STALE_CLAIM'

@@ -56,7 +56,10 @@ export class HandlePool {
   constructor(
     readonly root: Connection,
     private readonly maxIdle = 32,
-  ) {}
+  ) {
+    // Idle siblings would keep the engine (and a file's lock) alive after the root closed.
+    root.onClose(() => this.close());
+  }
 
   /**
    * An idle handle, or a new sibling.
@@ -75,7 +78,10 @@ export class HandlePool {
     else pooled.close();
   }
 
-  /** Closes the idle handles (handles still out are closed when released). The root stays open. */
+  /**
+   * Closes the idle handles (handles still out are closed when released). The root stays open;
+   * closing the root closes the pool too.
+   */
   close(): void {
     this.closed = true;
     for (const p of this.idle.splice(0)) p.close();

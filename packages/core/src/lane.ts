@@ -1,21 +1,71 @@
 /**
  * The priority lane of an engine: where `transaction(fn, { mode: 'concurrent' })` runs an
  * attempt after its earlier attempts kept failing. Holders of the lane go one at a time, in
- * the order they arrived, and each runs pessimistically (`BEGIN IMMEDIATE`), so it cannot
- * conflict: under contention on a hot row the transactions degrade to a FIFO mutex instead of
- * aborting each other until one gives up.
+ * the order they arrived. A holder first runs optimistically with priority: while it is open,
+ * other `transaction()` commits that would change a table it read wait their turn in the lane
+ * (their statements still run), so it cannot be overtaken by them. If it conflicts anyway (an
+ * autocommit write, a hand-written COMMIT), its next lane attempt runs pessimistically
+ * (`BEGIN IMMEDIATE`), which cannot conflict. Under contention on a hot row the transactions
+ * thus degrade to a FIFO mutex instead of aborting each other until one gives up, while
+ * transactions that touch other tables keep running.
  * @module
  */
 import type { Engine } from './engine/engine.js';
+import { intersects } from './engine/footprint.js';
 import { sqliteError } from './errors.js';
+import type { Session } from './session.js';
 
 /** Failed attempts (busy or conflict) after which a concurrent transaction takes the lane. */
 export const LANE_AFTER_FAILURES = 3;
+
+/**
+ * After a handle's transaction had to fail its way into the lane, how many of its next
+ * transactions go straight to the lane while it is in use (skipping a first attempt that would
+ * most likely fail).
+ */
+export const LANE_MEMORY = 8;
+
 
 /** A first-in first-out async mutex. */
 export class Lane {
   private held = false;
   private readonly waiting: Array<() => void> = [];
+  /** The holder running optimistically with priority, if any. */
+  priority: Session | undefined;
+  /** A handle that holds the lane between a conflicted commit and its rerun. */
+  keptFor: Session | undefined;
+  /** Handles whose recent transactions failed their way into the lane, with turns left. */
+  private readonly recent = new WeakMap<Session, number>();
+
+  /** Notes that a transaction of `session` failed its way into the lane. */
+  remember(session: Session): void {
+    this.recent.set(session, LANE_MEMORY);
+  }
+
+  /**
+   * Whether the next transaction of `session` goes straight to the lane: the lane is in use and
+   * the handle recently had to fail its way into it. Each yes uses up one turn.
+   */
+  expects(session: Session): boolean {
+    const left = this.recent.get(session);
+    if (left === undefined || !this.held) return false;
+    if (left <= 1) this.recent.delete(session);
+    else this.recent.set(session, left - 1);
+    return true;
+  }
+
+  /**
+   * Whether the commit of `session`'s transaction must wait for the priority holder: it would
+   * change a table the holder has read.
+   */
+  blocks(session: Session): boolean {
+    const holder = this.priority;
+    if (holder === undefined || holder === session) return false;
+    const mine = session.tx;
+    const theirs = holder.tx;
+    if (mine?.kind !== 'concurrent' || mine.writes.size === 0 || theirs?.kind !== 'concurrent') return false;
+    return intersects(theirs.readTables(), mine.writes);
+  }
 
   /** Whether someone holds the lane now (so contention is going on). */
   get inUse(): boolean {

@@ -1,7 +1,7 @@
 /**
- * A handle's session: its transaction state and its statement cache, and the routing of every
- * statement between the handle's own transaction and what other handles hold on the shared
- * engine. The rules (see docs/concurrency.md):
+ * A handle's session: its transaction state, and the routing of every statement between the
+ * handle's own transaction and what other handles hold on the shared engine (its statements
+ * are compiled into the engine's shared cache, see engine/statement-cache.ts). The rules (see docs/concurrency.md):
  *
  * - No transaction active in the engine: run at once (autocommit).
  * - Another handle's transaction is active: a read-only statement whose tables that
@@ -12,8 +12,8 @@
  * @module
  */
 import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
-import type { Engine, HandleState, OpenTransaction, RowidPlan } from './engine/engine.js';
-import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from './engine/execute.js';
+import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
+import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
@@ -176,6 +176,30 @@ export class Session {
       this.usingFile = false;
       file.afterUse(this.engine.inRealTransaction);
     }
+  }
+
+  /**
+   * The rows of a query for `iterate()`: a lazy cursor when that is safe (this handle in
+   * autocommit, no transaction in the engine, an in-memory database, a read-only statement),
+   * otherwise every row read now like `all()` (inside a transaction the read must be logged
+   * whole; on a file the file lock must not be held across other work).
+   */
+  iterate(c: CompiledSql, params: BindParams | undefined, format?: RowFormat): Iterator<Row> {
+    this.assertOpen();
+    const engine = this.engine;
+    const p = c.prepared;
+    if (
+      p !== undefined &&
+      this.tx === null &&
+      engine.active === null &&
+      !engine.isFile &&
+      c.cls.type === 'dml' &&
+      p.returnsRows &&
+      engine.footprints.of(c.sql).readonly
+    ) {
+      return p.openCursor(params, format);
+    }
+    return (this.run(c, params, 'all', format).rows ?? [])[Symbol.iterator]();
   }
 
   private route(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
@@ -531,9 +555,56 @@ export class Session {
           const stmt = engine.statement(plan.sql);
           return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
         }
+      } else if (engine.hasReservations) {
+        const target = engine.insertTable(c.sql);
+        if (target && engine.hasForeignReservations(target.key, owner)) return this.insertAboveReservations(c, params, want, target, owner);
       }
     }
     return this.execute(c, params, want);
+  }
+
+  /**
+   * An INSERT that cannot be given explicit rowids (several rows, SELECT, ...) into a table where
+   * another transaction holds reserved rowids: the rows SQLite numbers must land above the
+   * reservations' high-water mark. AUTOINCREMENT tables get `sqlite_sequence` raised to it; in
+   * a plain rowid table SQLite numbers from its largest rowid, so the statement runs in a
+   * savepoint and is undone with a BusyError if it took a reserved rowid.
+   */
+  private insertAboveReservations(
+    c: CompiledSql,
+    params: BindParams | undefined,
+    want: Want,
+    target: InsertTable,
+    owner: object | null,
+  ): Outcome {
+    const engine = this.engine;
+    const high = engine.reservedHigh(target.key);
+    const before = engine.usedRowid(target);
+    if (before >= high) return this.execute(c, params, want);
+    if (target.autoincrement) {
+      engine.raiseSequence(target, high);
+      return this.execute(c, params, want);
+    }
+    engine.exec('SAVEPOINT siblite_rowids');
+    let out: Outcome | undefined;
+    let failure: unknown;
+    try {
+      out = this.execute(c, params, want);
+    } catch (e) {
+      failure = e;
+    }
+    if (!engine.inRealTransaction) throw failure; // OR ROLLBACK ended everything
+    if (engine.reservedBetween(target.key, before, engine.usedRowid(target), owner)) {
+      engine.exec('ROLLBACK TO siblite_rowids; RELEASE siblite_rowids');
+      throw sqliteError(
+        `database is locked: this INSERT would take rowids of ${target.key.replace(/^main\./, '')} that an open BEGIN CONCURRENT ` +
+          'transaction of another handle was told; retry when it ends (or insert one row per statement, which gets a free rowid)',
+        'SQLITE_BUSY',
+      );
+    }
+    engine.exec('RELEASE siblite_rowids');
+    if (failure !== undefined) throw failure;
+    return out as Outcome;
   }
 
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {

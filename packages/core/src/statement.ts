@@ -4,6 +4,8 @@
  */
 import type { BindParams, Row, RowFormat } from './engine/execute.js';
 import { closedError, extraArguments, misuseError } from './errors.js';
+import { iterable } from './iterable.js';
+import type { Connection } from './connection.js';
 import type { CompiledSql, Session } from './session.js';
 
 /** What `run()` returns. */
@@ -51,12 +53,15 @@ export class Statement<T = Row> {
   private bound: BindParams | undefined;
   private isBound = false;
   private columnCache: ColumnDefinition[] | undefined;
+  private cursor: { isOpen?: boolean } | undefined;
 
   /** @internal */
   constructor(
     private readonly session: Session,
     private readonly compiled: CompiledSql,
     safeIntegers = false,
+    /** The handle that prepared this statement (better-sqlite3's `database`). */
+    readonly database?: Connection,
   ) {
     this.safe = safeIntegers;
     session.own(this);
@@ -82,9 +87,9 @@ export class Statement<T = Row> {
     return this.session.engine.footprints.of(this.compiled.sql).readonly;
   }
 
-  /** Always false: rows are read before `iterate()` returns (no cursor stays open). */
+  /** True while a lazy `iterate()` of this statement has rows left to read from the engine. */
   get busy(): boolean {
-    return false;
+    return this.cursor?.isOpen === true;
   }
 
   /** Whether the statement has been finalized (by you, or by closing its handle). */
@@ -157,12 +162,28 @@ export class Statement<T = Row> {
   }
 
   /**
-   * The rows, one by one. The rows are read when iteration starts (the engine is shared, so no
-   * cursor is kept open across other handles' statements).
+   * The rows, one by one. On an in-memory database, outside transactions, each row is read from
+   * the engine when it is asked for, while nothing else uses the engine; any other statement (on
+   * any handle) first reads the rest, so no cursor stays open across other work. Inside a
+   * transaction, or on a file database, the rows are read when iteration starts.
    */
   iterate(params?: BindParams): IterableIterator<T> {
     if (arguments.length > 1) throw extraArguments('iterate', 1);
-    return (arguments.length === 0 ? this.all() : this.all(params))[Symbol.iterator]();
+    const source = this.session.iterate(this.ready(), this.params(params, arguments.length), this.format());
+    this.cursor = source as { isOpen?: boolean };
+    const shape = this.shape;
+    if (shape === 'object' || shape === 'raw') return iterable(source as Iterator<T>);
+    const reshape = (row: unknown) => this.reshapeOne(row, shape) as T;
+    return iterable<T>({
+      next: () => {
+        const r = source.next();
+        return r.done ? { value: undefined, done: true } : { value: reshape(r.value), done: false };
+      },
+      return: (): IteratorResult<T> => {
+        source.return?.();
+        return { value: undefined, done: true };
+      },
+    });
   }
 
   /**
@@ -207,23 +228,18 @@ export class Statement<T = Row> {
   }
 
   private reshape(rows: unknown[]): unknown[] {
-    switch (this.shape) {
-      case 'object':
-      case 'raw':
-        return rows;
-      case 'pluck':
-        return rows.map((r) => (r as unknown[])[0]);
-      case 'expand': {
-        const cols = this.columns();
-        return rows.map((r) => {
-          const out: Record<string, Record<string, unknown>> = {};
-          cols.forEach((c, i) => {
-            const table = c.table ?? '$';
-            (out[table] ??= {})[c.name] = (r as unknown[])[i];
-          });
-          return out;
-        });
-      }
-    }
+    const shape = this.shape;
+    return shape === 'object' || shape === 'raw' ? rows : rows.map((r) => this.reshapeOne(r, shape));
+  }
+
+  /** A raw row as `pluck` or `expand` shows it. */
+  private reshapeOne(row: unknown, shape: 'pluck' | 'expand'): unknown {
+    const values = row as unknown[];
+    if (shape === 'pluck') return values[0];
+    const out: Record<string, Record<string, unknown>> = {};
+    this.columns().forEach((c, i) => {
+      (out[c.table ?? '$'] ??= {})[c.name] = values[i];
+    });
+    return out;
   }
 }

@@ -43,8 +43,9 @@ function isInside(scope: Scope | undefined, session: object): boolean {
 
 /**
  * An error that ends `transaction()` without running `fn` again: a lock that stayed busy for the
- * whole busy timeout at BEGIN or COMMIT (running `fn` again could not help; only a conflict,
- * `SQLITE_BUSY_SNAPSHOT`, can).
+ * whole busy timeout at BEGIN or COMMIT, or another process's file lock that a statement of `fn`
+ * waited out in vain (running `fn` again could not help). A conflict (`SQLITE_BUSY_SNAPSHOT`),
+ * or a busy error from another handle of this process thrown inside `fn`, runs `fn` again.
  */
 class Final {
   constructor(readonly error: unknown) {}
@@ -77,17 +78,29 @@ export async function runTransaction<T>(
   const lane = mode === 'concurrent' && retryOptions !== false ? laneOf(session.engine) : undefined;
   const deadline = lane ? performance.now() + ((retryOptions ? retryOptions.maxElapsedMs : undefined) ?? 30_000) : 0;
   let failures = 0;
+  let laneFailures = 0;
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
-    const inLane = lane !== undefined && (failures >= LANE_AFTER_FAILURES || (failures > 0 && lane.inUse));
-    // In the lane, holders go one at a time, each as BEGIN IMMEDIATE: it cannot conflict. The
-    // wait ends at the retry budget, in case a holder awaits this very transaction.
-    if (inLane) await lane.acquire(deadline - performance.now());
+    // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
+    const kept = lane !== undefined && lane.keptFor === session;
+    const inLane =
+      kept || (lane !== undefined && (failures >= LANE_AFTER_FAILURES || ((failures > 0 || lane.expects(session)) && lane.inUse)));
+    // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
+    // holder awaits this very transaction. A holder runs optimistically with priority first,
+    // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
+    if (kept) lane.keptFor = undefined;
+    else if (inLane) {
+      // A handle that had to fail its way here skips the doomed first attempts for a while.
+      if (failures > 0) lane.remember(session);
+      await lane.acquire(deadline - performance.now());
+    }
+    const pessimistic = inLane && laneFailures > 0;
+    if (inLane && !pessimistic) lane.priority = session;
     try {
       try {
         // Awaited only when a lock is in the way: no promise for the common case.
-        const waiting = now(conn.session.busyTimeout, begin, conn, inLane ? 'immediate' : mode);
+        const waiting = now(conn.session.busyTimeout, begin, conn, pessimistic ? 'immediate' : mode);
         if (waiting) await waiting;
       } catch (e) {
         throw errorKind(e) === 'busy' ? new Final(e) : e;
@@ -99,13 +112,21 @@ export async function runTransaction<T>(
         return result;
       } catch (e) {
         if (conn.isOpen && conn.inTransaction) conn.session.rollback();
-        throw e;
+        // The file lock of another process, already waited out for the busy timeout by the
+        // statement that threw it: running fn again would only wait again.
+        throw isFileLockBusy(e) ? new Final(e) : e;
       }
     } catch (e) {
-      if (!inLane && isRetryable(e)) failures++;
+      if (isRetryable(e)) {
+        if (inLane) laneFailures++;
+        else failures++;
+      }
       throw e;
     } finally {
-      if (inLane) lane.release();
+      if (inLane) {
+        if (lane.priority === session) lane.priority = undefined;
+        lane.release();
+      }
     }
   };
   running.add(session);
@@ -117,6 +138,11 @@ export async function runTransaction<T>(
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
+    // The retry loop ended while this transaction kept its turn in the lane.
+    if (lane?.keptFor === session) {
+      lane.keptFor = undefined;
+      lane.release();
+    }
   }
 }
 
@@ -148,6 +174,8 @@ function begin(conn: Connection, mode: TransactionMode): void {
  */
 function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
   const session = conn.session;
+  // It would change what the lane's priority holder read: let it finish first.
+  if (lane?.blocks(session)) return commitWhenFree(conn, lane, deadline, undefined);
   try {
     session.withFile(() => session.commit());
     return undefined;
@@ -157,20 +185,31 @@ function commit(conn: Connection, lane: Lane | undefined, deadline: number): Pro
   }
 }
 
-/** COMMIT after a lock refused it: wait in the lane, or wait out the lock. */
+/**
+ * COMMIT once it may: after the lane's holders when one of them is in the way (a pessimistic
+ * holder holds the engine, or a priority holder read what this commit changes), else after
+ * waiting out the lock that refused it.
+ */
 async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline: number, refusal: unknown): Promise<void> {
   const session = conn.session;
   const once = () => session.withFile(() => session.commit());
   try {
     if (lane?.inUse && !isFileLockBusy(refusal)) {
-      // A transaction of the priority lane holds the engine, and the lane hands over to the
-      // next holder at once: wait in the lane rather than poll for a gap that never comes.
+      // The lane hands over to its next holder at once: wait in it rather than poll for a gap
+      // that never comes.
       await lane.acquire(deadline - performance.now());
       try {
         await waitOut(session.busyTimeout, once);
-      } finally {
+      } catch (e) {
+        // Conflicted after waiting its turn: keep the turn for the rerun, not the queue's end.
+        if (isRetryable(e) && !conn.inTransaction) {
+          lane.keptFor = session;
+          throw e;
+        }
         lane.release();
+        throw e;
       }
+      lane.release();
       return;
     }
     await waitOut(session.busyTimeout, once);

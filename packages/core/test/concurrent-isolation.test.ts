@@ -369,3 +369,96 @@ describe('class 1: a write re-derived differently on resume makes later reads of
     expect(errorKind(thrown(() => a.exec('COMMIT')))).toBe('busy_snapshot');
   });
 });
+
+describe('class 6: AUTOINCREMENT ids are never reused while rowids are reserved', () => {
+  it('the rowid chosen beside a reservation respects sqlite_sequence', () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run("INSERT INTO t (v) VALUES ('a')").lastInsertRowid).toBe(1); // reserved
+    expect(b.run("INSERT INTO t (v) VALUES ('b')").lastInsertRowid).toBe(2);
+    b.run('DELETE FROM t WHERE id = 2');
+    // 2 was used: AUTOINCREMENT never hands it out again.
+    expect(b.run("INSERT INTO t (v) VALUES ('c')").lastInsertRowid).toBe(3);
+    a.exec('COMMIT');
+    expect(db.all('SELECT id, v FROM t ORDER BY id')).toEqual([
+      { id: 1, v: 'a' },
+      { id: 3, v: 'c' },
+    ]);
+  });
+});
+
+describe('class 8: reserved rowids are never handed to other insert shapes; lastInsertRowid is never stale', () => {
+  for (const autoincrement of [false, true]) {
+    it(`INSERT ... SELECT, several VALUES rows, DEFAULT VALUES, OR REPLACE${autoincrement ? ' (AUTOINCREMENT)' : ''}`, async () => {
+      const db = memory(`CREATE TABLE t (id INTEGER PRIMARY KEY${autoincrement ? ' AUTOINCREMENT' : ''}, v DEFAULT 'd', u UNIQUE)`);
+      const a = scope.connect(db);
+      const b = scope.connect(db);
+      a.exec('BEGIN CONCURRENT');
+      const mine = a.run("INSERT INTO t (v) VALUES ('a')").lastInsertRowid; // rowid 1, reserved
+      await tick();
+      const shapes = [
+        "INSERT INTO t (v) SELECT 'sel'",
+        "INSERT INTO t (v) VALUES ('m1'), ('m2')",
+        'INSERT INTO t DEFAULT VALUES',
+        "INSERT OR REPLACE INTO t (v, u) VALUES ('r', 1)",
+        "REPLACE INTO t (v, u) VALUES ('r2', 1)",
+      ];
+      for (const sql of shapes) {
+        try {
+          b.run(sql);
+        } catch (e) {
+          // A plain rowid table may refuse a multi-row shape while the reservation is held.
+          expect(autoincrement).toBe(false);
+          expect(e).toBeInstanceOf(BusyError);
+        }
+      }
+      expect(db.get('SELECT count(*) AS n FROM t WHERE id = ?', [mine])).toEqual({ n: 0 });
+      a.exec('COMMIT'); // no false conflict
+      expect(db.get('SELECT v FROM t WHERE id = ?', [mine])).toEqual({ v: 'a' });
+    });
+  }
+
+  it('a plain rowid table: the shapes that cannot be steered still succeed when they land above the reservations', async () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (10, 0)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    a.run('DELETE FROM t WHERE id = 10');
+    expect(a.run("INSERT INTO t (v) VALUES ('a')").lastInsertRowid).toBe(1);
+    await tick();
+    b.run("INSERT INTO t (id, v) VALUES (20, 'b')");
+    b.run("INSERT INTO t (v) SELECT 'sel'");
+    b.run("INSERT INTO t (v) VALUES ('m1'), ('m2')");
+    expect(b.all('SELECT id FROM t WHERE id > 20 ORDER BY id')).toEqual([{ id: 21 }, { id: 22 }, { id: 23 }]);
+    a.exec('COMMIT');
+  });
+
+  it('lastInsertRowid of an insert into a WITHOUT ROWID table is not another handle\'s rowid', async () => {
+    const db = memory('CREATE TABLE w (k TEXT PRIMARY KEY, v) WITHOUT ROWID; CREATE TABLE t (id INTEGER PRIMARY KEY)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    b.run('INSERT INTO t VALUES (77)');
+    a.exec('BEGIN CONCURRENT');
+    const r = a.run("INSERT INTO w VALUES ('x', 1)");
+    expect(r.lastInsertRowid).toBe(0);
+    await tick();
+    b.run('INSERT INTO t VALUES (78)'); // parks a: the replayed insert must show the same
+    a.exec('COMMIT');
+    expect(a.run("INSERT INTO w VALUES ('y', 1) ON CONFLICT (k) DO UPDATE SET v = 2").lastInsertRowid).toBe(0);
+  });
+
+  it('an upsert that inserts the rowid equal to the engine\'s stale value reports it', () => {
+    const db = memory('CREATE TABLE t (id INTEGER PRIMARY KEY, k UNIQUE, v)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    b.run("INSERT INTO t (k, v) VALUES ('b', 0)"); // rowid 1: the engine's last rowid
+    b.run('DELETE FROM t');
+    // a's upsert inserts; SQLite picks rowid 1 again (the table is empty), equal to the stale value.
+    expect(a.run("INSERT INTO t (k, v) VALUES ('a', 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v").lastInsertRowid).toBe(1);
+    // An upsert that only updates reports no insert: a's last rowid stays.
+    b.run("INSERT INTO t (k, v) VALUES ('c', 0)");
+    expect(a.run("INSERT INTO t (k, v) VALUES ('a', 2) ON CONFLICT (k) DO UPDATE SET v = excluded.v").lastInsertRowid).toBe(1);
+  });
+});

@@ -203,3 +203,15 @@ describe('worker threads', () => {
     c.close();
   });
 });
+
+describe('the lock campaign (quick)', () => {
+  it('random SIGKILLs and SIGSTOPs, also at protocol steps: every acknowledged commit stays, no wedge, nothing left', () => {
+    const r = spawnSync(process.execPath, [join(coreDir, 'test', 'fixtures', 'lock-campaign.mjs'), '--quick', '--seconds', '5'], {
+      encoding: 'utf8',
+      timeout: 50_000,
+    });
+    expect(r.stderr).not.toMatch(/FAILED/);
+    expect(r.stdout).toMatch(/^ok: every acknowledged commit/m);
+    expect(r.status).toBe(0);
+  }, 60_000);
+});

@@ -21,28 +21,44 @@ function makeDb(): string {
 }
 
 /** Runs the children together from a common start time for `ms`; returns their reports. */
-async function share(file: string, roles: ('writer' | 'reader')[], ms: number): Promise<{ ops: number; maxGap: number }[]> {
+interface Share {
+  ops: number;
+  maxGap: number;
+  /** How often the process got the file (its turns). */
+  locks: { acquired: number };
+}
+
+async function share(file: string, roles: ('writer' | 'reader')[], ms: number): Promise<Share[]> {
   const startAt = Date.now() + 1500; // every child has started and opened the file by then
   const reports = await Promise.all(roles.map((role, id) => runWorker({ cmd: 'share', file, role, id, ms, startAt })));
   for (const r of reports) expect(r).toMatchObject({ ok: true });
-  if (process.env.SIBLITE_SHOW_SHARING) console.log(roles.map((role, i) => `${role} ${reports[i].ops} ops, longest wait ${Math.round(reports[i].maxGap)} ms`).join('\n'));
+  if (process.env.SIBLITE_SHOW_SHARING) {
+    console.log(roles.map((role, i) => `${role}: ${reports[i].ops} ops in ${reports[i].locks.acquired} turns, longest wait ${Math.round(reports[i].maxGap)} ms`).join('\n'));
+  }
   return reports;
 }
 
 describe('a transaction() loop shares the file', () => {
   // Before: the other writer got 1 operation in 5 s, and 7 others got one each in 30 s. A loop
   // that never yields to the event loop must still hand the file over at each commit.
-  it('with 1 other writer: both make progress', async () => {
+  // Progress and turns are asserted, not times (the machine may be loaded): a loop that kept the
+  // file would leave the others 0 or 1 turn.
+  it('with 1 other writer: both take turns and make progress', async () => {
     const file = makeDb();
     const [a, b] = await share(file, ['writer', 'writer'], 1500);
-    expect(a!.ops).toBeGreaterThanOrEqual(10);
-    expect(b!.ops).toBeGreaterThanOrEqual(10);
+    for (const r of [a!, b!]) {
+      expect(r.ops).toBeGreaterThanOrEqual(2);
+      expect(r.locks.acquired).toBeGreaterThanOrEqual(3);
+    }
   }, 40_000);
 
-  it('with 7 other writers: every one makes progress, every row is there', async () => {
+  it('with 7 other writers: every one takes turns and makes progress, every row is there', async () => {
     const file = makeDb();
     const reports = await share(file, Array(8).fill('writer'), 3000);
-    for (const r of reports) expect(r.ops).toBeGreaterThanOrEqual(3);
+    for (const r of reports) {
+      expect(r.ops).toBeGreaterThanOrEqual(1);
+      expect(r.locks.acquired).toBeGreaterThanOrEqual(2);
+    }
     const c = open(file);
     expect(c.get<{ n: number }>('SELECT count(*) AS n FROM t')?.n).toBe(reports.reduce((s, r) => s + r.ops, 0));
     c.close();
@@ -50,9 +66,11 @@ describe('a transaction() loop shares the file', () => {
 
   it('with 4 readers: the readers are not starved by the writer', async () => {
     const file = makeDb();
-    const [writer, ...readers] = await share(file, ['writer', 'reader', 'reader', 'reader', 'reader'], 2000);
-    expect(writer!.ops).toBeGreaterThanOrEqual(5);
-    for (const r of readers) expect(r.ops).toBeGreaterThanOrEqual(5);
+    const [writer, ...readers] = await share(file, ['writer', 'reader', 'reader', 'reader', 'reader'], 3000);
+    for (const r of [writer!, ...readers]) {
+      expect(r.ops).toBeGreaterThanOrEqual(1);
+      expect(r.locks.acquired).toBeGreaterThanOrEqual(2);
+    }
   }, 60_000);
 });
 
@@ -108,6 +126,37 @@ describe('busy timeout', () => {
     expect(c.all('SELECT who FROM t')).toEqual([{ who: 'tx' }]);
     c.close();
     await h.exited;
+  });
+
+  it("a statement inside fn that waits out its busy timeout for another process ends the transaction; fn is not run again", async () => {
+    const file = makeDb();
+    const c = scope.open(file, { busyTimeout: 100 });
+    let holder: ReturnType<typeof spawnWorker> | undefined;
+    let runs = 0;
+    let retried = 0;
+    try {
+      const e = await c
+        .transaction(
+          async (tx) => {
+            runs++;
+            tx.run("INSERT INTO t (who) VALUES ('first')");
+            // Another process takes the file (this transaction is parked) and keeps it.
+            holder ??= spawnWorker({ cmd: 'holdFor', file, ms: 20_000 });
+            await holder.next((m) => m.ready);
+            tx.get('SELECT count(*) FROM t'); // must resume: waits 100 ms in vain
+          },
+          { mode: 'concurrent', retry: { onRetry: () => retried++ } },
+        )
+        .then(() => undefined, (x: unknown) => x);
+      checkSqliteError(e, 'busy', 'SQLITE_BUSY');
+      expect((e as Error).message).toMatch(/waited 100 ms/);
+      expect(runs).toBe(1);
+      expect(retried).toBe(0); // the retry loop was never asked to run fn again
+      expect(c.inTransaction).toBe(false);
+    } finally {
+      await holder?.kill9();
+    }
+    expect(c.all('SELECT who FROM t')).toEqual([]);
   });
 
   it('a BEGIN CONCURRENT transaction parked for another process waits at COMMIT and never runs fn again', async () => {

@@ -59,6 +59,7 @@ describe('Statement row shapes', () => {
     expect(q.readonly).toBe(true);
     expect(q.busy).toBe(false);
     expect(q.source).toBe('SELECT person.id AS pid, upper(name) AS up FROM person');
+    expect(q.database).toBe(db);
     expect(q.columns()).toEqual([
       { name: 'pid', table: 'person', column: null, database: null, type: null },
       { name: 'up', table: null, column: null, database: null, type: null },

@@ -9,7 +9,8 @@
 import { fromEngineError } from '../errors.js';
 import { loadSqlite, type WasmDatabase } from '../file/load.js';
 import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
-import { singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
+import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
+import { settleCursor } from './cursor.js';
 import { PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
 import { StatementCache } from './statement-cache.js';
@@ -44,6 +45,24 @@ export interface RowidPlan {
   readonly table: string;
   /** The INSERT with `rowid` added to its columns and `:__siblite_rowid` to its values. */
   readonly sql: string;
+  /** The table is AUTOINCREMENT: a rowid must also be above `sqlite_sequence`. */
+  readonly autoincrement: boolean;
+}
+
+/** A rowid table an INSERT writes into (see {@link Engine.insertTable}). */
+export interface InsertTable {
+  /** `schema.table`, as in footprints. */
+  readonly key: string;
+  readonly autoincrement: boolean;
+}
+
+/** The rowids reserved in one table, by their owners, and the highest ever reserved. */
+interface TableReservations {
+  readonly owners: Map<number | bigint, object>;
+  /** How many rowids each owner holds here: "someone else holds one" in O(1). */
+  readonly perOwner: Map<object, number>;
+  /** The high-water mark: no rowid at or below it is chosen for others while any is held. */
+  high: bigint;
 }
 
 /**
@@ -85,7 +104,8 @@ export class Engine {
   private allSeq = 0;
   private readonly internal = new Map<string, PreparedSql>();
   private readonly rowidPlans = new Map<string, RowidPlan | null>();
-  private readonly reservations = new Map<string, Map<number | bigint, object>>();
+  private readonly reservations = new Map<string, TableReservations>();
+  private readonly insertTables = new Map<string, InsertTable | null>();
   private lastDataVersion: number | undefined;
   private nextHandle = 1;
 
@@ -131,6 +151,7 @@ export class Engine {
   /** Unregisters a handle; the last one closes the engine. */
   release(): void {
     if (--this.refs > 0) return;
+    settleCursor();
     this.statements.clear();
     for (const p of this.internal.values()) p.finalize();
     this.internal.clear();
@@ -150,6 +171,7 @@ export class Engine {
 
   /** Runs SQL without results on the engine, mapping errors. */
   exec(sql: string): void {
+    settleCursor();
     try {
       this.db.exec(sql);
     } catch (e) {
@@ -164,13 +186,33 @@ export class Engine {
 
   /** Prepares a new engine statement (the caller finalizes it). */
   prepare(sql: string, cls: StatementClass = classify(tokenize(sql))): PreparedSql {
+    settleCursor();
     let stmt;
     try {
       stmt = this.db.prepare(sql);
     } catch (e) {
       throw this.explain(fromEngineError(e));
     }
-    return new PreparedSql(sql, stmt, cls);
+    const p = new PreparedSql(sql, stmt, cls);
+    if (p.verb === 'insert') {
+      try {
+        const target = this.insertTable(sql);
+        p.rowidTarget = target !== null;
+        if (target) p.rowidExists = (rowid) => this.rowidExists(target, rowid);
+      } catch (e) {
+        p.finalize();
+        throw this.explain(fromEngineError(e));
+      }
+    }
+    return p;
+  }
+
+  private rowidExists(table: InsertTable, rowid: bigint): boolean {
+    const [schema, name] = splitTable(table.key);
+    return (
+      (this.statement(`SELECT 1 AS x FROM ${sqlIdent(schema)}.${sqlIdent(name)} WHERE rowid = ?`).execute(this.db, [rowid], 'get').rows
+        ?.length ?? 0) > 0
+    );
   }
 
   /** An engine-owned cached statement, for replays and bookkeeping queries. */
@@ -219,6 +261,7 @@ export class Engine {
   schemaChanged(): void {
     this.footprints.invalidate();
     this.rowidPlans.clear();
+    this.insertTables.clear();
     this.schemaEpoch++;
     this.noteChanged([ALL_TABLES]);
   }
@@ -275,49 +318,125 @@ export class Engine {
     const info = this.statement(`SELECT name, type, pk FROM pragma_table_info(${sqlString(ins.table)}, ${sqlString(schema)})`)
       .execute(this.db, undefined, 'all').rows as { name: string; type: string; pk: number }[];
     if (info.length === 0) return null;
-    const ddl = this.statement(`SELECT sql FROM ${sqlIdent(schema)}.sqlite_schema WHERE type = 'table' AND name = ${sqlString(ins.table)} COLLATE NOCASE`)
-      .execute(this.db, undefined, 'get').rows?.[0]?.sql as string | undefined;
-    if (!ddl || /without\s+rowid/i.test(ddl)) return null;
+    const target = this.tableOf(schema, ins.table);
+    if (!target) return null;
     const pks = info.filter((c) => c.pk > 0);
     const ipk = pks.length === 1 && pks[0]?.type.toUpperCase() === 'INTEGER' ? pks[0].name.toLowerCase() : undefined;
     const names = new Set(info.map((c) => c.name.toLowerCase()));
     if (names.has('rowid')) return null;
     if (ins.columns.some((c) => c === 'rowid' || c === '_rowid_' || c === 'oid' || c === ipk)) return null;
-    const rewritten =
-      sql.slice(0, ins.columnsClose) + ', rowid' + sql.slice(ins.columnsClose, ins.valuesClose) +
-      `, ${ROWID_PARAM}` + sql.slice(ins.valuesClose);
-    return { table: `${schema.toLowerCase()}.${ins.table.toLowerCase()}`, sql: rewritten };
+    const rewritten = ins.defaults
+      ? sql.slice(0, ins.defaults.start) + `(rowid) VALUES (${ROWID_PARAM})` + sql.slice(ins.defaults.end)
+      : sql.slice(0, ins.columnsClose) + ', rowid' + sql.slice(ins.columnsClose, ins.valuesClose) +
+        `, ${ROWID_PARAM}` + sql.slice(ins.valuesClose);
+    return { table: target.key, sql: rewritten, autoincrement: target.autoincrement };
   }
 
-  /** Whether some transaction other than `owner` holds reserved rowids in `table`. */
+  /** The rowid table `sql` inserts into, or null (not an INSERT, a view, WITHOUT ROWID, ...). */
+  insertTable(sql: string): InsertTable | null {
+    let t = this.insertTables.get(sql);
+    if (t === undefined) {
+      const target = insertTarget(tokenize(sql));
+      t = target ? this.tableOf(target.schema ?? 'main', target.table) : null;
+      if (this.insertTables.size > 2000) this.insertTables.clear();
+      this.insertTables.set(sql, t);
+    }
+    return t;
+  }
+
+  private tableOf(schema: string, table: string): InsertTable | null {
+    const ddl = this.statement(`SELECT sql FROM ${sqlIdent(schema)}.sqlite_schema WHERE type = 'table' AND name = ${sqlString(table)} COLLATE NOCASE`)
+      .execute(this.db, undefined, 'get').rows?.[0]?.sql as string | undefined;
+    if (!ddl || /without\s+rowid/i.test(ddl)) return null;
+    return { key: `${schema.toLowerCase()}.${table.toLowerCase()}`, autoincrement: /\bautoincrement\b/i.test(ddl) };
+  }
+
+  /** Whether some transaction other than `owner` holds reserved rowids in `table` (O(1)). */
   hasForeignReservations(table: string, owner: object | null): boolean {
     const r = this.reservations.get(table);
-    if (!r || r.size === 0) return false;
-    for (const o of r.values()) if (o !== owner) return true;
+    if (!r) return false;
+    return r.perOwner.size > (owner !== null && r.perOwner.has(owner) ? 1 : 0);
+  }
+
+  /**
+   * The highest rowid SQLite would count as used in `table` right now: its largest rowid, and
+   * for an AUTOINCREMENT table also `sqlite_sequence` (ids are never reused there).
+   */
+  usedRowid(table: InsertTable | RowidPlan): bigint {
+    const key = 'key' in table ? table.key : table.table;
+    const [schema, name] = splitTable(key);
+    const row = this.statement(`SELECT max(rowid) AS m FROM ${sqlIdent(schema)}.${sqlIdent(name)}`)
+      .execute(this.db, undefined, 'get').rows?.[0];
+    let max = BigInt((row?.m as number | bigint | null) ?? 0);
+    if (table.autoincrement) {
+      const seq = this.statement(`SELECT seq FROM ${sqlIdent(schema)}.sqlite_sequence WHERE name = ? COLLATE NOCASE`)
+        .execute(this.db, [name], 'get').rows?.[0]?.seq as number | bigint | undefined;
+      if (seq !== undefined && BigInt(seq) > max) max = BigInt(seq);
+    }
+    return max;
+  }
+
+  /** Raises `sqlite_sequence` of an AUTOINCREMENT table to at least `to`. */
+  raiseSequence(table: InsertTable, to: bigint): void {
+    const [schema, name] = splitTable(table.key);
+    const seq = `${sqlIdent(schema)}.sqlite_sequence`;
+    const up = this.statement(`UPDATE ${seq} SET seq = ?1 WHERE name = ?2 COLLATE NOCASE AND seq < ?1`).execute(this.db, [to, name], 'run');
+    if (up.changes === 0) {
+      this.statement(`INSERT INTO ${seq} (name, seq) SELECT ?2, ?1 WHERE NOT EXISTS (SELECT 1 FROM ${seq} WHERE name = ?2 COLLATE NOCASE)`)
+        .execute(this.db, [to, name], 'run');
+    }
+    this.noteChanged([`${schema.toLowerCase()}.sqlite_sequence`]);
+  }
+
+  /** The high-water mark of the rowids reserved in `table` (0 when none are). */
+  reservedHigh(table: string): bigint {
+    return this.reservations.get(table)?.high ?? 0n;
+  }
+
+  /** The foreign reservations of `table` in `(low, high]`, for checking an insert's rowids. */
+  reservedBetween(table: string, low: bigint, high: bigint, owner: object | null): boolean {
+    const r = this.reservations.get(table);
+    if (!r) return false;
+    for (const [rowid, o] of r.owners) {
+      if (o === owner) continue;
+      const b = BigInt(rowid);
+      if (b > low && b <= high) return true;
+    }
     return false;
   }
 
-  /** A rowid above every row in `table` and every rowid reserved in it. */
+  /**
+   * A rowid above every row in the table, above `sqlite_sequence` for AUTOINCREMENT, and above
+   * the reservations' high-water mark: O(1) in the number of reservations.
+   */
   freeRowid(plan: RowidPlan): number | bigint {
-    const [schema, table] = splitTable(plan.table);
-    const row = this.statement(`SELECT max(rowid) AS m FROM ${sqlIdent(schema)}.${sqlIdent(table)}`)
-      .execute(this.db, undefined, 'get').rows?.[0];
-    let max = BigInt((row?.m as number | bigint | null) ?? 0);
-    for (const r of this.reservations.get(plan.table)?.keys() ?? []) if (BigInt(r) > max) max = BigInt(r);
+    let max = this.usedRowid(plan);
+    const high = this.reservedHigh(plan.table);
+    if (high > max) max = high;
     const next = max + 1n;
     return next <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(next) : next;
   }
 
   reserve(table: string, rowid: number | bigint, owner: object): void {
     let r = this.reservations.get(table);
-    if (!r) this.reservations.set(table, (r = new Map()));
-    r.set(rowid, owner);
+    if (!r) this.reservations.set(table, (r = { owners: new Map(), perOwner: new Map(), high: 0n }));
+    const previous = r.owners.get(rowid);
+    if (previous === owner) return;
+    if (previous !== undefined) this.unreserve(table, rowid, previous);
+    r.owners.set(rowid, owner);
+    r.perOwner.set(owner, (r.perOwner.get(owner) ?? 0) + 1);
+    const b = BigInt(rowid);
+    if (b > r.high) r.high = b;
   }
 
   unreserve(table: string, rowid: number | bigint, owner: object): void {
     const r = this.reservations.get(table);
-    if (r?.get(rowid) === owner) r.delete(rowid);
-    if (r && r.size === 0) this.reservations.delete(table);
+    if (!r || r.owners.get(rowid) !== owner) return;
+    r.owners.delete(rowid);
+    const n = (r.perOwner.get(owner) ?? 1) - 1;
+    if (n === 0) r.perOwner.delete(owner);
+    else r.perOwner.set(owner, n);
+    if (r.owners.size === 0) this.reservations.delete(table);
   }
 
   /** Whether any reservation exists (cheap guard for the hot path). */

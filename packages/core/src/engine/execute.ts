@@ -10,6 +10,7 @@ import { fromEngineError, sqliteError } from '../errors.js';
 import { loadSqlite, type WasmStatement } from '../file/load.js';
 import { parameterCount, tokenize, type StatementClass } from '../sql/lexer.js';
 import { checkCount, checkValue } from './params.js';
+import { RowCursor, settleCursor } from './cursor.js';
 
 /** A value SQLite can store, as siblite accepts it in parameters. */
 export type SqlValue = number | bigint | string | Uint8Array | null | boolean;
@@ -82,6 +83,13 @@ export class PreparedSql {
   /** An upsert (`ON CONFLICT ... DO UPDATE`) may change rows without inserting any. */
   private readonly upsert: boolean;
   private readonly named = new Map<string, number>();
+  /**
+   * For an INSERT: whether it writes a rowid table (false for WITHOUT ROWID, views, virtual
+   * tables: SQLite then leaves its connection-wide last rowid, another handle's, alone).
+   */
+  rowidTarget = true;
+  /** For an upsert into a rowid table: whether a row with this rowid exists now. */
+  rowidExists: ((rowid: bigint) => boolean) | undefined;
   /** How many parameter slots the SQL has (counted once, on first use). */
   private slots: number | undefined;
 
@@ -109,6 +117,7 @@ export class PreparedSql {
    * rows of `get` and `all` (default: objects, integers as numbers when safe).
    */
   execute(db: unknown, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
+    settleCursor();
     const ll = lowLevel();
     const values = this.normalize(params);
     const writesRows = this.writesRows;
@@ -117,7 +126,10 @@ export class PreparedSql {
     let rowid: number | bigint | undefined;
     // An upsert that only updated leaves SQLite's connection-wide last_insert_rowid alone, and on
     // a shared engine that value may be another handle's insert: report a rowid only if it moved.
-    const rowidBefore = this.upsert ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    const rowidBefore = this.upsert && this.rowidTarget ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    // If a row with that rowid exists already, an insert cannot take it: an unmoved value then
+    // means the upsert only updated. If none exists, an unmoved value may be a real insert.
+    const staleTaken = rowidBefore !== undefined && (this.rowidExists?.(rowidBefore) ?? true);
     try {
       if (want === 'run') {
         const r = this.stmt.run(values);
@@ -142,8 +154,8 @@ export class PreparedSql {
       ll._sqlite3_reset(ptrOf(this.stmt));
       throw fromEngineError(e);
     }
-    const big = this.verb === 'insert' && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
-    if (big !== undefined && big !== rowidBefore) {
+    const big = this.verb === 'insert' && this.rowidTarget && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    if (big !== undefined && (big !== rowidBefore || (!staleTaken && this.rowidExists?.(big) === true))) {
       rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
     }
     return { rows, changes, insertedRowid: rowid };
@@ -151,6 +163,19 @@ export class PreparedSql {
 
   /** Up to `limit` rows in `format`, then leaves the statement reset. */
   private formattedRows(values: unknown, limit: number, format: RowFormat): Row[] {
+    const read = this.rowReader(values, format);
+    const rows: Row[] = [];
+    while (rows.length < limit) {
+      const row = read();
+      if (row === undefined) break;
+      rows.push(row);
+    }
+    lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+    return rows;
+  }
+
+  /** Binds `values` and returns a function that reads the next row in `format` (undefined at the end). */
+  private rowReader(values: unknown, format: RowFormat): () => Row | undefined {
     const st = this.stmt as unknown as RowHelpers;
     const ll = lowLevel();
     const ptr = ptrOf(this.stmt);
@@ -158,8 +183,8 @@ export class PreparedSql {
     const names = st._getColumnNames();
     // Index keys make the wrapper keep every column, same-named ones included.
     const keys = format.raw ? names.map((_n, i) => String(i)) : names;
-    const rows: Row[] = [];
-    while (rows.length < limit && st._step()) {
+    return () => {
+      if (!st._step()) return undefined;
       const o = st._getRow(keys, false);
       if (format.safeIntegers) {
         for (let i = 0; i < keys.length; i++) {
@@ -167,14 +192,30 @@ export class PreparedSql {
           if (typeof o[k] === 'number' && ll._sqlite3_column_type(ptr, i) === SQLITE_INTEGER) o[k] = BigInt(o[k] as number);
         }
       }
-      if (format.raw) {
-        const arr = new Array<unknown>(keys.length);
-        for (let i = 0; i < keys.length; i++) arr[i] = o[i];
-        rows.push(arr as unknown as Row);
-      } else rows.push(o);
+      if (!format.raw) return o;
+      const arr = new Array<unknown>(keys.length);
+      for (let i = 0; i < keys.length; i++) arr[i] = o[i];
+      return arr as unknown as Row;
+    };
+  }
+
+  /**
+   * Opens a lazy cursor over the rows of this (read-only) statement: rows are stepped one per
+   * `next()` until anything else uses an engine, which reads the rest first (see cursor.ts).
+   */
+  openCursor(params: BindParams | undefined, format: RowFormat = {}): RowCursor<Row> {
+    settleCursor();
+    const values = this.normalize(params);
+    let read: () => Row | undefined;
+    try {
+      read = this.rowReader(values, format);
+    } catch (e) {
+      lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+      throw fromEngineError(e);
     }
-    ll._sqlite3_reset(ptr);
-    return rows;
+    return new RowCursor(read, () => {
+      if (!this.stmt.isFinalized) lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+    });
   }
 
   /** The result columns: name and source table (`null` for expressions). */
@@ -250,6 +291,7 @@ export class PreparedSql {
   }
 
   finalize(): void {
+    settleCursor();
     if (!this.stmt.isFinalized) this.stmt.finalize();
   }
 }

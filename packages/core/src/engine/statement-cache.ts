@@ -5,8 +5,9 @@
  *
  * Sharing one engine statement between handles is safe because no statement stays open across
  * calls: the engine is single-threaded, a cached statement is bound, stepped to completion (or
- * to its first row for `get()`) and reset within one synchronous call, and `iterate()` reads
- * every row before returning. Nothing runs another handle's SQL while a statement steps.
+ * to its first row for `get()`) and reset within one synchronous call, and a lazy `iterate()`
+ * cursor is settled (its remaining rows read, the statement reset) before any other use of the
+ * engine (see cursor.ts). Nothing runs another handle's SQL while a statement steps.
  * Statements of `prepare()` are not cached: each belongs to its `Statement` object.
  * @module
  */

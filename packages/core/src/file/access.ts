@@ -42,9 +42,15 @@ export interface AccessTimings {
    * delay of siblite's `retry()` defaults, 100).
    */
   graceMs: number;
+  /**
+   * While another process waits, the holder hands the lock over after this long at the latest
+   * (at the next point where no transaction is open), even if the waiter did not ask again.
+   * Default 50.
+   */
+  sliceMs: number;
 }
 
-export const DEFAULT_TIMINGS: Readonly<AccessTimings> = Object.freeze({ checkMs: 10, idleMs: 50, graceMs: 150 });
+export const DEFAULT_TIMINGS: Readonly<AccessTimings> = Object.freeze({ checkMs: 10, idleMs: 50, graceMs: 150, sliceMs: 50 });
 
 /** Counters of one {@link FileAccess}, for tests and diagnostics. */
 export interface AccessStats {
@@ -139,6 +145,8 @@ class Policy implements FileAccess {
   /** This process holds the lock directory (kept up to date by the lock manager). */
   private holding: boolean;
   private used = false;
+  /** When this process last took the lock (for the time slice). */
+  private acquiredAt = 0;
   private quietTicks = 0;
   private nextCheck = 0;
   private yieldPending = false;
@@ -208,7 +216,7 @@ class Policy implements FileAccess {
     const now = Date.now();
     if (now >= this.nextCheck) {
       this.nextCheck = now + this.t.checkMs;
-      if (!this.yieldPending && someoneWaiting(this.lockDir)) this.yieldPending = true;
+      if (!this.yieldPending && this.othersWait(now)) this.yieldPending = true;
     }
     if (this.yieldPending && (!inTransaction || this.yieldTransaction?.() === true)) this.release(true);
   }
@@ -285,7 +293,17 @@ class Policy implements FileAccess {
     this.exclusive = on;
   }
 
+  /**
+   * Someone asked for the file since this process took it (the marker changed), or someone is
+   * waiting (the marker exists) and this process has held the file for a whole time slice:
+   * waiters starved of CPU may not ask again for a while, and must still get their turn.
+   */
+  private othersWait(now: number): boolean {
+    return someoneWaiting(this.lockDir) || (now - this.acquiredAt >= this.t.sliceMs && waitMarkerExists(this.lockDir));
+  }
+
   private onAcquired(): void {
+    this.acquiredAt = Date.now();
     this.holding = true;
     this.used = true;
     this.quietTicks = 0;
@@ -317,7 +335,7 @@ class Policy implements FileAccess {
       this.stopTimer();
       return;
     }
-    const waiting = this.yieldPending || someoneWaiting(this.lockDir);
+    const waiting = this.yieldPending || this.othersWait(Date.now());
     if (this.db.inTransaction) {
       // An open transaction held across an await: a concurrent one is parked (it resumes by
       // re-execution when its handle next needs the engine); a pessimistic one keeps the lock

@@ -345,7 +345,7 @@ function markerId(lockDir: string): string {
 }
 
 /** A waiter that has not asked again for this long is no longer counted as waiting (fairness only). */
-export const WAITER_FRESH_MS = 200;
+export const WAITER_FRESH_MS = 300;
 /** A waiter that stopped asking for this long starts a new wait (it gave up meanwhile). */
 const WAIT_RESTART_MS = 1000;
 /** Per lock directory: when this thread began to wait for it (first refusal), and last asked. */
@@ -363,21 +363,22 @@ function readMarker(lockDir: string): Marker | null {
   const st = fs.statSync(marker, { throwIfNoEntry: false });
   if (!st) return null;
   try {
-    const o = JSON.parse(fs.readFileSync(marker, 'utf8')) as { id?: unknown; since?: unknown };
-    if (typeof o.id !== 'string' || typeof o.since !== 'number') return null;
-    return { id: o.id, since: o.since, fresh: Date.now() - st.mtimeMs < WAITER_FRESH_MS };
+    const o = JSON.parse(fs.readFileSync(marker, 'utf8')) as { id?: unknown; since?: unknown; at?: unknown };
+    if (typeof o.id !== 'string' || typeof o.since !== 'number' || typeof o.at !== 'number') return null;
+    return { id: o.id, since: o.since, fresh: Date.now() - o.at < WAITER_FRESH_MS };
   } catch {
     return null; // empty (an older siblite) or being written
   }
 }
 
 /**
- * Leaves the waiting marker `<file>.lock-wait`: the holder hands the lock back when it changes,
- * and it names the *oldest* waiter that is still asking, which the others let go first (see
- * {@link deferToOlderWaiter}). Each waiter refreshes it when it is the oldest (or the recorded
- * one stopped asking): so the order is first come, first served, and a waiter that is paused or
- * gone stops counting after {@link WAITER_FRESH_MS}. This is fairness only: safety never
- * depends on it.
+ * Leaves the waiting marker `<file>.lock-wait`: every refused waiter touches it (the holder hands
+ * the lock back when its mtime changes), and it names the *oldest* waiter that is still asking,
+ * which the others let go first (see {@link deferToOlderWaiter}). The claim is rewritten by a
+ * waiter that is older than the one named, or when the named one has not renewed it for
+ * {@link WAITER_FRESH_MS} (it got in, gave up, was paused or died): so the order is first come,
+ * first served, and a paused or dead waiter costs the others that long once. This is fairness
+ * only: safety never depends on it.
  */
 export function markWaiting(lockDir: string): void {
   const now = Date.now();
@@ -387,10 +388,13 @@ export function markWaiting(lockDir: string): void {
   lastWaitMark.set(lockDir, now);
   w.last = now;
   const current = readMarker(lockDir);
-  if (current && current.fresh && current.id !== myId && current.since <= w.since) return; // someone older asks
   const marker = `${lockDir}-wait`;
   try {
-    fs.writeFileSync(marker, JSON.stringify({ id: myId, since: w.since }));
+    // Claim the turn unless someone older is still asking; either way ring the holder (the
+    // marker's mtime, which the holder watches; the claim's freshness is its own `at`).
+    if (!current || !current.fresh || current.id === myId || current.since > w.since) {
+      fs.writeFileSync(marker, JSON.stringify({ id: myId, since: w.since, at: now }));
+    }
     // A unique, sub-millisecond time: mtime granularity alone could hide a change.
     const t = (performance.timeOrigin + performance.now()) / 1000;
     fs.utimesSync(marker, t, t);
@@ -586,8 +590,11 @@ export function acquire(lockDir: string): void {
   stats.acquired++;
   lastBusy.delete(lockDir);
   waiting.delete(lockDir);
-  if (waitedFor.delete(lockDir) && readMarker(lockDir)?.id === myId) {
-    // We were the oldest waiter and got in: our wish is granted, clear the marker.
+  waitedFor.delete(lockDir);
+  const m = readMarker(lockDir);
+  if (m === null ? waitMarkerExists(lockDir) : m.id === myId || !m.fresh) {
+    // Our claim is granted, or the claim is stale (its waiter stopped asking) or unreadable:
+    // clear it, so that the marker means "someone waits now". Live waiters write it again.
     try {
       fs.unlinkSync(`${lockDir}-wait`);
     } catch {

@@ -274,17 +274,37 @@ export interface SingleRowInsert {
   columnsClose: number;
   /** Offset of the `)` that closes the single VALUES tuple. */
   valuesClose: number;
+  /** `DEFAULT VALUES`: the offsets of `DEFAULT` and of the end of `VALUES` (no column list). */
+  defaults?: { start: number; end: number };
+}
+
+/** The table an INSERT (or REPLACE) writes into, looking past a leading WITH clause. */
+export function insertTarget(tokens: Token[]): { schema: string | undefined; table: string } | undefined {
+  let depth = 0;
+  for (let k = 0; k < tokens.length; k++) {
+    const t = tokens[k] as Token;
+    if (t.text === '(') depth++;
+    else if (t.text === ')') depth--;
+    if (depth !== 0 || t.type !== 'word' || t.text !== 'into') continue;
+    const prev = tokens[k - 1]?.text;
+    if (prev !== 'insert' && prev !== 'replace' && tokens[k - 3]?.text !== 'insert') return undefined;
+    const first = tokens[k + 1];
+    if (!first) return undefined;
+    if (tokens[k + 2]?.text === '.') return { schema: nameOf(first), table: nameOf(tokens[k + 3]) };
+    return { schema: undefined, table: nameOf(first) };
+  }
+  return undefined;
 }
 
 /** Recognizes a {@link SingleRowInsert}. */
 export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   let k = 0;
   const at = (i: number) => tokens[i];
-  if (at(k)?.text !== 'insert') return undefined;
+  if (at(k)?.text !== 'insert' && at(k)?.text !== 'replace') return undefined;
   k++;
-  if (at(k)?.text === 'or') {
+  if (at(0)?.text === 'insert' && at(k)?.text === 'or') {
     const c = at(k + 1)?.text;
-    if (c !== 'abort' && c !== 'fail' && c !== 'ignore' && c !== 'rollback') return undefined;
+    if (c !== 'abort' && c !== 'fail' && c !== 'ignore' && c !== 'rollback' && c !== 'replace') return undefined;
     k += 2;
   }
   if (at(k)?.text !== 'into') return undefined;
@@ -298,6 +318,12 @@ export function singleRowInsert(tokens: Token[]): SingleRowInsert | undefined {
   }
   k++;
   if (at(k)?.text === 'as') k += 2;
+  if (at(k)?.text === 'default' && at(k + 1)?.text === 'values') {
+    const next = at(k + 2);
+    if (next && next.text !== 'returning') return undefined;
+    const d = { start: (at(k) as Token).start, end: (at(k + 1) as Token).end };
+    return { schema, table, columns: [], columnsClose: d.start, valuesClose: d.end, defaults: d };
+  }
   if (at(k)?.text !== '(') return undefined;
   k++;
   const columns: string[] = [];

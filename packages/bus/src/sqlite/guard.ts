@@ -1,0 +1,94 @@
+/**
+ * The handle a handler gets as `context.conn`: the bus's transaction handle, except that it
+ * refuses to end that transaction (`COMMIT`, `END`, `ROLLBACK`, `BEGIN`) or to close the
+ * handle. A handler that committed by itself would make its writes permanent before the
+ * acknowledgement, so a later throw would apply them twice. `SAVEPOINT`, `RELEASE`,
+ * `ROLLBACK TO` and `conn.transaction()` (a savepoint inside) stay allowed. (A statement that
+ * finds the file locked by another process waits for it per the database's `busyTimeout`,
+ * in the core, so the handler is not stopped half-way.)
+ *
+ * @module
+ */
+import type { Connection } from '@siblite/core';
+import { BusError } from '../errors.js';
+
+/** Strips leading whitespace and comments, then reads the first keyword and the next one. */
+function leadingWords(sql: string): [string, string] {
+  let s = sql;
+  for (;;) {
+    const t = s.replace(/^\s+/, '');
+    if (t.startsWith('--')) {
+      const nl = t.indexOf('\n');
+      s = nl < 0 ? '' : t.slice(nl + 1);
+    } else if (t.startsWith('/*')) {
+      const end = t.indexOf('*/');
+      s = end < 0 ? '' : t.slice(end + 2);
+    } else {
+      s = t;
+      break;
+    }
+  }
+  const m = /^([A-Za-z]+)\s*([A-Za-z]*)/.exec(s);
+  return [m?.[1]?.toUpperCase() ?? '', m?.[2]?.toUpperCase() ?? ''];
+}
+
+/** Whether a statement would end or start a transaction. */
+function endsTransaction(sql: string): boolean {
+  const [first, second] = leadingWords(sql);
+  if (first === 'COMMIT' || first === 'END' || first === 'BEGIN') return true;
+  if (first === 'ROLLBACK') return !(second === 'TO' || (second === 'TRANSACTION' && /\bTO\b/i.test(sql)));
+  return false;
+}
+
+/** Whether a script contains a statement that would end or start a transaction. */
+function scriptEndsTransaction(script: string): boolean {
+  // Conservative: any statement start (beginning or after `;`) with such a keyword.
+  return script.split(';').some((part) => endsTransaction(part));
+}
+
+function refuse(what: string): never {
+  throw new BusError(
+    'SIBLITE_BUS_HANDLER_TRANSACTION',
+    `${what} inside a handler: context.conn is in the bus's transaction, which commits together with the acknowledgement once the handler returns`,
+    'misuse',
+  );
+}
+
+/** Wraps `conn` for a handler (see the module documentation). */
+export function guardHandlerConn(conn: Connection): Connection {
+  return new Proxy(conn, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof value !== 'function') return value;
+      switch (prop) {
+        case 'run':
+        case 'get':
+        case 'all':
+        case 'iterate':
+          return (sql: string, ...rest: unknown[]) => {
+            if (typeof sql === 'string' && endsTransaction(sql)) refuse(`"${leadingWords(sql).join(' ').trim()}" is not allowed`);
+            return (value as (...a: unknown[]) => unknown).call(target, sql, ...rest);
+          };
+        case 'prepare':
+          return (sql: string) => {
+            if (typeof sql === 'string' && endsTransaction(sql)) refuse(`"${leadingWords(sql).join(' ').trim()}" is not allowed`);
+            return (value as (s: string) => object).call(target, sql);
+          };
+        case 'exec':
+          return (sql: string) => {
+            if (typeof sql === 'string' && scriptEndsTransaction(sql)) refuse('ending or starting a transaction is not allowed');
+            // A script is not retried: statements before the refused one stay applied.
+            return (value as (s: string) => unknown).call(target, sql);
+          };
+        case 'transaction':
+          return (fn: (c: Connection) => unknown, options?: unknown) =>
+            (value as (f: (c: Connection) => unknown, o?: unknown) => unknown).call(target, (c: Connection) => fn(guardHandlerConn(c)), options);
+        case 'close':
+          return () => refuse('closing the handle is not allowed');
+        default:
+          return (value as (...a: unknown[]) => unknown).bind(target);
+      }
+    },
+  });
+}
+
