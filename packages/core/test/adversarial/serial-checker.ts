@@ -8,7 +8,7 @@
 import { errorKind, open, type Connection } from '../../src/index.js';
 import { rawDatabase } from './oracle.js';
 
-export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic';
+export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic' | 'hot';
 
 interface Step {
   sql: string;
@@ -151,7 +151,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
 
   /** One random operation; `tx` says whether savepoints may be used. */
   const operation = async (h: Connection, u: Unit, tx: boolean) => {
-    const k = int(1, 6);
+    const k = kind === 'hot' ? int(1, 2) : int(1, 6); // 'hot': two rows everybody fights over
     const s = (sql: string, params?: unknown[], want: Step['want'] = 'run') => step(h, u, sql, params, want);
     if (kind === 'exotic' && rnd() < 0.45) {
       switch (int(0, 7)) {
@@ -260,7 +260,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
     const kindOfUnit: Unit['kind'] =
       kind === 'lane' ? (r < 0.7 ? 'txfn' : r < 0.85 ? 'concurrent' : 'auto') :
       r < 0.45 ? 'concurrent' : r < 0.65 ? 'txfn' : r < 0.9 ? 'auto' : 'immediate';
-    const nOps = int(1, 4);
+    const nOps = kind === 'hot' ? int(2, 6) : int(1, 4);
     if (kindOfUnit === 'auto') {
       const u: Unit = { kind: 'auto', handle: hi, steps: [] };
       try {
