@@ -4,6 +4,7 @@
  * @module
  */
 import type { Connection } from './connection.js';
+import { misuseError } from './errors.js';
 import type { Statement } from './statement.js';
 
 const STATEMENTS_PER_HANDLE = 128;
@@ -47,6 +48,8 @@ export class PooledHandle {
  */
 export class HandlePool {
   private readonly idle: PooledHandle[] = [];
+  /** The handles handed out and not yet released: a second release must not make one idle twice. */
+  private readonly out = new Set<PooledHandle>();
   private closed = false;
 
   /**
@@ -67,11 +70,18 @@ export class HandlePool {
    */
   acquire(): PooledHandle {
     if (this.closed) throw new Error('siblite: the handle pool is closed');
-    return this.idle.pop() ?? new PooledHandle(this.root.connect());
+    const pooled = this.idle.pop() ?? new PooledHandle(this.root.connect());
+    this.out.add(pooled);
+    return pooled;
   }
 
-  /** Takes a handle back; a transaction left open on it is rolled back first. */
+  /**
+   * Takes a handle back; a transaction left open on it is rolled back first.
+   * @throws SqliteError of kind `misuse` when the handle is not out of this pool (released
+   * twice, or acquired elsewhere): nothing changes.
+   */
   release(pooled: PooledHandle): void {
+    if (!this.out.delete(pooled)) throw misuseError('This handle is not out of the pool (released twice, or never acquired from it)');
     if (!pooled.handle.isOpen) return;
     if (pooled.handle.inTransaction) pooled.handle.exec('ROLLBACK');
     if (!this.closed && this.idle.length < this.maxIdle) this.idle.push(pooled);
