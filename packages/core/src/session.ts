@@ -17,7 +17,7 @@ import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './e
 import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
-import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
+import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
 import { walRefused } from './file/database.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
 
@@ -47,6 +47,15 @@ export class Session {
   private open = true;
   /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
   private abortedBySnapshot = false;
+  /** Set while a `transaction()` callback runs with its transaction open (see {@link Session.aborted}). */
+  inTransactionFn = false;
+  /**
+   * The error that ended the transaction of a running `transaction()` callback (a conflict, an
+   * `OR ROLLBACK`): the callback may have swallowed it and still believes it is inside its
+   * transaction, so every statement (and COMMIT) throws it again, instead of running in
+   * autocommit, until ROLLBACK or the end of `transaction()`.
+   */
+  private aborted: SqliteError | null = null;
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
@@ -134,6 +143,13 @@ export class Session {
    */
   run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
+    if (this.aborted !== null) {
+      if (c.cls.type === 'rollback') {
+        this.aborted = null;
+        return NO_ROWS;
+      }
+      throw this.abortedError(this.aborted);
+    }
     return waitOutSync(this.busyTimeout, () =>
       this.withFile(() => {
         this.engine.caller = this.state;
@@ -191,6 +207,7 @@ export class Session {
     if (
       p !== undefined &&
       this.tx === null &&
+      this.aborted === null &&
       engine.active === null &&
       !engine.isFile &&
       c.cls.type === 'dml' &&
@@ -254,7 +271,10 @@ export class Session {
 
   commit(): void {
     const tx = this.tx;
-    if (!tx) throw misuseError('cannot commit - no transaction is active');
+    if (!tx) {
+      if (this.aborted !== null) throw this.abortedError(this.aborted);
+      throw misuseError('cannot commit - no transaction is active');
+    }
     if (tx.kind === 'pessimistic') {
       this.finishRealCommit(tx);
       return;
@@ -274,6 +294,7 @@ export class Session {
 
   rollback(): void {
     const tx = this.tx;
+    this.aborted = null;
     if (!tx) {
       if (this.abortedBySnapshot) {
         this.abortedBySnapshot = false;
@@ -368,7 +389,7 @@ export class Session {
     try {
       tx.resume();
     } catch (e) {
-      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx);
+      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx, e as SqliteError);
       throw e;
     }
   }
@@ -387,18 +408,60 @@ export class Session {
     try {
       tx.validateReads();
     } catch (e) {
-      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx);
+      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx, e as SqliteError);
       throw e;
     } finally {
       if (own && engine.inRealTransaction) engine.exec('ROLLBACK');
     }
   }
 
-  private abortConcurrent(tx: ConcurrentTransaction): void {
+  private abortConcurrent(tx: ConcurrentTransaction, cause: SqliteError): void {
     if (this.engine.active === tx) this.engine.active = null;
     tx.end();
     if (this.tx === tx) this.tx = null;
     this.abortedBySnapshot = true;
+    this.noteAborted(cause);
+  }
+
+  /** The transaction of a running `transaction()` callback ended by `cause`: enter the aborted state. */
+  private noteAborted(cause: unknown): void {
+    if (!this.inTransactionFn || this.aborted !== null) return;
+    this.aborted = cause instanceof SqliteError ? cause : sqliteError(`the transaction was rolled back (${String(cause)})`, 'SQLITE_ERROR', cause);
+  }
+
+  /**
+   * Ends this handle's transaction because it cannot go on (`cause` says why), rolling it back;
+   * inside a `transaction()` callback the handle is then aborted (see {@link Session.aborted}).
+   */
+  abortTransaction(cause: SqliteError): void {
+    if (this.tx) this.rollbackTx(this.tx);
+    this.noteAborted(cause);
+  }
+
+  /** Whether the handle is in the aborted state (see {@link Session.aborted}). */
+  get isAborted(): boolean {
+    return this.aborted !== null;
+  }
+
+  /** Throws the error that aborted the handle, if it is aborted (see {@link Session.aborted}). */
+  throwIfAborted(): void {
+    if (this.aborted !== null) throw this.abortedError(this.aborted);
+  }
+
+  /** Leaves the aborted state: the `transaction()` call whose transaction it was has ended. */
+  endTransactionFn(): void {
+    this.inTransactionFn = false;
+    this.aborted = null;
+  }
+
+  private abortedError(cause: SqliteError): SqliteError {
+    return sqliteError(
+      `the transaction of this transaction() callback on handle #${this.id} already ended: ${cause.message} ` +
+        'Every statement fails until the callback ends (or ROLLBACK); transaction() runs it again when the error is a conflict.',
+      cause.code,
+      cause,
+      cause.kind,
+    );
   }
 
   // ---- statements ---------------------------------------------------------------------------
@@ -469,7 +532,10 @@ export class Session {
     try {
       return this.executeSteered(c, params, want, tx);
     } catch (e) {
-      if (!engine.inRealTransaction) this.endPessimistic(tx, false); // e.g. OR ROLLBACK
+      if (!engine.inRealTransaction) {
+        this.endPessimistic(tx, false); // e.g. OR ROLLBACK
+        this.noteAborted(e);
+      }
       throw e;
     }
   }
@@ -525,7 +591,7 @@ export class Session {
       if (engine.active === tx && !engine.inRealTransaction) {
         // The statement ended the whole transaction (OR ROLLBACK, RAISE(ROLLBACK)).
         engine.active = null;
-        this.abortConcurrent(tx);
+        this.abortConcurrent(tx, err);
         this.abortedBySnapshot = false;
       } else if (err.kind !== 'busy') {
         entry.error = err.message;

@@ -290,20 +290,14 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
                     await operation(n, a, false);
                     await tick();
                     await operation(n, a, false);
-                    // Known finding nested-rollback-busy-keeps-writes: the ROLLBACK TO of a nested
-                    // call is swallowed beside another handle's pessimistic transaction.
-                    const holder = (h as unknown as { session: { engine: { active: { kind: string } | null } } }).session.engine.active;
-                    if (fail && !(SKIP_KNOWN && holder?.kind === 'pessimistic' && !h.transactionMode?.match(/immediate|deferred|exclusive/))) throw new Abort();
+                    if (fail) throw new Abort();
                   });
                   a.steps.push({ sql: 'RELEASE nest', params: undefined, want: 'run', saw: null });
                 } catch (e) {
                   if (process.env.ADV_DEBUG) console.log(`h${hi} nested threw ${(e as Error).message} inTx=${t.inTransaction}`);
                   if (!(e instanceof Abort)) throw e;
-                  if (!t.inTransaction) {
-                    // Known finding nested-rollback-hides-conflict: the conflict was swallowed.
-                    if (SKIP_KNOWN) throw new Abort();
-                    throw new Error(`nested-rollback-hides-conflict (seed ${seed})`);
-                  }
+                  // A rejected nested call whose rollback ended the transaction must say so (a conflict).
+                  if (!t.inTransaction) throw new Error(`nested-rollback-hides-conflict (seed ${seed})`);
                   a.steps.push({ sql: 'ROLLBACK TO nest', params: undefined, want: 'run', saw: null }, { sql: 'RELEASE nest', params: undefined, want: 'run', saw: null });
                 }
               } else await operation(t, attempt, true);
