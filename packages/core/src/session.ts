@@ -105,9 +105,11 @@ export class Session {
   }
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
-    const control =
-      cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'setting' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
-    if (control) return { sql, cls, prepared: undefined };
+    // Control statements need no SQLite statement. A setting (PRAGMA x = y, VACUUM, ATTACH, ...)
+    // must not be prepared before it is admitted: SQLite applies flag PRAGMAs (foreign_keys,
+    // recursive_triggers, ...) while preparing them. It is prepared when it runs (runSetting).
+    const lazy = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
+    if (lazy) return { sql, cls, prepared: undefined };
     // Preparing reads the schema, which needs the file: wait for it like a statement does.
     return { sql, cls, prepared: waitOutSync(this.busyTimeout, () => this.withFile(() => this.engine.prepare(sql, cls))) };
   }
@@ -498,16 +500,7 @@ export class Session {
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
     try {
-      if (c.cls.type === 'setting') {
-        // Prepared afresh: SQLite compiles some settings to nothing when prepared inside a
-        // transaction (foreign_keys), and the cached statement may have been.
-        const fresh = engine.prepare(c.sql, c.cls);
-        try {
-          return fresh.execute(engine.db, params, want);
-        } finally {
-          fresh.finalize();
-        }
-      }
+      if (c.cls.type === 'setting') return this.runSetting(c, params, want);
       return this.executeSteered(c, params, want, null);
     } finally {
       // Counted on failure too: a statement may change rows before it fails (OR FAIL,
@@ -520,6 +513,19 @@ export class Session {
     }
   }
 
+  /**
+   * Runs an admitted setting, prepared now (never earlier: preparing it may apply it) and
+   * afresh (SQLite compiles some settings to nothing when prepared inside a transaction).
+   */
+  private runSetting(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    const fresh = this.engine.prepare(c.sql, c.cls);
+    try {
+      return fresh.execute(this.engine.db, params, want, this.format);
+    } finally {
+      fresh.finalize();
+    }
+  }
+
   private pessimisticStatement(
     tx: PessimisticTransaction,
     c: CompiledSql,
@@ -527,10 +533,11 @@ export class Session {
     want: Want,
   ): Outcome {
     const engine = this.engine;
-    if (c.cls.type === 'ddl' || c.cls.type === 'setting') tx.writes.add(ALL_TABLES);
+    const setting = c.cls.type === 'setting';
+    if (c.cls.type === 'ddl' || setting) tx.writes.add(ALL_TABLES);
     else for (const t of engine.footprints.of(c.sql).writes) tx.writes.add(t);
     try {
-      return this.executeSteered(c, params, want, tx);
+      return setting ? this.runSetting(c, params, want) : this.executeSteered(c, params, want, tx);
     } catch (e) {
       if (!engine.inRealTransaction) {
         this.endPessimistic(tx, false); // e.g. OR ROLLBACK

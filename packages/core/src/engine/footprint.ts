@@ -7,6 +7,7 @@
  */
 import { fromEngineError } from '../errors.js';
 import type { WasmDatabase } from '../file/load.js';
+import { classify, tokenize } from '../sql/lexer.js';
 
 /** Tables are named `schema.table`; this one name stands for "every table". */
 export const ALL_TABLES = '*';
@@ -92,6 +93,8 @@ export class FootprintAnalyzer {
   }
 
   private compute(sql: string): Footprint {
+    // Preparing a setting may apply it (flag PRAGMAs), and EXPLAIN prepares: never analyze one.
+    if (classify(tokenize(sql)).type === 'setting') return UNKNOWN_FOOTPRINT;
     let rows: Record<string, unknown>[];
     const stmt = this.db.prepare(`EXPLAIN ${sql}`);
     try {

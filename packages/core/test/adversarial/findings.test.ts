@@ -95,7 +95,7 @@ describe('adversarial findings', () => {
     }
   });
 
-  it.fails('refused-setting-takes-effect: a PRAGMA refused inside BEGIN CONCURRENT changes nothing', () => {
+  it('refused-setting-takes-effect: a PRAGMA refused inside BEGIN CONCURRENT changes nothing', () => {
     const db = open(':memory:');
     try {
       db.exec('CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (id INTEGER PRIMARY KEY, pid REFERENCES p); INSERT INTO p VALUES (1)');
@@ -111,7 +111,7 @@ describe('adversarial findings', () => {
     }
   });
 
-  it.fails('refused-setting-takes-effect: a PRAGMA refused with BusyError beside a BEGIN IMMEDIATE changes nothing', () => {
+  it('refused-setting-takes-effect: a PRAGMA refused with BusyError beside a BEGIN IMMEDIATE changes nothing', () => {
     const db = open(':memory:');
     try {
       db.exec(
@@ -132,7 +132,7 @@ describe('adversarial findings', () => {
     }
   });
 
-  it.fails('refused-setting-takes-effect: a read-only handle cannot turn foreign keys off for its siblings', () => {
+  it('refused-setting-takes-effect: a read-only handle cannot turn foreign keys off for its siblings', () => {
     const dir = mkdtempSync(join(tmpdir(), 'siblite-adv-'));
     const w = open(join(dir, 'db.sqlite'));
     const r = open(join(dir, 'db.sqlite'), { readonly: true }); // same engine, read-only handle
@@ -144,6 +144,20 @@ describe('adversarial findings', () => {
       r.close();
       w.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refused-setting-takes-effect: preparing a setting (conn.prepare) does not apply it; running it does', () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (id INTEGER PRIMARY KEY, pid REFERENCES p)');
+      const stmt = db.prepare('PRAGMA foreign_keys = OFF');
+      expect(db.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 1 });
+      expect(() => db.run('INSERT INTO c VALUES (1, 99)')).toThrow(/FOREIGN KEY/);
+      stmt.run();
+      expect(db.get('PRAGMA foreign_keys')).toEqual({ foreign_keys: 0 });
+    } finally {
+      db.close();
     }
   });
 
