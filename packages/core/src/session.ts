@@ -152,12 +152,14 @@ export class Session {
       }
       throw this.abortedError(this.aborted);
     }
+    // Read once: what is checked, logged and bound must be the same values.
+    const values = snapshotParams(params);
     return waitOutSync(this.busyTimeout, () =>
       this.withFile(() => {
         this.engine.caller = this.state;
         this.format = format;
         try {
-          const out = this.route(c, params, want);
+          const out = this.route(c, values, want);
           const state = this.state;
           if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
           if (c.prepared !== undefined && c.prepared.writesRows) {
@@ -625,6 +627,8 @@ export class Session {
       if (plan) {
         onPlan?.(plan);
         if (engine.hasForeignReservations(plan.table, owner)) {
+          // Checked against the application's SQL: the rewrite adds a parameter of its own.
+          (c.prepared as PreparedSql).checkParams(params);
           const stmt = engine.statement(plan.sql);
           return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
         }
@@ -707,6 +711,19 @@ function lockedBy(a: OpenTransaction): SqliteError {
     `database is locked: handle #${a.handleId} holds ${what} transaction whose uncommitted state this statement would see or change; retry when it ends`,
     'SQLITE_BUSY',
   );
+}
+
+/**
+ * The application's parameters read exactly once (accessor properties, proxies): every later
+ * check, log entry and binding uses this copy, so what was logged is what was bound.
+ */
+function snapshotParams(params: BindParams | undefined): BindParams | undefined {
+  if (params === null || typeof params !== 'object' || params instanceof Uint8Array) return params;
+  try {
+    return (Array.isArray(params) ? (params as unknown[]).slice() : { ...(params as Record<string, unknown>) }) as BindParams;
+  } catch (e) {
+    throw sqliteError(`The parameters could not be read: ${(e as Error)?.message ?? String(e)}`, 'SQLITE_MISMATCH', e, 'misuse');
+  }
 }
 
 /** A copy of the parameters as they are now (blobs included), for replaying them later. */

@@ -230,6 +230,14 @@ export class PreparedSql {
   }
 
   /**
+   * Checks `params` as {@link PreparedSql.execute} would, without running anything: for a
+   * statement that runs rewritten, against the SQL the application wrote.
+   */
+  checkParams(params: BindParams | undefined): void {
+    this.normalize(params);
+  }
+
+  /**
    * Checks the parameters (every slot filled exactly once, every value storable as given) and
    * gives unprefixed named parameters the prefix the SQL uses; rejects unknown names.
    */

@@ -13,7 +13,7 @@ import { rawDatabase } from './oracle.js';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('adversarial findings', () => {
-  it.fails('params-under-reservation: too few / too many positional parameters are refused while another transaction holds a rowid reservation', () => {
+  it('params-under-reservation: too few / too many positional parameters are refused while another transaction holds a rowid reservation', () => {
     const db = open(':memory:');
     try {
       db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, a, b)');
@@ -225,7 +225,7 @@ describe('adversarial findings', () => {
     }
   });
 
-  it.fails('params-read-twice: a concurrent transaction commits the parameter values it executed, not a second reading of them', () => {
+  it('params-read-twice: a concurrent transaction commits the parameter values it executed, not a second reading of them', () => {
     const db = open(':memory:');
     try {
       db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0); CREATE TABLE u (id INTEGER PRIMARY KEY, w INT); INSERT INTO u VALUES (1, 0)');
