@@ -107,6 +107,7 @@ export class FootprintAnalyzer {
     let readonly = true;
     let unknown = false;
     let deterministic = true;
+    let opensDatabase = false;
     for (const r of rows) {
       const op = r.opcode as string;
       switch (op) {
@@ -141,6 +142,7 @@ export class FootprintAnalyzer {
           break;
         }
         case 'Transaction':
+          opensDatabase = true;
           if ((r.p2 as number) !== 0) readonly = false;
           break;
         case 'VOpen':
@@ -157,6 +159,9 @@ export class FootprintAnalyzer {
     }
     if (unknown) return readonly ? { reads: EVERYTHING, writes: EMPTY, readonly, deterministic } : UNKNOWN_FOOTPRINT;
     if (!readonly && writes.size === 0) return UNKNOWN_FOOTPRINT; // SetCookie & co: schema-wide
+    // It reads the database but no table: database state (page_count, freelist_count,
+    // data_version, ...) that any commit may change, so it counts as reading everything.
+    if (opensDatabase && reads.size === 0) return { reads: EVERYTHING, writes: EMPTY, readonly, deterministic };
     return { reads, writes, readonly, deterministic };
   }
 
