@@ -629,8 +629,10 @@ export class Session {
         if (engine.hasForeignReservations(plan.table, owner)) {
           // Checked against the application's SQL: the rewrite adds a parameter of its own.
           (c.prepared as PreparedSql).checkParams(params);
+          // The rowid first: its queries use the engine's statement cache too.
+          const rowid = engine.freeRowid(plan);
           const stmt = engine.statement(plan.sql);
-          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
+          return stmt.execute(engine.db, withRowid(stmt, params, rowid), want, this.format);
         }
       } else if (engine.hasReservations) {
         const target = engine.insertTable(c.sql);

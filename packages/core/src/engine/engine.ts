@@ -79,6 +79,9 @@ export interface HandleState {
 /** The parameter name the rowid plans use. */
 export const ROWID_PARAM = ':__siblite_rowid';
 
+/** How many of its own statements (replays, bookkeeping queries) an engine keeps prepared. */
+const INTERNAL_STATEMENTS = 500;
+
 export class Engine {
   readonly db: WasmDatabase;
   readonly footprints: FootprintAnalyzer;
@@ -102,7 +105,7 @@ export class Engine {
   private refs = 0;
   private readonly tableSeq = new Map<string, number>();
   private allSeq = 0;
-  private readonly internal = new Map<string, PreparedSql>();
+  private readonly internal = new StatementCache(INTERNAL_STATEMENTS);
   private readonly rowidPlans = new Map<string, RowidPlan | null>();
   private readonly reservations = new Map<string, TableReservations>();
   private readonly insertTables = new Map<string, InsertTable | null>();
@@ -153,7 +156,6 @@ export class Engine {
     if (--this.refs > 0) return;
     settleCursor();
     this.statements.clear();
-    for (const p of this.internal.values()) p.finalize();
     this.internal.clear();
     this.fileAccess?.close();
     try {
@@ -215,18 +217,17 @@ export class Engine {
     );
   }
 
-  /** An engine-owned cached statement, for replays and bookkeeping queries. */
+  /**
+   * An engine-owned cached statement, for replays and bookkeeping queries. The cache evicts the
+   * least recently used statement, one at a time, so a statement a caller has just fetched (and
+   * may still hold while it fetches a few others) is never the one finalized.
+   */
   statement(sql: string): PreparedSql {
-    let p = this.internal.get(sql);
-    if (!p || p.stmt.isFinalized) {
-      p = this.prepare(sql);
-      if (this.internal.size > 500) {
-        for (const old of this.internal.values()) old.finalize();
-        this.internal.clear();
-      }
-      this.internal.set(sql, p);
-    }
-    return p;
+    const cached = this.internal.get(sql);
+    if (cached !== undefined) return cached.prepared as PreparedSql;
+    const prepared = this.prepare(sql);
+    this.internal.add({ sql, cls: prepared.cls, prepared });
+    return prepared;
   }
 
   /** Whether the real SQLite connection is inside a transaction. */
