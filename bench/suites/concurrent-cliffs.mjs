@@ -64,15 +64,14 @@ export async function run({ quick, log }) {
     if (!ok) failures.push(`${what}: ${detail}`);
   };
 
-  // ---- 1, 2: many handlers, each a transaction on its own row with a 2 ms await ----------
-  async function ownRows(handlers, perHandler) {
-    const schema = `CREATE TABLE acct (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
-      WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${handlers}) INSERT INTO acct SELECT x, 0 FROM c;`;
+  /**
+   * The three peers of a workload where `handlers` handlers each run `perHandler` transactions
+   * `body(q, i)` (q has get/all/run(sql, params); i is the handler's 1-based number): siblite
+   * sibling handles in BEGIN CONCURRENT, the global mutex, and the raw engine with the same
+   * awaits. Each run returns { tps } and checks the final state with `verify(who, all)`.
+   */
+  function awaitingPeers({ schema, handlers, perHandler, body, verify }) {
     const total = handlers * perHandler;
-    const verify = (who, rows) => {
-      const bad = rows.filter((r) => Number(r.n) !== perHandler);
-      check(`${handlers} handlers, ${who}`, rows.length === handlers && bad.length === 0, `${bad.length} rows wrong`);
-    };
     const sibRun = async () => {
       const root = sib.open(':memory:');
       root.exec(schema);
@@ -80,20 +79,11 @@ export async function run({ quick, log }) {
       const t0 = performance.now();
       await Promise.all(
         hs.map(async (h, k) => {
-          for (let j = 0; j < perHandler; j++) {
-            await h.transaction(
-              async (tx) => {
-                const own = tx.get('SELECT n FROM acct WHERE id = ?', [k + 1]);
-                await sleep(2);
-                tx.run('UPDATE acct SET n = ? WHERE id = ?', [own.n + 1, k + 1]);
-              },
-              { mode: 'concurrent' },
-            );
-          }
+          for (let j = 0; j < perHandler; j++) await h.transaction((tx) => body(tx, k + 1), { mode: 'concurrent' });
         }),
       );
       const ms = performance.now() - t0;
-      verify('siblite', root.all('SELECT n FROM acct'));
+      verify('siblite', (sql) => root.all(sql));
       for (const h of hs) h.close();
       root.close();
       return { tps: total / (ms / 1000) };
@@ -101,36 +91,55 @@ export async function run({ quick, log }) {
     const rawRun = (isolated) => async () => {
       const db = new wasm.Database(':memory:');
       db.exec(schema);
-      const get = db.prepare('SELECT n FROM acct WHERE id = ?');
-      const set = db.prepare('UPDATE acct SET n = ? WHERE id = ?');
+      const prepared = new Map();
+      const stmt = (sql) => prepared.get(sql) ?? prepared.set(sql, db.prepare(sql)).get(sql);
+      const q = { get: (sql, p) => stmt(sql).get(p ?? []), all: (sql, p) => stmt(sql).all(p ?? []), run: (sql, p) => stmt(sql).run(p ?? []) };
       const mutex = new Mutex();
-      const body = async (i) => {
+      const once = async (i) => {
         if (isolated) db.exec('BEGIN');
-        const own = get.get([i]);
-        await sleep(2);
-        set.run([own.n + 1, i]);
+        await body(q, i);
         if (isolated) db.exec('COMMIT');
       };
       const t0 = performance.now();
       await Promise.all(
         Array.from({ length: handlers }, async (_, k) => {
-          for (let j = 0; j < perHandler; j++) await (isolated ? mutex.run(() => body(k + 1)) : body(k + 1));
+          for (let j = 0; j < perHandler; j++) await (isolated ? mutex.run(() => once(k + 1)) : once(k + 1));
         }),
       );
       const ms = performance.now() - t0;
-      verify(isolated ? 'mutex' : 'raw', db.all('SELECT n FROM acct'));
-      get.finalize();
-      set.finalize();
+      verify(isolated ? 'mutex' : 'raw', (sql) => db.all(sql));
+      for (const st of prepared.values()) st.finalize();
       db.close();
       return { tps: total / (ms / 1000) };
     };
+    return { sibRun, mutexRun: rawRun(true), rawRun: rawRun(false) };
+  }
+
+  // ---- 1, 2: many handlers, each a transaction on its own row with a 2 ms await ----------
+  async function ownRows(handlers, perHandler) {
+    const { sibRun, mutexRun, rawRun } = awaitingPeers({
+      schema: `CREATE TABLE acct (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${handlers}) INSERT INTO acct SELECT x, 0 FROM c;`,
+      handlers,
+      perHandler,
+      body: async (q, i) => {
+        const own = q.get('SELECT n FROM acct WHERE id = ?', [i]);
+        await sleep(2);
+        q.run('UPDATE acct SET n = ? WHERE id = ?', [own.n + 1, i]);
+      },
+      verify: (who, all) => {
+        const rows = all('SELECT n FROM acct');
+        const bad = rows.filter((r) => Number(r.n) !== perHandler);
+        check(`${handlers} handlers, ${who}`, rows.length === handlers && bad.length === 0, `${bad.length} rows wrong`);
+      },
+    });
     const id = `own${handlers}`;
     await measure(
       `committed tx/s, ${handlers} handlers, own rows, 2 ms await`,
       [
         { id: `${id}:siblite`, label: 'siblite, BEGIN CONCURRENT', run: sibRun },
-        { id: `${id}:mutex`, label: 'global mutex', run: rawRun(true) },
-        { id: `${id}:raw`, label: 'raw, same awaits', run: rawRun(false) },
+        { id: `${id}:mutex`, label: 'global mutex', run: mutexRun },
+        { id: `${id}:raw`, label: 'raw, same awaits', run: rawRun },
       ],
       [{ key: 'tps', unit: 'tx/s' }],
     );
@@ -248,68 +257,27 @@ export async function run({ quick, log }) {
     // Rows 1..8 belong to the handlers; each reads rows 101.. (nobody writes them).
     const schema = `CREATE TABLE big (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
       WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${100 + readRows}) INSERT INTO big SELECT x, 0 FROM c;`;
-    const READ = 'SELECT id, v FROM big WHERE id > 100';
-    const verify = (who, all) => {
-      const rows = all('SELECT id, v FROM big WHERE id <= 8');
-      check(`read ${readRows}, ${who}`, rows.every((r) => Number(r.v) === perHandler), JSON.stringify(rows));
-    };
-    const sibRun = async () => {
-      const root = sib.open(':memory:');
-      root.exec(schema);
-      const hs = Array.from({ length: handlers }, () => root.connect());
-      const t0 = performance.now();
-      await Promise.all(
-        hs.map(async (h, k) => {
-          for (let j = 0; j < perHandler; j++) {
-            await h.transaction(
-              async (tx) => {
-                const rows = tx.all(READ);
-                await sleep(2);
-                tx.run('UPDATE big SET v = v + 1 WHERE id = ?', [k + 1 + rows.length * 0]);
-              },
-              { mode: 'concurrent' },
-            );
-          }
-        }),
-      );
-      const ms = performance.now() - t0;
-      verify('siblite', (s) => root.all(s));
-      for (const h of hs) h.close();
-      root.close();
-      return { tps: (handlers * perHandler) / (ms / 1000) };
-    };
-    const rawRun = (isolated) => async () => {
-      const db = new wasm.Database(':memory:');
-      db.exec(schema);
-      const read = db.prepare(READ);
-      const up = db.prepare('UPDATE big SET v = v + 1 WHERE id = ?');
-      const mutex = new Mutex();
-      const body = async (i) => {
-        if (isolated) db.exec('BEGIN');
-        const rows = read.all();
+    const { sibRun, mutexRun, rawRun } = awaitingPeers({
+      schema,
+      handlers,
+      perHandler,
+      body: async (q, i) => {
+        const rows = q.all('SELECT id, v FROM big WHERE id > 100');
         await sleep(2);
-        up.run([i + rows.length * 0]);
-        if (isolated) db.exec('COMMIT');
-      };
-      const t0 = performance.now();
-      await Promise.all(
-        Array.from({ length: handlers }, async (_, k) => {
-          for (let j = 0; j < perHandler; j++) await (isolated ? mutex.run(() => body(k + 1)) : body(k + 1));
-        }),
-      );
-      const ms = performance.now() - t0;
-      verify(isolated ? 'mutex' : 'raw', (s) => db.all(s));
-      read.finalize();
-      up.finalize();
-      db.close();
-      return { tps: (handlers * perHandler) / (ms / 1000) };
-    };
+        if (rows.length !== readRows) throw new Error(`read ${rows.length} rows`);
+        q.run('UPDATE big SET v = v + 1 WHERE id = ?', [i]);
+      },
+      verify: (who, all) => {
+        const rows = all('SELECT id, v FROM big WHERE id <= 8');
+        check(`read ${readRows}, ${who}`, rows.every((r) => Number(r.v) === perHandler), JSON.stringify(rows));
+      },
+    });
     await measure(
       `committed tx/s, ${handlers} handlers: read ${readRows} rows, await 2 ms, write own row (same table)`,
       [
         { id: 'read:siblite', label: 'siblite, BEGIN CONCURRENT', run: sibRun },
-        { id: 'read:mutex', label: 'global mutex', run: rawRun(true) },
-        { id: 'read:raw', label: 'raw, same awaits', run: rawRun(false) },
+        { id: 'read:mutex', label: 'global mutex', run: mutexRun },
+        { id: 'read:raw', label: 'raw, same awaits', run: rawRun },
       ],
       [{ key: 'tps', unit: 'tx/s' }],
     );

@@ -22,13 +22,25 @@ export const target = 'with 8 writer processes no writer waits more than 2 s bet
 
 const child = fileURLToPath(new URL('../lib/file-locking-child.mjs', import.meta.url));
 
-function run1(job) {
-  return new Promise((resolve, reject) => {
-    const p = fork(child, [JSON.stringify(job)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    let msg;
-    p.on('message', (m) => (msg = m));
-    p.on('exit', (code) => (msg ? resolve(msg) : reject(new Error(`file-locking child exited with ${code} without a result`))));
-  });
+/**
+ * Runs the children together: each starts, opens the file and says ready; then all get one start
+ * time (so that slow process start-up on a loaded machine is not measured as waiting).
+ */
+async function together(jobs, startDelay) {
+  const ready = [];
+  const done = jobs.map(
+    (job) =>
+      new Promise((resolve, reject) => {
+        const p = fork(child, [JSON.stringify(job)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+        let result;
+        ready.push(new Promise((r) => p.on('message', (m) => (m.ready ? r(p) : (result = m)))));
+        p.on('exit', (code) => (result ? resolve(result) : reject(new Error(`file-locking child exited with ${code} without a result`))));
+      }),
+  );
+  const procs = await Promise.all(ready);
+  const startAt = Date.now() + startDelay;
+  for (const p of procs) p.send({ startAt });
+  return Promise.all(done);
 }
 
 export async function run({ quick, log }) {
@@ -36,7 +48,7 @@ export async function run({ quick, log }) {
   if (!sib.ok) throw new Error(sib.reason);
   const ms = quick ? 300 : 3000;
   const rounds = quick ? 1 : 5;
-  const startDelay = quick ? 700 : 2500; // every child has started and opened the file by then
+  const startDelay = 200; // after every child said it is ready
   const tmp = tempDir('siblite-bench-files-');
   const failures = [];
   let n = 0;
@@ -60,8 +72,7 @@ export async function run({ quick, log }) {
     id: `writers@${procs}`,
     run: async () => {
       const file = newFile();
-      const startAt = Date.now() + startDelay;
-      const reports = await Promise.all(Array.from({ length: procs }, () => run1({ file, role: 'writer', startAt, ms })));
+      const reports = await together(Array.from({ length: procs }, () => ({ file, role: 'writer', ms })), startDelay);
       const ops = reports.reduce((s, r) => s + r.ops, 0);
       const rows = count(file);
       if (rows !== ops) failures.push(`${procs} processes reported ${ops} writes, the table holds ${rows}`);
@@ -72,11 +83,13 @@ export async function run({ quick, log }) {
     id: 'handover',
     run: async () => {
       const file = newFile();
-      const startAt = Date.now() + startDelay;
-      const [busy, w] = await Promise.all([
-        run1({ file, role: 'writer', startAt, ms: quick ? 300 : 1500 }),
-        run1({ file, role: 'handover', startAt: startAt + (quick ? 100 : 500) }),
-      ]);
+      const [busy, w] = await together(
+        [
+          { file, role: 'writer', ms: quick ? 300 : 1500 },
+          { file, role: 'handover', delay: quick ? 100 : 500 },
+        ],
+        startDelay,
+      );
       if (count(file) !== busy.ops + 1) failures.push('hand-over run: rows missing');
       return { ms: w.ms };
     },

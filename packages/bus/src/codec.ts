@@ -21,16 +21,27 @@ export interface EncodedPayload {
 
 /** The message columns as stored (see the SQL plans). */
 export interface MessageRow {
+  /** The message id. */
   id: unknown;
+  /** The routing name. */
   name: unknown;
+  /** `command` or `event`. */
   kind: unknown;
+  /** `json` or `bytes`. */
   encoding: unknown;
+  /** JSON text or bytes. */
   payload: unknown;
+  /** The content type. */
   content_type: unknown;
+  /** Headers as JSON object text. */
   headers: unknown;
+  /** The ordering key or NULL. */
   key: unknown;
+  /** Claims so far. */
   attempts: unknown;
+  /** Creation time (bus clock, ms). */
   created_at: unknown;
+  /** When it became claimable (bus clock, ms). */
   available_at: unknown;
 }
 

@@ -11,6 +11,7 @@ export {
   type RetentionOptions,
   type TrimResult,
   type PruneResult,
+  type RetainResult,
 } from './sqlite/bus.js';
 export { BusError, ValidationError, StaleClaimError, DecodeError, PermanentError, BusClosedError } from './errors.js';
 export type {
@@ -53,6 +54,7 @@ export type {
 export type { Claim, Source, Store, TransactResult } from './store.js';
 export { validateName, validateGroup, validateNamespace } from './validate.js';
 export { buildPlans, SCHEMA_VERSION, type Plans } from './sqlite/plans.js';
-export { claimCommandRows, claimEventRows, inImmediate, type CommandClaimArgs, type EventClaimArgs, type ClaimedCommandRow } from './sqlite/claims.js';
+export { claimCommandRows, claimEventRows, inImmediate, type CommandClaimArgs, type EventClaimArgs, type ClaimedCommandRow, type ClaimedEvent } from './sqlite/claims.js';
 export { backoffPolicy } from './backoff.js';
 export type { ScheduleSpec, ScheduleInfo } from './schedule.js';
+export type { MessageRow } from './codec.js';

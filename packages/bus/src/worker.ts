@@ -379,7 +379,14 @@ export class BusWorker implements Worker {
       this.emit({ type: 'stale', message });
       return;
     }
-    if (r.abandon.signal.aborted && !(r.abandon.signal.reason instanceof AbortReason && r.abandon.signal.reason.message.startsWith('handler timeout'))) {
+    const abandoned = r.abandon.signal.aborted ? String((r.abandon.signal.reason as Error)?.message ?? '') : null;
+    if (abandoned !== null && abandoned.startsWith('the lease was lost')) {
+      // Another worker may have it now: nothing committed here.
+      this.counters.stale++;
+      this.emit({ type: 'stale', message });
+      return;
+    }
+    if (abandoned !== null && !abandoned.startsWith('handler timeout')) {
       // Abandoned by stop(): the release already happened (or the lease runs out).
       return;
     }

@@ -9,7 +9,7 @@ describe('SqliteBus: storage', () => {
     const a = await SqliteBus.open(conn);
     const again = await SqliteBus.open(conn);
     const other = await SqliteBus.open(conn, { namespace: 'other-ns' });
-    expect(conn.get<{ value: string }>(`SELECT value FROM bus_meta WHERE key = 'schema_version'`)?.value).toBe('2');
+    expect(conn.get<{ value: string }>(`SELECT value FROM bus_meta WHERE key = 'schema_version'`)?.value).toBe('3');
     await a.send('x', 1);
     expect((await again.stats()).queue.x?.ready).toBe(1);
     expect((await other.stats()).queue.x).toBeUndefined();

@@ -77,11 +77,14 @@ export class HandlePool {
 
   /**
    * Takes a handle back; a transaction left open on it is rolled back first.
-   * @throws SqliteError of kind `misuse` when the handle is not out of this pool (released
+   * @throws SqliteError of kind `misuse` when the handle is not out of this open pool (released
    * twice, or acquired elsewhere): nothing changes.
    */
   release(pooled: PooledHandle): void {
-    if (!this.out.delete(pooled)) throw misuseError('This handle is not out of the pool (released twice, or never acquired from it)');
+    // After close() every handle is closed and none is out: a late release changes nothing.
+    if (!this.out.delete(pooled) && !this.closed) {
+      throw misuseError('This handle is not out of the pool (released twice, or never acquired from it)');
+    }
     if (!pooled.handle.isOpen) return;
     if (pooled.handle.inTransaction) pooled.handle.exec('ROLLBACK');
     if (!this.closed && this.idle.length < this.maxIdle) this.idle.push(pooled);
@@ -89,11 +92,14 @@ export class HandlePool {
   }
 
   /**
-   * Closes the idle handles (handles still out are closed when released). The root stays open;
-   * closing the root closes the pool too.
+   * Closes every handle of the pool, idle or handed out (a transaction still open on one is
+   * rolled back; its next statement throws kind `closed`). The root stays open; closing the root
+   * closes the pool too, so that no sibling keeps the engine (and a file's lock) alive.
    */
   close(): void {
     this.closed = true;
     for (const p of this.idle.splice(0)) p.close();
+    for (const p of this.out) p.close();
+    this.out.clear();
   }
 }

@@ -2,7 +2,7 @@
  * Opening file databases: bad paths give typed errors with the path in the message and change
  * nothing on disk; the locking and durability options are validated and applied.
  */
-import { chmodSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { open } from '../src/index.js';
@@ -125,6 +125,19 @@ describe('bad paths', () => {
     const r5 = await runWorker({ cmd: 'probe', file: inLocked, sql }, asUser);
     expect(r5.error).toMatchObject({ kind: 'io', code: 'SQLITE_CANTOPEN' });
     expect(r5.error.message).toContain(inLocked);
+
+    // A database in a directory the user cannot write (the lock directory cannot be created):
+    // readonly: true reads it (holding only the guard); for writing it is refused up front.
+    const readable = join(locked, 'readable.db');
+    const c = open(readable);
+    c.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1)');
+    c.close();
+    const r6 = await runWorker({ cmd: 'probe', file: readable, sql, options: { readonly: true } }, asUser);
+    expect(r6).toMatchObject({ ok: true, row: { n: 1 } });
+    const r7 = await runWorker({ cmd: 'probe', file: readable, sql }, asUser);
+    expect(r7.error).toMatchObject({ kind: 'readonly', code: 'SQLITE_READONLY' });
+    expect(r7.error.message).toContain(readable);
+    rmSync(readable);
 
     expect(tree(dir)).toEqual(before);
     chmodSync(secret, 0o644);

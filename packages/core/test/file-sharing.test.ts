@@ -5,7 +5,7 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { open } from '../src/index.js';
-import { ensureBuilt, runWorker, spawnWorker } from './fixtures/harness.js';
+import { ensureBuilt, spawnWorker } from './fixtures/harness.js';
 import { checkSqliteError, thrown, useScope } from './helpers.js';
 
 beforeAll(() => ensureBuilt(), 120_000);
@@ -29,8 +29,12 @@ interface Share {
 }
 
 async function share(file: string, roles: ('writer' | 'reader')[], ms: number): Promise<Share[]> {
-  const startAt = Date.now() + 1500; // every child has started and opened the file by then
-  const reports = await Promise.all(roles.map((role, id) => runWorker({ cmd: 'share', file, role, id, ms, startAt })));
+  const children = roles.map((role, id) => spawnWorker({ cmd: 'share', file, role, id, ms }));
+  // Slow process start-up (a loaded machine) must not count as waiting: start all together.
+  await Promise.all(children.map((c) => c.next((m) => m.ready)));
+  const startAt = Date.now() + 200;
+  for (const c of children) c.proc.send({ startAt });
+  const reports = await Promise.all(children.map((c) => c.next((m) => 'ok' in m || 'fatal' in m, 60_000)));
   for (const r of reports) expect(r).toMatchObject({ ok: true });
   if (process.env.SIBLITE_SHOW_SHARING) {
     console.log(roles.map((role, i) => `${role}: ${reports[i].ops} ops in ${reports[i].locks.acquired} turns, longest wait ${Math.round(reports[i].maxGap)} ms`).join('\n'));

@@ -27,7 +27,7 @@ describe('HandlePool', () => {
     expect(pool.acquire()).toBe(a);
   });
 
-  it('closing the root closes the idle handles, so the engine closes with it; handles still out close on release', () => {
+  it('closing the root closes every handle of the pool, idle or out, so the engine closes with it', () => {
     const file = scope.file();
     const root = scope.open(file);
     root.exec('CREATE TABLE t (x)');
@@ -35,11 +35,15 @@ describe('HandlePool', () => {
     const idle = pool.acquire();
     const out = pool.acquire();
     pool.release(idle);
+    out.handle.exec('BEGIN CONCURRENT');
+    out.handle.run('INSERT INTO t VALUES (1)');
     root.close();
     expect(idle.handle.isOpen).toBe(false);
-    expect(out.handle.isOpen).toBe(true);
-    pool.release(out);
     expect(out.handle.isOpen).toBe(false);
+    pool.release(out); // harmless
     expect(() => pool.acquire()).toThrow(/closed/);
+    // The engine closed with its last handle: a new open() sees only committed data.
+    const again = scope.open(file);
+    expect(again.get('SELECT count(*) AS n FROM t')).toEqual({ n: 0 });
   });
 });

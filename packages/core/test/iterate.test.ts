@@ -143,3 +143,17 @@ describe('lazy iterate() and user functions', () => {
     expect([...it].length).toBe(N - 1);
   });
 });
+
+describe('lazy iterate() and user functions that run SQL', () => {
+  it('a function called while the cursor steps may query the database (as inside all())', () => {
+    const db = scope.open(':memory:');
+    db.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3); CREATE TABLE k (v); INSERT INTO k VALUES (10)');
+    const other = scope.track(db.connect());
+    const lookup = other.prepare('SELECT v FROM k').pluck();
+    db.function('plus_k', (x) => (x as number) + (lookup.get() as number));
+    const it = db.prepare('SELECT plus_k(x) AS y FROM t').pluck().iterate();
+    expect(it.next().value).toBe(11);
+    expect([...it]).toEqual([12, 13]);
+    expect(db.prepare('SELECT plus_k(x) AS y FROM t').pluck().all()).toEqual([11, 12, 13]);
+  });
+});

@@ -83,4 +83,24 @@ describe('the shared statement cache', () => {
     expect(a.run(ins, [4, 4]).changes).toBe(1);
     expect(db.get<{ c: number }>('SELECT count(*) AS c FROM t')!.c).toBe(4);
   });
+
+  it('a lazy iterate() of one handle and the same SQL run by another handle meanwhile: both see every row', () => {
+    const db = setup();
+    db.exec('WITH RECURSIVE c(x) AS (SELECT 3 UNION ALL SELECT x + 1 FROM c WHERE x < 50) INSERT INTO t SELECT x, x * 10 FROM c');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    const sql = 'SELECT id, n FROM t WHERE id >= ? ORDER BY id';
+    const it = a.iterate<{ id: number }>(sql, [1]);
+    expect(it.next().value).toEqual({ id: 1, n: 0 });
+    // b runs the very statement a's cursor is stepping: a's rest is read first, then b runs.
+    expect(b.all<{ id: number }>(sql, [49]).map((r) => r.id)).toEqual([49, 50]);
+    const rest = [...it].map((r) => r.id);
+    expect(rest).toEqual(Array.from({ length: 49 }, (_, i) => i + 2));
+    // Evicting the statement while a cursor of it is open: the cursor is settled first.
+    const it2 = a.iterate<{ id: number }>(sql, [48]);
+    expect(it2.next().value).toEqual({ id: 48, n: 480 });
+    for (let i = 0; i < STATEMENT_CACHE_SIZE + 5; i++) b.get(`SELECT ${i} AS k`);
+    expect([...it2].map((r) => r.id)).toEqual([49, 50]);
+  });
 });
+

@@ -207,3 +207,15 @@ describe('drizzle-kit migrations', () => {
     }
   });
 });
+
+describe('closing', () => {
+  it('closing the database handle closes the driver\'s handles: the engine closes with it', async () => {
+    const { db, root } = setup();
+    await db.select().from(users);
+    await db.transaction(async (tx) => tx.select().from(users));
+    const pool = db.$pool;
+    root.close();
+    expect(() => pool.acquire()).toThrow(/closed/);
+    await expect(db.select().from(users)).rejects.toThrow();
+  });
+});

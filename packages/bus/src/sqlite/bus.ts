@@ -89,6 +89,14 @@ export interface TrimResult {
   readonly groupsSkipped: number;
 }
 
+/** What one retention pass ({@link SqliteBus.retain}) removed. */
+export interface RetainResult {
+  /** From the log. */
+  readonly trim: TrimResult;
+  /** From the queue and the dead letters. */
+  readonly prune: PruneResult;
+}
+
 /** What {@link SqliteBus.prune} removed. */
 export interface PruneResult {
   /** Settled commands removed from the queue (their ids may be sent again). */
@@ -1102,7 +1110,7 @@ export class SqliteBus implements Bus, Store {
   }
 
   /** One retention pass with the given policy (what the automatic retention runs). */
-  async retain(policy: RetentionOptions = {}): Promise<{ trim: TrimResult; prune: PruneResult }> {
+  async retain(policy: RetentionOptions = {}): Promise<RetainResult> {
     const p = checkRetention(policy) || { ...DEFAULT_RETENTION };
     const trim = await this.trim(p.maxEventAge === undefined ? {} : { maxAge: p.maxEventAge });
     const prune = await this.prune(p.done ?? DEFAULT_RETENTION.done, { dead: p.dead ?? DEFAULT_RETENTION.dead });

@@ -13,15 +13,21 @@ import type { Plans } from './plans.js';
 
 /** A claimed command row. */
 export interface ClaimedCommandRow extends MessageRow {
+  /** The queue row's sequence number. */
   seq: number;
+  /** The claim token. */
   token: string;
 }
 
 /** What a command claim needs. */
 export interface CommandClaimArgs {
+  /** The claim token to write. */
   readonly token: string;
+  /** The bus clock now. */
   readonly now: number;
+  /** When the lease ends. */
   readonly leaseUntil: number;
+  /** At most this many. */
   readonly limit: number;
   /** Only these names (rows without a readable name are always eligible, to reach the dead letters). */
   readonly names: readonly string[] | null;
@@ -98,13 +104,26 @@ export function claimCommandRows(h: Connection, plans: Plans, a: CommandClaimArg
 
 /** What an event claim needs. */
 export interface EventClaimArgs {
+  /** The consumer group. */
   readonly group: string;
+  /** The claim token to write. */
   readonly token: string;
+  /** The bus clock now. */
   readonly now: number;
+  /** When the lease ends. */
   readonly leaseUntil: number;
+  /** At most this many. */
   readonly limit: number;
   /** Strict log order: only the lowest unsettled event of the group may be claimed. */
   readonly ordered: boolean;
+}
+
+/** A claimed event position. */
+export interface ClaimedEvent {
+  /** The log position. */
+  readonly pos: number;
+  /** Claims of it by the group so far, this one included. */
+  readonly attempts: number;
 }
 
 /** How many fresh events one claim looks at, at most, for a batch of `limit`. */
@@ -116,11 +135,11 @@ export function freshWindow(limit: number): number {
  * Claims up to `limit` events of a group. Call inside {@link inImmediate}, after sequencing.
  * Returns the claimed positions with their attempt counts, lowest first.
  */
-export function claimEventRows(h: Connection, plans: Plans, a: EventClaimArgs): { pos: number; attempts: number }[] {
+export function claimEventRows(h: Connection, plans: Plans, a: EventClaimArgs): ClaimedEvent[] {
   if (pausedTargets(h, plans).groups.has(a.group)) return [];
   const g = h.get<{ upto: number; hw: number }>(plans.getGroup, { grp: a.group });
   if (!g) return [];
-  const out: { pos: number; attempts: number }[] = [];
+  const out: ClaimedEvent[] = [];
   /** Keys with an unsettled event below the one being looked at. */
   const busyKeys = new Set<string>();
   let earlierUnsettled = false;

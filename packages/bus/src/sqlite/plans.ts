@@ -295,7 +295,7 @@ export function buildPlans(namespace: string) {
       SELECT v FROM p WHERE v IS NOT NULL`,
     /**
      * Candidates of one priority: due heads, oldest first. The name filter is appended by
-     * {@link commandCandidates}; paused names are filtered there too.
+     * the claim procedure (`claims.ts`); paused names are excluded there too.
      */
     candidatesBase: `SELECT seq, name FROM ${queue} INDEXED BY "${ns}_queue_claim"
       WHERE ${unsettled} AND head = 1 AND priority = :priority AND due_at <= :now`,

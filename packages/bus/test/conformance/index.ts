@@ -424,6 +424,63 @@ export function busConformance(make: () => Promise<BusFixture>, label = 'transpo
       });
     });
 
+    it('events sharing a key are handled one at a time, in log order, per group, with retries', async () => {
+      await withBus(make, async (bus) => {
+        const order = new Map<string, number[]>();
+        const running = new Map<string, number>();
+        let overlap = false;
+        const w = bus.subscribe(
+          'keyed-g',
+          {
+            ev: async (m) => {
+              const key = m.key!;
+              running.set(key, (running.get(key) ?? 0) + 1);
+              if (running.get(key)! > 1) overlap = true;
+              await sleep(Math.random() * 3);
+              running.set(key, running.get(key)! - 1);
+              if ((m.payload as number) % 5 === 2 && m.attempts === 1) throw new Error('retry me');
+              order.set(key, [...(order.get(key) ?? []), m.payload as number]);
+            },
+          },
+          { concurrency: 6, backoff: 5, pollInterval: 10 },
+        );
+        for (let i = 0; i < 90; i++) await bus.publish('ev', i, { key: `key-${i % 3}` });
+        await until(() => [...order.values()].reduce((a, v) => a + v.length, 0) === 90, 'all keyed events');
+        await until(async () => (await bus.stats()).groups['keyed-g']?.lag === 0, 'lag 0');
+        await w.stop();
+        expect(overlap).toBe(false);
+        for (const [key, seq] of order) {
+          const k = Number(key.slice(4));
+          expect(seq).toEqual(Array.from({ length: 30 }, (_, j) => j * 3 + k));
+        }
+        expect((await bus.stats()).groups['keyed-g']?.offset).toBe(90);
+      });
+    });
+
+    it('a stuck event does not stop the group: later events are handled, the offset waits for it', async () => {
+      await withBus(make, async (bus) => {
+        let release = false;
+        const seen: number[] = [];
+        const w = bus.subscribe(
+          'stuck-g',
+          {
+            e: async (m) => {
+              if (m.payload === 0) while (!release) await sleep(5);
+              seen.push(m.payload as number);
+            },
+          },
+          { concurrency: 4, pollInterval: 10 },
+        );
+        for (let i = 0; i < 40; i++) await bus.publish('e', i);
+        await until(() => seen.length === 39, 'the 39 after the stuck one');
+        expect((await bus.stats()).groups['stuck-g']).toMatchObject({ offset: 0, lag: 1, inFlight: 1 });
+        release = true;
+        await until(async () => (await bus.stats()).groups['stuck-g']?.offset === 40, 'offset past everything');
+        await w.stop();
+        expect(seen.sort((a, b) => a - b)).toEqual(Array.from({ length: 40 }, (_, i) => i));
+      });
+    });
+
     it('stop({ timeout }) aborts context.signal, abandons a handler that never settles, and releases its message', async () => {
       await withBus(make, async (bus) => {
         let aborted: unknown;

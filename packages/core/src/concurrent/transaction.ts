@@ -71,18 +71,27 @@ export class ConcurrentTransaction implements OpenTransaction {
   refreshFootprints(): void {
     const engine = this.engine;
     if (this.epoch === engine.schemaEpoch) return;
-    this.epoch = engine.schemaEpoch;
-    this.writes.clear();
+    // All or nothing: a busy error (the file is locked) leaves the old footprints and the
+    // epoch as they were, so that a retry learns them again.
+    const learned: Footprint[] = [];
     for (const entry of this.log) {
-      if (entry.control) continue;
+      if (entry.control) {
+        learned.push(entry.footprint);
+        continue;
+      }
       try {
-        entry.footprint = engine.footprints.of(entry.sql);
+        learned.push(engine.footprints.of(entry.sql));
       } catch (e) {
         if ((e as SqliteError).kind === 'busy') throw e;
-        entry.footprint = UNKNOWN_FOOTPRINT; // no longer compiles: replay will report it
+        learned.push(UNKNOWN_FOOTPRINT); // no longer compiles: replay will report it
       }
-      for (const t of entry.footprint.writes) this.writes.add(t);
     }
+    // Tables written before stay written: the real transaction may hold their changes now.
+    this.log.forEach((entry, i) => {
+      entry.footprint = learned[i] as Footprint;
+      for (const t of entry.footprint.writes) this.writes.add(t);
+    });
+    this.epoch = engine.schemaEpoch;
   }
 
   /** Records a statement the application saw the result of. */

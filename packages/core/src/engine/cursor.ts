@@ -15,7 +15,9 @@ let current: RowCursor | null = null;
 /** Reads the rest of the open cursor's rows (if any) into its buffer and closes it. Never throws. */
 export function settleCursor(): void {
   const c = current;
-  if (c === null) return;
+  // A user function called while the cursor steps may run SQL itself (as it may inside all()):
+  // that nested use happens within the step, so the cursor stays as it is.
+  if (c === null || c.stepping) return;
   current = null;
   c.drain();
 }
@@ -26,6 +28,8 @@ export class RowCursor<T = unknown> implements IterableIterator<T> {
   private next_ = 0;
   private error: unknown;
   private live = true;
+  /** True while the statement is being stepped (user functions may run SQL meanwhile). @internal */
+  stepping = false;
 
   /**
    * @param step - reads the next row from the bound statement, or `undefined` at the end.
@@ -57,7 +61,7 @@ export class RowCursor<T = unknown> implements IterableIterator<T> {
     if (!this.live) return { value: undefined, done: true };
     let row: T | undefined;
     try {
-      row = this.step();
+      row = this.stepOnce();
     } catch (e) {
       this.finish();
       throw fromEngineError(e);
@@ -85,12 +89,21 @@ export class RowCursor<T = unknown> implements IterableIterator<T> {
     if (!this.live) return;
     const rows: T[] = [];
     try {
-      for (let row = this.step(); row !== undefined; row = this.step()) rows.push(row);
+      for (let row = this.stepOnce(); row !== undefined; row = this.stepOnce()) rows.push(row);
     } catch (e) {
       this.error = fromEngineError(e); // thrown by next() after the rows read before it
     }
     this.buffer = rows;
     this.finish();
+  }
+
+  private stepOnce(): T | undefined {
+    this.stepping = true;
+    try {
+      return this.step();
+    } finally {
+      this.stepping = false;
+    }
   }
 
   private finish(): void {

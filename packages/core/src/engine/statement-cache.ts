@@ -3,12 +3,13 @@
  * of one engine and evicted least-recently-used, so that a new handle (one per request) finds
  * the statements warm.
  *
- * Sharing one engine statement between handles is safe because no statement stays open across
- * calls: the engine is single-threaded, a cached statement is bound, stepped to completion (or
- * to its first row for `get()`) and reset within one synchronous call, and a lazy `iterate()`
- * cursor is settled (its remaining rows read, the statement reset) before any other use of the
- * engine (see cursor.ts). Nothing runs another handle's SQL while a statement steps.
- * Statements of `prepare()` are not cached: each belongs to its `Statement` object.
+ * Sharing one engine statement between handles is safe because no statement stays open while
+ * other SQL runs: the engine is single-threaded, a cached statement is bound, stepped to
+ * completion (or to its first row for `get()`) and reset within one synchronous call, and the one
+ * statement a lazy `iterate()` may keep open is settled (its rows read, the statement reset, see
+ * cursor.ts) before any other use of an engine: running, preparing (so before an eviction here
+ * finalizes anything) or finalizing. Statements of `prepare()` are not cached: each belongs to
+ * its `Statement` object.
  * @module
  */
 import type { StatementClass } from '../sql/lexer.js';

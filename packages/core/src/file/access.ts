@@ -218,7 +218,10 @@ class Policy implements FileAccess {
       this.nextCheck = now + this.t.checkMs;
       if (!this.yieldPending && this.othersWait(now)) this.yieldPending = true;
     }
-    if (this.yieldPending && (!inTransaction || this.yieldTransaction?.() === true)) this.release(true);
+    // Right after a statement, an open transaction is not parked: its code is running and will
+    // commit or await soon (a parked BEGIN CONCURRENT would need a second turn to come back).
+    // The timer parks it if it awaits something; otherwise the hand-over happens when it ends.
+    if (this.yieldPending && !inTransaction) this.release(true);
   }
 
   busyDetail(): string | undefined {

@@ -542,6 +542,14 @@ export function acquire(lockDir: string): void {
     fail(lockDir, errnoError('EMLINK', `"${dbFileOf(lockDir)}" has ${id.nlink} hard links (names); remove the others`), 'take');
   }
   const guardId = guardOf(id);
+  // First without the guard: a lock that cannot be broken, or a turn that is someone else's, is
+  // refused without taking the guard, so that waiters do not keep the guard from each other.
+  if (fs.lstatSync(lockDir, { throwIfNoEntry: false })) {
+    const owner = readOwner(lockDir);
+    if (owner === null || !provablyStale(owner, guardId)) refuse(lockDir, owner, false);
+  } else if (deferToOlderWaiter(lockDir)) {
+    refuse(lockDir, null, false, 'deferring to a process that has waited longer');
+  }
   let guard: net.Server | null = null;
   if (guardId !== null) {
     guard = bindAbstract(guardId);
@@ -559,8 +567,6 @@ export function acquire(lockDir: string): void {
         sweep(lockDir, guardId);
         continue;
       }
-      // Free. Fairness: an older waiter that is still asking goes first.
-      if (deferToOlderWaiter(lockDir)) refuse(lockDir, null, false, 'deferring to a process that has waited longer');
       const record = ownerRecord(guardId);
       let installed: boolean;
       try {
