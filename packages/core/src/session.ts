@@ -218,6 +218,7 @@ export class Session {
       p.returnsRows &&
       engine.footprints.of(c.sql).readonly
     ) {
+      this.primeLastInsertRowid(c);
       return p.openCursor(params, format);
     }
     return (this.run(c, params, 'all', format).rows ?? [])[Symbol.iterator]();
@@ -632,6 +633,7 @@ export class Session {
           // The rowid first: its queries use the engine's statement cache too.
           const rowid = engine.freeRowid(plan);
           const stmt = engine.statement(plan.sql);
+          this.primeLastInsertRowid(c);
           return stmt.execute(engine.db, withRowid(stmt, params, rowid), want, this.format);
         }
       } else if (engine.hasReservations) {
@@ -687,7 +689,13 @@ export class Session {
   }
 
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    this.primeLastInsertRowid(c);
     return (c.prepared as PreparedSql).execute(this.engine.db, params, want, this.format);
+  }
+
+  /** SQLite's own last_insert_rowid() becomes this handle's when `c` calls it (see Engine.primeLastInsertRowid). */
+  private primeLastInsertRowid(c: CompiledSql): void {
+    if (c.cls.type === 'dml') this.engine.primeLastInsertRowid(this.engine.footprints.of(c.sql), this.state);
   }
 
   // ---- closing ------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import { loadSqlite, type WasmDatabase } from '../file/load.js';
 import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
 import { settleCursor } from './cursor.js';
-import { PreparedSql } from './execute.js';
-import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
+import { engineLastInsertRowid, PreparedSql } from './execute.js';
+import { ALL_TABLES, FootprintAnalyzer, type Footprint } from './footprint.js';
 import { StatementCache } from './statement-cache.js';
 
 /** What every open transaction tells the engine. */
@@ -140,7 +140,6 @@ export class Engine {
     this.footprints = new FootprintAnalyzer(this.db);
     // Per-handle answers instead of the shared connection's (which would show one handle
     // another's uncommitted insert).
-    this.db.function('last_insert_rowid', () => this.caller.lastInsertRowid);
     this.db.function('changes', () => this.caller.changes);
     this.db.function('total_changes', () => this.caller.totalChanges);
   }
@@ -215,6 +214,21 @@ export class Engine {
       (this.statement(`SELECT 1 AS x FROM ${sqlIdent(schema)}.${sqlIdent(name)} WHERE rowid = ?`).execute(this.db, [rowid], 'get').rows
         ?.length ?? 0) > 0
     );
+  }
+
+  /**
+   * Before a statement that calls `last_insert_rowid()` (footprint `lastInsertRowid`) runs on
+   * behalf of `state`: makes SQLite's own value the handle's, by inserting (and deleting) a row
+   * with that rowid in a scratch temp table. SQLite then tracks the rows the statement inserts
+   * while it runs, inside trigger programs included, exactly as for a connection of its own.
+   */
+  primeLastInsertRowid(fp: Footprint, state: HandleState): void {
+    if (fp.lastInsertRowid !== true) return;
+    const want = BigInt(state.lastInsertRowid);
+    if (engineLastInsertRowid(this.db) === want) return;
+    this.db.exec('CREATE TEMP TABLE IF NOT EXISTS siblite_last_insert_rowid (x)');
+    this.statement('INSERT INTO temp.siblite_last_insert_rowid (rowid) VALUES (?)').execute(this.db, [want], 'run');
+    this.statement('DELETE FROM temp.siblite_last_insert_rowid').execute(this.db, undefined, 'run');
   }
 
   /**

@@ -26,6 +26,11 @@ export interface Footprint {
    * user functions, anything not known to be deterministic.
    */
   readonly deterministic: boolean;
+  /**
+   * True when the statement (its triggers included) calls `last_insert_rowid()`: SQLite's own
+   * value must then be the calling handle's when it starts (see Engine.primeLastInsertRowid).
+   */
+  readonly lastInsertRowid?: boolean;
 }
 
 const EMPTY: ReadonlySet<string> = new Set();
@@ -108,6 +113,7 @@ export class FootprintAnalyzer {
     let unknown = false;
     let deterministic = true;
     let opensDatabase = false;
+    let lastInsertRowid = false;
     for (const r of rows) {
       const op = r.opcode as string;
       switch (op) {
@@ -138,7 +144,9 @@ export class FootprintAnalyzer {
         case 'AggFinal': {
           const p4 = String(r.p4 ?? '');
           const paren = p4.lastIndexOf('(');
-          if (!DETERMINISTIC_FUNCTIONS.has((paren > 0 ? p4.slice(0, paren) : p4).toLowerCase())) deterministic = false;
+          const name = (paren > 0 ? p4.slice(0, paren) : p4).toLowerCase();
+          if (!DETERMINISTIC_FUNCTIONS.has(name)) deterministic = false;
+          if (name === 'last_insert_rowid') lastInsertRowid = true;
           break;
         }
         case 'Transaction':
@@ -157,12 +165,15 @@ export class FootprintAnalyzer {
           break;
       }
     }
-    if (unknown) return readonly ? { reads: EVERYTHING, writes: EMPTY, readonly, deterministic } : UNKNOWN_FOOTPRINT;
-    if (!readonly && writes.size === 0) return UNKNOWN_FOOTPRINT; // SetCookie & co: schema-wide
-    // It reads the database but no table: database state (page_count, freelist_count,
-    // data_version, ...) that any commit may change, so it counts as reading everything.
-    if (opensDatabase && reads.size === 0) return { reads: EVERYTHING, writes: EMPTY, readonly, deterministic };
-    return { reads, writes, readonly, deterministic };
+    const fp = ((): Footprint => {
+      if (unknown) return readonly ? { reads: EVERYTHING, writes: EMPTY, readonly, deterministic } : UNKNOWN_FOOTPRINT;
+      if (!readonly && writes.size === 0) return UNKNOWN_FOOTPRINT; // SetCookie & co: schema-wide
+      // It reads the database but no table: database state (page_count, freelist_count,
+      // data_version, ...) that any commit may change, so it counts as reading everything.
+      if (opensDatabase && reads.size === 0) return { reads: EVERYTHING, writes: EMPTY, readonly, deterministic };
+      return { reads, writes, readonly, deterministic };
+    })();
+    return lastInsertRowid ? { ...fp, lastInsertRowid } : fp;
   }
 
   private table(db: number, root: number): string {

@@ -77,7 +77,7 @@ describe('adversarial findings', () => {
     }
   });
 
-  it.fails('last-insert-rowid-inside-statement: last_insert_rowid() inside a trigger body or a multi-row INSERT answers what SQLite answers', () => {
+  it('last-insert-rowid-inside-statement: last_insert_rowid() inside a trigger body or a multi-row INSERT answers what SQLite answers', () => {
     const setup =
       'CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE audit (id INTEGER PRIMARY KEY, lid);' +
       'CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO audit (lid) VALUES (last_insert_rowid()); END;';
@@ -90,6 +90,29 @@ describe('adversarial findings', () => {
     try {
       db.exec(setup);
       expect(steps.map((s) => db.all(s))).toEqual(want); // SQLite: audit.lid = 10 (the trigger sees new row), t row 12 gets v = 11
+    } finally {
+      db.close();
+    }
+  });
+
+  it('last-insert-rowid-inside-statement: each handle\'s statement sees its own rows, even when another handle just inserted the same rowid', () => {
+    const db = open(':memory:');
+    try {
+      db.exec(
+        'CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE other (id INTEGER PRIMARY KEY); CREATE TABLE audit (id INTEGER PRIMARY KEY, lid);' +
+          'CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO audit (lid) VALUES (last_insert_rowid()); END;',
+      );
+      const a = db.connect();
+      const b = db.connect();
+      const c = db.connect();
+      b.run('INSERT INTO other VALUES (10)'); // the engine's own value is now 10
+      a.run('INSERT INTO t (id, v) VALUES (10, 1)'); // inserts rowid 10 too: the trigger must see it
+      a.run('INSERT INTO t (v) VALUES (last_insert_rowid())'); // a's value: 10
+      expect(db.all('SELECT id, v FROM t')).toEqual([{ id: 10, v: 1 }, { id: 11, v: 10 }]);
+      expect(db.all('SELECT lid FROM audit')).toEqual([{ lid: 10 }, { lid: 11 }]);
+      expect(a.get('SELECT last_insert_rowid() AS r')).toEqual({ r: 11 });
+      expect(b.get('SELECT last_insert_rowid() AS r')).toEqual({ r: 10 });
+      expect(c.get('SELECT last_insert_rowid() AS r')).toEqual({ r: 0 });
     } finally {
       db.close();
     }
