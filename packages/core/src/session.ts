@@ -39,7 +39,7 @@ export class Session {
   readonly id: number;
   tx: PessimisticTransaction | ConcurrentTransaction | null = null;
   /** What `last_insert_rowid()`, `changes()` and `total_changes()` answer for this handle. */
-  readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
+  readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0, totalChangesKnown: true };
   /** A read-only handle refuses statements that would write. */
   readonly = false;
   /** How long a statement waits for a file lock held by another process, in ms (`PRAGMA busy_timeout`). */
@@ -159,10 +159,15 @@ export class Session {
         this.engine.caller = this.state;
         this.format = format;
         try {
-          const out = this.route(c, values, want);
           const state = this.state;
+          const writesRows = c.prepared !== undefined && c.prepared.writesRows;
+          // Marked before it runs: a statement may change rows and then fail (OR FAIL).
+          if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
+            state.totalChangesKnown = false;
+          }
+          const out = this.route(c, values, want);
           if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
-          if (c.prepared !== undefined && c.prepared.writesRows) {
+          if (writesRows) {
             state.changes = out.changes;
             state.totalChanges += out.changes;
           }

@@ -74,10 +74,24 @@ export interface HandleState {
   lastInsertRowid: number | bigint;
   changes: number;
   totalChanges: number;
+  /**
+   * False once the handle changed rows with a statement that may run trigger or foreign-key
+   * action programs: SQLite's total counts the rows those change, which this build cannot
+   * report per handle, so `total_changes()` then refuses to answer rather than answer wrong.
+   */
+  totalChangesKnown: boolean;
 }
 
 /** The parameter name the rowid plans use. */
 export const ROWID_PARAM = ':__siblite_rowid';
+
+/** What `total_changes()` throws once a handle's total cannot be known (see HandleState). */
+function totalChangesUnknown(): Error {
+  return new Error(
+    'total_changes() cannot be answered for this handle: it changed rows with a statement that runs triggers or ' +
+      'foreign-key actions, whose rows siblite cannot count per handle; use the changes reported by run()',
+  );
+}
 
 /** How many of its own statements (replays, bookkeeping queries) an engine keeps prepared. */
 const INTERNAL_STATEMENTS = 500;
@@ -99,7 +113,7 @@ export class Engine {
   mvcc = false;
   fileAccess: FileAccess | undefined;
   /** The state the connection-state SQL functions answer now (see {@link HandleState}). */
-  caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
+  caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0, totalChangesKnown: true };
   /** Locking and durability settings of a file database (see src/file/). */
   readonly fileSettings: FileSettings | undefined;
   private refs = 0;
@@ -141,7 +155,10 @@ export class Engine {
     // Per-handle answers instead of the shared connection's (which would show one handle
     // another's uncommitted insert).
     this.db.function('changes', () => this.caller.changes);
-    this.db.function('total_changes', () => this.caller.totalChanges);
+    this.db.function('total_changes', () => {
+      if (!this.caller.totalChangesKnown) throw totalChangesUnknown();
+      return this.caller.totalChanges;
+    });
   }
 
   /** Registers a handle; returns its id. */

@@ -31,6 +31,8 @@ export interface Footprint {
    * value must then be the calling handle's when it starts (see Engine.primeLastInsertRowid).
    */
   readonly lastInsertRowid?: boolean;
+  /** True when the statement may run trigger or foreign-key-action programs (`OP_Program`). */
+  readonly subPrograms?: boolean;
 }
 
 const EMPTY: ReadonlySet<string> = new Set();
@@ -114,6 +116,7 @@ export class FootprintAnalyzer {
     let deterministic = true;
     let opensDatabase = false;
     let lastInsertRowid = false;
+    let subPrograms = false;
     for (const r of rows) {
       const op = r.opcode as string;
       switch (op) {
@@ -149,6 +152,9 @@ export class FootprintAnalyzer {
           if (name === 'last_insert_rowid') lastInsertRowid = true;
           break;
         }
+        case 'Program':
+          subPrograms = true;
+          break;
         case 'Transaction':
           opensDatabase = true;
           if ((r.p2 as number) !== 0) readonly = false;
@@ -173,7 +179,7 @@ export class FootprintAnalyzer {
       if (opensDatabase && reads.size === 0) return { reads: EVERYTHING, writes: EMPTY, readonly, deterministic };
       return { reads, writes, readonly, deterministic };
     })();
-    return lastInsertRowid ? { ...fp, lastInsertRowid } : fp;
+    return lastInsertRowid || subPrograms ? { ...fp, lastInsertRowid, subPrograms } : fp;
   }
 
   private table(db: number, root: number): string {
