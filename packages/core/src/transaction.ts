@@ -122,7 +122,9 @@ export async function runTransaction<T>(
         'use conn.connect() for each concurrent unit of work (or await the first transaction)',
     );
   }
-  if (conn.inTransaction) return nested(conn, fn);
+  // Called from inside a callback of this handle: a nested scope, even when the enclosing
+  // transaction has ended (aborted by a conflict): never a new top-level transaction.
+  if (conn.inTransaction || isInside(within, session)) return nested(conn, fn);
   const scope: Scope = { session, outer: within };
   const retryOptions = options.retry;
   // A concurrent transaction that keeps failing takes the engine's priority lane (see lane.ts),

@@ -228,6 +228,41 @@ describe('adversarial findings', () => {
     }
   });
 
+  it('statements-after-conflict-autocommit: a nested transaction() after a swallowed conflict is not a new transaction of its own', async () => {
+    const db = open(':memory:');
+    try {
+      db.exec('CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT); INSERT INTO acct VALUES (1, 100), (2, 0)');
+      const a = db.connect();
+      const b = db.connect();
+      let attempts = 0;
+      let nestedError: unknown;
+      await a.transaction(async (tx) => {
+        attempts++;
+        const { bal } = tx.get<{ bal: number }>('SELECT bal FROM acct WHERE id = 1')!;
+        if (attempts === 1) b.run('UPDATE acct SET bal = bal + 1 WHERE id = 1');
+        await sleep(1);
+        try {
+          tx.run('UPDATE acct SET bal = ? WHERE id = 1', [bal - 10]);
+        } catch {
+          // swallowed
+        }
+        try {
+          await tx.transaction((n) => {
+            n.run('UPDATE acct SET bal = bal + 10 WHERE id = 2');
+          });
+        } catch (e) {
+          nestedError = e;
+          throw e;
+        }
+      });
+      expect(attempts).toBe(2); // rerun after the conflict
+      expect(nestedError).toMatchObject({ kind: 'busy_snapshot' });
+      expect(db.all('SELECT bal FROM acct ORDER BY id')).toEqual([{ bal: 91 }, { bal: 10 }]);
+    } finally {
+      db.close();
+    }
+  });
+
   it('nested-rollback-hides-conflict: a conflict found while rolling back a nested transaction() is not swallowed', async () => {
     const db = open(':memory:');
     try {

@@ -293,6 +293,14 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
                   if (!t.inTransaction) throw new Error(`nested-rollback-hides-conflict (seed ${seed})`);
                   a.steps.push({ sql: 'ROLLBACK TO nest', params: undefined, want: 'run', saw: null }, { sql: 'RELEASE nest', params: undefined, want: 'run', saw: null });
                 }
+              } else if ((kind === 'exotic' || kind === 'lane') && rnd() < 0.15) {
+                // A callback that swallows a conflict (a logging wrapper, a "no row" helper):
+                // its later statements must not run in autocommit (statements-after-conflict-autocommit).
+                try {
+                  await operation(t, attempt, true);
+                } catch (e) {
+                  if (errorKind(e) !== 'busy_snapshot') throw e;
+                }
               } else await operation(t, attempt, true);
               await tick();
             }
