@@ -1,6 +1,6 @@
 /**
  * Adversarial findings against the guarantees of docs/concurrency.md: each test states what
- * plain SQLite (or a serial execution) shows, and is marked `it.fails` while siblite differs.
+ * plain SQLite (or a serial execution) shows (all fixed: they were `it.fails` while siblite differed).
  * See FINDINGS.md next to this file.
  */
 import { mkdtempSync, rmSync } from 'node:fs';

@@ -1,8 +1,8 @@
 /**
  * The adversarial serializability checker (serial-checker.ts) on a modest number of seeds per
  * history kind. More seeds: `ADV_SEEDS=400 pnpm exec vitest run packages/core/test/adversarial/serial-oracle.test.ts`
- * (`ADV_FROM` picks the first seed; `ADV_REPORT_KNOWN=1` stops steering around the findings of
- * FINDINGS.md; `ADV_DEBUG=1` prints every statement).
+ * (`ADV_FROM` picks the first seed; `ADV_DEBUG=1` prints every statement). The findings of
+ * FINDINGS.md are fixed, so histories no longer steer around them.
  */
 import { describe, expect, it } from 'vitest';
 import { runHistory, type HistoryKind } from './serial-checker.js';
