@@ -89,8 +89,7 @@ async function runScoped<T>(scope: Scope, fn: (conn: Connection) => T | Promise<
 }
 
 function isInside(scope: Scope | undefined, session: object): boolean {
-  for (let s = scope; s !== undefined; s = s.outer) if (s.session === session) return true;
-  return false;
+  return innermost(scope, session) !== undefined;
 }
 
 /**
