@@ -443,7 +443,7 @@ export class Session {
    * Ends this handle's transaction because it cannot go on (`cause` says why), rolling it back;
    * inside a `transaction()` callback the handle is then aborted (see {@link Session.aborted}).
    */
-  abortTransaction(cause: SqliteError): void {
+  abortTransaction(cause: unknown): void {
     if (this.tx) this.rollbackTx(this.tx);
     this.noteAborted(cause);
   }

@@ -5,7 +5,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
-import { errorKind, isRetryable, misuseError, SqliteError } from './errors.js';
+import { errorKind, isRetryable, misuseError } from './errors.js';
 import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { retry, type RetryOptions } from './retry.js';
 
@@ -342,16 +342,17 @@ async function nested<T>(conn: Connection, fn: (conn: Connection) => T | Promise
 /**
  * `ROLLBACK TO` (when given) and `RELEASE` of a nested call's savepoint. Bringing a parked
  * concurrent transaction back for them waits out another handle's lock (this is an await point
- * anyway); when the lock outlasts the busy timeout, the whole transaction is ended instead, so
- * that a nested scope is never reported rolled back while its writes stay.
+ * anyway, as COMMIT does); when they still cannot run (a conflict, the busy timeout), the
+ * enclosing transaction is ended and that error thrown, so that a nested scope is never
+ * reported rolled back while its writes stay.
  */
 async function endSavepoint(conn: Connection, rollbackTo: string | undefined, name: string): Promise<void> {
   const session = conn.session;
   try {
     await waitOut(session.busyTimeout, () => conn.exec(rollbackTo ?? `RELEASE ${name}`));
+    if (rollbackTo !== undefined) conn.exec(`RELEASE ${name}`);
   } catch (e) {
-    if (errorKind(e) === 'busy' && e instanceof SqliteError) session.abortTransaction(e);
+    if (conn.isOpen) session.abortTransaction(e);
     throw e;
   }
-  if (rollbackTo !== undefined) conn.exec(`RELEASE ${name}`);
 }
