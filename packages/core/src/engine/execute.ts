@@ -7,7 +7,7 @@
  * @module
  */
 import { fromEngineError, sqliteError } from '../errors.js';
-import { loadSqlite, type WasmStatement } from '../file/load.js';
+import { finalizeStatement, loadSqlite, type WasmStatement } from '../file/load.js';
 import { parameterCount, tokenize, type StatementClass } from '../sql/lexer.js';
 import { checkCount, checkValue } from './params.js';
 import { RowCursor, settleCursor } from './cursor.js';
@@ -305,6 +305,6 @@ export class PreparedSql {
 
   finalize(): void {
     settleCursor();
-    if (!this.stmt.isFinalized) this.stmt.finalize();
+    finalizeStatement(this.stmt);
   }
 }

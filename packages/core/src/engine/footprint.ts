@@ -6,7 +6,7 @@
  * @module
  */
 import { fromEngineError } from '../errors.js';
-import type { WasmDatabase } from '../file/load.js';
+import { finalizeStatement, type WasmDatabase } from '../file/load.js';
 import { classify, tokenize } from '../sql/lexer.js';
 
 /** Tables are named `schema.table`; this one name stands for "every table". */
@@ -107,7 +107,7 @@ export class FootprintAnalyzer {
     try {
       rows = stmt.all();
     } finally {
-      stmt.finalize();
+      finalizeStatement(stmt);
     }
     const reads = new Set<string>();
     const writes = new Set<string>();
@@ -194,7 +194,7 @@ export class FootprintAnalyzer {
     try {
       list = dbs.all();
     } finally {
-      dbs.finalize();
+      finalizeStatement(dbs);
     }
     for (const d of list) {
       const seq = d.seq as number;
@@ -206,7 +206,7 @@ export class FootprintAnalyzer {
       try {
         for (const row of q.all()) map.set(`${seq}:${row.rootpage as number}`, `${name}.${(row.tbl_name as string).toLowerCase()}`);
       } finally {
-        q.finalize();
+        finalizeStatement(q);
       }
     }
     return map;

@@ -24,7 +24,7 @@
  */
 import { markFileLockBusy } from '../busy-timeout.js';
 import { fromEngineError, SqliteError, sqliteError, type SqliteErrorCode } from '../errors.js';
-import type { WasmDatabase, WasmStatement } from './load.js';
+import { finalizeStatement, type WasmDatabase, type WasmStatement } from './load.js';
 import { isHeld, lockDirOf, recentBusyInfo, recentLockFailure, someoneWaiting, sweepNextTime, waitMarkerExists, watchLock } from './lock.js';
 
 /** How a file database locks its file. See the module documentation. */
@@ -262,7 +262,7 @@ class Policy implements FileAccess {
     live.delete(this);
     this.stopTimer();
     this.unwatch();
-    if (this.touch && !this.touch.isFinalized) this.touch.finalize();
+    if (this.touch) finalizeStatement(this.touch);
     this.touch = undefined;
   }
 

@@ -30,6 +30,21 @@ export interface WasmStatement {
   readonly isFinalized: boolean;
 }
 
+/**
+ * Finalizes `stmt` if it is not already. `sqlite3_finalize` always frees the statement; the error
+ * it may report only repeats the last evaluation's (a `database is locked` from a step that
+ * another process refused, say), which the caller has already seen or does not care about, so
+ * it is dropped: cleanup (closing a handle or an engine) must never fail for it.
+ */
+export function finalizeStatement(stmt: WasmStatement): void {
+  if (stmt.isFinalized) return;
+  try {
+    stmt.finalize();
+  } catch {
+    // freed anyway (the wrapper clears its pointer in a finally)
+  }
+}
+
 /** One SQLite connection of node-sqlite3-wasm. */
 export interface WasmDatabase {
   exec(sql: string): void;
