@@ -663,7 +663,7 @@ export class SqliteBus implements Bus, Store {
         abandoned.catch(() => {});
         // BEGIN itself may be refused while this process hands the file to another one.
         await this.untilUnlocked(h, abandon, () => h.exec('BEGIN CONCURRENT'), true);
-        await Promise.race([body(guardHandlerConn(h), run), abandoned]);
+        await Promise.race([body(h, run), abandoned]);
         if (!h.isOpen || !h.inTransaction) {
           throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
         }
@@ -691,6 +691,11 @@ export class SqliteBus implements Bus, Store {
         this.release1(h);
       }
     }
+  }
+
+  /** The handler context's transport fields: `conn`, the transaction's handle. @internal */
+  txContext(conn: Connection): { conn: Connection } {
+    return { conn: guardHandlerConn(conn) };
   }
 
   /** Runs `step` on `h` until no lock is in the way; the transaction stays open (parked) meanwhile. */
