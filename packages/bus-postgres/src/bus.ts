@@ -26,8 +26,13 @@ import {
   StaleClaimError,
   ValidationError,
   MAX_TIMER_MS,
+  checkFilter,
   checkLogger,
+  decodeOrNull,
   decodeRow,
+  pauseKey,
+  startFromEnd,
+  toClaim,
   encodeHeaders,
   encodePayload,
   notify,
@@ -923,11 +928,15 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     });
   }
 
-  /** Counts per command name and per group (see `Bus.stats`). */
+  /** Counts per command name and per group (see `Bus.stats`); every group's offset is moved up first. */
   async stats(): Promise<BusStats> {
     this.assertOpen();
     await this.sequence();
     const S = this.S;
+    // Offsets move after acknowledgements commit, asynchronously: bring every group's up to
+    // date first, so the offsets shown agree with the lag shown.
+    const names = await this.pool.query<{ grp: string }>(`SELECT grp FROM ${S}.groups`);
+    await Promise.all(names.rows.map((r) => this.advance(r.grp)));
     const now = (await this.pool.query<{ now: number }>(`SELECT ${S}.now_ms() AS now`)).rows[0]?.now ?? this.now();
     const age = (t: number | null) => (t === null ? null : Math.max(0, now - t));
     const queue: Record<string, NameStats> = {};
@@ -1015,47 +1024,7 @@ function messageRow(r: Record<string, unknown>): MessageRow {
   return { ...r, payload } as unknown as MessageRow;
 }
 
-function decodeOrNull(row: MessageRow, kind: MessageKind, position: number | null, group: string | null): Message | null {
-  try {
-    return decodeRow(row, kind, position, group);
-  } catch {
-    return null;
-  }
-}
 
-function toClaim(row: MessageRow, ref: number, kind: MessageKind, group: string | null, token: string): Claim {
-  const attempts = typeof row.attempts === 'number' ? row.attempts : 0;
-  const id = typeof row.id === 'string' ? row.id : String(row.id);
-  try {
-    return { ref, token, attempts, group, kind, id, message: decodeRow(row, kind, kind === 'event' ? ref : null, group), decodeError: null };
-  } catch (e) {
-    const err = e instanceof DecodeError ? e : new DecodeError(String((e as Error)?.message ?? e));
-    return { ref, token, attempts, group, kind, id, message: null, decodeError: err };
-  }
-}
 
-function pauseKey(target: PauseTarget | undefined): string {
-  if (target === undefined) return 'queue';
-  if (target === null || typeof target !== 'object') throw new ValidationError('target', 'target must be { name } or { group } or nothing');
-  if (target.name !== undefined && target.group !== undefined) throw new ValidationError('target', 'give a name or a group, not both');
-  if (target.name !== undefined) return `name:${validateName(target.name)}`;
-  if (target.group !== undefined) return `group:${validateGroup(target.group)}`;
-  return 'queue';
-}
 
-function startFromEnd(startFrom: unknown): boolean {
-  if (startFrom === undefined || startFrom === 'beginning') return false;
-  if (startFrom === 'end') return true;
-  throw new ValidationError('startFrom', 'startFrom must be "beginning" or "end"');
-}
 
-function checkFilter(filter: DeadLetterFilter) {
-  if (filter === null || typeof filter !== 'object') throw new ValidationError('filter', 'filter must be an object');
-  const source = filter.source ?? null;
-  if (source !== null && source !== 'queue' && source !== 'log') throw new ValidationError('source', 'source must be "queue" or "log"');
-  const status = filter.status ?? null;
-  if (status !== null && status !== 'dead' && status !== 'parked') throw new ValidationError('status', 'status must be "dead" or "parked"');
-  const grp = filter.group === undefined ? null : validateGroup(filter.group);
-  const name = filter.name === undefined ? null : validateName(filter.name);
-  return { source, grp, status, name };
-}

@@ -26,7 +26,7 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     const clients: pg.Client[] = [];
     try {
       const seen: string[] = [];
-      const w = bus.subscribe('g', { e: (m) => void seen.push(m.payload as string) }, { pollInterval: 10, concurrency: 4 });
+      const w = bus.subscribe('g', { e: (m) => void seen.push(m.payload as string) }, { pollInterval: 10 });
       // 12 publishers open transactions and publish; they commit in a shuffled order while
       // autocommit publishes keep arriving, so sequence values are far from commit order.
       const N = 12;

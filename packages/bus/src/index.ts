@@ -62,6 +62,6 @@ export type { MessageRow } from './codec.js';
 
 // For other transports (`@siblite/bus-postgres`): the shared runtime, codec and validation.
 export { startWorker, checkLogger } from './worker.js';
-export { encodePayload, encodeHeaders, decodeRow, type EncodedPayload, type Encoding } from './codec.js';
-export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS } from './validate.js';
+export { encodePayload, encodeHeaders, decodeRow, decodeOrNull, toClaim, type EncodedPayload, type Encoding } from './codec.js';
+export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS, pauseKey, startFromEnd, checkFilter, type CheckedFilter } from './validate.js';
 export { notify } from './notify.js';

@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorKind, isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
-import { decodeRow, encodeHeaders, encodePayload, type MessageRow } from '../codec.js';
+import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
 import { BusClosedError, BusError, DecodeError, StaleClaimError, ValidationError } from '../errors.js';
 import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, Store, TransactResult } from '../store.js';
@@ -52,6 +52,9 @@ import {
   validatePositiveInt,
   validatePriority,
   MAX_TIMER_MS,
+  checkFilter,
+  pauseKey,
+  startFromEnd,
 } from '../validate.js';
 
 /** Automatic retention: what {@link SqliteBus.open} keeps and for how long (see {@link SqliteBus.trim} and {@link SqliteBus.prune}). */
@@ -1218,22 +1221,7 @@ function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>
   }
 }
 
-function decodeOrNull(row: MessageRow, kind: MessageKind, position: number | null, group: string | null): Message | null {
-  try {
-    return decodeRow(row, kind, position, group);
-  } catch {
-    return null;
-  }
-}
 
-function pauseKey(target: PauseTarget | undefined): string {
-  if (target === undefined) return 'queue';
-  if (target === null || typeof target !== 'object') throw new ValidationError('target', 'target must be { name } or { group } or nothing');
-  if (target.name !== undefined && target.group !== undefined) throw new ValidationError('target', 'give a name or a group, not both');
-  if (target.name !== undefined) return `name:${validateName(target.name)}`;
-  if (target.group !== undefined) return `group:${validateGroup(target.group)}`;
-  return 'queue';
-}
 
 function checkRetention(r: RetentionOptions | boolean | undefined): RetentionOptions | false {
   if (r === undefined || r === false) return false;
@@ -1247,34 +1235,8 @@ function checkRetention(r: RetentionOptions | boolean | undefined): RetentionOpt
   return out;
 }
 
-function startFromEnd(startFrom: unknown): boolean {
-  if (startFrom === undefined || startFrom === 'beginning') return false;
-  if (startFrom === 'end') return true;
-  throw new ValidationError('startFrom', 'startFrom must be "beginning" or "end"');
-}
 
-function checkFilter(filter: DeadLetterFilter) {
-  if (filter === null || typeof filter !== 'object') throw new ValidationError('filter', 'filter must be an object');
-  const source = filter.source ?? null;
-  if (source !== null && source !== 'queue' && source !== 'log') throw new ValidationError('source', 'source must be "queue" or "log"');
-  const status = filter.status ?? null;
-  if (status !== null && status !== 'dead' && status !== 'parked') throw new ValidationError('status', 'status must be "dead" or "parked"');
-  const grp = filter.group === undefined ? null : validateGroup(filter.group);
-  const name = filter.name === undefined ? null : validateName(filter.name);
-  return { source, grp, status, name };
-}
 
-function toClaim(row: MessageRow, ref: number, kind: MessageKind, group: string | null, token: string): Claim {
-  const attempts = typeof row.attempts === 'number' ? row.attempts : 0;
-  const id = typeof row.id === 'string' ? row.id : String(row.id);
-  try {
-    const message = decodeRow(row, kind, kind === 'event' ? ref : null, group);
-    return { ref, token, attempts, group, kind, id, message, decodeError: null };
-  } catch (e) {
-    const err = e instanceof DecodeError ? e : new DecodeError(String((e as Error)?.message ?? e));
-    return { ref, token, attempts, group, kind, id, message: null, decodeError: err };
-  }
-}
 
 /**
  * Creates or upgrades the schema inside one IMMEDIATE transaction, and reads (or sets) the
