@@ -32,8 +32,8 @@ function exited(child: ChildProcess): Promise<void> {
 }
 
 describe('SqliteBus: several processes on one file', () => {
-  it('exactly-once effects and < 1.3 handler calls per message while 4 processes drain 250 commands and are SIGKILLed at random', async () => {
-    const N = 250;
+  it('exactly-once effects and < 1.3 handler calls per message while 4 processes drain 200 commands and are SIGKILLed at random', async () => {
+    const N = 200;
     const LEASE = 1_000;
     const { bus, conn, path, dir, cleanup } = await makeBus('file');
     const calls = join(dir!, 'calls.txt');
@@ -120,7 +120,7 @@ describe('SqliteBus: several processes on one file', () => {
     const { bus, conn, path, cleanup } = await makeBus('file');
     conn.exec('CREATE TABLE effects (msg TEXT NOT NULL, pid INTEGER NOT NULL, grp TEXT)');
     const children = await Promise.all(['ga', 'ga', 'gb', 'gb'].map((g) => spawnWorker(path, 2_000, g)));
-    const N = 100;
+    const N = 80;
     for (let i = 0; i < N; i++) await bus.publish('ev', i, { id: `ev-${i}` });
     const counts = async () => {
       for (;;) {

@@ -87,6 +87,32 @@ describe('SqliteBus: leases and signals', () => {
   });
 });
 
+describe('SqliteBus: stopping during a claim', () => {
+  it('a claim that completes after stop() is given back without using up an attempt', async () => {
+    const { bus, conn, cleanup } = await makeBus();
+    await bus.send('once', 1, { id: 'once-1' });
+    const blocker = conn.connect();
+    blocker.exec('BEGIN IMMEDIATE'); // the worker's claim waits (busy, retried) behind it
+    blocker.run(`INSERT INTO bus_meta (key, value) VALUES ('blocker', '1')`);
+    let ran = 0;
+    const w = bus.listen({ once: () => void ran++ }, { maxAttempts: 1, pollInterval: 10 });
+    await sleep(50);
+    const stopped = w.stop();
+    blocker.exec('ROLLBACK');
+    await stopped;
+    blocker.close();
+    expect(ran).toBe(0);
+    expect(await bus.get('once-1')).toMatchObject({ state: 'ready', attempts: 0 });
+    // with maxAttempts 1 it still gets its one real attempt
+    const w2 = bus.listen({ once: () => void ran++ }, { maxAttempts: 1, pollInterval: 10 });
+    await w2.drain();
+    await w2.stop();
+    expect(ran).toBe(1);
+    expect(w2.counters.deadLettered).toBe(0);
+    await cleanup();
+  });
+});
+
 describe('SqliteBus: logger', () => {
   it('failures go to the bus logger by default; logger: null silences a worker', async () => {
     const lines: string[] = [];

@@ -252,11 +252,17 @@ async function nested<T>(conn: Connection, fn: (conn: Connection) => T | Promise
     return result;
   } catch (e) {
     if (conn.inTransaction) {
+      // Undo the nested scope. ROLLBACK TO may have to bring a parked concurrent transaction
+      // back, which a lock can refuse for a while (wait it out, as COMMIT does) and a conflict
+      // can end: its error is never swallowed, or the scope's writes would stay while the caller
+      // is told they were undone.
       try {
-        conn.exec(`ROLLBACK TO ${name}`);
+        await waitOut(conn.session.busyTimeout, () => conn.exec(`ROLLBACK TO ${name}`));
         conn.exec(`RELEASE ${name}`);
-      } catch {
-        // the outer transaction already ended (e.g. a conflict); the error below says why
+      } catch (undo) {
+        // The enclosing transaction cannot keep the scope's writes: end it, and say why.
+        if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+        throw undo;
       }
     }
     throw e;

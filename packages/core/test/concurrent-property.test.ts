@@ -15,7 +15,7 @@ const path = process.env.SIBLITE_FUZZ_PATH;
 const timeout = Number(process.env.SIBLITE_FUZZ_TIMEOUT_MS ?? 240_000);
 
 function params(numRuns: number): fc.Parameters<unknown> {
-  return { numRuns, ...(seed === undefined ? {} : { seed }), ...(path ? { path } : {}), endOnFailure: false };
+  return { numRuns, ...(seed === undefined ? {} : { seed }), ...(path ? { path } : {}), endOnFailure: process.env.SIBLITE_FUZZ_NO_SHRINK === '1' };
 }
 
 describe('BEGIN CONCURRENT is serializable (property)', () => {

@@ -9,7 +9,7 @@ import { errorKind, isRetryable, retry, SqliteError, type Connection, type Retry
 import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
 import { BusClosedError, BusError, DecodeError, StaleClaimError, ValidationError } from '../errors.js';
 import { afterTransaction, notify } from '../notify.js';
-import type { Claim, Source, Store, TransactResult } from '../store.js';
+import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
@@ -158,7 +158,7 @@ interface EventRow extends MessageRow {
  * await bus.close();
  * ```
  */
-export class SqliteBus implements Bus, Store {
+export class SqliteBus implements Bus {
   /** The validated namespace. */
   readonly namespace: string;
   /** @internal */

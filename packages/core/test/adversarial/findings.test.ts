@@ -175,7 +175,7 @@ describe('adversarial findings', () => {
     }
   });
 
-  it.fails('nested-rollback-hides-conflict: a conflict found while rolling back a nested transaction() is not swallowed', async () => {
+  it('nested-rollback-hides-conflict: a conflict found while rolling back a nested transaction() is not swallowed', async () => {
     const db = open(':memory:');
     try {
       db.exec('CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT); INSERT INTO acct VALUES (1, 100); CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT, seen INT)');
@@ -236,7 +236,7 @@ describe('adversarial findings', () => {
     }
   });
 
-  it.fails('nested-rollback-busy-keeps-writes: a nested transaction() that rejects leaves no writes even when another handle holds BEGIN IMMEDIATE meanwhile', async () => {
+  it('nested-rollback-busy-keeps-writes: a nested transaction() that rejects leaves no writes even when another handle holds BEGIN IMMEDIATE meanwhile', async () => {
     const db = open(':memory:');
     try {
       db.exec('CREATE TABLE kv (k INTEGER PRIMARY KEY, v INT); INSERT INTO kv VALUES (6, 60); CREATE TABLE other (x)');
