@@ -22,7 +22,6 @@ import pg from 'pg';
 import {
   BusClosedError,
   BusError,
-  DecodeError,
   StaleClaimError,
   ValidationError,
   MAX_TIMER_MS,
@@ -35,6 +34,7 @@ import {
   toClaim,
   encodeHeaders,
   encodePayload,
+  makeDelivery,
   notify,
   startWorker,
   validateContentType,
@@ -738,41 +738,10 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   /** Wraps a claim in the public settlement API. @internal */
   delivery(claim: Claim): PgDelivery {
-    if (!claim.message) throw claim.decodeError ?? new DecodeError('undecodable message');
-    const message = claim.message;
-    let settled: string | null = null;
-    const once = (what: string, fn: () => Promise<void>): Promise<void> => {
-      if (settled !== null) return Promise.reject(new StaleClaimError(claim.id, `this delivery was already settled with ${settled}()`));
-      let p: Promise<void>;
-      try {
-        p = fn();
-      } catch (e) {
-        return Promise.reject(e);
-      }
-      return p.then(() => {
-        settled = what;
-      });
-    };
-    return {
-      message,
-      token: claim.token,
-      ack: (options?: PgSettleOptions) =>
-        once('ack', () => {
-          if (options?.conn !== undefined) throw new ValidationError('conn', 'the PostgreSQL bus takes a pg client as `client`, not a siblite `conn`');
-          return this.ack(claim, options?.client);
-        }),
-      nack: (options?: { delay?: number }) => once('nack', () => this.nack(claim, options?.delay === undefined ? 0 : validateMs('delay', options.delay), null)),
-      deadLetter: (reason: string) => once('deadLetter', () => this.bury(claim, 'dead', reason)),
-      park: (reason: string) => once('park', () => this.bury(claim, 'parked', reason)),
-      extendLease: (ms: number) => {
-        if (settled !== null) return Promise.reject(new StaleClaimError(claim.id, `this delivery was already settled with ${settled}()`));
-        try {
-          return this.extend(claim, ms);
-        } catch (e) {
-          return Promise.reject(e);
-        }
-      },
-    };
+    return makeDelivery<PgSettleOptions>(claim, this, async (options) => {
+      if (options?.conn !== undefined) throw new ValidationError('conn', 'the PostgreSQL bus takes a pg client as `client`, not a siblite `conn`');
+      await this.ack(claim, options?.client);
+    });
   }
 
   // ------------------------------------------------------------------ inspection and control

@@ -65,3 +65,4 @@ export { startWorker, checkLogger } from './worker.js';
 export { encodePayload, encodeHeaders, decodeRow, decodeOrNull, toClaim, type EncodedPayload, type Encoding } from './codec.js';
 export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS, pauseKey, startFromEnd, checkFilter, type CheckedFilter } from './validate.js';
 export { notify } from './notify.js';
+export { makeDelivery, type TransportDelivery } from './delivery.js';

@@ -7,10 +7,11 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorKind, isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
 import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
-import { BusClosedError, BusError, DecodeError, StaleClaimError, ValidationError } from '../errors.js';
+import { BusClosedError, BusError, StaleClaimError, ValidationError } from '../errors.js';
 import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
+import { makeDelivery } from '../delivery.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { guardHandlerConn } from './guard.js';
@@ -725,40 +726,7 @@ export class SqliteBus implements Bus {
 
   /** Wraps a claim in the public settlement API. @internal */
   delivery(claim: Claim): Delivery {
-    if (!claim.message) throw claim.decodeError ?? new DecodeError('undecodable message');
-    const message = claim.message;
-    let settled: string | null = null;
-    const once = (what: string, fn: () => Promise<void>): Promise<void> => {
-      if (settled !== null) {
-        return Promise.reject(new StaleClaimError(claim.id, `this delivery was already settled with ${settled}()`));
-      }
-      let p: Promise<void>;
-      try {
-        p = fn();
-      } catch (e) {
-        return Promise.reject(e);
-      }
-      return p.then(() => {
-        settled = what;
-      });
-    };
-    return {
-      message,
-      token: claim.token,
-      ack: (options?: SettleOptions) => once('ack', () => this.ack(claim, options?.conn)),
-      nack: (options?: { delay?: number }) =>
-        once('nack', () => this.nack(claim, options?.delay === undefined ? 0 : validateMs('delay', options.delay), null)),
-      deadLetter: (reason: string) => once('deadLetter', () => this.bury(claim, 'dead', reason)),
-      park: (reason: string) => once('park', () => this.bury(claim, 'parked', reason)),
-      extendLease: (ms: number) => {
-        if (settled !== null) return Promise.reject(new StaleClaimError(claim.id, `this delivery was already settled with ${settled}()`));
-        try {
-          return this.extend(claim, ms);
-        } catch (e) {
-          return Promise.reject(e);
-        }
-      },
-    };
+    return makeDelivery<SettleOptions>(claim, this, (options) => this.ack(claim, options?.conn));
   }
 
   // ------------------------------------------------------------------ schedules
