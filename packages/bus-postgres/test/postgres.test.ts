@@ -120,6 +120,25 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     }
   });
 
+  it('delivery.ack({ client }) counts only if the caller commits; a siblite conn is refused', async () => {
+    const { bus, cleanup } = await makePgBus();
+    const c = new pg.Client({ connectionString: PG_URL });
+    await c.connect();
+    try {
+      await bus.send('job', 1, { id: 'j' });
+      const d = await bus.receive({ lease: 60_000 });
+      await expect(d!.ack({ conn: {} as never })).rejects.toThrow(/client/);
+      await c.query('BEGIN');
+      await d!.ack({ client: c });
+      await c.query('ROLLBACK');
+      expect((await bus.get('j'))?.state).toBe('inflight');
+      expect(await bus.receive({ lease: 60_000 })).toBeUndefined(); // still leased: redelivered after the lease
+    } finally {
+      await c.end();
+      await cleanup();
+    }
+  });
+
   it('exactly-once effects: writes through context.client commit with the ack, or not at all', async () => {
     const { bus, schema, cleanup } = await makePgBus();
     try {
