@@ -116,7 +116,9 @@ export interface PgBusOptions {
   schema?: string;
   /**
    * A connection string or node-postgres pool settings for the bus's own pool (default
-   * `max` 20). Default: node-postgres's environment variables (`PGHOST`, ...).
+   * `max` 20). Default: node-postgres's environment variables (`PGHOST`, ...). The workers of
+   * one bus may run at most `max - 2` handlers at once (each holds a client for its
+   * transaction); `listen` and `subscribe` refuse more.
    */
   connection?: string | pg.PoolConfig;
   /** Where failures are reported; `console` by default, `null` silences. */
@@ -125,6 +127,8 @@ export interface PgBusOptions {
 
 const DEFAULT_LEASE = 30_000;
 const MAX_RERUNS = 8;
+/** Pool clients kept free of handler transactions: claims, lease renewals, settlements. */
+const RESERVED_CLIENTS = 2;
 const MSG_COLS = 'id, name, kind, encoding, payload, content_type, headers, key, created_at, available_at';
 const UNSETTLED = `state IN ('ready', 'inflight')`;
 
@@ -142,6 +146,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private readonly workers = new Set<Worker>();
   private readonly advancing = new Map<string, Promise<void>>();
   private closed = false;
+  /** Handlers the running workers may run at once (the sum of their concurrency). */
+  private handlerSlots = 0;
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -150,6 +156,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     private readonly instance: string,
     private readonly clockOffset: number,
     private readonly logger: Logger | null,
+    private readonly poolMax: number,
   ) {
     this.S = quoteSchema(schema);
   }
@@ -171,7 +178,9 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     quoteSchema(schema);
     const logger = checkLogger(options.logger);
     const base: pg.PoolConfig = typeof options.connection === 'string' ? { connectionString: options.connection } : { ...(options.connection ?? {}) };
-    const pool = new pg.Pool({ max: 20, ...base, types });
+    const poolMax = base.max ?? 20;
+    if (!Number.isSafeInteger(poolMax) || poolMax <= RESERVED_CLIENTS) throw new ValidationError('connection.max', `connection.max must be an integer above ${RESERVED_CLIENTS}`);
+    const pool = new pg.Pool({ ...base, max: poolMax, types });
     pool.on('error', () => {}); // an idle client lost: the pool replaces it
     let listener: pg.Client | null = null;
     try {
@@ -187,7 +196,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         c.release();
       }
       listener = new pg.Client({ ...base, types });
-      const bus = new PgBus(pool, listener, schema, instance, offset, logger === undefined ? console : logger);
+      const bus = new PgBus(pool, listener, schema, instance, offset, logger === undefined ? console : logger, poolMax);
       await bus.startListening(listener);
       return bus;
     } catch (e) {
@@ -351,8 +360,25 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     return this.start(source, handlers, options);
   }
 
+  /**
+   * Each running handler holds a pool client for its transaction, and lease renewals need
+   * one more: running handlers of all workers together must leave clients free, or
+   * renewals would wait for ever. Refused up front rather than stalling.
+   */
   private start(source: Source, handlers: PgHandlers, options: WorkerOptions): Worker {
-    const worker: Worker = startWorker(this, source, handlers, options, this.logger, () => this.workers.delete(worker));
+    const want = typeof options?.concurrency === 'number' && options.concurrency > 0 ? options.concurrency : 1;
+    const limit = this.poolMax - RESERVED_CLIENTS;
+    if (this.handlerSlots + want > limit) {
+      throw new ValidationError(
+        'concurrency',
+        `the workers of this bus would run ${this.handlerSlots + want} handlers at once, more than its pool allows (${limit}: pool max ${this.poolMax} minus ${RESERVED_CLIENTS} for claims and lease renewals); raise connection.max`,
+      );
+    }
+    const worker: Worker = startWorker(this, source, handlers, options, this.logger, () => {
+      this.workers.delete(worker);
+      this.handlerSlots -= want;
+    });
+    this.handlerSlots += want;
     this.workers.add(worker);
     return worker;
   }

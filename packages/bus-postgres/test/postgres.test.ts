@@ -184,6 +184,19 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     }
   });
 
+  it('workers that would hold every pool client are refused, not left to stall', async () => {
+    const { bus, cleanup } = await makePgBus();
+    try {
+      const a = bus.listen({ x: () => {} }, { concurrency: 10 });
+      expect(() => bus.listen({ x: () => {} }, { concurrency: 9 })).toThrow(/pool/);
+      await a.stop();
+      const b = bus.listen({ x: () => {} }, { concurrency: 18 });
+      await b.stop();
+    } finally {
+      await cleanup();
+    }
+  });
+
   it('concurrent opens of one schema create it once; a bad schema name is refused', async () => {
     const schema = freshSchema();
     try {
