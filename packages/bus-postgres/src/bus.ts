@@ -151,7 +151,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   private constructor(
     private readonly pool: pg.Pool,
-    private readonly listener: pg.Client | null,
+    private listener: pg.Client,
+    private readonly clientConfig: pg.ClientConfig,
     schema: string,
     private readonly instance: string,
     private readonly clockOffset: number,
@@ -196,7 +197,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         c.release();
       }
       listener = new pg.Client({ ...base, types });
-      const bus = new PgBus(pool, listener, schema, instance, offset, logger === undefined ? console : logger, poolMax);
+      const bus = new PgBus(pool, listener, { ...base, types }, schema, instance, offset, logger === undefined ? console : logger, poolMax);
       await bus.startListening(listener);
       return bus;
     } catch (e) {
@@ -210,8 +211,36 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     return `sb_${this.instance}`;
   }
 
+  /**
+   * LISTENs on the bus's channel. A lost connection is replaced after a second (polling
+   * covers the gap), and every worker is woken once it is back, for what it missed.
+   */
   private async startListening(client: pg.Client): Promise<void> {
-    client.on('error', (e) => this.logger?.warn('[siblite/bus-postgres] the LISTEN connection failed; workers fall back to polling', e));
+    let lost = false;
+    const onLost = (e?: unknown) => {
+      if (lost || this.closed) return;
+      lost = true;
+      this.logger?.warn('[siblite/bus-postgres] the LISTEN connection was lost; workers poll until it is back', e);
+      void client.end().catch(() => {});
+      const retry = setTimeout(() => {
+        if (this.closed) return;
+        this.listener = new pg.Client(this.clientConfig);
+        this.startListening(this.listener).then(
+          () => {
+            notify(this.channel('queue'));
+            notify(this.channel('log'));
+          },
+          (err) => onLostAgain(err),
+        );
+      }, 1000);
+      retry.unref();
+    };
+    const onLostAgain = (err: unknown) => {
+      lost = false;
+      onLost(err);
+    };
+    client.on('error', onLost);
+    client.on('end', () => onLost());
     client.on('notification', (n) => {
       if (n.payload === 'queue' || n.payload === 'log') notify(this.channel(n.payload));
     });
@@ -985,7 +1014,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     await Promise.all([...this.workers].map((w) => w.stop(options)));
     await Promise.all([...this.advancing.values()].map((p) => p.catch(() => {})));
     this.closed = true;
-    await this.listener?.end().catch(() => {});
+    await this.listener.end().catch(() => {});
     await this.pool.end().catch(() => {});
   }
 }

@@ -184,6 +184,35 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     }
   });
 
+  it('NOTIFY wakes idle workers for outbox commits, also after the LISTEN connection was killed', async () => {
+    const { bus, cleanup } = await makePgBus();
+    const c = new pg.Client({ connectionString: PG_URL });
+    await c.connect();
+    try {
+      const handled: number[] = [];
+      // A poll interval far beyond the test: only a NOTIFY can wake this worker.
+      const w = bus.listen({ job: (m) => void handled.push(m.payload as number) }, { pollInterval: 600_000 });
+      await w.drain();
+      const sendInTx = async (n: number) => {
+        await c.query('BEGIN');
+        await bus.send('job', n, { client: c });
+        await c.query('COMMIT');
+      };
+      await sendInTx(1);
+      await until(() => handled.length === 1, 'woken by NOTIFY');
+      const channel = `sb_${(bus as unknown as { instance: string }).instance}`;
+      const killed = await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1`, [`LISTEN ${channel}`]);
+      expect(killed.rowCount).toBe(1);
+      await until(async () => (await c.query(`SELECT 1 FROM pg_stat_activity WHERE query = $1`, [`LISTEN ${channel}`])).rowCount === 1, 'LISTEN again');
+      await sendInTx(2);
+      await until(() => handled.length === 2, 'woken by NOTIFY after the reconnect');
+      await w.stop();
+    } finally {
+      await c.end();
+      await cleanup();
+    }
+  });
+
   it('workers that would hold every pool client are refused, not left to stall', async () => {
     const { bus, cleanup } = await makePgBus();
     try {
