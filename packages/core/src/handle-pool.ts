@@ -4,6 +4,7 @@
  * @module
  */
 import type { Connection } from './connection.js';
+import { misuseError } from './errors.js';
 import type { Statement } from './statement.js';
 
 const STATEMENTS_PER_HANDLE = 128;
@@ -47,6 +48,7 @@ export class PooledHandle {
  */
 export class HandlePool {
   private readonly idle: PooledHandle[] = [];
+  /** The handles handed out and not yet released: a second release must not make one idle twice. */
   private readonly out = new Set<PooledHandle>();
   private closed = false;
 
@@ -73,9 +75,16 @@ export class HandlePool {
     return pooled;
   }
 
-  /** Takes a handle back; a transaction left open on it is rolled back first. */
+  /**
+   * Takes a handle back; a transaction left open on it is rolled back first.
+   * @throws SqliteError of kind `misuse` when the handle is not out of this open pool (released
+   * twice, or acquired elsewhere): nothing changes.
+   */
   release(pooled: PooledHandle): void {
-    this.out.delete(pooled);
+    // After close() every handle is closed and none is out: a late release changes nothing.
+    if (!this.out.delete(pooled) && !this.closed) {
+      throw misuseError('This handle is not out of the pool (released twice, or never acquired from it)');
+    }
     if (!pooled.handle.isOpen) return;
     if (pooled.handle.inTransaction) pooled.handle.exec('ROLLBACK');
     if (!this.closed && this.idle.length < this.maxIdle) this.idle.push(pooled);

@@ -18,14 +18,6 @@ import type { Session } from './session.js';
 /** Failed attempts (busy or conflict) after which a concurrent transaction takes the lane. */
 export const LANE_AFTER_FAILURES = 3;
 
-/**
- * After a handle's transaction had to fail its way into the lane, how many of its next
- * transactions go straight to the lane while it is in use (skipping a first attempt that would
- * most likely fail).
- */
-export const LANE_MEMORY = 8;
-
-
 /** A first-in first-out async mutex. */
 export class Lane {
   private held = false;
@@ -34,25 +26,6 @@ export class Lane {
   priority: Session | undefined;
   /** A handle that holds the lane between a conflicted commit and its rerun. */
   keptFor: Session | undefined;
-  /** Handles whose recent transactions failed their way into the lane, with turns left. */
-  private readonly recent = new WeakMap<Session, number>();
-
-  /** Notes that a transaction of `session` failed its way into the lane. */
-  remember(session: Session): void {
-    this.recent.set(session, LANE_MEMORY);
-  }
-
-  /**
-   * Whether the next transaction of `session` goes straight to the lane: the lane is in use and
-   * the handle recently had to fail its way into it. Each yes uses up one turn.
-   */
-  expects(session: Session): boolean {
-    const left = this.recent.get(session);
-    if (left === undefined || !this.held) return false;
-    if (left <= 1) this.recent.delete(session);
-    else this.recent.set(session, left - 1);
-    return true;
-  }
 
   /**
    * Whether the commit of `session`'s transaction must wait for the priority holder: it would

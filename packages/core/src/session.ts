@@ -17,7 +17,7 @@ import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './e
 import type { CompiledSql } from './engine/statement-cache.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
-import { closedError, misuseError, sqliteError, type SqliteError } from './errors.js';
+import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
 import { walRefused } from './file/database.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
 
@@ -39,7 +39,7 @@ export class Session {
   readonly id: number;
   tx: PessimisticTransaction | ConcurrentTransaction | null = null;
   /** What `last_insert_rowid()`, `changes()` and `total_changes()` answer for this handle. */
-  readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
+  readonly state: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0, totalChangesKnown: true };
   /** A read-only handle refuses statements that would write. */
   readonly = false;
   /** How long a statement waits for a file lock held by another process, in ms (`PRAGMA busy_timeout`). */
@@ -47,6 +47,15 @@ export class Session {
   private open = true;
   /** The last transaction ended in SQLITE_BUSY_SNAPSHOT: the next ROLLBACK is a no-op. */
   private abortedBySnapshot = false;
+  /** Set while a `transaction()` callback runs with its transaction open (see {@link Session.aborted}). */
+  inTransactionFn = false;
+  /**
+   * The error that ended the transaction of a running `transaction()` callback (a conflict, an
+   * `OR ROLLBACK`): the callback may have swallowed it and still believes it is inside its
+   * transaction, so every statement (and COMMIT) throws it again, instead of running in
+   * autocommit, until ROLLBACK or the end of `transaction()`.
+   */
+  private aborted: SqliteError | null = null;
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
@@ -96,9 +105,11 @@ export class Session {
   }
 
   private compileTokens(sql: string, cls: StatementClass): CompiledSql {
-    const control =
-      cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'setting' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
-    if (control) return { sql, cls, prepared: undefined };
+    // Control statements need no SQLite statement. A setting (PRAGMA x = y, VACUUM, ATTACH, ...)
+    // must not be prepared before it is admitted: SQLite applies flag PRAGMAs (foreign_keys,
+    // recursive_triggers, ...) while preparing them. It is prepared when it runs (runSetting).
+    const lazy = cls.type !== 'dml' && cls.type !== 'ddl' && cls.type !== 'journal_mode' && cls.type !== 'busy_timeout';
+    if (lazy) return { sql, cls, prepared: undefined };
     // Preparing reads the schema, which needs the file: wait for it like a statement does.
     return { sql, cls, prepared: waitOutSync(this.busyTimeout, () => this.withFile(() => this.engine.prepare(sql, cls))) };
   }
@@ -134,15 +145,29 @@ export class Session {
    */
   run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
+    if (this.aborted !== null) {
+      if (c.cls.type === 'rollback') {
+        this.aborted = null;
+        return NO_ROWS;
+      }
+      throw this.abortedError(this.aborted);
+    }
+    // Read once: what is checked, logged and bound must be the same values.
+    const values = snapshotParams(params);
     return waitOutSync(this.busyTimeout, () =>
       this.withFile(() => {
         this.engine.caller = this.state;
         this.format = format;
         try {
-          const out = this.route(c, params, want);
           const state = this.state;
+          const writesRows = c.prepared !== undefined && c.prepared.writesRows;
+          // Marked before it runs: a statement may change rows and then fail (OR FAIL).
+          if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
+            state.totalChangesKnown = false;
+          }
+          const out = this.route(c, values, want);
           if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
-          if (c.prepared !== undefined && c.prepared.writesRows) {
+          if (writesRows) {
             state.changes = out.changes;
             state.totalChanges += out.changes;
           }
@@ -191,12 +216,14 @@ export class Session {
     if (
       p !== undefined &&
       this.tx === null &&
+      this.aborted === null &&
       engine.active === null &&
       !engine.isFile &&
       c.cls.type === 'dml' &&
       p.returnsRows &&
       engine.footprints.of(c.sql).readonly
     ) {
+      this.primeLastInsertRowid(c);
       return p.openCursor(params, format);
     }
     return (this.run(c, params, 'all', format).rows ?? [])[Symbol.iterator]();
@@ -254,7 +281,10 @@ export class Session {
 
   commit(): void {
     const tx = this.tx;
-    if (!tx) throw misuseError('cannot commit - no transaction is active');
+    if (!tx) {
+      if (this.aborted !== null) throw this.abortedError(this.aborted);
+      throw misuseError('cannot commit - no transaction is active');
+    }
     if (tx.kind === 'pessimistic') {
       this.finishRealCommit(tx);
       return;
@@ -274,6 +304,7 @@ export class Session {
 
   rollback(): void {
     const tx = this.tx;
+    this.aborted = null;
     if (!tx) {
       if (this.abortedBySnapshot) {
         this.abortedBySnapshot = false;
@@ -368,7 +399,7 @@ export class Session {
     try {
       tx.resume();
     } catch (e) {
-      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx);
+      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx, e as SqliteError);
       throw e;
     }
   }
@@ -387,18 +418,60 @@ export class Session {
     try {
       tx.validateReads();
     } catch (e) {
-      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx);
+      if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx, e as SqliteError);
       throw e;
     } finally {
       if (own && engine.inRealTransaction) engine.exec('ROLLBACK');
     }
   }
 
-  private abortConcurrent(tx: ConcurrentTransaction): void {
+  private abortConcurrent(tx: ConcurrentTransaction, cause: SqliteError): void {
     if (this.engine.active === tx) this.engine.active = null;
     tx.end();
     if (this.tx === tx) this.tx = null;
     this.abortedBySnapshot = true;
+    this.noteAborted(cause);
+  }
+
+  /** The transaction of a running `transaction()` callback ended by `cause`: enter the aborted state. */
+  private noteAborted(cause: unknown): void {
+    if (!this.inTransactionFn || this.aborted !== null) return;
+    this.aborted = cause instanceof SqliteError ? cause : sqliteError(`the transaction was rolled back (${String(cause)})`, 'SQLITE_ERROR', cause);
+  }
+
+  /**
+   * Ends this handle's transaction because it cannot go on (`cause` says why), rolling it back;
+   * inside a `transaction()` callback the handle is then aborted (see {@link Session.aborted}).
+   */
+  abortTransaction(cause: unknown): void {
+    if (this.tx) this.rollbackTx(this.tx);
+    this.noteAborted(cause);
+  }
+
+  /** Whether the handle is in the aborted state (see {@link Session.aborted}). */
+  get isAborted(): boolean {
+    return this.aborted !== null;
+  }
+
+  /** Throws the error that aborted the handle, if it is aborted (see {@link Session.aborted}). */
+  throwIfAborted(): void {
+    if (this.aborted !== null) throw this.abortedError(this.aborted);
+  }
+
+  /** Leaves the aborted state: the `transaction()` call whose transaction it was has ended. */
+  endTransactionFn(): void {
+    this.inTransactionFn = false;
+    this.aborted = null;
+  }
+
+  private abortedError(cause: SqliteError): SqliteError {
+    return sqliteError(
+      `the transaction of this transaction() callback on handle #${this.id} already ended: ${cause.message} ` +
+        'Every statement fails until the callback ends (or ROLLBACK); transaction() runs it again when the error is a conflict.',
+      cause.code,
+      cause,
+      cause.kind,
+    );
   }
 
   // ---- statements ---------------------------------------------------------------------------
@@ -435,16 +508,7 @@ export class Session {
   private autocommit(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
     const engine = this.engine;
     try {
-      if (c.cls.type === 'setting') {
-        // Prepared afresh: SQLite compiles some settings to nothing when prepared inside a
-        // transaction (foreign_keys), and the cached statement may have been.
-        const fresh = engine.prepare(c.sql, c.cls);
-        try {
-          return fresh.execute(engine.db, params, want);
-        } finally {
-          fresh.finalize();
-        }
-      }
+      if (c.cls.type === 'setting') return this.runSetting(c, params, want);
       return this.executeSteered(c, params, want, null);
     } finally {
       // Counted on failure too: a statement may change rows before it fails (OR FAIL,
@@ -457,6 +521,19 @@ export class Session {
     }
   }
 
+  /**
+   * Runs an admitted setting, prepared now (never earlier: preparing it may apply it) and
+   * afresh (SQLite compiles some settings to nothing when prepared inside a transaction).
+   */
+  private runSetting(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    const fresh = this.engine.prepare(c.sql, c.cls);
+    try {
+      return fresh.execute(this.engine.db, params, want, this.format);
+    } finally {
+      fresh.finalize();
+    }
+  }
+
   private pessimisticStatement(
     tx: PessimisticTransaction,
     c: CompiledSql,
@@ -464,12 +541,16 @@ export class Session {
     want: Want,
   ): Outcome {
     const engine = this.engine;
-    if (c.cls.type === 'ddl' || c.cls.type === 'setting') tx.writes.add(ALL_TABLES);
+    const setting = c.cls.type === 'setting';
+    if (c.cls.type === 'ddl' || setting) tx.writes.add(ALL_TABLES);
     else for (const t of engine.footprints.of(c.sql).writes) tx.writes.add(t);
     try {
-      return this.executeSteered(c, params, want, tx);
+      return setting ? this.runSetting(c, params, want) : this.executeSteered(c, params, want, tx);
     } catch (e) {
-      if (!engine.inRealTransaction) this.endPessimistic(tx, false); // e.g. OR ROLLBACK
+      if (!engine.inRealTransaction) {
+        this.endPessimistic(tx, false); // e.g. OR ROLLBACK
+        this.noteAborted(e);
+      }
       throw e;
     }
   }
@@ -525,7 +606,7 @@ export class Session {
       if (engine.active === tx && !engine.inRealTransaction) {
         // The statement ended the whole transaction (OR ROLLBACK, RAISE(ROLLBACK)).
         engine.active = null;
-        this.abortConcurrent(tx);
+        this.abortConcurrent(tx, err);
         this.abortedBySnapshot = false;
       } else if (err.kind !== 'busy') {
         entry.error = err.message;
@@ -552,8 +633,13 @@ export class Session {
       if (plan) {
         onPlan?.(plan);
         if (engine.hasForeignReservations(plan.table, owner)) {
+          // Checked against the application's SQL: the rewrite adds a parameter of its own.
+          (c.prepared as PreparedSql).checkParams(params);
+          // The rowid first: its queries use the engine's statement cache too.
+          const rowid = engine.freeRowid(plan);
           const stmt = engine.statement(plan.sql);
-          return stmt.execute(engine.db, withRowid(stmt, params, engine.freeRowid(plan)), want, this.format);
+          this.primeLastInsertRowid(c);
+          return stmt.execute(engine.db, withRowid(stmt, params, rowid), want, this.format);
         }
       } else if (engine.hasReservations) {
         const target = engine.insertTable(c.sql);
@@ -608,7 +694,13 @@ export class Session {
   }
 
   private execute(c: CompiledSql, params: BindParams | undefined, want: Want): Outcome {
+    this.primeLastInsertRowid(c);
     return (c.prepared as PreparedSql).execute(this.engine.db, params, want, this.format);
+  }
+
+  /** SQLite's own last_insert_rowid() becomes this handle's when `c` calls it (see Engine.primeLastInsertRowid). */
+  private primeLastInsertRowid(c: CompiledSql): void {
+    if (c.cls.type === 'dml') this.engine.primeLastInsertRowid(this.engine.footprints.of(c.sql), this.state);
   }
 
   // ---- closing ------------------------------------------------------------------------------
@@ -634,6 +726,19 @@ function lockedBy(a: OpenTransaction): SqliteError {
     `database is locked: handle #${a.handleId} holds ${what} transaction whose uncommitted state this statement would see or change; retry when it ends`,
     'SQLITE_BUSY',
   );
+}
+
+/**
+ * The application's parameters read exactly once (accessor properties, proxies): every later
+ * check, log entry and binding uses this copy, so what was logged is what was bound.
+ */
+function snapshotParams(params: BindParams | undefined): BindParams | undefined {
+  if (params === null || typeof params !== 'object' || params instanceof Uint8Array) return params;
+  try {
+    return (Array.isArray(params) ? (params as unknown[]).slice() : { ...(params as Record<string, unknown>) }) as BindParams;
+  } catch (e) {
+    throw sqliteError(`The parameters could not be read: ${(e as Error)?.message ?? String(e)}`, 'SQLITE_MISMATCH', e, 'misuse');
+  }
 }
 
 /** A copy of the parameters as they are now (blobs included), for replaying them later. */

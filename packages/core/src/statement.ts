@@ -74,7 +74,8 @@ export class Statement<T = Row> {
 
   /**
    * True when the statement returns rows (a query, or a write with `RETURNING`): then use
-   * `get`/`all`/`iterate`; otherwise `run`. As better-sqlite3's `reader`.
+   * `get`/`all`/`iterate`; otherwise `run`. As better-sqlite3's `reader`. A setting (`PRAGMA
+   * x = y`, ...) is prepared only when it runs (preparing may apply it), so it reports `false`.
    */
   get reader(): boolean {
     return this.compiled.prepared?.returnsRows ?? false;

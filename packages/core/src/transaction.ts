@@ -33,12 +33,63 @@ const running = new WeakSet<object>();
 interface Scope {
   readonly session: object;
   readonly outer: Scope | undefined;
+  /** The nested `transaction()` calls made directly inside this scope, taking turns (made on first use). */
+  children?: Turns;
 }
 const inside = new AsyncLocalStorage<Scope>();
 
+/**
+ * Savepoint scopes on one handle must nest strictly in time (a RELEASE of an outer savepoint
+ * releases every inner one): nested calls at one level take turns, first come first served,
+ * and a scope ends only after its own nested calls have.
+ */
+class Turns {
+  private busy = false;
+  private readonly queue: (() => void)[] = [];
+  private readonly idleWaiters: (() => void)[] = [];
+
+  /** Takes the turn: `undefined` when it is free now, else a promise of it. */
+  enter(): Promise<void> | undefined {
+    if (!this.busy) {
+      this.busy = true;
+      return undefined;
+    }
+    return new Promise<void>((resolve) => this.queue.push(resolve));
+  }
+
+  leave(): void {
+    const next = this.queue.shift();
+    if (next) return next();
+    this.busy = false;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** `undefined` when no call holds or waits for the turn, else a promise of that moment. */
+  idle(): Promise<void> | undefined {
+    return this.busy ? new Promise<void>((resolve) => this.idleWaiters.push(resolve)) : undefined;
+  }
+}
+
+/** Turns of nested calls made outside any `transaction()` callback (inside a hand-written BEGIN). */
+const looseTurns = new WeakMap<object, Turns>();
+
+function innermost(scope: Scope | undefined, session: object): Scope | undefined {
+  for (let s = scope; s !== undefined; s = s.outer) if (s.session === session) return s;
+  return undefined;
+}
+
+/** Runs `fn` in `scope`, then waits until the nested calls it started (awaited or not) have ended. */
+async function runScoped<T>(scope: Scope, fn: (conn: Connection) => T | Promise<T>, conn: Connection): Promise<T> {
+  try {
+    return await inside.run(scope, fn, conn);
+  } finally {
+    const children = scope.children?.idle();
+    if (children) await children;
+  }
+}
+
 function isInside(scope: Scope | undefined, session: object): boolean {
-  for (let s = scope; s !== undefined; s = s.outer) if (s.session === session) return true;
-  return false;
+  return innermost(scope, session) !== undefined;
 }
 
 /**
@@ -70,7 +121,9 @@ export async function runTransaction<T>(
         'use conn.connect() for each concurrent unit of work (or await the first transaction)',
     );
   }
-  if (conn.inTransaction) return nested(conn, fn);
+  // Called from inside a callback of this handle: a nested scope, even when the enclosing
+  // transaction has ended (aborted by a conflict): never a new top-level transaction.
+  if (conn.inTransaction || isInside(within, session)) return nested(conn, fn);
   const scope: Scope = { session, outer: within };
   const retryOptions = options.retry;
   // A concurrent transaction that keeps failing takes the engine's priority lane (see lane.ts),
@@ -84,17 +137,15 @@ export async function runTransaction<T>(
     conn.session.assertOpen();
     // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
     const kept = lane !== undefined && lane.keptFor === session;
-    const inLane =
-      kept || (lane !== undefined && (failures >= LANE_AFTER_FAILURES || ((failures > 0 || lane.expects(session)) && lane.inUse)));
+    // Only a transaction that failed LANE_AFTER_FAILURES times queues: sending transactions to the
+    // lane earlier (after one failure while it is in use) serialized moderate contention and
+    // cost 40% of the throughput at 10% overlap in the concurrent-tx bench.
+    const inLane = kept || (lane !== undefined && failures >= LANE_AFTER_FAILURES);
     // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
     // holder awaits this very transaction. A holder runs optimistically with priority first,
     // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
     if (kept) lane.keptFor = undefined;
-    else if (inLane) {
-      // A handle that had to fail its way here skips the doomed first attempts for a while.
-      if (failures > 0) lane.remember(session);
-      await lane.acquire(deadline - performance.now());
-    }
+    else if (inLane) await lane.acquire(deadline - performance.now());
     const pessimistic = inLane && laneFailures > 0;
     if (inLane && !pessimistic) lane.priority = session;
     try {
@@ -105,8 +156,11 @@ export async function runTransaction<T>(
       } catch (e) {
         throw errorKind(e) === 'busy' ? new Final(e) : e;
       }
+      // Until this attempt ends, a transaction ended by an error (a conflict the callback may
+      // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
+      session.inTransactionFn = true;
       try {
-        const result = await inside.run(scope, fn, conn);
+        const result = await runScoped(scope, fn, conn);
         const committing = commit(conn, inLane ? undefined : lane, deadline);
         if (committing) await committing;
         return result;
@@ -115,6 +169,8 @@ export async function runTransaction<T>(
         // The file lock of another process, already waited out for the busy timeout by the
         // statement that threw it: running fn again would only wait again.
         throw isFileLockBusy(e) ? new Final(e) : e;
+      } finally {
+        session.endTransactionFn();
       }
     } catch (e) {
       if (isRetryable(e)) {
@@ -243,28 +299,58 @@ function now(
   }
 }
 
+/**
+ * A `transaction()` call inside a transaction of its handle: a SAVEPOINT, released when `fn`
+ * succeeds, rolled back to when it throws. Calls directly inside one scope take turns (see
+ * {@link Turns}). An error of the RELEASE or ROLLBACK TO is never swallowed: it is thrown
+ * instead of `fn`'s error (a conflict found there ended the enclosing transaction, and a
+ * scope that cannot be rolled back must not be reported rolled back).
+ */
 async function nested<T>(conn: Connection, fn: (conn: Connection) => T | Promise<T>): Promise<T> {
-  const name = `siblite_sp_${++savepoints}`;
-  conn.exec(`SAVEPOINT ${name}`);
+  const session = conn.session;
+  const within = inside.getStore();
+  const parent = innermost(within, session);
+  let turns = parent ? (parent.children ??= new Turns()) : looseTurns.get(session);
+  if (!turns) looseTurns.set(session, (turns = new Turns()));
+  const waiting = turns.enter();
   try {
-    const result = await fn(conn);
-    if (conn.inTransaction) conn.exec(`RELEASE ${name}`);
-    return result;
-  } catch (e) {
-    if (conn.inTransaction) {
-      // Undo the nested scope. ROLLBACK TO may have to bring a parked concurrent transaction
-      // back, which a lock can refuse for a while (wait it out, as COMMIT does) and a conflict
-      // can end: its error is never swallowed, or the scope's writes would stay while the caller
-      // is told they were undone.
-      try {
-        await waitOut(conn.session.busyTimeout, () => conn.exec(`ROLLBACK TO ${name}`));
-        conn.exec(`RELEASE ${name}`);
-      } catch (undo) {
-        // The enclosing transaction cannot keep the scope's writes: end it, and say why.
-        if (conn.isOpen && conn.inTransaction) conn.session.rollback();
-        throw undo;
-      }
+    if (waiting) await waiting;
+    // The enclosing transaction may have ended while this call waited its turn: a SAVEPOINT
+    // now would start a new transaction of its own. (An aborted handle throws why.)
+    if (!conn.inTransaction) {
+      session.throwIfAborted();
+      throw misuseError('the enclosing transaction ended before this nested transaction() could start');
     }
+    const name = `siblite_sp_${++savepoints}`;
+    conn.exec(`SAVEPOINT ${name}`);
+    let result: T;
+    try {
+      result = await runScoped({ session, outer: within }, fn, conn);
+    } catch (e) {
+      if (conn.inTransaction || session.isAborted) await endSavepoint(conn, `ROLLBACK TO ${name}`, name);
+      throw e;
+    }
+    await endSavepoint(conn, undefined, name);
+    return result;
+  } finally {
+    turns.leave();
+  }
+}
+
+/**
+ * `ROLLBACK TO` (when given) and `RELEASE` of a nested call's savepoint. Bringing a parked
+ * concurrent transaction back for them waits out another handle's lock (this is an await point
+ * anyway, as COMMIT does); when they still cannot run (a conflict, the busy timeout), the
+ * enclosing transaction is ended and that error thrown, so that a nested scope is never
+ * reported rolled back while its writes stay.
+ */
+async function endSavepoint(conn: Connection, rollbackTo: string | undefined, name: string): Promise<void> {
+  const session = conn.session;
+  try {
+    await waitOut(session.busyTimeout, () => conn.exec(rollbackTo ?? `RELEASE ${name}`));
+    if (rollbackTo !== undefined) conn.exec(`RELEASE ${name}`);
+  } catch (e) {
+    if (conn.isOpen) session.abortTransaction(e);
     throw e;
   }
 }

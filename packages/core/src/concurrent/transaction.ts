@@ -197,6 +197,7 @@ export class ConcurrentTransaction implements OpenTransaction {
       } else {
         stmt = engine.statement(entry.sql);
       }
+      if (entry.state) engine.primeLastInsertRowid(entry.footprint, entry.state);
       outcome = stmt.execute(engine.db, params, entry.want, entry.format);
     } catch (e) {
       const err = e as SqliteError;

@@ -11,8 +11,8 @@ import { loadSqlite, type WasmDatabase } from '../file/load.js';
 import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
 import { settleCursor } from './cursor.js';
-import { PreparedSql } from './execute.js';
-import { ALL_TABLES, FootprintAnalyzer } from './footprint.js';
+import { engineLastInsertRowid, PreparedSql } from './execute.js';
+import { ALL_TABLES, FootprintAnalyzer, type Footprint } from './footprint.js';
 import { StatementCache } from './statement-cache.js';
 
 /** What every open transaction tells the engine. */
@@ -74,10 +74,27 @@ export interface HandleState {
   lastInsertRowid: number | bigint;
   changes: number;
   totalChanges: number;
+  /**
+   * False once the handle changed rows with a statement that may run trigger or foreign-key
+   * action programs: SQLite's total counts the rows those change, which this build cannot
+   * report per handle, so `total_changes()` then refuses to answer rather than answer wrong.
+   */
+  totalChangesKnown: boolean;
 }
 
 /** The parameter name the rowid plans use. */
 export const ROWID_PARAM = ':__siblite_rowid';
+
+/** What `total_changes()` throws once a handle's total cannot be known (see HandleState). */
+function totalChangesUnknown(): Error {
+  return new Error(
+    'total_changes() cannot be answered for this handle: it changed rows with a statement that runs triggers or ' +
+      'foreign-key actions, whose rows siblite cannot count per handle; use the changes reported by run()',
+  );
+}
+
+/** How many of its own statements (replays, bookkeeping queries) an engine keeps prepared. */
+const INTERNAL_STATEMENTS = 500;
 
 export class Engine {
   readonly db: WasmDatabase;
@@ -96,13 +113,13 @@ export class Engine {
   mvcc = false;
   fileAccess: FileAccess | undefined;
   /** The state the connection-state SQL functions answer now (see {@link HandleState}). */
-  caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0 };
+  caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0, totalChangesKnown: true };
   /** Locking and durability settings of a file database (see src/file/). */
   readonly fileSettings: FileSettings | undefined;
   private refs = 0;
   private readonly tableSeq = new Map<string, number>();
   private allSeq = 0;
-  private readonly internal = new Map<string, PreparedSql>();
+  private readonly internal = new StatementCache(INTERNAL_STATEMENTS);
   private readonly rowidPlans = new Map<string, RowidPlan | null>();
   private readonly reservations = new Map<string, TableReservations>();
   private readonly insertTables = new Map<string, InsertTable | null>();
@@ -137,9 +154,11 @@ export class Engine {
     this.footprints = new FootprintAnalyzer(this.db);
     // Per-handle answers instead of the shared connection's (which would show one handle
     // another's uncommitted insert).
-    this.db.function('last_insert_rowid', () => this.caller.lastInsertRowid);
     this.db.function('changes', () => this.caller.changes);
-    this.db.function('total_changes', () => this.caller.totalChanges);
+    this.db.function('total_changes', () => {
+      if (!this.caller.totalChangesKnown) throw totalChangesUnknown();
+      return this.caller.totalChanges;
+    });
   }
 
   /** Registers a handle; returns its id. */
@@ -153,7 +172,6 @@ export class Engine {
     if (--this.refs > 0) return;
     settleCursor();
     this.statements.clear();
-    for (const p of this.internal.values()) p.finalize();
     this.internal.clear();
     this.fileAccess?.close();
     try {
@@ -215,18 +233,32 @@ export class Engine {
     );
   }
 
-  /** An engine-owned cached statement, for replays and bookkeeping queries. */
+  /**
+   * Before a statement that calls `last_insert_rowid()` (footprint `lastInsertRowid`) runs on
+   * behalf of `state`: makes SQLite's own value the handle's, by inserting (and deleting) a row
+   * with that rowid in a scratch temp table. SQLite then tracks the rows the statement inserts
+   * while it runs, inside trigger programs included, exactly as for a connection of its own.
+   */
+  primeLastInsertRowid(fp: Footprint, state: HandleState): void {
+    if (fp.lastInsertRowid !== true) return;
+    const want = BigInt(state.lastInsertRowid);
+    if (engineLastInsertRowid(this.db) === want) return;
+    this.db.exec('CREATE TEMP TABLE IF NOT EXISTS siblite_last_insert_rowid (x)');
+    this.statement('INSERT INTO temp.siblite_last_insert_rowid (rowid) VALUES (?)').execute(this.db, [want], 'run');
+    this.statement('DELETE FROM temp.siblite_last_insert_rowid').execute(this.db, undefined, 'run');
+  }
+
+  /**
+   * An engine-owned cached statement, for replays and bookkeeping queries. The cache evicts the
+   * least recently used statement, one at a time, so a statement a caller has just fetched (and
+   * may still hold while it fetches a few others) is never the one finalized.
+   */
   statement(sql: string): PreparedSql {
-    let p = this.internal.get(sql);
-    if (!p || p.stmt.isFinalized) {
-      p = this.prepare(sql);
-      if (this.internal.size > 500) {
-        for (const old of this.internal.values()) old.finalize();
-        this.internal.clear();
-      }
-      this.internal.set(sql, p);
-    }
-    return p;
+    const cached = this.internal.get(sql);
+    if (cached !== undefined) return cached.prepared as PreparedSql;
+    const prepared = this.prepare(sql);
+    this.internal.add({ sql, cls: prepared.cls, prepared });
+    return prepared;
   }
 
   /** Whether the real SQLite connection is inside a transaction. */

@@ -68,6 +68,11 @@ function lowLevel(): LowLevel {
 
 const ptrOf = (o: unknown): number => (o as { _ptr: number })._ptr;
 
+/** SQLite's own `last_insert_rowid` of the engine connection `db`. */
+export function engineLastInsertRowid(db: unknown): bigint {
+  return BigInt(lowLevel()._sqlite3_last_insert_rowid(ptrOf(db)));
+}
+
 /** The wrapper's private row helpers (node-sqlite3-wasm 0.8.60), used for formatted rows. */
 interface RowHelpers {
   _bind(values: unknown): void;
@@ -227,6 +232,14 @@ export class PreparedSql {
     const out: { name: string; table: string | null }[] = [];
     for (let i = 0; i < ll._sqlite3_column_count(ptr); i++) out.push({ name: columnName(ptr, i), table: columnTable(ptr, i) || null });
     return out;
+  }
+
+  /**
+   * Checks `params` as {@link PreparedSql.execute} would, without running anything: for a
+   * statement that runs rewritten, against the SQL the application wrote.
+   */
+  checkParams(params: BindParams | undefined): void {
+    this.normalize(params);
   }
 
   /**

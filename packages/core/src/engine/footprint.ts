@@ -7,6 +7,7 @@
  */
 import { fromEngineError } from '../errors.js';
 import type { WasmDatabase } from '../file/load.js';
+import { classify, tokenize } from '../sql/lexer.js';
 
 /** Tables are named `schema.table`; this one name stands for "every table". */
 export const ALL_TABLES = '*';
@@ -25,6 +26,13 @@ export interface Footprint {
    * user functions, anything not known to be deterministic.
    */
   readonly deterministic: boolean;
+  /**
+   * True when the statement (its triggers included) calls `last_insert_rowid()`: SQLite's own
+   * value must then be the calling handle's when it starts (see Engine.primeLastInsertRowid).
+   */
+  readonly lastInsertRowid?: boolean;
+  /** True when the statement may run trigger or foreign-key-action programs (`OP_Program`). */
+  readonly subPrograms?: boolean;
 }
 
 const EMPTY: ReadonlySet<string> = new Set();
@@ -92,6 +100,8 @@ export class FootprintAnalyzer {
   }
 
   private compute(sql: string): Footprint {
+    // Preparing a setting may apply it (flag PRAGMAs), and EXPLAIN prepares: never analyze one.
+    if (classify(tokenize(sql)).type === 'setting') return UNKNOWN_FOOTPRINT;
     let rows: Record<string, unknown>[];
     const stmt = this.db.prepare(`EXPLAIN ${sql}`);
     try {
@@ -104,6 +114,9 @@ export class FootprintAnalyzer {
     let readonly = true;
     let unknown = false;
     let deterministic = true;
+    let opensDatabase = false;
+    let lastInsertRowid = false;
+    let subPrograms = false;
     for (const r of rows) {
       const op = r.opcode as string;
       switch (op) {
@@ -134,10 +147,16 @@ export class FootprintAnalyzer {
         case 'AggFinal': {
           const p4 = String(r.p4 ?? '');
           const paren = p4.lastIndexOf('(');
-          if (!DETERMINISTIC_FUNCTIONS.has((paren > 0 ? p4.slice(0, paren) : p4).toLowerCase())) deterministic = false;
+          const name = (paren > 0 ? p4.slice(0, paren) : p4).toLowerCase();
+          if (!DETERMINISTIC_FUNCTIONS.has(name)) deterministic = false;
+          if (name === 'last_insert_rowid') lastInsertRowid = true;
           break;
         }
+        case 'Program':
+          subPrograms = true;
+          break;
         case 'Transaction':
+          opensDatabase = true;
           if ((r.p2 as number) !== 0) readonly = false;
           break;
         case 'VOpen':
@@ -152,9 +171,15 @@ export class FootprintAnalyzer {
           break;
       }
     }
-    if (unknown) return readonly ? { reads: EVERYTHING, writes: EMPTY, readonly, deterministic } : UNKNOWN_FOOTPRINT;
-    if (!readonly && writes.size === 0) return UNKNOWN_FOOTPRINT; // SetCookie & co: schema-wide
-    return { reads, writes, readonly, deterministic };
+    const fp = ((): Footprint => {
+      if (unknown) return readonly ? { reads: EVERYTHING, writes: EMPTY, readonly, deterministic } : UNKNOWN_FOOTPRINT;
+      if (!readonly && writes.size === 0) return UNKNOWN_FOOTPRINT; // SetCookie & co: schema-wide
+      // It reads the database but no table: database state (page_count, freelist_count,
+      // data_version, ...) that any commit may change, so it counts as reading everything.
+      if (opensDatabase && reads.size === 0) return { reads: EVERYTHING, writes: EMPTY, readonly, deterministic };
+      return { reads, writes, readonly, deterministic };
+    })();
+    return lastInsertRowid || subPrograms ? { ...fp, lastInsertRowid, subPrograms } : fp;
   }
 
   private table(db: number, root: number): string {
