@@ -6,6 +6,7 @@
  * @module
  */
 import { DecodeError, ValidationError } from './errors.js';
+import type { Claim } from './store.js';
 import type { Message, MessageKind } from './types.js';
 import { validateContentType, validateName } from './validate.js';
 
@@ -14,8 +15,11 @@ export type Encoding = 'json' | 'bytes';
 
 /** A payload ready to bind. */
 export interface EncodedPayload {
+  /** How the payload is stored. */
   readonly encoding: Encoding;
+  /** JSON text, or the bytes. */
   readonly payload: string | Uint8Array;
+  /** The content type to store. */
   readonly contentType: string;
 }
 
@@ -200,4 +204,35 @@ export function decodeRow(row: MessageRow, expected: MessageKind, position: numb
     position,
     group,
   };
+}
+
+/** Decodes a row, or returns `null` when it cannot be decoded (for listings). */
+export function decodeOrNull(row: MessageRow, kind: MessageKind, position: number | null, group: string | null): Message | null {
+  try {
+    return decodeRow(row, kind, position, group);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Builds a {@link Claim} from a claimed row: decoded, or carrying the decode error (the
+ * worker then dead-letters it).
+ *
+ * @param row - the stored columns, with the claim's attempt count.
+ * @param ref - the transport's reference of the row (queue sequence or log position).
+ * @param kind - `command` or `event`.
+ * @param group - the group of an event claim, else `null`.
+ * @param token - the claim token.
+ */
+export function toClaim(row: MessageRow, ref: number, kind: MessageKind, group: string | null, token: string): Claim {
+  const attempts = typeof row.attempts === 'number' ? row.attempts : 0;
+  const id = typeof row.id === 'string' ? row.id : String(row.id);
+  try {
+    const message = decodeRow(row, kind, kind === 'event' ? ref : null, group);
+    return { ref, token, attempts, group, kind, id, message, decodeError: null };
+  } catch (e) {
+    const err = e instanceof DecodeError ? e : new DecodeError(String((e as Error)?.message ?? e));
+    return { ref, token, attempts, group, kind, id, message: null, decodeError: err };
+  }
 }

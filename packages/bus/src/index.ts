@@ -16,6 +16,7 @@ export {
 export { BusError, ValidationError, StaleClaimError, DecodeError, PermanentError, BusClosedError } from './errors.js';
 export type {
   Bus,
+  BaseHandlerContext,
   DeadLetter,
   DeadLetterFilter,
   BusStats,
@@ -58,3 +59,10 @@ export { claimCommandRows, claimEventRows, inImmediate, type CommandClaimArgs, t
 export { backoffPolicy } from './backoff.js';
 export type { ScheduleSpec, ScheduleInfo } from './schedule.js';
 export type { MessageRow } from './codec.js';
+
+// For other transports (`@siblite/bus-postgres`): the shared runtime, codec and validation.
+export { startWorker, checkLogger } from './worker.js';
+export { encodePayload, encodeHeaders, decodeRow, decodeOrNull, toClaim, type EncodedPayload, type Encoding } from './codec.js';
+export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS, pauseKey, startFromEnd, checkFilter, type CheckedFilter } from './validate.js';
+export { notify } from './notify.js';
+export { makeDelivery, type TransportDelivery } from './delivery.js';

@@ -51,8 +51,11 @@ export interface TransactResult {
   readonly reruns: number;
 }
 
-/** Storage operations the worker runtime needs, all fenced by the claim token. */
-export interface Store {
+/**
+ * Storage operations the worker runtime needs, all fenced by the claim token. `Tx` is the
+ * transport's transaction handle that handlers write through (a `Connection` for SQLite).
+ */
+export interface Store<Tx = Connection> {
   /** The store's clock in ms since the epoch: one clock for every process, never going back. */
   now(): number;
   /** Marks `claim` handled. @throws StaleClaimError */
@@ -76,5 +79,7 @@ export interface Store {
    *
    * @throws what `body` throws, StaleClaimError when the claim was lost, or the abandon reason.
    */
-  transact(claim: Claim, body: (conn: Connection, run: number) => Promise<void>, abandon: AbortSignal): Promise<TransactResult>;
+  transact(claim: Claim, body: (tx: Tx, run: number) => Promise<void>, abandon: AbortSignal): Promise<TransactResult>;
+  /** The transport's fields of a handler's context for the transaction `tx` (`{ conn }` for SQLite). */
+  txContext(tx: Tx): object;
 }

@@ -99,13 +99,8 @@ export interface ExponentialBackoff {
  */
 export type Backoff = number | ExponentialBackoff | ((attempt: number) => number);
 
-/** The second argument of a handler. */
-export interface HandlerContext {
-  /**
-   * A handle inside a `BEGIN CONCURRENT` transaction that commits together with the
-   * acknowledgement: writes through it take effect exactly once.
-   */
-  readonly conn: Connection;
+/** What every transport puts in the second argument of a handler. */
+export interface BaseHandlerContext {
   /**
    * Aborted when the handler should give up: the worker is stopping (`stop()`, `close()` or
    * the worker's own `signal`), the lease was lost (another worker may have the message now),
@@ -126,11 +121,20 @@ export interface HandlerContext {
   extendLease(ms: number): Promise<void>;
 }
 
-/** A message handler. Throw to retry (with backoff), throw `PermanentError` to dead-letter at once. */
-export type Handler<P = any> = (message: Message<P>, context: HandlerContext) => Promise<void> | void;
+/** The second argument of a handler on the SQLite transport. */
+export interface HandlerContext extends BaseHandlerContext {
+  /**
+   * A handle inside a `BEGIN CONCURRENT` transaction that commits together with the
+   * acknowledgement: writes through it take effect exactly once.
+   */
+  readonly conn: Connection;
+}
 
-/** Maps message names to handlers. */
-export type Handlers = Record<string, Handler>;
+/** A message handler. Throw to retry (with backoff), throw `PermanentError` to dead-letter at once. */
+export type Handler<P = any, C extends BaseHandlerContext = HandlerContext> = (message: Message<P>, context: C) => Promise<void> | void;
+
+/** Maps message names to handlers (`C`: the transport's handler context). */
+export type Handlers<C extends BaseHandlerContext = HandlerContext> = Record<string, Handler<any, C>>;
 
 /** A message was handled and acknowledged. */
 export interface HandledEvent {
@@ -427,15 +431,15 @@ export interface DeadLetterFilter {
  * with `FOR UPDATE SKIP LOCKED`, NATS JetStream) would implement the same interface and
  * run the same conformance suite.
  */
-export interface Bus {
+export interface Bus<C extends BaseHandlerContext = HandlerContext> {
   /** Appends a command to the queue. */
   send(name: string, payload: Payload, options?: ProduceOptions): Promise<ProduceResult>;
   /** Appends an event to the log. */
   publish(name: string, payload: Payload, options?: Omit<ProduceOptions, 'delay'>): Promise<ProduceResult>;
   /** Starts competing consumers for commands. */
-  listen(handlers: Handlers, options?: WorkerOptions): Worker;
+  listen(handlers: Handlers<C>, options?: WorkerOptions): Worker;
   /** Starts a consumer of a group reading every event. */
-  subscribe(group: string, handlers: Handlers, options?: SubscribeOptions): Worker;
+  subscribe(group: string, handlers: Handlers<C>, options?: SubscribeOptions): Worker;
   /** Claims one message (a command, or an event for `options.group`), or returns `undefined`. */
   receive(options?: ReceiveOptions): Promise<Delivery | undefined>;
   /** Counts per name and per group. */

@@ -6,6 +6,7 @@
  * @module
  */
 import { ValidationError } from './errors.js';
+import type { DeadLetterFilter, PauseTarget } from './types.js';
 
 /** Longest accepted name, group or namespace, in bytes (all accepted characters are ASCII). */
 export const MAX_IDENTIFIER_BYTES = 128;
@@ -174,4 +175,58 @@ export function validateHandlers(handlers: unknown): void {
       throw new ValidationError('handlers', `handler for ${JSON.stringify(name)} must be a function`);
     }
   }
+}
+
+/**
+ * Checks a pause target and returns its stored key: `queue` (nothing given), `name:<name>`
+ * or `group:<group>`.
+ *
+ * @throws ValidationError for anything else.
+ */
+export function pauseKey(target: PauseTarget | undefined): string {
+  if (target === undefined) return 'queue';
+  if (target === null || typeof target !== 'object') throw new ValidationError('target', 'target must be { name } or { group } or nothing');
+  if (target.name !== undefined && target.group !== undefined) throw new ValidationError('target', 'give a name or a group, not both');
+  if (target.name !== undefined) return `name:${validateName(target.name)}`;
+  if (target.group !== undefined) return `group:${validateGroup(target.group)}`;
+  return 'queue';
+}
+
+/**
+ * Checks `startFrom`: `true` for `end`, `false` for `beginning` or nothing.
+ *
+ * @throws ValidationError for anything else.
+ */
+export function startFromEnd(startFrom: unknown): boolean {
+  if (startFrom === undefined || startFrom === 'beginning') return false;
+  if (startFrom === 'end') return true;
+  throw new ValidationError('startFrom', 'startFrom must be "beginning" or "end"');
+}
+
+/** A checked dead-letter filter, `null` where not given (ready to bind). */
+export interface CheckedFilter {
+  /** `queue` or `log`. */
+  source: 'queue' | 'log' | null;
+  /** The group. */
+  grp: string | null;
+  /** `dead` or `parked`. */
+  status: 'dead' | 'parked' | null;
+  /** The message name. */
+  name: string | null;
+}
+
+/**
+ * Checks a dead-letter filter and returns its parts (`null` where not given).
+ *
+ * @throws ValidationError for an invalid filter.
+ */
+export function checkFilter(filter: DeadLetterFilter): CheckedFilter {
+  if (filter === null || typeof filter !== 'object') throw new ValidationError('filter', 'filter must be an object');
+  const source = filter.source ?? null;
+  if (source !== null && source !== 'queue' && source !== 'log') throw new ValidationError('source', 'source must be "queue" or "log"');
+  const status = filter.status ?? null;
+  if (status !== null && status !== 'dead' && status !== 'parked') throw new ValidationError('status', 'status must be "dead" or "parked"');
+  const grp = filter.group === undefined ? null : validateGroup(filter.group);
+  const name = filter.name === undefined ? null : validateName(filter.name);
+  return { source, grp, status, name };
 }

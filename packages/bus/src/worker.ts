@@ -10,6 +10,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { backoffPolicy } from './backoff.js';
 import { PermanentError, StaleClaimError, ValidationError } from './errors.js';
 import { onNotify } from './notify.js';
+import type { Connection } from '@siblite/core';
 import type { Claim, Source, Store } from './store.js';
 import type { Handlers, Logger, Message, StopOptions, Worker, WorkerCounters, WorkerEvent, WorkerOptions } from './types.js';
 import { MAX_TIMER_MS, validateMs, validatePositiveInt } from './validate.js';
@@ -56,10 +57,7 @@ function timeoutPolicy(timeout: WorkerOptions['timeout']): (name: string) => num
   return (name) => map.get(name);
 }
 
-/**
- * Validates the logger option: `undefined` means the bus's default, `null` silences.
- * @internal
- */
+/** Validates the logger option: `undefined` means the bus's default, `null` silences. */
 export function checkLogger(logger: unknown, argument = 'logger'): Logger | null | undefined {
   if (logger === undefined || logger === null) return logger;
   const l = logger as Logger;
@@ -70,7 +68,7 @@ export function checkLogger(logger: unknown, argument = 'logger'): Logger | null
 }
 
 /** A running worker. @internal */
-export class BusWorker implements Worker {
+export class BusWorker<Tx = Connection> implements Worker {
   readonly counters: WorkerCounters = {
     claimed: 0,
     handled: 0,
@@ -112,9 +110,9 @@ export class BusWorker implements Worker {
    *   filters); `event` workers settle them.
    */
   constructor(
-    private readonly store: Store,
+    private readonly store: Store<Tx>,
     private readonly source: Source,
-    private readonly handlers: Handlers,
+    private readonly handlers: Handlers<any>,
     options: WorkerOptions,
     defaultLogger: Logger | null,
     private readonly onStopped: () => void,
@@ -348,11 +346,11 @@ export class BusWorker implements Worker {
     try {
       const { reruns } = await this.store.transact(
         claim,
-        async (conn, run) => {
+        async (tx, run) => {
           this.counters.calls++;
           if (run > 1) this.counters.reruns++;
           await handler(message, {
-            conn,
+            ...this.store.txContext(tx),
             signal: r.signal.signal,
             run,
             extendLease: (ms: number) => this.store.extend(claim, ms),
@@ -496,4 +494,29 @@ function checkOnUnknown(value: unknown): 'ack' | 'deadLetter' | 'skip' {
     throw new ValidationError('onUnknown', 'onUnknown must be "skip", "ack" or "deadLetter"');
   }
   return v;
+}
+
+/**
+ * Starts a worker on a transport's {@link Store}: the whole runtime (concurrency, leases,
+ * retries, dead letters, stop and drain) for a transport that only implements storage.
+ *
+ * @param store - the transport's storage operations.
+ * @param source - where this worker claims (commands, or one group's events).
+ * @param handlers - validated handlers by message name.
+ * @param options - the worker options (validated here).
+ * @param defaultLogger - the bus's logger, used unless `options.logger` says otherwise.
+ * @param onStopped - called once when the worker has stopped.
+ * @throws ValidationError for invalid options.
+ */
+export function startWorker<Tx>(
+  store: Store<Tx>,
+  source: Source,
+  handlers: Handlers<any>,
+  options: WorkerOptions,
+  defaultLogger: Logger | null,
+  onStopped: () => void,
+): Worker {
+  const worker = new BusWorker<Tx>(store, source, handlers, options, defaultLogger, onStopped);
+  worker.start();
+  return worker;
 }

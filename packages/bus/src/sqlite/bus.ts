@@ -6,11 +6,12 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorKind, isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
-import { decodeRow, encodeHeaders, encodePayload, type MessageRow } from '../codec.js';
-import { BusClosedError, BusError, DecodeError, StaleClaimError, ValidationError } from '../errors.js';
+import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
+import { BusClosedError, BusError, StaleClaimError, ValidationError } from '../errors.js';
 import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
+import { makeDelivery } from '../delivery.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { guardHandlerConn } from './guard.js';
@@ -52,6 +53,9 @@ import {
   validatePositiveInt,
   validatePriority,
   MAX_TIMER_MS,
+  checkFilter,
+  pauseKey,
+  startFromEnd,
 } from '../validate.js';
 
 /** Automatic retention: what {@link SqliteBus.open} keeps and for how long (see {@link SqliteBus.trim} and {@link SqliteBus.prune}). */
@@ -663,7 +667,7 @@ export class SqliteBus implements Bus {
         abandoned.catch(() => {});
         // BEGIN itself may be refused while this process hands the file to another one.
         await this.untilUnlocked(h, abandon, () => h.exec('BEGIN CONCURRENT'), true);
-        await Promise.race([body(guardHandlerConn(h), run), abandoned]);
+        await Promise.race([body(h, run), abandoned]);
         if (!h.isOpen || !h.inTransaction) {
           throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
         }
@@ -693,6 +697,11 @@ export class SqliteBus implements Bus {
     }
   }
 
+  /** The handler context's transport fields: `conn`, the transaction's handle. @internal */
+  txContext(conn: Connection): { conn: Connection } {
+    return { conn: guardHandlerConn(conn) };
+  }
+
   /** Runs `step` on `h` until no lock is in the way; the transaction stays open (parked) meanwhile. */
   private async untilUnlocked(h: Connection, abandon: AbortSignal, step: () => void, beginning = false): Promise<void> {
     for (let i = 0; ; i++) {
@@ -717,40 +726,7 @@ export class SqliteBus implements Bus {
 
   /** Wraps a claim in the public settlement API. @internal */
   delivery(claim: Claim): Delivery {
-    if (!claim.message) throw claim.decodeError ?? new DecodeError('undecodable message');
-    const message = claim.message;
-    let settled: string | null = null;
-    const once = (what: string, fn: () => Promise<void>): Promise<void> => {
-      if (settled !== null) {
-        return Promise.reject(new StaleClaimError(claim.id, `this delivery was already settled with ${settled}()`));
-      }
-      let p: Promise<void>;
-      try {
-        p = fn();
-      } catch (e) {
-        return Promise.reject(e);
-      }
-      return p.then(() => {
-        settled = what;
-      });
-    };
-    return {
-      message,
-      token: claim.token,
-      ack: (options?: SettleOptions) => once('ack', () => this.ack(claim, options?.conn)),
-      nack: (options?: { delay?: number }) =>
-        once('nack', () => this.nack(claim, options?.delay === undefined ? 0 : validateMs('delay', options.delay), null)),
-      deadLetter: (reason: string) => once('deadLetter', () => this.bury(claim, 'dead', reason)),
-      park: (reason: string) => once('park', () => this.bury(claim, 'parked', reason)),
-      extendLease: (ms: number) => {
-        if (settled !== null) return Promise.reject(new StaleClaimError(claim.id, `this delivery was already settled with ${settled}()`));
-        try {
-          return this.extend(claim, ms);
-        } catch (e) {
-          return Promise.reject(e);
-        }
-      },
-    };
+    return makeDelivery<SettleOptions>(claim, this, (options) => this.ack(claim, options?.conn));
   }
 
   // ------------------------------------------------------------------ schedules
@@ -1213,22 +1189,7 @@ function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>
   }
 }
 
-function decodeOrNull(row: MessageRow, kind: MessageKind, position: number | null, group: string | null): Message | null {
-  try {
-    return decodeRow(row, kind, position, group);
-  } catch {
-    return null;
-  }
-}
 
-function pauseKey(target: PauseTarget | undefined): string {
-  if (target === undefined) return 'queue';
-  if (target === null || typeof target !== 'object') throw new ValidationError('target', 'target must be { name } or { group } or nothing');
-  if (target.name !== undefined && target.group !== undefined) throw new ValidationError('target', 'give a name or a group, not both');
-  if (target.name !== undefined) return `name:${validateName(target.name)}`;
-  if (target.group !== undefined) return `group:${validateGroup(target.group)}`;
-  return 'queue';
-}
 
 function checkRetention(r: RetentionOptions | boolean | undefined): RetentionOptions | false {
   if (r === undefined || r === false) return false;
@@ -1242,34 +1203,8 @@ function checkRetention(r: RetentionOptions | boolean | undefined): RetentionOpt
   return out;
 }
 
-function startFromEnd(startFrom: unknown): boolean {
-  if (startFrom === undefined || startFrom === 'beginning') return false;
-  if (startFrom === 'end') return true;
-  throw new ValidationError('startFrom', 'startFrom must be "beginning" or "end"');
-}
 
-function checkFilter(filter: DeadLetterFilter) {
-  if (filter === null || typeof filter !== 'object') throw new ValidationError('filter', 'filter must be an object');
-  const source = filter.source ?? null;
-  if (source !== null && source !== 'queue' && source !== 'log') throw new ValidationError('source', 'source must be "queue" or "log"');
-  const status = filter.status ?? null;
-  if (status !== null && status !== 'dead' && status !== 'parked') throw new ValidationError('status', 'status must be "dead" or "parked"');
-  const grp = filter.group === undefined ? null : validateGroup(filter.group);
-  const name = filter.name === undefined ? null : validateName(filter.name);
-  return { source, grp, status, name };
-}
 
-function toClaim(row: MessageRow, ref: number, kind: MessageKind, group: string | null, token: string): Claim {
-  const attempts = typeof row.attempts === 'number' ? row.attempts : 0;
-  const id = typeof row.id === 'string' ? row.id : String(row.id);
-  try {
-    const message = decodeRow(row, kind, kind === 'event' ? ref : null, group);
-    return { ref, token, attempts, group, kind, id, message, decodeError: null };
-  } catch (e) {
-    const err = e instanceof DecodeError ? e : new DecodeError(String((e as Error)?.message ?? e));
-    return { ref, token, attempts, group, kind, id, message: null, decodeError: err };
-  }
-}
 
 /**
  * Creates or upgrades the schema inside one IMMEDIATE transaction, and reads (or sets) the
