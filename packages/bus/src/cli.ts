@@ -250,7 +250,8 @@ function isMain(): boolean {
 }
 
 if (isMain()) {
-  void main(process.argv.slice(2)).then((code) => {
-    process.exitCode = code;
-  });
+  // Exit explicitly once the work is done: at a natural exit Node waits for V8's background
+  // tasks, and here (node 20) that wait sometimes never ended after the engine's WebAssembly was
+  // still being optimized in the background (seen as a CLI run that hung for good, 1 in ~10).
+  void main(process.argv.slice(2)).then((code) => process.exit(code));
 }
