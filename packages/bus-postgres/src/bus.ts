@@ -27,6 +27,7 @@ import {
   MAX_TIMER_MS,
   checkFilter,
   checkLogger,
+  groupSource,
   decodeOrNull,
   decodeRow,
   pauseKey,
@@ -368,24 +369,13 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const fromEnd = startFromEnd(options?.startFrom);
     if (options?.ordered !== undefined && typeof options.ordered !== 'boolean') throw new ValidationError('ordered', 'ordered must be a boolean');
     const ordered = options?.ordered === true;
-    let pending = 0;
-    const source: Source = {
+    const source = groupSource({
       channel: this.channel('log'),
       prepare: () => this.ensureGroup(group, fromEnd),
       claim: (limit, lease) => this.claimEvents(group, limit, lease, ordered),
       nextDue: () => this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.gstate WHERE grp = $1 AND ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, [group]),
-      settled: () => {
-        if (++pending >= 16) {
-          pending = 0;
-          void this.advance(group).catch(() => {});
-        }
-      },
-      idle: async () => {
-        if (pending === 0) return;
-        pending = 0;
-        await this.advance(group).catch(() => {});
-      },
-    };
+      advance: () => this.advance(group),
+    });
     return this.start(source, handlers, options);
   }
 

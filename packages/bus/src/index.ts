@@ -66,3 +66,4 @@ export { encodePayload, encodeHeaders, decodeRow, decodeOrNull, toClaim, type En
 export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS, pauseKey, startFromEnd, checkFilter, type CheckedFilter } from './validate.js';
 export { notify } from './notify.js';
 export { makeDelivery, type TransportDelivery } from './delivery.js';
+export { groupSource, ADVANCE_EVERY, type GroupSourceParts } from './group-source.js';

@@ -12,6 +12,7 @@ import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
 import { makeDelivery } from '../delivery.js';
+import { groupSource } from '../group-source.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { guardHandlerConn } from './guard.js';
@@ -426,26 +427,13 @@ export class SqliteBus implements Bus {
     }
     const ordered = options?.ordered === true;
     this.tryCreateGroupNow(group, fromEnd);
-    let pending = 0;
-    const source: Source = {
+    const source = groupSource({
       channel: this.channel('log'),
       prepare: () => this.ensureGroup(group, fromEnd),
       claim: (limit, lease) => this.claimEvents(group, limit, lease, ordered),
       nextDue: () => this.nextDueEvent(group),
-      // The offset moves every 16 acknowledgements and whenever the worker runs out of work:
-      // claims never read settled events anyway, so this only saves commits.
-      settled: () => {
-        if (++pending >= 16) {
-          pending = 0;
-          void this.advance(group).catch(() => {});
-        }
-      },
-      idle: async () => {
-        if (pending === 0) return;
-        pending = 0;
-        await this.advance(group).catch(() => {});
-      },
-    };
+      advance: () => this.advance(group),
+    });
     return this.startWorker(source, handlers, options);
   }
 
