@@ -27,6 +27,7 @@ import {
   MAX_TIMER_MS,
   checkFilter,
   checkLogger,
+  checkReceiveOptions,
   groupSource,
   decodeOrNull,
   decodeRow,
@@ -126,7 +127,6 @@ export interface PgBusOptions {
   logger?: Logger | null;
 }
 
-const DEFAULT_LEASE = 30_000;
 const MAX_RERUNS = 8;
 /** Pool clients kept free of handler transactions: claims, lease renewals, settlements. */
 const RESERVED_CLIENTS = 2;
@@ -410,14 +410,10 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   async receive(options: ReceiveOptions = {}): Promise<PgDelivery | undefined> {
     this.assertOpen();
-    if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
-    const lease = options.lease === undefined ? DEFAULT_LEASE : validateMs('lease', options.lease, 1);
-    if (options.names !== undefined) options.names.forEach((n) => validateName(n));
-    const names = options.names ? [...options.names] : null;
+    const { lease, names, group, fromEnd } = checkReceiveOptions(options);
     let claimOnce: () => Promise<Claim[]>;
-    if (options.group !== undefined) {
-      const group = validateGroup(options.group);
-      await this.ensureGroup(group, startFromEnd(options.startFrom));
+    if (group !== null) {
+      await this.ensureGroup(group, fromEnd);
       claimOnce = () => this.claimEvents(group, 1, lease, false);
     } else {
       claimOnce = () => this.claimCommands(1, lease, names);

@@ -63,7 +63,7 @@ export type { MessageRow } from './codec.js';
 // For other transports (`@siblite/bus-postgres`): the shared runtime, codec and validation.
 export { startWorker, checkLogger } from './worker.js';
 export { encodePayload, encodeHeaders, decodeRow, decodeOrNull, toClaim, type EncodedPayload, type Encoding } from './codec.js';
-export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS, pauseKey, startFromEnd, checkFilter, type CheckedFilter } from './validate.js';
+export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS, pauseKey, startFromEnd, checkFilter, checkReceiveOptions, DEFAULT_RECEIVE_LEASE, type CheckedFilter, type CheckedReceive } from './validate.js';
 export { notify } from './notify.js';
 export { makeDelivery, type TransportDelivery } from './delivery.js';
 export { groupSource, ADVANCE_EVERY, type GroupSourceParts } from './group-source.js';

@@ -6,7 +6,7 @@
  * @module
  */
 import { ValidationError } from './errors.js';
-import type { DeadLetterFilter, PauseTarget } from './types.js';
+import type { DeadLetterFilter, PauseTarget, ReceiveOptions } from './types.js';
 
 /** Longest accepted name, group or namespace, in bytes (all accepted characters are ASCII). */
 export const MAX_IDENTIFIER_BYTES = 128;
@@ -201,6 +201,35 @@ export function startFromEnd(startFrom: unknown): boolean {
   if (startFrom === undefined || startFrom === 'beginning') return false;
   if (startFrom === 'end') return true;
   throw new ValidationError('startFrom', 'startFrom must be "beginning" or "end"');
+}
+
+/** The lease of a claim by `receive()` when none is given, in ms. */
+export const DEFAULT_RECEIVE_LEASE = 30_000;
+
+/** `receive()` options, checked (every transport reads them the same way). */
+export interface CheckedReceive {
+  /** The lease in ms. */
+  readonly lease: number;
+  /** The command names to claim, or `null` for any. */
+  readonly names: string[] | null;
+  /** The group whose events to claim, or `null` for commands. */
+  readonly group: string | null;
+  /** A new group starts at the end of the log. */
+  readonly fromEnd: boolean;
+}
+
+/**
+ * Checks the options of `receive()`.
+ *
+ * @throws ValidationError for invalid options.
+ */
+export function checkReceiveOptions(options: ReceiveOptions): CheckedReceive {
+  if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
+  const lease = options.lease === undefined ? DEFAULT_RECEIVE_LEASE : validateMs('lease', options.lease, 1);
+  if (options.names !== undefined) options.names.forEach((n) => validateName(n));
+  const names = options.names ? [...options.names] : null;
+  if (options.group === undefined) return { lease, names, group: null, fromEnd: false };
+  return { lease, names, group: validateGroup(options.group), fromEnd: startFromEnd(options.startFrom) };
 }
 
 /** A checked dead-letter filter, `null` where not given (ready to bind). */

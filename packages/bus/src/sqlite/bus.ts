@@ -43,6 +43,7 @@ import type {
   WorkerOptions,
 } from '../types.js';
 import {
+  checkReceiveOptions,
   validateContentType,
   validateGroup,
   validateHandlers,
@@ -110,7 +111,6 @@ export interface PruneResult {
   readonly deadLetters: number;
 }
 
-const DEFAULT_LEASE = 30_000;
 const DEFAULT_RETRY: RetryOptions = { retries: 10_000, minTimeout: 1, maxTimeout: 50, maxElapsedMs: 120_000 };
 const DAY = 24 * 3_600_000;
 const DEFAULT_RETENTION = { every: 60_000, done: 7 * DAY, dead: 30 * DAY };
@@ -453,14 +453,9 @@ export class SqliteBus implements Bus {
    */
   async receive(options: ReceiveOptions = {}): Promise<Delivery | undefined> {
     this.assertOpen();
-    if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
-    const lease = options.lease === undefined ? DEFAULT_LEASE : validateMs('lease', options.lease, 1);
-    if (options.names !== undefined) options.names.forEach((n) => validateName(n));
-    const names = options.names ? [...options.names] : null;
+    const { lease, names, group, fromEnd } = checkReceiveOptions(options);
     let claimOnce: () => Promise<Claim[]>;
-    if (options.group !== undefined) {
-      const group = validateGroup(options.group);
-      const fromEnd = startFromEnd(options.startFrom);
+    if (group !== null) {
       await this.ensureGroup(group, fromEnd);
       claimOnce = () => this.claimEvents(group, 1, lease, false);
     } else {
