@@ -144,8 +144,13 @@ const types = {
 /** The bus on PostgreSQL. Open with {@link PgBus.open}. */
 export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private readonly S: string;
+  /** Prefix of this bus's prepared statement names (unique per schema, as clients may be shared). */
+  private readonly stmt: string;
   private readonly workers = new Set<Worker>();
   private readonly advancing = new Map<string, Promise<void>>();
+  /** Acknowledgements waiting for the statement in flight (see {@link PgBus.ack}). */
+  private readonly acks: { claim: Claim; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private flushingAcks = false;
   private closed = false;
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
@@ -161,6 +166,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     private readonly poolMax: number,
   ) {
     this.S = quoteSchema(schema);
+    this.stmt = `sb_${instance}`;
   }
 
   /**
@@ -290,14 +296,15 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const delay = options.delay === undefined ? 0 : Math.ceil(validateMs('delay', options.delay));
     const priority = options.priority === undefined ? 0 : validatePriority(options.priority);
     const S = this.S;
-    const r = await (options.client ?? this.pool).query<{ n: number }>(
-      `WITH ins AS (
+    const r = await (options.client ?? this.pool).query<{ n: number }>({
+      name: `${this.stmt}_send`,
+      text: `WITH ins AS (
          INSERT INTO ${S}.queue (id, name, encoding, payload, content_type, headers, key, created_at, available_at, due_at, priority)
          SELECT $1, $2, $3, $4, $5, $6, $7, t, t + $8, t + $8, $9 FROM (SELECT ${S}.now_ms() AS t) n
          ON CONFLICT (id) DO NOTHING RETURNING 1)
        SELECT (SELECT count(*) FROM ins) AS n, pg_notify($10, 'queue')`,
-      [...p.values, delay, priority, this.channelName],
-    );
+      values: [...p.values, delay, priority, this.channelName],
+    });
     if (!options.client) notify(this.channel('queue'));
     return { id: p.id, stored: Number(r.rows[0]?.n ?? 0) > 0 };
   }
@@ -314,14 +321,15 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     if ((options as PgProduceOptions)?.priority !== undefined) throw new ValidationError('priority', 'events have no priority (every group reads the log in order)');
     const p = produceParams(name, payload, options);
     const S = this.S;
-    const r = await (options.client ?? this.pool).query<{ n: number }>(
-      `WITH ins AS (
+    const r = await (options.client ?? this.pool).query<{ n: number }>({
+      name: `${this.stmt}_publish`,
+      text: `WITH ins AS (
          INSERT INTO ${S}.log (id, name, encoding, payload, content_type, headers, key, created_at, available_at)
          SELECT $1, $2, $3, $4, $5, $6, $7, t, t FROM (SELECT ${S}.now_ms() AS t) n
          ON CONFLICT (id) WHERE target IS NULL DO NOTHING RETURNING 1)
        SELECT (SELECT count(*) FROM ins) AS n, pg_notify($8, 'log')`,
-      [...p.values, this.channelName],
-    );
+      values: [...p.values, this.channelName],
+    });
     if (!options.client) {
       await this.sequence();
       notify(this.channel('log'));
@@ -446,8 +454,9 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   async claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
     const S = this.S;
     const token = randomUUID();
-    const r = await this.pool.query(
-      `WITH c AS (
+    const r = await this.pool.query({
+      name: `${this.stmt}_claim_commands`,
+      text: `WITH c AS (
          SELECT q.seq FROM ${S}.queue q
          WHERE q.${UNSETTLED} AND q.due_at <= ${S}.now_ms()
            AND ($1::text[] IS NULL OR q.name = ANY($1::text[]))
@@ -458,114 +467,34 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
        UPDATE ${S}.queue q SET state = 'inflight', token = $3, attempts = q.attempts + 1, due_at = ${S}.now_ms() + $4
        FROM c WHERE q.seq = c.seq
        RETURNING q.seq, ${cols('q')}, q.attempts`,
-      [names ? [...names] : null, limit, token, Math.ceil(lease)],
-    );
+      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
+    });
     return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
   }
 
-  /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules). @internal */
+  /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules), in one round trip. @internal */
   async claimEvents(group: string, limit: number, lease: number, ordered: boolean): Promise<Claim[]> {
-    const S = this.S;
-    await this.sequence();
     const token = randomUUID();
-    const claimed = await this.inTransaction(async (c) => {
-      const g = (
-        await c.query<{ hw: number; now: number; paused: boolean }>(
-          `SELECT hw, ${S}.now_ms() AS now, EXISTS (SELECT 1 FROM ${S}.paused WHERE target = 'group:' || $1) AS paused
-           FROM ${S}.groups WHERE grp = $1 FOR UPDATE`,
-          [group],
-        )
-      ).rows[0];
-      if (!g || g.paused) return [];
-      const now = g.now;
-      const leaseUntil = now + Math.ceil(lease);
-      const out: { pos: number; attempts: number }[] = [];
-      const busyKeys = new Set<string>();
-      let earlierUnsettled = false;
-      const open = await c.query<{ pos: number; due_at: number; key: string | null }>(
-        `SELECT s.pos, s.due_at, l.key FROM ${S}.gstate s JOIN ${S}.log l ON l.pos = s.pos
-         WHERE s.grp = $1 AND s.${UNSETTLED} ORDER BY s.pos`,
-        [group],
-      );
-      for (const o of open.rows) {
-        const free = o.due_at <= now && (o.key === null || !busyKeys.has(o.key)) && !(ordered && earlierUnsettled);
-        if (free && out.length < limit) {
-          const r = await c.query<{ attempts: number }>(
-            `UPDATE ${S}.gstate SET state = 'inflight', token = $3, due_at = $4, attempts = attempts + 1
-             WHERE grp = $1 AND pos = $2 AND ${UNSETTLED} AND due_at <= $5 RETURNING attempts`,
-            [group, o.pos, token, leaseUntil, now],
-          );
-          if (r.rows[0]) out.push({ pos: o.pos, attempts: r.rows[0].attempts });
-        }
-        earlierUnsettled = true;
-        if (o.key !== null) busyKeys.add(o.key);
-        if (ordered) break;
-      }
-      if (out.length >= limit || (ordered && earlierUnsettled)) return out;
-      const fresh = await c.query<{ pos: number; key: string | null }>(
-        `SELECT pos, key FROM ${S}.log WHERE pos > $1 AND (target IS NULL OR target = $2) ORDER BY pos LIMIT $3`,
-        [g.hw, group, ordered ? 1 : Math.max(64, limit * 16)],
-      );
-      const passed: number[] = [];
-      let hw = g.hw;
-      const insert = `INSERT INTO ${S}.gstate (grp, pos, state, token, due_at, attempts) VALUES ($1, $2, $3, $4, $5, $6)`;
-      for (const f of fresh.rows) {
-        if (out.length >= limit) break;
-        if (f.key !== null && busyKeys.has(f.key)) {
-          passed.push(f.pos);
-          continue;
-        }
-        // Events passed over behind their key get an open row, so the high-water mark can move past them.
-        for (const pos of passed) await c.query(insert, [group, pos, 'ready', null, 0, 0]);
-        passed.length = 0;
-        await c.query(insert, [group, f.pos, 'inflight', token, leaseUntil, 1]);
-        out.push({ pos: f.pos, attempts: 1 });
-        hw = f.pos;
-        if (f.key !== null) busyKeys.add(f.key);
-      }
-      if (hw > g.hw) await c.query(`UPDATE ${S}.groups SET hw = greatest(hw, $2) WHERE grp = $1`, [group, hw]);
-      return out;
+    const r = await this.pool.query({
+      name: `${this.stmt}_claim_events`,
+      text: `SELECT * FROM ${this.S}.claim_events($1, $2, $3, $4, $5)`,
+      values: [group, limit, Math.ceil(lease), ordered, token],
     });
-    if (claimed.length === 0) return [];
-    const rows = await this.pool.query(`SELECT pos, ${MSG_COLS} FROM ${S}.log WHERE pos = ANY($1::bigint[])`, [claimed.map((c) => c.pos)]);
-    const byPos = new Map(rows.rows.map((r) => [r.pos as number, r]));
-    const out: Claim[] = [];
-    for (const c of claimed) {
-      const row = byPos.get(c.pos);
-      if (row) out.push(toClaim(messageRow({ ...row, attempts: c.attempts }), c.pos, 'event', group, token));
-    }
-    return out;
+    return r.rows.map((row) => toClaim(messageRow(unprefix(row)), row.r_pos, 'event', group, token));
   }
 
   /**
-   * Moves a group's offset to just below its lowest unsettled event. The group row is locked
-   * first, in its own statement, so the update's snapshot sees every claim committed before
-   * (an UPDATE that waited for the lock would otherwise judge the group by an older snapshot).
+   * Moves a group's offset to just below its lowest unsettled event (one server-side
+   * function, see `schema.ts`); concurrent requests share one run.
    * @internal
    */
   advance(group: string): Promise<void> {
     const running = this.advancing.get(group);
     if (running) return running;
-    const S = this.S;
     const p = (async () => {
       await Promise.resolve();
       this.advancing.delete(group);
-      await this.inTransaction(async (c) => {
-        await c.query(`SELECT 1 FROM ${S}.groups WHERE grp = $1 FOR UPDATE`, [group]);
-        await c.query(
-          `UPDATE ${S}.groups g SET upto = greatest(g.upto, coalesce(
-             (SELECT min(p) - 1 FROM (
-               SELECT (SELECT min(s.pos) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED}) AS p
-               UNION ALL
-               SELECT (SELECT min(l.pos) FROM ${S}.log l WHERE l.pos > g.hw AND (l.target IS NULL OR l.target = g.grp))) x),
-             (SELECT max(pos) FROM ${S}.log),
-             g.upto))
-           WHERE grp = $1`,
-          [group],
-        );
-        await c.query(`UPDATE ${S}.groups SET hw = upto WHERE grp = $1 AND hw < upto`, [group]);
-        await c.query(`DELETE FROM ${S}.gstate WHERE grp = $1 AND pos <= (SELECT upto FROM ${S}.groups WHERE grp = $1)`, [group]);
-      });
+      await this.pool.query({ name: `${this.stmt}_advance`, text: `SELECT ${this.S}.advance_group($1)`, values: [group] });
     })();
     this.advancing.set(group, p);
     return p;
@@ -594,28 +523,68 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   /** Runs the fenced ack of `claim` on `c` (any client, in any transaction). */
   private async ackOn(c: pg.ClientBase | pg.Pool, claim: Claim): Promise<void> {
-    const S = this.S;
-    const r =
-      claim.kind === 'command'
-        ? await c.query(
-            `UPDATE ${S}.queue SET state = 'done', token = NULL, settled_at = ${S}.now_ms()
-             WHERE seq = $1 AND token = $2 AND state = 'inflight' RETURNING key`,
-            [claim.ref, claim.token],
-          )
-        : await c.query(`UPDATE ${S}.gstate SET state = 'done', token = NULL WHERE grp = $1 AND pos = $2 AND token = $3 AND state = 'inflight'`, [
-            claim.group,
-            claim.ref,
-            claim.token,
-          ]);
-    if (r.rowCount === 0) throw new StaleClaimError(claim.id);
-    // The next command of the key becomes claimable: wake the workers when this commits.
-    if (claim.kind === 'command' && r.rows[0]?.key != null) await c.query(`SELECT pg_notify($1, 'queue')`, [this.channelName]);
+    try {
+      await c.query({
+        name: `${this.stmt}_ack`,
+        text: `SELECT ${this.S}.ack($1, $2, $3, NULL, $4)`,
+        values: [claim.group, claim.ref, claim.token, this.channelName],
+      });
+    } catch (e) {
+      throw ackError(e, claim);
+    }
   }
 
-  /** Acknowledges `claim` (on `client`, inside its transaction, if given). @internal */
+  /**
+   * Acknowledges `claim`: on `client`, inside its transaction, if given; otherwise together
+   * with the other acknowledgements waiting at that moment (one statement while another is in
+   * flight: no added wait, far fewer commits with many workers).
+   * @internal
+   */
   async ack(claim: Claim, client?: pg.ClientBase): Promise<void> {
-    await this.ackOn(client ?? this.pool, claim);
+    if (client) await this.ackOn(client, claim);
+    else await new Promise<void>((resolve, reject) => {
+      this.acks.push({ claim, resolve, reject });
+      // Flushed after this turn of the event loop, so acknowledgements of handlers that
+      // finished together go in one statement.
+      if (!this.flushingAcks) {
+        this.flushingAcks = true;
+        setImmediate(() => void this.flushAcks());
+      }
+    });
     this.settledClaim(claim);
+  }
+
+  /** Sends the waiting acknowledgements, one statement at a time, until none wait. */
+  private async flushAcks(): Promise<void> {
+    this.flushingAcks = true;
+    try {
+      while (this.acks.length > 0) {
+        const batch = this.acks.splice(0, 1000);
+        try {
+          const r = await this.pool.query<{ grp: string | null; ref: number; key: string | null }>({
+            name: `${this.stmt}_ack_many`,
+            text: `WITH a AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a(grp, ref, token)),
+              c AS (UPDATE ${this.S}.queue q SET state = 'done', token = NULL, settled_at = ${this.S}.now_ms() FROM a
+                    WHERE a.grp IS NULL AND q.seq = a.ref AND q.token = a.token AND q.state = 'inflight' RETURNING q.seq, q.key),
+              e AS (UPDATE ${this.S}.gstate s SET state = 'done', token = NULL FROM a
+                    WHERE a.grp IS NOT NULL AND s.grp = a.grp AND s.pos = a.ref AND s.token = a.token AND s.state = 'inflight' RETURNING s.grp, s.pos)
+              SELECT NULL::text AS grp, seq AS ref, key FROM c UNION ALL SELECT grp, pos, NULL FROM e`,
+            values: [batch.map((b) => b.claim.group), batch.map((b) => b.claim.ref), batch.map((b) => b.claim.token)],
+          });
+          const done = new Set(r.rows.map((row) => `${row.grp ?? ''}\u0000${row.ref}`));
+          for (const b of batch) {
+            if (done.has(`${b.claim.group ?? ''}\u0000${b.claim.ref}`)) b.resolve();
+            else b.reject(new StaleClaimError(b.claim.id));
+          }
+          // The next command of a key becomes claimable.
+          if (r.rows.some((row) => row.key !== null)) this.wake('queue');
+        } catch (e) {
+          for (const b of batch) b.reject(e);
+        }
+      }
+    } finally {
+      this.flushingAcks = false;
+    }
   }
 
   /** Puts `claim` back, claimable after `delay` ms. @internal */
@@ -731,24 +700,36 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       });
       abandoned.catch(() => {});
       const step = <T>(p: Promise<T>) => Promise.race([p, abandoned]);
+      // The transaction begins with the handler's first query (queued ahead of it on the
+      // client, so no extra wait): a handler that never uses `context.client` costs no
+      // transaction, only the acknowledgement. The transaction-local marker lets the
+      // acknowledgement check that the handler did not end the transaction itself.
+      const marker = randomUUID();
+      const lazy = lazyBegin(c, `BEGIN; SELECT set_config('siblite_bus.tx', '${marker}', true)`);
       try {
-        await step(c.query('BEGIN'));
-        const xid = (await step(c.query<{ x: string }>('SELECT pg_current_xact_id()::text AS x'))).rows[0]?.x;
         await step(body(c, run));
-        const same = await step(c.query<{ same: boolean }>('SELECT pg_current_xact_id()::text = $1 AS same', [xid]));
-        if (!same.rows[0]?.same) {
-          throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.client', 'misuse');
-        }
-        await step(this.ackOn(c, claim));
+        lazy.restore();
         // From here on the outcome must be known: abandoning during COMMIT could not say
         // whether it committed, so the commit is awaited (the claim stays fenced either way).
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         if (destroyed) throw abandon.reason;
-        await c.query('COMMIT');
-        this.settledClaim(claim);
+        if (!lazy.begun) {
+          c.release();
+          destroyed = true; // released: nothing to roll back
+          await this.ack(claim);
+          return { reruns: run - 1 };
+        }
+        try {
+          await c.query(
+            `SELECT ${this.S}.ack(${claim.group === null ? 'NULL' : c.escapeLiteral(claim.group)}, ${Number(claim.ref)}, ${c.escapeLiteral(claim.token)}, '${marker}', '${this.channelName}'); COMMIT`,
+          );
+        } catch (e) {
+          throw ackError(e, claim);
+        }
         return { reruns: run - 1 };
       } catch (e) {
-        if (!destroyed) {
+        lazy.restore();
+        if (!destroyed && lazy.begun) {
           try {
             await c.query('ROLLBACK');
           } catch {
@@ -761,6 +742,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         if ((code === '40001' || code === '40P01') && run < MAX_RERUNS) continue;
         throw e;
       } finally {
+        lazy.restore();
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         if (!destroyed) c.release();
       }
@@ -1038,3 +1020,49 @@ function messageRow(r: Record<string, unknown>): MessageRow {
 
 
 
+
+/** The error of a failed acknowledgement: the bus's own for its raised codes, else as thrown. */
+function ackError(e: unknown, claim: Claim): unknown {
+  const code = (e as { code?: string })?.code;
+  if (code === 'SBST1') return new StaleClaimError(claim.id);
+  if (code === 'SBTX1') return new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.client', 'misuse');
+  return e;
+}
+
+/** A row of `claim_events` with its `r_` prefixes removed. */
+function unprefix(row: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(row)) out[k.startsWith('r_') ? k.slice(2) : k] = v;
+  return out;
+}
+
+/**
+ * Makes `begin` run just before the first query anyone sends on `c` (node-postgres runs a
+ * client's queries in the order they were sent, so nothing needs to wait for it). `restore`
+ * puts the client's own `query` back.
+ */
+function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; restore(): void } {
+  const own = c.query;
+  const hadOwn = Object.prototype.hasOwnProperty.call(c, 'query');
+  let begun = false;
+  const patched = function (this: unknown, ...args: unknown[]) {
+    if (!begun) {
+      begun = true;
+      // Its failure shows in the handler's query or in the acknowledgement's marker check.
+      (own as (sql: string) => Promise<unknown>).call(c, begin).catch(() => {});
+    }
+    return (own as (...a: unknown[]) => unknown).apply(c, args);
+  };
+  (c as unknown as { query: unknown }).query = patched;
+  return {
+    get begun() {
+      return begun;
+    },
+    restore() {
+      const target = c as unknown as { query?: unknown };
+      if (target.query !== patched) return;
+      if (hadOwn) target.query = own;
+      else delete target.query;
+    },
+  };
+}
