@@ -41,6 +41,21 @@ import {
   startWorker,
   validateContentType,
   validateGroup,
+  validateScheduleName,
+  validateSpec,
+  nextSlot,
+  followingSlot,
+  slotId,
+  checkRetention,
+  retainWith,
+  runEvery,
+  DEFAULT_RETENTION,
+  type RetentionOptions,
+  type TrimResult,
+  type PruneResult,
+  type RetainResult,
+  type ScheduleSpec,
+  type ScheduleInfo,
   validateHandlers,
   validateHeaders,
   validateId,
@@ -125,6 +140,13 @@ export interface PgBusOptions {
   connection?: string | pg.PoolConfig;
   /** Where failures are reported; `console` by default, `null` silences. */
   logger?: Logger | null;
+  /** Runs retention in this process on an unref'd timer (off by default). `true` uses the defaults. */
+  retention?: RetentionOptions | boolean;
+  /**
+   * Refuse to create the bus: throw when the schema has no bus yet (for tools that inspect
+   * an existing bus, like the `siblite` command line tool). An older bus is still migrated.
+   */
+  mustExist?: boolean;
 }
 
 const MAX_RERUNS = 8;
@@ -152,6 +174,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private readonly acks: { claim: Claim; resolve: () => void; reject: (e: unknown) => void }[] = [];
   private flushingAcks = false;
   private closed = false;
+  private retentionTimer: NodeJS.Timeout | undefined;
+  private schedulerTimer: NodeJS.Timeout | undefined;
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
 
@@ -185,6 +209,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const schema = options.schema ?? 'siblite_bus';
     quoteSchema(schema);
     const logger = checkLogger(options.logger);
+    const retention = checkRetention(options.retention);
     const base: pg.PoolConfig = typeof options.connection === 'string' ? { connectionString: options.connection } : { ...(options.connection ?? {}) };
     const poolMax = base.max ?? 20;
     if (!Number.isSafeInteger(poolMax) || poolMax <= RESERVED_CLIENTS) throw new ValidationError('connection.max', `connection.max must be an integer above ${RESERVED_CLIENTS}`);
@@ -196,6 +221,10 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       let instance: string;
       let offset: number;
       try {
+        if (options.mustExist === true) {
+          const found = await c.query<{ t: string | null }>('SELECT to_regclass($1) AS t', [`${quoteSchema(schema)}.meta`]);
+          if (found.rows[0]?.t == null) throw new ValidationError('schema', `there is no bus in schema "${schema}"`);
+        }
         instance = await migrate(c, schema);
         const before = Date.now();
         const r = await c.query<{ now: number }>(`SELECT ${quoteSchema(schema)}.now_ms() AS now`);
@@ -206,6 +235,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       listener = new pg.Client({ ...base, types });
       const bus = new PgBus(pool, listener, { ...base, types }, schema, instance, offset, logger === undefined ? console : logger, poolMax);
       await bus.startListening(listener);
+      if (retention) bus.startRetention(retention);
       return bus;
     } catch (e) {
       await listener?.end().catch(() => {});
@@ -354,6 +384,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     this.assertOpen();
     validateHandlers(handlers);
     const names = (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
+    this.schedulerTimer ??= runEvery(1_000, () => this.fireSchedules(), this.logger, 'firing schedules', () => this.closed);
     const source: Source = {
       channel: this.channel('queue'),
       prepare: async () => {},
@@ -767,6 +798,182 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     });
   }
 
+  // ------------------------------------------------------------------ schedules
+
+  /**
+   * Creates (or replaces) a schedule: the command `spec.name` sent at every slot of
+   * `spec.cron` (croner syntax, optionally in `spec.timezone`) or every `spec.every` ms (slots
+   * aligned to the epoch), on the server's clock. Each slot is sent exactly once however many
+   * processes and machines fire schedules: its command id is `schedule:<schedule>:<slot ms>`.
+   * Schedules fire in processes running `listen` workers (checked every second) or on
+   * {@link PgBus.fireSchedules}; a slot missed while none ran is sent once, late.
+   *
+   * @throws ValidationError for an invalid name, expression, interval or message (nothing stored).
+   */
+  async schedule(schedule: string, spec: ScheduleSpec): Promise<ScheduleInfo> {
+    this.assertOpen();
+    validateScheduleName(schedule);
+    const timing = validateSpec(spec);
+    const enc = encodePayload(spec.payload ?? null);
+    const nextAt = nextSlot(timing, this.now());
+    const S = this.S;
+    await this.pool.query(
+      `INSERT INTO ${S}.schedules (schedule, name, cron, every, timezone, encoding, payload, content_type, headers, key, priority, next_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, ${S}.now_ms())
+       ON CONFLICT (schedule) DO UPDATE SET name = excluded.name, cron = excluded.cron, every = excluded.every, timezone = excluded.timezone,
+         encoding = excluded.encoding, payload = excluded.payload, content_type = excluded.content_type, headers = excluded.headers,
+         key = excluded.key, priority = excluded.priority, next_at = excluded.next_at, updated_at = excluded.updated_at`,
+      [schedule, spec.name, timing.cron, timing.every, timing.timezone, enc.encoding, toBytes(enc.payload), enc.contentType, encodeHeaders(spec.headers ?? {}), spec.key ?? null, spec.priority ?? 0, nextAt],
+    );
+    return { schedule, name: spec.name, ...timing, nextAt: new Date(nextAt) };
+  }
+
+  /** Deletes a schedule; `false` if there was none. Commands it already sent stay. */
+  async unschedule(schedule: string): Promise<boolean> {
+    this.assertOpen();
+    validateScheduleName(schedule);
+    return ((await this.pool.query(`DELETE FROM ${this.S}.schedules WHERE schedule = $1`, [schedule])).rowCount ?? 0) > 0;
+  }
+
+  /** Lists the schedules. */
+  async schedules(): Promise<ScheduleInfo[]> {
+    this.assertOpen();
+    const r = await this.pool.query(`SELECT schedule, name, cron, every, timezone, next_at FROM ${this.S}.schedules ORDER BY schedule`);
+    return r.rows.map((x) => ({ schedule: x.schedule, name: x.name, cron: x.cron, every: x.every, timezone: x.timezone, nextAt: new Date(x.next_at) }));
+  }
+
+  /**
+   * Sends the command of every schedule whose slot has come (what the scheduler of a
+   * `listen`ing bus runs every second). Due schedules are locked with `SKIP LOCKED`, so
+   * concurrent firings split them; the slot's command id makes a slot stored once anyway.
+   *
+   * @returns how many commands were stored (a slot sent already counts 0).
+   */
+  async fireSchedules(): Promise<number> {
+    this.assertOpen();
+    const S = this.S;
+    const next = (await this.pool.query<{ at: number | null; now: number }>(`SELECT min(next_at) AS at, ${S}.now_ms() AS now FROM ${S}.schedules`)).rows[0];
+    if (!next || next.at === null || next.at > next.now) return 0;
+    const stored = await this.inTransaction(async (c) => {
+      const due = await c.query(`SELECT *, ${S}.now_ms() AS now FROM ${S}.schedules WHERE next_at <= ${S}.now_ms() ORDER BY next_at FOR UPDATE SKIP LOCKED`);
+      let n = 0;
+      for (const s of due.rows) {
+        const r = await c.query(
+          `INSERT INTO ${S}.queue (id, name, encoding, payload, content_type, headers, key, created_at, available_at, due_at, priority)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9) ON CONFLICT (id) DO NOTHING`,
+          [slotId(s.schedule, s.next_at), s.name, s.encoding, s.payload, s.content_type, s.headers, s.key, s.now, s.priority],
+        );
+        n += r.rowCount ?? 0;
+        await c.query(`UPDATE ${S}.schedules SET next_at = $3 WHERE schedule = $1 AND next_at = $2`, [s.schedule, s.next_at, followingSlot(s, s.now)]);
+      }
+      if (n > 0) await c.query(`SELECT pg_notify($1, 'queue')`, [this.channelName]);
+      return n;
+    });
+    if (stored > 0) notify(this.channel('queue'));
+    return stored;
+  }
+
+  // ------------------------------------------------------------------ retention
+
+  /**
+   * Deletes settled commands: handled and cancelled ones settled more than `olderThan` ms ago,
+   * and with `dead` (ms) dead and parked ones and dead letters older than that. `olderThan` is
+   * the dedupe window: an id is recognised as a duplicate for at least that long.
+   *
+   * @throws ValidationError for a negative or non-finite age.
+   */
+  async prune(olderThan: number, options: { dead?: number } = {}): Promise<PruneResult> {
+    this.assertOpen();
+    validateMs('olderThan', olderThan);
+    const dead = options?.dead === undefined || options.dead === Infinity ? null : validateMs('dead', options.dead);
+    const S = this.S;
+    return this.inTransaction(async (c) => {
+      const now = (await c.query<{ now: number }>(`SELECT ${S}.now_ms() AS now`)).rows[0]!.now;
+      const prune = `DELETE FROM ${S}.queue WHERE settled_at < $1 AND (state IN ('done', 'cancelled') OR ($2 AND state IN ('dead', 'parked')))`;
+      let commands = (await c.query(prune, [now - olderThan, false])).rowCount ?? 0;
+      let deadLetters = 0;
+      if (dead !== null) {
+        deadLetters = (await c.query(`DELETE FROM ${S}.dead WHERE failed_at < $1`, [now - dead])).rowCount ?? 0;
+        commands += (await c.query(prune, [now - dead, true])).rowCount ?? 0;
+        if (deadLetters > 0) commands += (await c.query(DROP_PURGED(S))).rowCount ?? 0;
+      }
+      return { commands, deadLetters };
+    });
+  }
+
+  /**
+   * Trims the event log: removes events every group has passed, and with `maxAge` (ms) also
+   * events older than that, read or not (a group still behind one moves past it, counted in
+   * `groupsSkipped`). With no group at all, only `maxAge` trims. The newest event is always
+   * kept, so positions never restart.
+   *
+   * @throws ValidationError for an invalid `maxAge`.
+   */
+  async trim(options: { maxAge?: number } = {}): Promise<TrimResult> {
+    this.assertOpen();
+    const maxAge = options?.maxAge === undefined ? null : validateMs('maxAge', options.maxAge);
+    await this.sequence();
+    const S = this.S;
+    // Offsets move after acknowledgements, asynchronously: bring them up to date first.
+    const groups = await this.pool.query<{ grp: string }>(`SELECT grp FROM ${S}.groups`);
+    await Promise.all(groups.rows.map((r) => this.advance(r.grp)));
+    return this.inTransaction(async (c) => {
+      const m = (await c.query<{ upto: number | null; now: number }>(`SELECT (SELECT min(upto) FROM ${S}.groups) AS upto, ${S}.now_ms() AS now`)).rows[0]!;
+      const before = maxAge === null ? null : m.now - maxAge;
+      const events =
+        (
+          await c.query(
+            `DELETE FROM ${S}.log WHERE pos IS NOT NULL AND pos < (SELECT max(pos) FROM ${S}.log)
+             AND (pos <= $1 OR ($2::bigint IS NOT NULL AND created_at < $2))`,
+            [m.upto ?? 0, before],
+          )
+        ).rowCount ?? 0;
+      let groupsSkipped = 0;
+      if (before !== null && events > 0) {
+        const first = (await c.query<{ m: number | null }>(`SELECT min(pos) AS m FROM ${S}.log WHERE pos IS NOT NULL`)).rows[0]?.m;
+        if (first != null) {
+          groupsSkipped = (await c.query(`UPDATE ${S}.groups SET upto = $1, hw = greatest(hw, $1) WHERE upto < $1`, [first - 1])).rowCount ?? 0;
+          await c.query(`DELETE FROM ${S}.gstate WHERE pos < $1`, [first]);
+        }
+      }
+      return { events, groupsSkipped };
+    });
+  }
+
+  /**
+   * Deletes a consumer group: its offset, its claims and (with `deadLetters: true`) its dead
+   * letters; events it alone held back become trimmable.
+   *
+   * @returns `false` when no such group existed.
+   */
+  async deleteGroup(group: string, options: { deadLetters?: boolean } = {}): Promise<boolean> {
+    this.assertOpen();
+    validateGroup(group);
+    const S = this.S;
+    return this.inTransaction(async (c) => {
+      const n = (await c.query(`DELETE FROM ${S}.groups WHERE grp = $1`, [group])).rowCount ?? 0;
+      await c.query(`DELETE FROM ${S}.gstate WHERE grp = $1`, [group]);
+      if (options?.deadLetters === true) await c.query(`DELETE FROM ${S}.dead WHERE source = 'log' AND grp = $1`, [group]);
+      await c.query(`DELETE FROM ${S}.paused WHERE target = $1`, [`group:${group}`]);
+      return n > 0;
+    });
+  }
+
+  /** One retention pass with the given policy (what the `retention` option runs). */
+  async retain(policy: RetentionOptions = {}): Promise<RetainResult> {
+    return retainWith(this, policy);
+  }
+
+  private startRetention(policy: RetentionOptions): void {
+    this.retentionTimer = runEvery(policy.every ?? DEFAULT_RETENTION.every, () => this.retain(policy), this.logger, 'retention', () => this.closed);
+  }
+
+  /** Lists paused targets (`queue`, `name:<name>`, `group:<group>`). */
+  async paused(): Promise<string[]> {
+    this.assertOpen();
+    return (await this.pool.query<{ target: string }>(`SELECT target FROM ${this.S}.paused ORDER BY target`)).rows.map((r) => r.target);
+  }
+
   // ------------------------------------------------------------------ inspection and control
 
   /** Reads a command (default) or an event by id, with its state; `undefined` if unknown. */
@@ -911,10 +1118,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       );
       const n = r.rowCount ?? 0;
       if (n > 0) {
-        await c.query(
-          `DELETE FROM ${S}.queue q WHERE state IN ('dead', 'parked')
-           AND NOT EXISTS (SELECT 1 FROM ${S}.dead d WHERE d.source = 'queue' AND d.grp IS NULL AND d.ref = q.seq)`,
-        );
+        await c.query(DROP_PURGED(S));
       }
       return n;
     });
@@ -979,12 +1183,24 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   /** Stops every worker (see `Worker.stop`), then closes the bus's connections. Idempotent. */
   async close(options: StopOptions = {}): Promise<void> {
     if (this.closed) return;
+    if (this.retentionTimer) clearInterval(this.retentionTimer);
+    if (this.schedulerTimer) clearInterval(this.schedulerTimer);
     await Promise.all([...this.workers].map((w) => w.stop(options)));
     await Promise.all([...this.advancing.values()].map((p) => p.catch(() => {})));
     this.closed = true;
     await this.listener.end().catch(() => {});
     await this.pool.end().catch(() => {});
   }
+}
+
+/** Deletes dead or parked command rows whose dead letter is gone (their ids may be sent again). */
+const DROP_PURGED = (S: string) =>
+  `DELETE FROM ${S}.queue q WHERE state IN ('dead', 'parked')
+   AND NOT EXISTS (SELECT 1 FROM ${S}.dead d WHERE d.source = 'queue' AND d.grp IS NULL AND d.ref = q.seq)`;
+
+/** A payload as node-postgres binds a bytea. */
+function toBytes(payload: string | Uint8Array): Buffer {
+  return typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload);
 }
 
 function cols(alias: string): string {
@@ -1005,8 +1221,7 @@ function produceParams(name: string, payload: Payload, options: PgProduceOptions
     throw new ValidationError('client', 'client must be a node-postgres client');
   }
   const enc = encodePayload(payload, options.contentType);
-  const bytes = typeof enc.payload === 'string' ? Buffer.from(enc.payload, 'utf8') : Buffer.from(enc.payload);
-  return { id, values: [id, name, enc.encoding, bytes, enc.contentType, encodeHeaders(headers), key] as unknown[] };
+  return { id, values: [id, name, enc.encoding, toBytes(enc.payload), enc.contentType, encodeHeaders(headers), key] as unknown[] };
 }
 
 /** A stored row as the codec expects it: JSON payloads as text, bytes as a plain Uint8Array. */

@@ -125,8 +125,27 @@ function migrations(S: string): readonly (readonly string[])[] {
         END $$`,
     ],
     // Version 2: one round trip per claim, offset move and acknowledgement (server-side
-    // functions instead of several statements from the client).
+    // functions instead of several statements from the client); schedules; retention's indexes.
     [
+      `CREATE TABLE ${S}.schedules (
+        schedule     text PRIMARY KEY CHECK (length(schedule) BETWEEN 1 AND 128),
+        name         text NOT NULL CHECK (length(name) BETWEEN 1 AND 128),
+        cron         text,
+        every        bigint CHECK (every IS NULL OR every >= 1000),
+        timezone     text,
+        encoding     text NOT NULL CHECK (encoding IN ('json', 'bytes')),
+        payload      bytea,
+        content_type text NOT NULL,
+        headers      text NOT NULL,
+        key          text,
+        priority     integer NOT NULL DEFAULT 0,
+        next_at      bigint NOT NULL,
+        updated_at   bigint NOT NULL,
+        CHECK ((cron IS NULL) <> (every IS NULL))
+      )`,
+      `CREATE INDEX schedules_next ON ${S}.schedules (next_at)`,
+      `CREATE INDEX log_created ON ${S}.log (created_at) WHERE pos IS NOT NULL`,
+      `CREATE INDEX queue_settled ON ${S}.queue (settled_at) WHERE settled_at IS NOT NULL`,
       // Claims up to p_limit events of a group (the rules of the SQLite transport's claims):
       // retries and events passed over first, in log order, then fresh events after the
       // high-water mark; a keyed event only while no lower unsettled event of its key is open;

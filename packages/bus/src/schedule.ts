@@ -111,6 +111,18 @@ export function nextSlot(t: Timing, after: number): number {
   return next.getTime();
 }
 
+/**
+ * The slot after the one firing now: {@link nextSlot}, or an hour from `now` for an
+ * expression this croner refuses (a row edited by hand), so it is looked at again later.
+ */
+export function followingSlot(t: Timing, now: number): number {
+  try {
+    return nextSlot({ cron: t.cron, every: t.every, timezone: t.timezone }, now);
+  } catch {
+    return now + 3_600_000;
+  }
+}
+
 /** The id of the command fired for `schedule` at `slot`: the same in every process. */
 export function slotId(schedule: string, slot: number): string {
   return `schedule:${schedule}:${slot}`;

@@ -16,7 +16,8 @@ import { groupSource } from '../group-source.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { guardHandlerConn } from './guard.js';
-import { nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec, type Timing } from '../schedule.js';
+import { followingSlot, nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec } from '../schedule.js';
+import { checkRetention, DEFAULT_RETENTION, retainWith, runEvery, type PruneResult, type RetainResult, type RetentionOptions, type TrimResult } from '../retention.js';
 import { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
 import type {
   Bus,
@@ -60,21 +61,6 @@ import {
   startFromEnd,
 } from '../validate.js';
 
-/** Automatic retention: what {@link SqliteBus.open} keeps and for how long (see {@link SqliteBus.trim} and {@link SqliteBus.prune}). */
-export interface RetentionOptions {
-  /** How often to run it, in ms. Default 60 000. */
-  every?: number;
-  /** Keep handled and cancelled commands (and so their ids: the dedupe window) this long, in ms. Default 7 days. */
-  done?: number;
-  /** Keep dead and parked commands and dead letters this long, in ms; `Infinity` keeps them. Default 30 days. */
-  dead?: number;
-  /**
-   * Events: trimmed once every group is past them; with `maxAge` (ms), also any event older
-   * than that, read or not (groups behind it skip it). Default: only once every group is past.
-   */
-  maxEventAge?: number;
-}
-
 /** Options of {@link SqliteBus.open}. */
 export interface SqliteBusOptions {
   /** Prefix of the bus's tables (`<namespace>_queue`, ...). Default `bus`. */
@@ -87,33 +73,7 @@ export interface SqliteBusOptions {
   retention?: RetentionOptions | boolean;
 }
 
-/** What {@link SqliteBus.trim} removed. */
-export interface TrimResult {
-  /** Events removed from the log. */
-  readonly events: number;
-  /** Groups whose offset was moved up past events removed by age before they read them. */
-  readonly groupsSkipped: number;
-}
-
-/** What one retention pass ({@link SqliteBus.retain}) removed. */
-export interface RetainResult {
-  /** From the log. */
-  readonly trim: TrimResult;
-  /** From the queue and the dead letters. */
-  readonly prune: PruneResult;
-}
-
-/** What {@link SqliteBus.prune} removed. */
-export interface PruneResult {
-  /** Settled commands removed from the queue (their ids may be sent again). */
-  readonly commands: number;
-  /** Dead letters removed. */
-  readonly deadLetters: number;
-}
-
 const DEFAULT_RETRY: RetryOptions = { retries: 10_000, minTimeout: 1, maxTimeout: 50, maxElapsedMs: 120_000 };
-const DAY = 24 * 3_600_000;
-const DEFAULT_RETENTION = { every: 60_000, done: 7 * DAY, dead: 30 * DAY };
 /** Reruns of a handler for conflicts before the attempt counts as failed. */
 const MAX_RERUNS = 100;
 
@@ -785,13 +745,7 @@ export class SqliteBus implements Bus {
       const now = this.now();
       let stored = 0;
       for (const s of h.all<ScheduleRow>(this.plans.dueSchedules, { now })) {
-        const timing: Timing = { cron: s.cron, every: s.every, timezone: s.timezone };
-        let nextAt: number;
-        try {
-          nextAt = nextSlot(timing, now);
-        } catch {
-          nextAt = now + 3_600_000; // an expression this croner refuses (edited by hand): look again in an hour
-        }
+        const nextAt = followingSlot(s, now);
         stored += insertOnce(h, this.plans.send, {
           id: slotId(s.schedule, s.next_at),
           name: s.name,
@@ -813,20 +767,7 @@ export class SqliteBus implements Bus {
   }
 
   private startScheduler(): void {
-    if (this.schedulerTimer) return;
-    let running = false;
-    this.schedulerTimer = setInterval(() => {
-      if (running || this.closed) return;
-      running = true;
-      this.fireSchedules()
-        .catch((e) => {
-          if (!this.closed) this.logger?.error('[siblite/bus] firing schedules failed (tried again in a second):', e);
-        })
-        .finally(() => {
-          running = false;
-        });
-    }, 1_000);
-    this.schedulerTimer.unref();
+    this.schedulerTimer ??= runEvery(1_000, () => this.fireSchedules(), this.logger, 'firing schedules', () => this.closed);
   }
 
   // ------------------------------------------------------------------ by id, pauses
@@ -1070,27 +1011,11 @@ export class SqliteBus implements Bus {
 
   /** One retention pass with the given policy (what the automatic retention runs). */
   async retain(policy: RetentionOptions = {}): Promise<RetainResult> {
-    const p = checkRetention(policy) || { ...DEFAULT_RETENTION };
-    const trim = await this.trim(p.maxEventAge === undefined ? {} : { maxAge: p.maxEventAge });
-    const prune = await this.prune(p.done ?? DEFAULT_RETENTION.done, { dead: p.dead ?? DEFAULT_RETENTION.dead });
-    return { trim, prune };
+    return retainWith(this, policy);
   }
 
   private startRetention(policy: RetentionOptions): void {
-    const every = policy.every ?? DEFAULT_RETENTION.every;
-    let running = false;
-    this.retentionTimer = setInterval(() => {
-      if (running || this.closed) return;
-      running = true;
-      this.retain(policy)
-        .catch((e) => {
-          if (!this.closed) this.logger?.error('[siblite/bus] retention failed (it runs again later):', e);
-        })
-        .finally(() => {
-          running = false;
-        });
-    }, every);
-    this.retentionTimer.unref();
+    this.retentionTimer = runEvery(policy.every ?? DEFAULT_RETENTION.every, () => this.retain(policy), this.logger, 'retention', () => this.closed);
   }
 
   // ------------------------------------------------------------------ observability
@@ -1171,21 +1096,6 @@ function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>
     throw e;
   }
 }
-
-
-
-function checkRetention(r: RetentionOptions | boolean | undefined): RetentionOptions | false {
-  if (r === undefined || r === false) return false;
-  if (r === true) return { ...DEFAULT_RETENTION };
-  if (r === null || typeof r !== 'object') throw new ValidationError('retention', 'retention must be true, false or an object');
-  const out: RetentionOptions = {};
-  if (r.every !== undefined) out.every = validateMs('retention.every', r.every, 1, MAX_TIMER_MS);
-  if (r.done !== undefined) out.done = validateMs('retention.done', r.done);
-  if (r.dead !== undefined) out.dead = r.dead === Infinity ? Infinity : validateMs('retention.dead', r.dead);
-  if (r.maxEventAge !== undefined) out.maxEventAge = validateMs('retention.maxEventAge', r.maxEventAge);
-  return out;
-}
-
 
 
 
