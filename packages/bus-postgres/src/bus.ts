@@ -27,13 +27,18 @@ import {
   MAX_TIMER_MS,
   checkFilter,
   checkLogger,
-  checkReceiveOptions,
-  groupSource,
-  decodeOrNull,
-  decodeRow,
   pauseKey,
-  startFromEnd,
   toClaim,
+  receiveFrom,
+  commandSource,
+  checkSubscribe,
+  eventSource,
+  toDeadLetter,
+  commandInfo,
+  eventInfo,
+  buildStats,
+  type CommandRow,
+  type DeadRow,
   encodeHeaders,
   encodePayload,
   makeDelivery,
@@ -56,7 +61,6 @@ import {
   type RetainResult,
   type ScheduleSpec,
   type ScheduleInfo,
-  validateHandlers,
   validateHeaders,
   validateId,
   validateMs,
@@ -70,14 +74,11 @@ import {
   type DeadLetter,
   type DeadLetterFilter,
   type Delivery,
-  type GroupStats,
   type Handlers,
   type Logger,
-  type Message,
   type MessageInfo,
   type MessageKind,
   type MessageRow,
-  type NameStats,
   type PauseTarget,
   type Payload,
   type ProduceOptions,
@@ -382,17 +383,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   listen(handlers: PgHandlers, options: WorkerOptions = {}): Worker {
     this.assertOpen();
-    validateHandlers(handlers);
-    const names = (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
+    const source = commandSource(this, handlers, options);
     this.schedulerTimer ??= runEvery(1_000, () => this.fireSchedules(), this.logger, 'firing schedules', () => this.closed);
-    const source: Source = {
-      channel: this.channel('queue'),
-      prepare: async () => {},
-      claim: (limit, lease) => this.claimCommands(limit, lease, names),
-      nextDue: () => this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.queue WHERE ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, []),
-      settled: () => {},
-      idle: async () => {},
-    };
     return this.start(source, handlers, options);
   }
 
@@ -403,19 +395,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   subscribe(group: string, handlers: PgHandlers, options: SubscribeOptions = {}): Worker {
     this.assertOpen();
-    validateGroup(group);
-    validateHandlers(handlers);
-    const fromEnd = startFromEnd(options?.startFrom);
-    if (options?.ordered !== undefined && typeof options.ordered !== 'boolean') throw new ValidationError('ordered', 'ordered must be a boolean');
-    const ordered = options?.ordered === true;
-    const source = groupSource({
-      channel: this.channel('log'),
-      prepare: () => this.ensureGroup(group, fromEnd),
-      claim: (limit, lease) => this.claimEvents(group, limit, lease, ordered),
-      nextDue: () => this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.gstate WHERE grp = $1 AND ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, [group]),
-      advance: () => this.advance(group),
-    });
-    return this.start(source, handlers, options);
+    return this.start(eventSource(this, group, checkSubscribe(group, handlers, options)), handlers, options);
   }
 
   /**
@@ -449,24 +429,11 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   async receive(options: ReceiveOptions = {}): Promise<PgDelivery | undefined> {
     this.assertOpen();
-    const { lease, names, group, fromEnd } = checkReceiveOptions(options);
-    let claimOnce: () => Promise<Claim[]>;
-    if (group !== null) {
-      await this.ensureGroup(group, fromEnd);
-      claimOnce = () => this.claimEvents(group, 1, lease, false);
-    } else {
-      claimOnce = () => this.claimCommands(1, lease, names);
-    }
-    for (let i = 0; i < 1000; i++) {
-      const [claim] = await claimOnce();
-      if (!claim) return undefined;
-      if (claim.message) return this.delivery(claim);
-      await this.bury(claim, 'dead', `decode error: ${claim.decodeError?.message ?? 'unknown'}`);
-    }
-    return undefined;
+    return receiveFrom(this, options);
   }
 
-  private async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
+  /** Creates `group` if missing. @internal */
+  async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
     await this.sequence();
     await this.pool.query(
       `INSERT INTO ${this.S}.groups (grp, upto, hw, created_at)
@@ -474,6 +441,16 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
        ON CONFLICT (grp) DO NOTHING`,
       [group, fromEnd],
     );
+  }
+
+  /** The earliest due time of a waiting command. @internal */
+  async nextDueCommand(): Promise<number | null> {
+    return this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.queue WHERE ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, []);
+  }
+
+  /** The earliest due time of a waiting event of `group`. @internal */
+  async nextDueEvent(group: string): Promise<number | null> {
+    return this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.gstate WHERE grp = $1 AND ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, [group]);
   }
 
   private async nextDue(sql: string, params: unknown[]): Promise<number | null> {
@@ -529,6 +506,15 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     })();
     this.advancing.set(group, p);
     return p;
+  }
+
+  /**
+   * Brings every group's offset up to date (offsets move after acknowledgements commit,
+   * asynchronously), so what `stats` and `trim` read agrees with what was settled.
+   */
+  private async advanceAll(): Promise<void> {
+    const groups = await this.pool.query<{ grp: string }>(`SELECT grp FROM ${this.S}.groups`);
+    await Promise.all(groups.rows.map((r) => this.advance(r.grp)));
   }
 
   private async inTransaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
@@ -914,9 +900,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const maxAge = options?.maxAge === undefined ? null : validateMs('maxAge', options.maxAge);
     await this.sequence();
     const S = this.S;
-    // Offsets move after acknowledgements, asynchronously: bring them up to date first.
-    const groups = await this.pool.query<{ grp: string }>(`SELECT grp FROM ${S}.groups`);
-    await Promise.all(groups.rows.map((r) => this.advance(r.grp)));
+    await this.advanceAll();
     return this.inTransaction(async (c) => {
       const m = (await c.query<{ upto: number | null; now: number }>(`SELECT (SELECT min(upto) FROM ${S}.groups) AS upto, ${S}.now_ms() AS now`)).rows[0]!;
       const before = maxAge === null ? null : m.now - maxAge;
@@ -985,22 +969,12 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const S = this.S;
     if (kind === 'event') {
       const row = (await this.pool.query(`SELECT pos, ${MSG_COLS} FROM ${S}.log WHERE id = $1 AND target IS NULL`, [id])).rows[0];
-      if (!row) return undefined;
-      return { message: decodeOrNull(messageRow({ ...row, attempts: 0 }), 'event', row.pos, null), state: 'logged', attempts: 0, lastError: null, settledAt: null, priority: 0 };
+      return row ? eventInfo(messageRow(row), row.pos) : undefined;
     }
     const row = (
       await this.pool.query(`SELECT seq, ${MSG_COLS}, attempts, state, due_at, settled_at, last_error, priority, ${S}.now_ms() AS now FROM ${S}.queue WHERE id = $1`, [id])
     ).rows[0];
-    if (!row) return undefined;
-    const state = row.state === 'ready' && row.due_at > row.now ? 'delayed' : (row.state as MessageInfo['state']);
-    return {
-      message: decodeOrNull(messageRow(row), 'command', null, null),
-      state,
-      attempts: row.attempts,
-      lastError: row.last_error,
-      settledAt: row.settled_at === null ? null : new Date(row.settled_at),
-      priority: row.priority,
-    };
+    return row ? commandInfo(messageRow(row) as CommandRow, row.now) : undefined;
   }
 
   /** Cancels a waiting command (not one being handled or settled); `true` if cancelled. */
@@ -1042,28 +1016,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
        ORDER BY dead_id LIMIT $6`,
       [f.source, f.grp, f.status, f.name, after, limit],
     );
-    return rows.rows.map((r) => {
-      const source = r.source as 'queue' | 'log';
-      let message: Message | null = null;
-      let decodeError: string | null = null;
-      try {
-        message = decodeRow(messageRow(r), source === 'queue' ? 'command' : 'event', source === 'log' ? r.ref : null, r.grp ?? null);
-      } catch (e) {
-        decodeError = (e as Error).message;
-      }
-      return {
-        deadId: r.dead_id,
-        source,
-        group: r.grp ?? null,
-        status: r.status,
-        reason: r.reason,
-        failedAt: new Date(r.failed_at),
-        attempts: r.attempts,
-        message,
-        decodeError,
-        raw: Object.freeze({ ...r }),
-      };
-    });
+    return rows.rows.map((r) => toDeadLetter(messageRow(r) as DeadRow));
   }
 
   /** Replays a dead letter (a command back to the queue, an event to its group only). `false` if unknown. */
@@ -1129,50 +1082,36 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     this.assertOpen();
     await this.sequence();
     const S = this.S;
-    // Offsets move after acknowledgements commit, asynchronously: bring every group's up to
-    // date first, so the offsets shown agree with the lag shown.
-    const names = await this.pool.query<{ grp: string }>(`SELECT grp FROM ${S}.groups`);
-    await Promise.all(names.rows.map((r) => this.advance(r.grp)));
+    await this.advanceAll();
     const now = (await this.pool.query<{ now: number }>(`SELECT ${S}.now_ms() AS now`)).rows[0]?.now ?? this.now();
-    const age = (t: number | null) => (t === null ? null : Math.max(0, now - t));
-    const queue: Record<string, NameStats> = {};
-    const entry = (name: string): NameStats => (queue[name] ??= { ready: 0, delayed: 0, inFlight: 0, dead: 0, parked: 0, oldestAge: null });
-    const q = await this.pool.query(
-      `SELECT name, count(*) FILTER (WHERE state = 'ready' AND due_at <= $1) AS ready,
-         count(*) FILTER (WHERE state = 'ready' AND due_at > $1) AS delayed,
-         count(*) FILTER (WHERE state = 'inflight') AS inflight,
-         min(available_at) FILTER (WHERE state = 'ready' AND due_at <= $1) AS oldest
-       FROM ${S}.queue WHERE ${UNSETTLED} GROUP BY name`,
-      [now],
-    );
-    for (const r of q.rows) Object.assign(entry(r.name), { ready: r.ready, delayed: r.delayed, inFlight: r.inflight, oldestAge: age(r.oldest) });
-    const groups: Record<string, GroupStats> = {};
-    const group = (g: string): GroupStats => (groups[g] ??= { offset: 0, lag: 0, inFlight: 0, delayed: 0, dead: 0, parked: 0, oldestAge: null });
-    const g = await this.pool.query(
-      `SELECT g.grp, g.upto,
-         (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED})
-           + (SELECT count(*) FROM ${S}.log l WHERE l.pos > g.hw AND (l.target IS NULL OR l.target = g.grp)) AS lag,
-         (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'inflight') AS inflight,
-         (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'ready' AND s.due_at > $1) AS delayed,
-         (SELECT l.created_at FROM ${S}.log l WHERE l.pos = least(
-            (SELECT min(s.pos) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED}),
-            (SELECT min(l2.pos) FROM ${S}.log l2 WHERE l2.pos > g.hw AND (l2.target IS NULL OR l2.target = g.grp)))) AS oldest
-       FROM ${S}.groups g`,
-      [now],
-    );
-    for (const r of g.rows) Object.assign(group(r.grp), { offset: r.upto, lag: r.lag, inFlight: r.inflight, delayed: r.delayed, oldestAge: age(r.oldest) });
-    const d = await this.pool.query(
-      `SELECT source, grp, name, count(*) FILTER (WHERE status = 'dead') AS dead, count(*) FILTER (WHERE status = 'parked') AS parked
-       FROM ${S}.dead GROUP BY source, grp, name`,
-    );
-    for (const r of d.rows) {
-      const e = r.source === 'queue' ? entry(r.name ?? '') : r.grp !== null ? group(r.grp) : null;
-      if (!e) continue;
-      e.dead += r.dead;
-      e.parked += r.parked;
-    }
-    const events = (await this.pool.query<{ n: number }>(`SELECT count(*) AS n FROM ${S}.log WHERE pos IS NOT NULL`)).rows[0]?.n ?? 0;
-    return { queue, groups, events };
+    const [queue, groups, dead, events] = await Promise.all([
+      this.pool.query(
+        `SELECT name, count(*) FILTER (WHERE state = 'ready' AND due_at <= $1) AS ready,
+           count(*) FILTER (WHERE state = 'ready' AND due_at > $1) AS delayed,
+           count(*) FILTER (WHERE state = 'inflight') AS inflight,
+           min(available_at) FILTER (WHERE state = 'ready' AND due_at <= $1) AS oldest
+         FROM ${S}.queue WHERE ${UNSETTLED} GROUP BY name`,
+        [now],
+      ),
+      this.pool.query(
+        `SELECT g.grp, g.upto,
+           (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED})
+             + (SELECT count(*) FROM ${S}.log l WHERE l.pos > g.hw AND (l.target IS NULL OR l.target = g.grp)) AS lag,
+           (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'inflight') AS inflight,
+           (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'ready' AND s.due_at > $1) AS delayed,
+           (SELECT l.created_at FROM ${S}.log l WHERE l.pos = least(
+              (SELECT min(s.pos) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED}),
+              (SELECT min(l2.pos) FROM ${S}.log l2 WHERE l2.pos > g.hw AND (l2.target IS NULL OR l2.target = g.grp)))) AS oldest
+         FROM ${S}.groups g`,
+        [now],
+      ),
+      this.pool.query(
+        `SELECT source, grp, name, count(*) FILTER (WHERE status = 'dead') AS dead, count(*) FILTER (WHERE status = 'parked') AS parked
+         FROM ${S}.dead GROUP BY source, grp, name`,
+      ),
+      this.pool.query<{ n: number }>(`SELECT count(*) AS n FROM ${S}.log WHERE pos IS NOT NULL`),
+    ]);
+    return buildStats({ queue: queue.rows, groups: groups.rows, dead: dead.rows, events: events.rows[0]?.n ?? 0 }, now);
   }
 
   /** Whether {@link PgBus.close} ran. */

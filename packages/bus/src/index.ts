@@ -71,3 +71,18 @@ export { validateId, validateHeaders, validateContentType, validateMs, validateP
 export { notify } from './notify.js';
 export { makeDelivery, type TransportDelivery } from './delivery.js';
 export { groupSource, ADVANCE_EVERY, type GroupSourceParts } from './group-source.js';
+export {
+  receiveFrom,
+  commandSource,
+  checkSubscribe,
+  eventSource,
+  toDeadLetter,
+  commandInfo,
+  eventInfo,
+  buildStats,
+  type ClaimStore,
+  type CheckedSubscribe,
+  type CommandRow,
+  type DeadRow,
+  type StatsRows,
+} from './transport.js';

@@ -6,13 +6,13 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorKind, isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
-import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
+import { encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
 import { BusClosedError, BusError, StaleClaimError, ValidationError } from '../errors.js';
 import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
 import { makeDelivery } from '../delivery.js';
-import { groupSource } from '../group-source.js';
+import { buildStats, checkSubscribe, commandInfo, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { guardHandlerConn } from './guard.js';
@@ -25,13 +25,10 @@ import type {
   DeadLetterFilter,
   BusStats,
   Delivery,
-  GroupStats,
   Handlers,
   Logger,
-  Message,
   MessageInfo,
   MessageKind,
-  NameStats,
   PauseTarget,
   Payload,
   ProduceOptions,
@@ -44,10 +41,8 @@ import type {
   WorkerOptions,
 } from '../types.js';
 import {
-  checkReceiveOptions,
   validateContentType,
   validateGroup,
-  validateHandlers,
   validateHeaders,
   validateId,
   validateMs,
@@ -58,7 +53,6 @@ import {
   MAX_TIMER_MS,
   checkFilter,
   pauseKey,
-  startFromEnd,
 } from '../validate.js';
 
 /** Options of {@link SqliteBus.open}. */
@@ -355,17 +349,8 @@ export class SqliteBus implements Bus {
    */
   listen(handlers: Handlers, options: WorkerOptions = {}): Worker {
     this.assertOpen();
-    validateHandlers(handlers);
-    const names = (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
+    const source = commandSource(this, handlers, options);
     this.startScheduler();
-    const source: Source = {
-      channel: this.channel('queue'),
-      prepare: async () => {},
-      claim: (limit, lease) => this.claimCommands(limit, lease, names),
-      nextDue: () => this.nextDueCommand(),
-      settled: () => {},
-      idle: async () => {},
-    };
     return this.startWorker(source, handlers, options);
   }
 
@@ -379,22 +364,9 @@ export class SqliteBus implements Bus {
    */
   subscribe(group: string, handlers: Handlers, options: SubscribeOptions = {}): Worker {
     this.assertOpen();
-    validateGroup(group);
-    validateHandlers(handlers);
-    const fromEnd = startFromEnd(options?.startFrom);
-    if (options?.ordered !== undefined && typeof options.ordered !== 'boolean') {
-      throw new ValidationError('ordered', 'ordered must be a boolean');
-    }
-    const ordered = options?.ordered === true;
-    this.tryCreateGroupNow(group, fromEnd);
-    const source = groupSource({
-      channel: this.channel('log'),
-      prepare: () => this.ensureGroup(group, fromEnd),
-      claim: (limit, lease) => this.claimEvents(group, limit, lease, ordered),
-      nextDue: () => this.nextDueEvent(group),
-      advance: () => this.advance(group),
-    });
-    return this.startWorker(source, handlers, options);
+    const checked = checkSubscribe(group, handlers, options);
+    this.tryCreateGroupNow(group, checked.fromEnd);
+    return this.startWorker(eventSource(this, group, checked), handlers, options);
   }
 
   private startWorker(source: Source, handlers: Handlers, options: WorkerOptions): Worker {
@@ -413,21 +385,7 @@ export class SqliteBus implements Bus {
    */
   async receive(options: ReceiveOptions = {}): Promise<Delivery | undefined> {
     this.assertOpen();
-    const { lease, names, group, fromEnd } = checkReceiveOptions(options);
-    let claimOnce: () => Promise<Claim[]>;
-    if (group !== null) {
-      await this.ensureGroup(group, fromEnd);
-      claimOnce = () => this.claimEvents(group, 1, lease, false);
-    } else {
-      claimOnce = () => this.claimCommands(1, lease, names);
-    }
-    for (let i = 0; i < 1000; i++) {
-      const [claim] = await claimOnce();
-      if (!claim) return undefined;
-      if (claim.message) return this.delivery(claim);
-      await this.bury(claim, 'dead', `decode error: ${claim.decodeError?.message ?? 'unknown'}`);
-    }
-    return undefined;
+    return receiveFrom(this, options);
   }
 
   private tryCreateGroupNow(group: string, fromEnd: boolean): void {
@@ -439,7 +397,8 @@ export class SqliteBus implements Bus {
     }
   }
 
-  private async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
+  /** Creates `group` if missing. @internal */
+  async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
     await this.sequence();
     await this.db((h) => h.run(this.plans.createGroup, { grp: group, fromEnd: fromEnd ? 1 : 0, now: this.now() }));
   }
@@ -476,12 +435,14 @@ export class SqliteBus implements Bus {
     return out;
   }
 
-  private async nextDueCommand(): Promise<number | null> {
+  /** The earliest due time of a waiting command. @internal */
+  async nextDueCommand(): Promise<number | null> {
     const row = await this.db((h) => h.get<{ due: number | null }>(this.plans.nextDueCommand, { now: this.now() }));
     return row?.due ?? null;
   }
 
-  private async nextDueEvent(group: string): Promise<number | null> {
+  /** The earliest due time of a waiting event of `group`. @internal */
+  async nextDueEvent(group: string): Promise<number | null> {
     const row = await this.db((h) => h.get<{ due: number | null }>(this.plans.nextDueEvent, { grp: group, now: this.now() }));
     return row?.due ?? null;
   }
@@ -786,22 +747,10 @@ export class SqliteBus implements Bus {
     if (kind !== 'command' && kind !== 'event') throw new ValidationError('kind', 'kind must be "command" or "event"');
     if (kind === 'event') {
       const row = await this.db((h) => h.get<EventRow>(this.plans.getEventById, { id }));
-      if (!row) return undefined;
-      return { message: decodeOrNull({ ...row, attempts: 0 }, 'event', row.pos, null), state: 'logged', attempts: 0, lastError: null, settledAt: null, priority: 0 };
+      return row ? eventInfo(row, row.pos) : undefined;
     }
-    const row = await this.db((h) =>
-      h.get<MessageRow & { seq: number; state: string; due_at: number; settled_at: number | null; last_error: string | null; priority: number }>(this.plans.getCommand, { id }),
-    );
-    if (!row) return undefined;
-    const state = row.state === 'ready' && row.due_at > this.now() ? 'delayed' : (row.state as MessageInfo['state']);
-    return {
-      message: decodeOrNull(row, 'command', null, null),
-      state,
-      attempts: row.attempts as number,
-      lastError: row.last_error,
-      settledAt: row.settled_at === null ? null : new Date(row.settled_at),
-      priority: row.priority,
-    };
+    const row = await this.db((h) => h.get<CommandRow>(this.plans.getCommand, { id }));
+    return row ? commandInfo(row, this.now()) : undefined;
   }
 
   /**
@@ -864,29 +813,7 @@ export class SqliteBus implements Bus {
     const f = checkFilter(filter);
     const limit = filter.limit === undefined ? 100 : validatePositiveInt('limit', filter.limit);
     const after = filter.after === undefined ? 0 : validateMs('after', filter.after);
-    const rows = await this.db((h) => h.all<Record<string, unknown>>(this.plans.listDead, { ...f, after, limit }));
-    return rows.map((r) => {
-      const source = r.source as 'queue' | 'log';
-      let message: Message | null = null;
-      let decodeError: string | null = null;
-      try {
-        message = decodeRow(r as unknown as MessageRow, source === 'queue' ? 'command' : 'event', source === 'log' ? (r.ref as number) : null, (r.grp as string | null) ?? null);
-      } catch (e) {
-        decodeError = (e as Error).message;
-      }
-      return {
-        deadId: r.dead_id as number,
-        source,
-        group: (r.grp as string | null) ?? null,
-        status: r.status as 'dead' | 'parked',
-        reason: r.reason as string,
-        failedAt: new Date(r.failed_at as number),
-        attempts: r.attempts as number,
-        message,
-        decodeError,
-        raw: Object.freeze({ ...r }),
-      };
-    });
+    return (await this.db((h) => h.all<DeadRow>(this.plans.listDead, { ...f, after, limit }))).map(toDeadLetter);
   }
 
   /**
@@ -1030,34 +957,13 @@ export class SqliteBus implements Bus {
     await this.sequence();
     return this.db((h) => {
       const now = this.now();
-      const age = (t: number | null) => (t === null ? null : Math.max(0, now - t));
-      const queue: Record<string, NameStats> = {};
-      const entry = (name: string): NameStats => (queue[name] ??= { ready: 0, delayed: 0, inFlight: 0, dead: 0, parked: 0, oldestAge: null });
-      for (const r of h.all<{ name: string; ready: number; delayed: number; inflight: number; oldest: number | null }>(this.plans.statsQueue, { now })) {
-        const e = entry(r.name);
-        e.ready = r.ready;
-        e.delayed = r.delayed;
-        e.inFlight = r.inflight;
-        e.oldestAge = age(r.oldest);
-      }
-      const groups: Record<string, GroupStats> = {};
-      const group = (g: string): GroupStats => (groups[g] ??= { offset: 0, lag: 0, inFlight: 0, delayed: 0, dead: 0, parked: 0, oldestAge: null });
-      for (const r of h.all<{ grp: string; upto: number; lag: number; inflight: number; delayed: number; oldest: number | null }>(this.plans.statsGroups, { now })) {
-        Object.assign(group(r.grp), { offset: r.upto, lag: r.lag, inFlight: r.inflight, delayed: r.delayed, oldestAge: age(r.oldest) });
-      }
-      for (const r of h.all<{ source: string; grp: string | null; name: string; dead: number; parked: number }>(this.plans.statsDead)) {
-        if (r.source === 'queue') {
-          const e = entry(r.name);
-          e.dead += r.dead;
-          e.parked += r.parked;
-        } else if (r.grp !== null) {
-          const g = group(r.grp);
-          g.dead += r.dead;
-          g.parked += r.parked;
-        }
-      }
-      const events = h.get<{ n: number }>(this.plans.countEvents)?.n ?? 0;
-      return { queue, groups, events };
+      const rows: StatsRows = {
+        queue: h.all(this.plans.statsQueue, { now }),
+        groups: h.all(this.plans.statsGroups, { now }),
+        dead: h.all(this.plans.statsDead),
+        events: h.get<{ n: number }>(this.plans.countEvents)?.n ?? 0,
+      };
+      return buildStats(rows, now);
     });
   }
 

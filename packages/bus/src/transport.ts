@@ -1,0 +1,185 @@
+/**
+ * The parts of the `Bus` API every transport builds the same way on its storage: `receive()`
+ * (claim one, dead-letter undecodable rows on the way), the sources of `listen` and
+ * `subscribe` (option checks, name filter, group offsets in batches), and the shapes of
+ * dead letters, `get` and `stats`. A transport implements {@link ClaimStore} and calls these.
+ *
+ * @module
+ */
+import { decodeOrNull, decodeRow, type MessageRow } from './codec.js';
+import { ValidationError } from './errors.js';
+import { groupSource } from './group-source.js';
+import type { Claim, Source, Store } from './store.js';
+import type { BusStats, DeadLetter, Delivery, GroupStats, Handlers, Message, MessageInfo, NameStats, ReceiveOptions, SubscribeOptions, WorkerOptions } from './types.js';
+import { checkReceiveOptions, startFromEnd, validateGroup, validateHandlers } from './validate.js';
+
+/** The claim side of a transport's storage, as `receive`, `listen` and `subscribe` use it. */
+export interface ClaimStore<D extends Delivery = Delivery> extends Pick<Store<unknown>, 'bury'> {
+  /** Claims up to `limit` commands (only `names` when given) under a lease of `lease` ms. */
+  claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]>;
+  /** Claims up to `limit` events of `group` (strictly in log order when `ordered`). */
+  claimEvents(group: string, limit: number, lease: number, ordered: boolean): Promise<Claim[]>;
+  /** Creates `group` if it does not exist, at the beginning of the log or at its end. */
+  ensureGroup(group: string, fromEnd: boolean): Promise<void>;
+  /** The earliest time (store clock) a command becomes claimable, or `null`. */
+  nextDueCommand(): Promise<number | null>;
+  /** The earliest time (store clock) an event of `group` becomes claimable again, or `null`. */
+  nextDueEvent(group: string): Promise<number | null>;
+  /** Moves the offset of `group` over its settled events. */
+  advance(group: string): Promise<void>;
+  /** Wraps a decoded claim in the transport's {@link Delivery}. */
+  delivery(claim: Claim): D;
+  /** The in-process notifier key of new commands (`queue`) or events (`log`). */
+  channel(which: 'queue' | 'log'): string;
+}
+
+/**
+ * `receive()`: claims one message, a command or with `options.group` an event of that group;
+ * undecodable rows met on the way are dead-lettered, never returned.
+ *
+ * @throws ValidationError for invalid options.
+ */
+export async function receiveFrom<D extends Delivery>(store: ClaimStore<D>, options: ReceiveOptions): Promise<D | undefined> {
+  const { lease, names, group, fromEnd } = checkReceiveOptions(options);
+  let claimOnce: () => Promise<Claim[]>;
+  if (group !== null) {
+    await store.ensureGroup(group, fromEnd);
+    claimOnce = () => store.claimEvents(group, 1, lease, false);
+  } else {
+    claimOnce = () => store.claimCommands(1, lease, names);
+  }
+  for (let i = 0; i < 1000; i++) {
+    const [claim] = await claimOnce();
+    if (!claim) return undefined;
+    if (claim.message) return store.delivery(claim);
+    await store.bury(claim, 'dead', `decode error: ${claim.decodeError?.message ?? 'unknown'}`);
+  }
+  return undefined;
+}
+
+/**
+ * The source of `listen`: commands, by default only the names `handlers` has.
+ *
+ * @throws ValidationError for invalid handlers.
+ */
+export function commandSource(store: ClaimStore, handlers: Handlers<any>, options: WorkerOptions): Source {
+  validateHandlers(handlers);
+  const names = (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
+  return {
+    channel: store.channel('queue'),
+    prepare: async () => {},
+    claim: (limit, lease) => store.claimCommands(limit, lease, names),
+    nextDue: () => store.nextDueCommand(),
+    settled: () => {},
+    idle: async () => {},
+  };
+}
+
+/** The checked options of `subscribe`. */
+export interface CheckedSubscribe {
+  /** Where a new group starts. */
+  readonly fromEnd: boolean;
+  /** Strict log order. */
+  readonly ordered: boolean;
+}
+
+/**
+ * Checks the arguments of `subscribe`.
+ *
+ * @throws ValidationError for an invalid group, handlers or options.
+ */
+export function checkSubscribe(group: string, handlers: Handlers<any>, options: SubscribeOptions): CheckedSubscribe {
+  validateGroup(group);
+  validateHandlers(handlers);
+  const fromEnd = startFromEnd(options?.startFrom);
+  if (options?.ordered !== undefined && typeof options.ordered !== 'boolean') throw new ValidationError('ordered', 'ordered must be a boolean');
+  return { fromEnd, ordered: options?.ordered === true };
+}
+
+/** The source of `subscribe` for arguments checked by {@link checkSubscribe}. */
+export function eventSource(store: ClaimStore, group: string, checked: CheckedSubscribe): Source {
+  return groupSource({
+    channel: store.channel('log'),
+    prepare: () => store.ensureGroup(group, checked.fromEnd),
+    claim: (limit, lease) => store.claimEvents(group, limit, lease, checked.ordered),
+    nextDue: () => store.nextDueEvent(group),
+    advance: () => store.advance(group),
+  });
+}
+
+/** A stored dead letter: its own columns and the message's. */
+export type DeadRow = MessageRow & { dead_id: unknown; source: unknown; ref: unknown; grp: unknown; status: unknown; reason: unknown; failed_at: unknown };
+
+/** A dead-letter row as `deadLetters()` returns it: the message decoded if it can be, and the row verbatim. */
+export function toDeadLetter(r: DeadRow): DeadLetter {
+  const source = r.source as 'queue' | 'log';
+  let message: Message | null = null;
+  let decodeError: string | null = null;
+  try {
+    message = decodeRow(r, source === 'queue' ? 'command' : 'event', source === 'log' ? (r.ref as number) : null, (r.grp as string | null) ?? null);
+  } catch (e) {
+    decodeError = (e as Error).message;
+  }
+  return {
+    deadId: r.dead_id as number,
+    source,
+    group: (r.grp as string | null) ?? null,
+    status: r.status as 'dead' | 'parked',
+    reason: r.reason as string,
+    failedAt: new Date(r.failed_at as number),
+    attempts: r.attempts as number,
+    message,
+    decodeError,
+    raw: Object.freeze({ ...r }),
+  };
+}
+
+/** A stored command with its state columns, as `get` reads it. */
+export type CommandRow = MessageRow & { state: string; due_at: number; settled_at: number | null; last_error: string | null; priority: number };
+
+/** What `get` returns for a command row, at store time `now`. */
+export function commandInfo(row: CommandRow, now: number): MessageInfo {
+  return {
+    message: decodeOrNull(row, 'command', null, null),
+    state: row.state === 'ready' && row.due_at > now ? 'delayed' : (row.state as MessageInfo['state']),
+    attempts: row.attempts as number,
+    lastError: row.last_error,
+    settledAt: row.settled_at === null ? null : new Date(row.settled_at),
+    priority: row.priority,
+  };
+}
+
+/** What `get` returns for an event row at log position `pos`. */
+export function eventInfo(row: MessageRow, pos: number): MessageInfo {
+  return { message: decodeOrNull({ ...row, attempts: 0 }, 'event', pos, null), state: 'logged', attempts: 0, lastError: null, settledAt: null, priority: 0 };
+}
+
+/** Rows of a transport's stats queries, with times on the store clock. */
+export interface StatsRows {
+  /** Unsettled commands per name. */
+  readonly queue: readonly { name: string; ready: number; delayed: number; inflight: number; oldest: number | null }[];
+  /** Groups. */
+  readonly groups: readonly { grp: string; upto: number; lag: number; inflight: number; delayed: number; oldest: number | null }[];
+  /** Dead letters per source, group and name. */
+  readonly dead: readonly { source: string; grp: string | null; name: string | null; dead: number; parked: number }[];
+  /** Events in the log. */
+  readonly events: number;
+}
+
+/** Assembles `stats()` from a transport's rows at store time `now`. */
+export function buildStats(rows: StatsRows, now: number): BusStats {
+  const age = (t: number | null) => (t === null ? null : Math.max(0, now - t));
+  const queue: Record<string, NameStats> = {};
+  const entry = (name: string): NameStats => (queue[name] ??= { ready: 0, delayed: 0, inFlight: 0, dead: 0, parked: 0, oldestAge: null });
+  for (const r of rows.queue) Object.assign(entry(r.name), { ready: r.ready, delayed: r.delayed, inFlight: r.inflight, oldestAge: age(r.oldest) });
+  const groups: Record<string, GroupStats> = {};
+  const group = (g: string): GroupStats => (groups[g] ??= { offset: 0, lag: 0, inFlight: 0, delayed: 0, dead: 0, parked: 0, oldestAge: null });
+  for (const r of rows.groups) Object.assign(group(r.grp), { offset: r.upto, lag: r.lag, inFlight: r.inflight, delayed: r.delayed, oldestAge: age(r.oldest) });
+  for (const r of rows.dead) {
+    const e = r.source === 'queue' ? entry(r.name ?? '') : r.grp !== null ? group(r.grp) : null;
+    if (!e) continue;
+    e.dead += r.dead;
+    e.parked += r.parked;
+  }
+  return { queue, groups, events: rows.events };
+}
