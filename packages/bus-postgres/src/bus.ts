@@ -30,6 +30,8 @@ import {
   pauseKey,
   toClaim,
   receiveFrom,
+  checkMessage,
+  checkEventOptions,
   commandSource,
   checkSubscribe,
   eventSource,
@@ -44,7 +46,6 @@ import {
   makeDelivery,
   notify,
   startWorker,
-  validateContentType,
   validateGroup,
   validateScheduleName,
   validateSpec,
@@ -61,10 +62,8 @@ import {
   type RetainResult,
   type ScheduleSpec,
   type ScheduleInfo,
-  validateHeaders,
   validateId,
   validateMs,
-  validateName,
   validatePositiveInt,
   validatePriority,
   type BaseHandlerContext,
@@ -348,8 +347,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   async publish(name: string, payload: Payload, options: Omit<PgProduceOptions, 'delay'> = {}): Promise<ProduceResult> {
     this.assertOpen();
-    if ((options as PgProduceOptions)?.delay !== undefined) throw new ValidationError('delay', 'events cannot be delayed; use send() for delayed commands');
-    if ((options as PgProduceOptions)?.priority !== undefined) throw new ValidationError('priority', 'events have no priority (every group reads the log in order)');
+    checkEventOptions(options);
     const p = produceParams(name, payload, options);
     const S = this.S;
     const r = await (options.client ?? this.pool).query<{ n: number }>({
@@ -1149,18 +1147,12 @@ function cols(alias: string): string {
 }
 
 function produceParams(name: string, payload: Payload, options: PgProduceOptions) {
-  validateName(name);
-  if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
-  const id = options.id === undefined ? randomUUID() : validateId('id', options.id);
-  const key = options.key === undefined ? null : validateId('key', options.key);
-  const headers = options.headers === undefined ? {} : validateHeaders(options.headers);
-  if (options.contentType !== undefined) validateContentType(options.contentType);
+  const m = checkMessage(name, payload, options);
   if ((options as ProduceOptions).conn !== undefined) throw new ValidationError('conn', 'the PostgreSQL bus takes a pg client as `client`, not a siblite `conn`');
   if (options.client !== undefined && (options.client === null || typeof options.client.query !== 'function')) {
     throw new ValidationError('client', 'client must be a node-postgres client');
   }
-  const enc = encodePayload(payload, options.contentType);
-  return { id, values: [id, name, enc.encoding, toBytes(enc.payload), enc.contentType, encodeHeaders(headers), key] as unknown[] };
+  return { id: m.id, values: [m.id, m.name, m.encoding, toBytes(m.payload), m.contentType, m.headers, m.key] as unknown[] };
 }
 
 /** A stored row as the codec expects it: JSON payloads as text, bytes as a plain Uint8Array. */

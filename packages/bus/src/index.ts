@@ -72,6 +72,8 @@ export { notify } from './notify.js';
 export { makeDelivery, type TransportDelivery } from './delivery.js';
 export { groupSource, ADVANCE_EVERY, type GroupSourceParts } from './group-source.js';
 export {
+  checkMessage,
+  checkEventOptions,
   receiveFrom,
   commandSource,
   checkSubscribe,
@@ -81,6 +83,7 @@ export {
   eventInfo,
   buildStats,
   type ClaimStore,
+  type CheckedMessage,
   type CheckedSubscribe,
   type CommandRow,
   type DeadRow,

@@ -1,17 +1,19 @@
 /**
- * The parts of the `Bus` API every transport builds the same way on its storage: `receive()`
+ * The parts of the `Bus` API every transport builds the same way on its storage: the checks
+ * of `send` and `publish`, `receive()`
  * (claim one, dead-letter undecodable rows on the way), the sources of `listen` and
  * `subscribe` (option checks, name filter, group offsets in batches), and the shapes of
  * dead letters, `get` and `stats`. A transport implements {@link ClaimStore} and calls these.
  *
  * @module
  */
-import { decodeOrNull, decodeRow, type MessageRow } from './codec.js';
+import { randomUUID } from 'node:crypto';
+import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, type Encoding, type MessageRow } from './codec.js';
 import { ValidationError } from './errors.js';
 import { groupSource } from './group-source.js';
 import type { Claim, Source, Store } from './store.js';
-import type { BusStats, DeadLetter, Delivery, GroupStats, Handlers, Message, MessageInfo, NameStats, ReceiveOptions, SubscribeOptions, WorkerOptions } from './types.js';
-import { checkReceiveOptions, startFromEnd, validateGroup, validateHandlers } from './validate.js';
+import type { BusStats, DeadLetter, Delivery, GroupStats, Handlers, Message, MessageInfo, NameStats, Payload, ProduceOptions, ReceiveOptions, SubscribeOptions, WorkerOptions } from './types.js';
+import { checkReceiveOptions, startFromEnd, validateContentType, validateGroup, validateHandlers, validateHeaders, validateId, validateName } from './validate.js';
 
 /** The claim side of a transport's storage, as `receive`, `listen` and `subscribe` use it. */
 export interface ClaimStore<D extends Delivery = Delivery> extends Pick<Store<unknown>, 'bury'> {
@@ -31,6 +33,53 @@ export interface ClaimStore<D extends Delivery = Delivery> extends Pick<Store<un
   delivery(claim: Claim): D;
   /** The in-process notifier key of new commands (`queue`) or events (`log`). */
   channel(which: 'queue' | 'log'): string;
+}
+
+/** A message checked and encoded for storage, as `send` and `publish` write it. */
+export interface CheckedMessage {
+  /** The id (a random UUID when not given). */
+  readonly id: string;
+  /** The routing name. */
+  readonly name: string;
+  /** How the payload is stored. */
+  readonly encoding: Encoding;
+  /** JSON text or bytes. */
+  readonly payload: string | Uint8Array;
+  /** The content type to store. */
+  readonly contentType: string;
+  /** Headers as JSON object text. */
+  readonly headers: string;
+  /** The ordering key or `null`. */
+  readonly key: string | null;
+}
+
+/**
+ * Checks and encodes what `send` and `publish` share: name, id, key, headers, content type
+ * and payload (a transport checks its own transaction handle option).
+ *
+ * @throws ValidationError for anything invalid (nothing is written).
+ */
+export function checkMessage(name: string, payload: Payload, options: ProduceOptions | Record<string, unknown>): CheckedMessage {
+  validateName(name);
+  if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
+  const o = options as ProduceOptions;
+  const id = o.id === undefined ? randomUUID() : validateId('id', o.id);
+  const key = o.key === undefined ? null : validateId('key', o.key);
+  const headers = o.headers === undefined ? {} : validateHeaders(o.headers);
+  if (o.contentType !== undefined) validateContentType(o.contentType);
+  const enc = encodePayload(payload, o.contentType);
+  return { id, name, encoding: enc.encoding, payload: enc.payload, contentType: enc.contentType, headers: encodeHeaders(headers), key };
+}
+
+/**
+ * Refuses the options of `send` that events do not have (`delay`, `priority`).
+ *
+ * @throws ValidationError when one is given.
+ */
+export function checkEventOptions(options: object | null | undefined): void {
+  const o = (options ?? {}) as ProduceOptions;
+  if (o.delay !== undefined) throw new ValidationError('delay', 'events cannot be delayed; use send() for delayed commands');
+  if (o.priority !== undefined) throw new ValidationError('priority', 'events have no priority (every group reads the log in order)');
 }
 
 /**

@@ -12,7 +12,7 @@ import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
 import { makeDelivery } from '../delivery.js';
-import { buildStats, checkSubscribe, commandInfo, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
+import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { guardHandlerConn } from './guard.js';
@@ -41,12 +41,9 @@ import type {
   WorkerOptions,
 } from '../types.js';
 import {
-  validateContentType,
   validateGroup,
-  validateHeaders,
   validateId,
   validateMs,
-  validateName,
   validateNamespace,
   validatePositiveInt,
   validatePriority,
@@ -256,12 +253,7 @@ export class SqliteBus implements Bus {
    */
   async publish(name: string, payload: Payload, options: Omit<ProduceOptions, 'delay'> = {}): Promise<ProduceResult> {
     this.assertOpen();
-    if ((options as ProduceOptions).delay !== undefined) {
-      throw new ValidationError('delay', 'events cannot be delayed; use send() for delayed commands');
-    }
-    if ((options as ProduceOptions).priority !== undefined) {
-      throw new ValidationError('priority', 'events have no priority (every group reads the log in order)');
-    }
+    checkEventOptions(options);
     const p = this.produceParams(name, payload, options);
     const params = { ...p.params, now: this.now() };
     const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.publish, params));
@@ -271,29 +263,13 @@ export class SqliteBus implements Bus {
   }
 
   private produceParams(name: string, payload: Payload, options: ProduceOptions) {
-    validateName(name);
-    if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
-    const id = options.id === undefined ? randomUUID() : validateId('id', options.id);
-    const key = options.key === undefined ? null : validateId('key', options.key);
-    const headers = options.headers === undefined ? {} : validateHeaders(options.headers);
-    if (options.contentType !== undefined) validateContentType(options.contentType);
+    const m = checkMessage(name, payload, options);
     if (options.conn !== undefined && (options.conn === null || typeof (options.conn as Connection).run !== 'function')) {
       throw new ValidationError('conn', 'conn must be a Connection');
     }
-    const enc = encodePayload(payload, options.contentType);
-    return {
-      id,
-      params: {
-        id,
-        name,
-        encoding: enc.encoding,
-        payload: enc.payload,
-        contentType: enc.contentType,
-        headers: encodeHeaders(headers),
-        key,
-      },
-    };
+    return { id: m.id, params: { id: m.id, name, encoding: m.encoding, payload: m.payload, contentType: m.contentType, headers: m.headers, key: m.key } };
   }
+
 
   private write<T>(conn: Connection | undefined, fn: (h: Connection) => T): Promise<T> {
     return conn ? this.onCaller(conn, fn) : this.db(fn);
