@@ -368,7 +368,22 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   /** Numbers committed, unnumbered events (see `schema.ts`). @internal */
   async sequence(): Promise<void> {
-    await this.pool.query(`SELECT ${this.S}.sequence()`);
+    // Without waiting for its commit to reach the disk: numbering is invisible until a reader
+    // acts on it, and any reader's own durable commit (a claim, an acknowledgement) is written
+    // after it in the WAL, so it flushes the numbering too. A crash before that only loses
+    // numbers nobody acted on; a later run numbers those events again, in the same way.
+    const c = await this.pool.connect();
+    try {
+      await c.query(`BEGIN; SET LOCAL synchronous_commit = off; SELECT ${this.S}.sequence(); COMMIT`);
+      c.release();
+    } catch (e) {
+      // a failed statement leaves the transaction open: end it before the client is reused
+      await c.query('ROLLBACK').then(
+        () => c.release(),
+        (e2: Error) => c.release(e2),
+      );
+      throw e;
+    }
   }
 
   // ------------------------------------------------------------------ consuming
