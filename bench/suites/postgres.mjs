@@ -21,7 +21,9 @@ export const workload =
   '`fetch(name, { batchSize: W })`, the W handlers at once, then `complete(name, ids)` not awaited, as `work()` does. ' +
   '*fan-out*: N events already published; time until 3 consumer groups (PgBus `subscribe`, concurrency 1 each) or 3 queues ' +
   'subscribed to the event (pg-boss `subscribe` + `publish`, one fetch-1/complete loop each) have handled all of them; ' +
-  'figure: deliveries/s = 3N / time. *sequencer*: `bus.publish` outside a transaction inserts the event and then runs the ' +
+  'figure: deliveries/s = 3N / time. *handler inserts a row*: as consume, with a handler that inserts one row into a table: ' +
+  'PgBus through `context.client` (in the transaction that acknowledges: exactly once), pg-boss through a pool of the ' +
+  'application (its own commit, then the completion: at least once). *sequencer*: `bus.publish` outside a transaction inserts the event and then runs the ' +
   'sequencer (which numbers committed events in commit order under a transaction-scoped advisory lock); the same publish ' +
   'through a client in autocommit skips the sequencer (the next claim or publish numbers it): the difference is its cost, ' +
   'with 1 publisher and with 8 concurrent ones. The server: the local PostgreSQL, default settings (fsync and ' +
@@ -32,6 +34,7 @@ export const target = 'PgBus ahead of pg-boss on every row (ratio >= 1).';
 const WORKERS = [1, 4, 16];
 const GROUPS = ['g1', 'g2', 'g3'];
 const PUBLISHERS = 8;
+const EFFECT_WORKERS = 4;
 
 /** The server (override with SIBLITE_PG_URL, as the tests do). */
 const PG_URL = process.env.SIBLITE_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -104,7 +107,7 @@ export async function run({ quick, log }) {
     const schema = fresh('sb');
     const bus = await PgBus.open({ connection: PG_URL, schema, logger: null });
     try {
-      return await fn(bus);
+      return await fn(bus, schema);
     } finally {
       await bus.close({ timeout: 5_000 });
       await drop(schema);
@@ -139,6 +142,23 @@ export async function run({ quick, log }) {
       const r = rate(n, t0);
       await w.stop();
       verify(`PgBus consume x${workers}`, handled, n);
+      return r;
+    });
+  // A handler with a database effect: one INSERT into a table of the application. PgBus writes it
+  // through context.client, in the transaction that acknowledges (exactly once); pg-boss's
+  // handler writes through a pool of the application and completes afterwards (at least once).
+  const busEffect = (workers) =>
+    withBus(async (bus, schema) => {
+      await inOneTx(bus, async (c) => {
+        await c.query(`CREATE TABLE "${schema}".effects (id text PRIMARY KEY)`);
+        for (let i = 0; i < n; i++) await bus.send('bench.job', { i }, { client: c });
+      });
+      const t0 = performance.now();
+      const w = bus.listen({ 'bench.job': async (m, { client }) => void (await client.query(`INSERT INTO "${schema}".effects (id) VALUES ($1)`, [m.id])) }, { concurrency: workers });
+      await w.drain();
+      const r = rate(n, t0);
+      await w.stop();
+      verify(`PgBus effects x${workers}`, Number((await admin.query(`SELECT count(*) AS n FROM "${schema}".effects`)).rows[0].n), n);
       return r;
     });
   const busFanout = () =>
@@ -193,7 +213,7 @@ export async function run({ quick, log }) {
     await boss.start();
     try {
       await boss.createQueue('bench.job');
-      return await fn(boss);
+      return await fn(boss, schema);
     } finally {
       await boss.stop({ graceful: false, wait: true, timeout: 1_000 });
       await drop(schema);
@@ -227,6 +247,21 @@ export async function run({ quick, log }) {
       verify(`pg-boss consume x${workers}`, handled, n);
       return r;
     });
+  const bossEffect = (workers) =>
+    withBoss(async (boss, schema) => {
+      await admin.query(`CREATE TABLE "${schema}".effects (id text PRIMARY KEY)`);
+      const app = new pg.Pool({ connectionString: PG_URL, max: workers });
+      try {
+        for (let i = 0; i < n; i += 500) await boss.insert(Array.from({ length: Math.min(500, n - i) }, (_, k) => ({ name: 'bench.job', data: { i: i + k } })));
+        const t0 = performance.now();
+        await bossDrain(boss, 'bench.job', workers, async (job) => void (await app.query(`INSERT INTO "${schema}".effects (id) VALUES ($1)`, [job.id])));
+        const r = rate(n, t0);
+        verify(`pg-boss effects x${workers}`, Number((await admin.query(`SELECT count(*) AS n FROM "${schema}".effects`)).rows[0].n), n);
+        return r;
+      } finally {
+        await app.end();
+      }
+    });
   const bossFanout = () =>
     withBoss(async (boss) => {
       for (const g of GROUPS) {
@@ -252,6 +287,8 @@ export async function run({ quick, log }) {
     cases.push({ id: `consume${w}:pg`, group, peer: 'PgBus', run: () => busConsume(w) });
     cases.push({ id: `consume${w}:boss`, group, peer: `pg-boss ${versions['pg-boss']}`, run: () => bossConsume(w) });
   }
+  cases.push({ id: `effect${EFFECT_WORKERS}:pg`, group: `claim + handle + ack, ${EFFECT_WORKERS} workers, handler inserts a row`, peer: 'PgBus (through context.client: exactly once)', run: () => busEffect(EFFECT_WORKERS) });
+  cases.push({ id: `effect${EFFECT_WORKERS}:boss`, group: `claim + handle + ack, ${EFFECT_WORKERS} workers, handler inserts a row`, peer: `pg-boss ${versions['pg-boss']} (through the application's pool: at least once)`, run: () => bossEffect(EFFECT_WORKERS) });
   cases.push({ id: 'fanout:pg', group: 'fan-out to 3 groups (deliveries/s)', peer: 'PgBus', run: busFanout });
   cases.push({ id: 'fanout:boss', group: 'fan-out to 3 groups (deliveries/s)', peer: `pg-boss ${versions['pg-boss']} (3 subscribed queues)`, run: bossFanout });
   cases.push({ id: 'publish1:seq', group: 'publish, 1 publisher', peer: 'PgBus (insert, then the sequencer)', run: () => busPublish(1, true) });
@@ -271,6 +308,7 @@ export async function run({ quick, log }) {
   const ratios = [
     { label: 'PgBus / pg-boss, send', num: 'send:pg', den: 'send:boss', target: 1 },
     ...WORKERS.map((w) => ({ label: `PgBus / pg-boss, consume x${w}`, num: `consume${w}:pg`, den: `consume${w}:boss`, target: 1 })),
+    { label: `PgBus / pg-boss, consume x${EFFECT_WORKERS}, handler inserts a row`, num: `effect${EFFECT_WORKERS}:pg`, den: `effect${EFFECT_WORKERS}:boss`, target: 1 },
     { label: 'PgBus / pg-boss, fan-out to 3 groups', num: 'fanout:pg', den: 'fanout:boss', target: 1 },
     { label: 'publish with the sequencer / without, 1 publisher', num: 'publish1:seq', den: 'publish1:noseq' },
     { label: `publish with the sequencer / without, ${PUBLISHERS} publishers`, num: `publish${PUBLISHERS}:seq`, den: `publish${PUBLISHERS}:noseq` },

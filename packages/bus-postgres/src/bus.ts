@@ -714,7 +714,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    * serialization failure or deadlock runs the handler again (`run` counts up).
    * @internal
    */
-  async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbortSignal): Promise<TransactResult> {
+  async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
       if (abandon.aborted) throw abandon.reason;
       const c = await this.pool.connect();
@@ -746,6 +746,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         if (!lazy.begun) {
           c.release();
           destroyed = true; // released: nothing to roll back
+          settling?.(); // holds no client now: the worker may claim for this slot meanwhile
           await this.ack(claim);
           return { reruns: run - 1 };
         }

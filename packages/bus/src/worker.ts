@@ -108,6 +108,9 @@ export class BusWorker<Tx = Connection> implements Worker {
   private stopCalled!: () => void;
   private readonly stopRequested = new Promise<void>((resolve) => (this.stopCalled = resolve));
   private unsubscribe: () => void = () => {};
+  /** Handlers whose code finished and whose acknowledgement is committing (see `Store.transact`). */
+  private settling = 0;
+  private slotWaiters: (() => void)[] = [];
 
   /**
    * @param kind - `command` workers skip unknown names by not claiming them (the source
@@ -185,6 +188,11 @@ export class BusWorker<Tx = Connection> implements Worker {
     }
   }
 
+  /** Resolves when a handler's code finishes before its acknowledgement committed. */
+  private slotFreed(): Promise<void> {
+    return new Promise((resolve) => this.slotWaiters.push(resolve));
+  }
+
   private wake(): void {
     this.dirty = true;
     const w = this.wakeUp;
@@ -231,18 +239,19 @@ export class BusWorker<Tx = Connection> implements Worker {
           await this.source.prepare();
           prepared = true;
         }
-        const free = this.concurrency - this.inflight.size;
+        // A handler whose code finished while its acknowledgement commits frees its slot.
+        const free = this.concurrency - this.inflight.size + this.settling;
         if (free <= 0) {
-          await Promise.race([...this.inflight.keys(), this.stopRequested]);
+          await Promise.race([...this.inflight.keys(), this.stopRequested, this.slotFreed()]);
           continue;
         }
         // Batch claims: while handlers run and few slots are free, give the others up to
         // CLAIM_GATHER_MS to finish, so one claim (one commit) fills several slots.
-        if (free < this.claimBatch && this.inflight.size > 0) {
+        if (free < this.claimBatch && this.inflight.size > this.settling) {
           gatherUntil ||= performance.now() + CLAIM_GATHER_MS;
           const left = gatherUntil - performance.now();
           if (left > 0) {
-            await Promise.race([...this.inflight.keys(), this.stopRequested, delay(left, undefined, { ref: false })]);
+            await Promise.race([...this.inflight.keys(), this.stopRequested, this.slotFreed(), delay(left, undefined, { ref: false })]);
             continue;
           }
         }
@@ -360,6 +369,14 @@ export class BusWorker<Tx = Connection> implements Worker {
     }
     let failure: unknown;
     let ok = false;
+    let settling = false;
+    const onSettling = () => {
+      if (settling) return;
+      settling = true;
+      this.settling++;
+      for (const w of this.slotWaiters.splice(0)) w();
+      this.wake();
+    };
     try {
       const { reruns } = await this.store.transact(
         claim,
@@ -374,12 +391,14 @@ export class BusWorker<Tx = Connection> implements Worker {
           });
         },
         r.abandon.signal,
+        onSettling,
       );
       void reruns;
       ok = true;
     } catch (e) {
       failure = e;
     } finally {
+      if (settling) this.settling--;
       stopRenewal();
       if (timer) clearTimeout(timer);
     }
