@@ -11,6 +11,7 @@ export {
   retainWith,
   runEvery,
   DEFAULT_RETENTION,
+  type RetentionDefaults,
   type RetentionOptions,
   type TrimResult,
   type PruneResult,
@@ -88,4 +89,7 @@ export {
   type CommandRow,
   type DeadRow,
   type StatsRows,
+  type QueueStatsRow,
+  type GroupStatsRow,
+  type DeadStatsRow,
 } from './transport.js';

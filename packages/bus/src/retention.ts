@@ -57,8 +57,18 @@ export interface Retainable {
 }
 
 const DAY = 24 * 3_600_000;
-/** The defaults of a retention policy. */
-export const DEFAULT_RETENTION = { every: 60_000, done: 7 * DAY, dead: 30 * DAY } as const;
+/** The defaults of a retention policy, in ms. */
+export interface RetentionDefaults {
+  /** How often a pass runs. */
+  readonly every: number;
+  /** How long handled and cancelled commands are kept. */
+  readonly done: number;
+  /** How long dead and parked commands and dead letters are kept. */
+  readonly dead: number;
+}
+
+/** The defaults of a retention policy: every minute; 7 days for handled commands, 30 for dead ones. */
+export const DEFAULT_RETENTION: RetentionDefaults = { every: 60_000, done: 7 * DAY, dead: 30 * DAY };
 
 /**
  * Validates the `retention` option of a bus: `false` (or absent) for none, `true` for the

@@ -58,8 +58,11 @@ export function validateScheduleName(name: unknown): string {
 
 /** The validated timing of a spec. */
 export interface Timing {
+  /** The cron expression, or `null`. */
   readonly cron: string | null;
+  /** The interval in ms, or `null`. */
   readonly every: number | null;
+  /** The cron expression's time zone, or `null` for the process's. */
   readonly timezone: string | null;
 }
 

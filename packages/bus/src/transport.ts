@@ -157,7 +157,22 @@ export function eventSource(store: ClaimStore, group: string, checked: CheckedSu
 }
 
 /** A stored dead letter: its own columns and the message's. */
-export type DeadRow = MessageRow & { dead_id: unknown; source: unknown; ref: unknown; grp: unknown; status: unknown; reason: unknown; failed_at: unknown };
+export interface DeadRow extends MessageRow {
+  /** Its id. */
+  dead_id: unknown;
+  /** `queue` or `log`. */
+  source: unknown;
+  /** The queue sequence number or log position of the message. */
+  ref: unknown;
+  /** The group (events), or NULL. */
+  grp: unknown;
+  /** `dead` or `parked`. */
+  status: unknown;
+  /** Why. */
+  reason: unknown;
+  /** When (store clock, ms). */
+  failed_at: unknown;
+}
 
 /** A dead-letter row as `deadLetters()` returns it: the message decoded if it can be, and the row verbatim. */
 export function toDeadLetter(r: DeadRow): DeadLetter {
@@ -184,7 +199,18 @@ export function toDeadLetter(r: DeadRow): DeadLetter {
 }
 
 /** A stored command with its state columns, as `get` reads it. */
-export type CommandRow = MessageRow & { state: string; due_at: number; settled_at: number | null; last_error: string | null; priority: number };
+export interface CommandRow extends MessageRow {
+  /** `ready`, `inflight`, `done`, `dead`, `parked` or `cancelled`. */
+  state: string;
+  /** When it becomes claimable, or its lease ends (store clock, ms). */
+  due_at: number;
+  /** When it was settled, or NULL. */
+  settled_at: number | null;
+  /** The last failure, or NULL. */
+  last_error: string | null;
+  /** Its priority. */
+  priority: number;
+}
 
 /** What `get` returns for a command row, at store time `now`. */
 export function commandInfo(row: CommandRow, now: number): MessageInfo {
@@ -203,14 +229,58 @@ export function eventInfo(row: MessageRow, pos: number): MessageInfo {
   return { message: decodeOrNull({ ...row, attempts: 0 }, 'event', pos, null), state: 'logged', attempts: 0, lastError: null, settledAt: null, priority: 0 };
 }
 
+/** Unsettled commands of one name, as a stats query counts them. */
+export interface QueueStatsRow {
+  /** The command name. */
+  readonly name: string;
+  /** Claimable now. */
+  readonly ready: number;
+  /** Waiting for their time. */
+  readonly delayed: number;
+  /** Claimed. */
+  readonly inflight: number;
+  /** When the oldest ready one became claimable (store clock, ms), or NULL. */
+  readonly oldest: number | null;
+}
+
+/** One group, as a stats query counts it. */
+export interface GroupStatsRow {
+  /** The group. */
+  readonly grp: string;
+  /** Its offset. */
+  readonly upto: number;
+  /** Events after the offset not settled for it. */
+  readonly lag: number;
+  /** Claimed. */
+  readonly inflight: number;
+  /** Waiting for a retry. */
+  readonly delayed: number;
+  /** Creation time of its oldest unsettled event (store clock, ms), or NULL. */
+  readonly oldest: number | null;
+}
+
+/** Dead letters of one source, group and name, as a stats query counts them. */
+export interface DeadStatsRow {
+  /** `queue` or `log`. */
+  readonly source: string;
+  /** The group (events), or NULL. */
+  readonly grp: string | null;
+  /** The message name, or NULL when unreadable. */
+  readonly name: string | null;
+  /** Dead. */
+  readonly dead: number;
+  /** Parked. */
+  readonly parked: number;
+}
+
 /** Rows of a transport's stats queries, with times on the store clock. */
 export interface StatsRows {
   /** Unsettled commands per name. */
-  readonly queue: readonly { name: string; ready: number; delayed: number; inflight: number; oldest: number | null }[];
+  readonly queue: readonly QueueStatsRow[];
   /** Groups. */
-  readonly groups: readonly { grp: string; upto: number; lag: number; inflight: number; delayed: number; oldest: number | null }[];
+  readonly groups: readonly GroupStatsRow[];
   /** Dead letters per source, group and name. */
-  readonly dead: readonly { source: string; grp: string | null; name: string | null; dead: number; parked: number }[];
+  readonly dead: readonly DeadStatsRow[];
   /** Events in the log. */
   readonly events: number;
 }
