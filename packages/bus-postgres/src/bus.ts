@@ -477,7 +477,9 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const token = randomUUID();
     const r = await this.pool.query({
       name: `${this.stmt}_claim_commands`,
-      text: `WITH c AS (
+      // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
+      // sets synchronous_commit off for this statement's transaction only.
+      text: `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
          SELECT q.seq FROM ${S}.queue q
          WHERE q.${UNSETTLED} AND q.due_at <= ${S}.now_ms()
            AND ($1::text[] IS NULL OR q.name = ANY($1::text[]))
@@ -486,7 +488,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
          ORDER BY q.priority DESC, q.due_at, q.seq
          LIMIT $2 FOR UPDATE OF q SKIP LOCKED)
        UPDATE ${S}.queue q SET state = 'inflight', token = $3, attempts = q.attempts + 1, due_at = ${S}.now_ms() + $4
-       FROM c WHERE q.seq = c.seq
+       FROM c, s WHERE q.seq = c.seq
        RETURNING q.seq, ${cols('q')}, q.attempts`,
       values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
     });

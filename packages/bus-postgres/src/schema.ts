@@ -151,6 +151,14 @@ function migrations(S: string): readonly (readonly string[])[] {
       // high-water mark; a keyed event only while no lower unsettled event of its key is open;
       // with p_ordered only the group's lowest unsettled event. The group row lock serializes
       // the group's claims and offset moves. Returns the claimed events' rows.
+      //
+      // Claims (of commands too) and offset moves commit without waiting for the disk
+      // (synchronous_commit off for their transaction only): losing one in a server crash is
+      // a lease that ended early (the message is claimable again and the holder's ack is
+      // refused as stale, so its handler's transaction never commits), and any acknowledgement
+      // that did reach the disk comes after the claim in the WAL, so it made the claim durable
+      // too. What a user sees as done (sends, acks with their effects, dead letters) keeps
+      // waiting for the disk.
       `CREATE OR REPLACE FUNCTION ${S}.claim_events(p_grp text, p_limit int, p_lease bigint, p_ordered boolean, p_token text)
         RETURNS TABLE (r_pos bigint, r_attempts int, r_id text, r_name text, r_kind text, r_encoding text, r_payload bytea,
                        r_content_type text, r_headers text, r_key text, r_created_at bigint, r_available_at bigint)
@@ -159,6 +167,7 @@ function migrations(S: string): readonly (readonly string[])[] {
           v_hw bigint; v_paused boolean; v_now bigint; v_until bigint; v_busy text[] := '{}'; v_earlier boolean := false;
           o record; v_att int; v_pos bigint[] := '{}'; v_atts int[] := '{}'; v_passed bigint[] := '{}'; v_newhw bigint;
         BEGIN
+          PERFORM set_config('synchronous_commit', 'off', true);
           PERFORM ${S}.sequence();
           SELECT g.hw, EXISTS (SELECT 1 FROM ${S}.paused p WHERE p.target = 'group:' || p_grp) INTO v_hw, v_paused
             FROM ${S}.groups g WHERE g.grp = p_grp FOR UPDATE;
@@ -205,6 +214,7 @@ function migrations(S: string): readonly (readonly string[])[] {
       // committed before (each statement of a VOLATILE function takes a new snapshot).
       `CREATE OR REPLACE FUNCTION ${S}.advance_group(p_grp text) RETURNS void LANGUAGE plpgsql VOLATILE AS $$
         BEGIN
+          PERFORM set_config('synchronous_commit', 'off', true);
           PERFORM 1 FROM ${S}.groups WHERE grp = p_grp FOR UPDATE;
           UPDATE ${S}.groups g SET upto = greatest(g.upto, coalesce(
              (SELECT min(p) - 1 FROM (
