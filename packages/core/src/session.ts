@@ -383,6 +383,19 @@ export class Session {
     this.tx = null;
   }
 
+  /**
+   * A commit group committed `tx` (see commit-group.ts): it ends as a committed transaction. Its
+   * tables were counted as changed by the group, as each member was applied.
+   */
+  endGroupMember(tx: ConcurrentTransaction): void {
+    this.endConcurrent(tx, false);
+  }
+
+  /** `tx` conflicted inside a commit group and was rolled back to its savepoint: it ends, failed. */
+  abortGroupMember(tx: ConcurrentTransaction, cause: SqliteError): void {
+    this.abortConcurrent(tx, cause);
+  }
+
   /** Makes room for this handle's pessimistic transaction, or throws SQLITE_BUSY. */
   private claimForPessimistic(): void {
     const a = this.engine.active;
