@@ -239,3 +239,24 @@ export function joinCommitGroup(
   if (group === undefined || tx === null || tx.kind !== 'concurrent' || tx.readOnly) return undefined;
   return group.join({ session, tx, mayGroup, alone });
 }
+
+/**
+ * Commits `conn`'s open transaction and resolves once it is durable. A `BEGIN CONCURRENT`
+ * transaction on a file database shares its COMMIT with the other transactions that commit in
+ * the same turn of the event loop (group commit, see `open()`'s `groupCommit`); anything else
+ * commits at once, exactly as `conn.exec('COMMIT')`. Rejects as COMMIT throws: `BusyError`
+ * `SQLITE_BUSY_SNAPSHOT` after a conflict (the transaction is then rolled back), `SQLITE_BUSY`
+ * when a lock is in the way (the transaction stays open: commit again later). Use it where a
+ * hand-written `BEGIN CONCURRENT` ends; `transaction()` does this by itself.
+ */
+export function commitAsync(conn: Connection): Promise<void> {
+  const alone = (): undefined => {
+    conn.exec('COMMIT');
+    return undefined;
+  };
+  try {
+    return joinCommitGroup(conn.session, () => true, alone) ?? Promise.resolve(alone());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
