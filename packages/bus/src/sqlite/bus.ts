@@ -15,6 +15,7 @@ import { makeDelivery } from '../delivery.js';
 import { groupSource } from '../group-source.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
+import { WriteBatch } from './batch.js';
 import { guardHandlerConn } from './guard.js';
 import { nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec, type Timing } from '../schedule.js';
 import { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
@@ -176,6 +177,10 @@ export class SqliteBus implements Bus {
   private readonly workers = new Set<BusWorker>();
   private readonly advancing = new Map<string, Promise<void>>();
   private sequencing: Promise<void> | undefined;
+  /** The bus's own writes of this turn, committed together (see batch.ts). */
+  private readonly batch = new WriteBatch((fn) => this.grouped(fn, true));
+  /** Handles whose handler touched `context.conn` in the current run (see {@link SqliteBus.transact}). */
+  private readonly touched = new WeakSet<Connection>();
   private readonly instance: string;
   private readonly clock: BusClock;
   /** The default logger of this bus's workers. @internal */
@@ -408,8 +413,16 @@ export class SqliteBus implements Bus {
     };
   }
 
+  /**
+   * A write of one statement (or a few): in the caller's transaction when given, else in this
+   * turn's write batch on a file (one commit for all the bus's writes of the turn), or as an
+   * autocommit statement in memory (no fsync to share).
+   */
   private write<T>(conn: Connection | undefined, fn: (h: Connection) => T): Promise<T> {
-    return conn ? this.onCaller(conn, fn) : this.grouped(fn);
+    if (conn) return this.onCaller(conn, fn);
+    if (this.main.memory) return this.db(fn);
+    this.assertOpen();
+    return this.batch.add(fn);
   }
 
   /**
@@ -640,7 +653,7 @@ export class SqliteBus implements Bus {
   /** Acknowledges `claim` (on `conn` if given). @internal */
   async ack(claim: Claim, conn?: Connection): Promise<void> {
     if (conn) await this.onCaller(conn, (h) => this.ackOn(h, claim));
-    else await this.grouped((h) => this.ackOn(h, claim));
+    else await this.write(undefined, (h) => this.ackOn(h, claim));
     this.settledClaim(claim, conn);
   }
 
@@ -731,9 +744,19 @@ export class SqliteBus implements Bus {
         abandoned.catch(() => {});
         // BEGIN itself may be refused while this process hands the file to another one.
         await this.untilUnlocked(h, abandon, () => h.exec('BEGIN CONCURRENT'), true);
+        this.touched.delete(h);
         await Promise.race([body(h, run), abandoned]);
         if (!h.isOpen || !h.inTransaction) {
           throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
+        }
+        if (!this.touched.has(h) && !this.main.memory) {
+          // The handler never used context.conn: its transaction is empty. The ack joins this
+          // turn's write batch (one commit with the other handlers' acks) instead.
+          h.exec('ROLLBACK');
+          if (abandon.aborted) throw abandon.reason;
+          await this.batch.add((b) => this.ackOn(b, claim));
+          this.settledClaim(claim);
+          return { reruns: run - 1 };
         }
         await this.untilUnlocked(h, abandon, () => this.ackOn(h, claim));
         // Concurrent handlers that finish in the same turn share this COMMIT (group commit).
@@ -764,7 +787,7 @@ export class SqliteBus implements Bus {
 
   /** The handler context's transport fields: `conn`, the transaction's handle. @internal */
   txContext(conn: Connection): { conn: Connection } {
-    return { conn: guardHandlerConn(conn) };
+    return { conn: guardHandlerConn(conn, () => this.touched.add(conn)) };
   }
 
   /** Runs `step` on `h` until no lock is in the way; the transaction stays open (parked) meanwhile. */
