@@ -1,13 +1,14 @@
 /**
- * Write batching: the bus's own small writes (sends and publishes without a caller's
- * transaction, acknowledgements of handlers that wrote nothing) made in one turn of the event
- * loop run together in one transaction, so that they share one durable commit.
+ * Write batching: the bus's own small writes (sends, `sendMany` batches and publishes without a
+ * caller's transaction, acknowledgements of handlers that wrote nothing) made in one turn of the
+ * event loop run together in one short `BEGIN IMMEDIATE` transaction, so that they share one
+ * durable commit.
  *
- * Why not one `transaction()` per write, grouped by the core's group commit? Each such
- * transaction writes, so the next one to write in the same turn must move it out of the engine
- * (a ROLLBACK, which on a file in exclusive locking costs an fsync of the journal) and it comes
- * back at the group's flush by replay. Writes that need no transaction of their own are cheaper
- * as statements of one shared transaction.
+ * Why not one concurrent `transaction()` per write, grouped by the core's group commit? Each
+ * such transaction writes, so the next one to write in the same turn must move it out of the
+ * engine (a ROLLBACK, which on a file in exclusive locking costs an fsync of the journal) and it
+ * comes back at the group's flush by replay; and the group waits one more turn. Writes that need
+ * no transaction of their own are cheaper as statements of one synchronous transaction.
  * @module
  */
 import { isRetryable, type Connection } from '@siblite/core';

@@ -178,7 +178,7 @@ export class SqliteBus implements Bus {
   private readonly advancing = new Map<string, Promise<void>>();
   private sequencing: Promise<void> | undefined;
   /** The bus's own writes of this turn, committed together (see batch.ts). */
-  private readonly batch = new WriteBatch((fn) => this.grouped(fn, true));
+  private readonly batch = new WriteBatch((fn) => this.immediate(fn));
   /** Handles whose handler touched `context.conn` in the current run (see {@link SqliteBus.transact}). */
   private readonly touched = new WeakSet<Connection>();
   private readonly instance: string;
@@ -257,25 +257,6 @@ export class SqliteBus implements Bus {
     return h;
   }
 
-  /**
-   * Runs `fn` for a write that needs no transaction of the caller's: on a file database in a
-   * `transaction()` of a pooled sibling handle, so that concurrent producers and settlements
-   * share commits (group commit: one set of fsyncs for all of them); in memory (nothing to
-   * share) as an autocommit statement on the bus's handle, unless `atomic` (`fn` runs several
-   * statements). `fn` may run again (conflicts).
-   * @internal
-   */
-  async grouped<T>(fn: (h: Connection) => T, atomic = false): Promise<T> {
-    if (this.main.memory && !atomic) return this.db(fn);
-    this.assertOpen();
-    const h = this.acquire();
-    try {
-      return await h.transaction(fn, { retry: this.retryOptions });
-    } finally {
-      this.release1(h);
-    }
-  }
-
   /** Runs `fn` in one `BEGIN IMMEDIATE` transaction on the bus's handle, retried on busy errors. @internal */
   immediate<T>(fn: (h: Connection) => T): Promise<T> {
     return this.db((h) => inImmediate(h, () => fn(h)));
@@ -346,8 +327,9 @@ export class SqliteBus implements Bus {
       const now = this.now();
       return batch.map((c) => insertOnce(h, this.plans.send, this.commandRow(c, now)));
     };
-    // One transaction: the caller's (a savepoint inside theirs, or one of their handle's own).
-    const changes = conn ? await conn.transaction(insertAll) : await this.grouped(insertAll, true);
+    // All or nothing: in the caller's transaction (a savepoint of it, or one of their handle's
+    // own), else as one item of this turn's write batch, inside a savepoint of its own.
+    const changes = conn ? await conn.transaction(insertAll) : await this.batch.add((h) => inSavepoint(h, () => insertAll(h)));
     this.afterProduce(conn, 'queue');
     return batch.map((c, i) => ({ id: c.id, stored: (changes[i] ?? 0) > 0 }));
   }
@@ -1268,6 +1250,19 @@ export class SqliteBus implements Bus {
 }
 
 /** Runs an INSERT; a UNIQUE violation (the id exists) counts as 0 rows stored. */
+/** Runs `fn` inside a savepoint of `h`'s transaction: undone entirely when it throws. */
+function inSavepoint<T>(h: Connection, fn: () => T): T {
+  h.exec('SAVEPOINT siblite_bus_batch');
+  try {
+    const out = fn();
+    h.exec('RELEASE siblite_bus_batch');
+    return out;
+  } catch (e) {
+    if (h.inTransaction) h.exec('ROLLBACK TO siblite_bus_batch; RELEASE siblite_bus_batch');
+    throw e;
+  }
+}
+
 function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>): number {
   try {
     return h.run(sql, params).changes;
