@@ -302,6 +302,7 @@ export async function run({ quick, log }) {
   if (pj.ok) {
     ratios.push({ label: `bus send x${PRODUCERS}: SqliteBus / plainjob`, num: 'send:group', den: 'send:plainjob' });
     ratios.push({ label: `bus sendMany: SqliteBus / plainjob addMany`, num: 'many:group', den: 'many:plainjob' });
+    ratios.push({ label: `bus sendMany: SqliteBus / plainjob add x${PRODUCERS} (one at a time)`, num: 'many:group', den: 'send:plainjob' });
     ratios.push({ label: `bus claim + handle + ack x${WORKERS}: SqliteBus / plainjob`, num: 'consume:group', den: 'consume:plainjob' });
   }
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
