@@ -3,7 +3,7 @@
 // validated on its own and fails alone.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { groupCommitStats, open, type Connection } from '../src/index.js';
+import { commitAsync, groupCommitStats, open, type Connection } from '../src/index.js';
 import { checkSqliteError, useScope } from './helpers.js';
 
 const scope = useScope();
@@ -219,6 +219,27 @@ describe('group commit', () => {
       })(),
       'misuse',
     );
+  });
+
+  it('commitAsync: hand-written BEGIN CONCURRENT transactions commit in one group; exec(COMMIT) stays alone and synchronous', async () => {
+    const db = fileDb();
+    const before = groupCommitStats(db);
+    const hs = Array.from({ length: 5 }, () => scope.connect(db));
+    for (const [i, h] of hs.entries()) {
+      h.exec('BEGIN CONCURRENT');
+      h.run('UPDATE acct SET n = n + 1 WHERE id = ?', [i + 1]);
+    }
+    const pending = hs.slice(0, 4).map((h) => commitAsync(h));
+    hs[4]!.exec('COMMIT'); // synchronous: durable now, alone
+    expect(hs[4]!.inTransaction).toBe(false);
+    await Promise.all(pending);
+    const after = groupCommitStats(db);
+    expect(after.groups - before.groups).toBe(1);
+    expect(after.committed - before.committed).toBe(4);
+    expect(db.get<{ s: number }>('SELECT sum(n) AS s FROM acct WHERE id <= 5')!.s).toBe(5);
+    for (const h of hs) expect(h.inTransaction).toBe(false);
+    // Outside a concurrent transaction it is a plain COMMIT.
+    await expect(commitAsync(hs[0]!)).rejects.toMatchObject({ kind: 'misuse' });
   });
 
   it('in-memory databases never group', async () => {
