@@ -18,7 +18,7 @@
  */
 import type { ConcurrentTransaction } from './concurrent/transaction.js';
 import type { Connection } from './connection.js';
-import type { Engine } from './engine/engine.js';
+import type { Engine, GroupHooks } from './engine/engine.js';
 import { errorKind, misuseError, type SqliteError } from './errors.js';
 import type { Session } from './session.js';
 
@@ -87,22 +87,50 @@ export interface GroupCommitStats {
   conflicts: number;
   /** Members sent to commit alone (a group of one, the lane, a failed shared COMMIT, ...). */
   alone: number;
+  /** Times a transaction was brought in on top of a pending group's members (no fsync to move it out). */
+  stacked: number;
 }
 
 const SAVEPOINT = 'siblite_group_member';
+/** The savepoint a concurrent transaction runs in on top of a group's pending members. */
+const TOP = 'siblite_group_top';
 
-class CommitGroup {
+/**
+ * One engine's commit group. Members that join while they are in the engine stay there,
+ * *pending* (applied in the open real transaction, not committed), instead of being rolled back
+ * when another handle writes: another concurrent transaction runs on top of them inside the
+ * savepoint {@link TOP} (it is validated against a state that includes them, as it will be at
+ * its own commit, which comes after theirs), and moving it out is a `ROLLBACK TO`, which costs no
+ * fsync, where a ROLLBACK of the whole transaction does. Anything else that needs the engine
+ * (an autocommit statement, a pessimistic transaction, a setting, the file hand-over) first
+ * rolls them back ({@link CommitGroup.settle}; they are replayed at the flush, as parked members
+ * are), so nothing outside the group ever sees a pending member's uncommitted rows.
+ */
+class CommitGroup implements GroupHooks {
   private pending: Member[] = [];
   private scheduled = false;
-  readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0 };
+  /** Members applied in the engine's real transaction, in order (see the class documentation). */
+  private applied: Member[] = [];
+  /** The concurrent transaction running on top of {@link CommitGroup.applied}, in savepoint TOP. */
+  private top: ConcurrentTransaction | null = null;
+  /** The tables the applied members wrote. */
+  readonly pendingWrites = new Set<string>();
+  readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 };
 
   constructor(
     private readonly engine: Engine,
     readonly settings: Required<GroupCommitOptions>,
-  ) {}
+  ) {
+    engine.group = this;
+  }
 
   join(m: Omit<Member, 'resolve' | 'reject'>): Promise<void> {
-    const promise = new Promise<void>((resolve, reject) => this.pending.push({ ...m, resolve, reject }));
+    let member: Member | undefined;
+    const promise = new Promise<void>((resolve, reject) => {
+      member = { ...m, resolve, reject };
+      this.pending.push(member);
+    });
+    this.keepApplied(member as Member);
     if (this.pending.length >= this.settings.cap) this.flush();
     else if (!this.scheduled) {
       this.scheduled = true;
@@ -112,17 +140,38 @@ class CommitGroup {
     return promise;
   }
 
+  /** A member that is in the engine now stays applied there until the flush. */
+  private keepApplied(m: Member): void {
+    const engine = this.engine;
+    this.checkAlive();
+    if (engine.active !== m.tx || !engine.inRealTransaction) return;
+    if (this.applied.length === 0) {
+      if (this.top !== null) return; // cannot happen: a top needs applied members below it
+    } else {
+      if (this.top !== m.tx) return;
+      engine.exec(`RELEASE ${TOP}`);
+      this.top = null;
+    }
+    m.tx.refreshFootprints();
+    this.applied.push(m);
+    for (const t of m.tx.writes) this.pendingWrites.add(t);
+    // Transactions validated before must re-check what they read of these tables.
+    engine.noteChanged(m.tx.writes);
+  }
+
   /** Commits the pending members (see the module documentation). Never throws. */
   flush(): void {
     this.scheduled = false;
     const members = this.pending;
     if (members.length === 0) return;
     this.pending = [];
-    const engine = this.engine;
     const ready: Member[] = [];
     const alone: Member[] = [];
     for (const m of members) (m.session.tx === m.tx && m.mayGroup() ? ready : alone).push(m);
-    if (ready.length < 2 || engine.active?.kind === 'pessimistic') {
+    // An applied member that must commit alone (the lane holds it back): undo them all first.
+    if (this.applied.some((m) => !ready.includes(m))) this.undoApplied();
+    if (ready.length < 2 || this.engine.active?.kind === 'pessimistic') {
+      this.leaveForAlone();
       this.commitAlone(members);
       return;
     }
@@ -135,6 +184,10 @@ class CommitGroup {
       this.commitAlone([...alone, ...ready.filter((m) => m.session.tx === m.tx)]);
       return;
     }
+    this.finish(committed, alone);
+  }
+
+  private finish(committed: Member[], alone: Member[]): void {
     this.stats.groups++;
     this.stats.committed += committed.length;
     for (const m of committed) m.resolve();
@@ -142,27 +195,31 @@ class CommitGroup {
   }
 
   /**
-   * BEGIN, each member in its savepoint, COMMIT. Returns the members committed; a conflicting
-   * member is ended and rejected here. On any other failure everything is rolled back (the
-   * members stay open, parked) and the error thrown.
+   * BEGIN (unless members are applied already), each other member in its savepoint, COMMIT.
+   * Returns the members committed; a conflicting member is ended and rejected here. On any other
+   * failure everything is rolled back (the members stay open, parked) and the error thrown.
    */
   private applyAll(ready: Member[]): Member[] {
     const engine = this.engine;
-    const lead = ready.find((m) => engine.active === m.tx);
-    const order = lead ? [lead, ...ready.filter((m) => m !== lead)] : ready;
-    const ok: Member[] = [];
+    this.checkAlive();
+    const ok: Member[] = [...this.applied];
     try {
-      if (lead) {
-        lead.tx.refreshFootprints();
-        ok.push(lead);
-        // Later members must re-check what they read of the tables earlier members wrote.
-        engine.noteChanged(lead.tx.writes);
+      if (this.applied.length > 0) {
+        this.dropTop();
       } else {
-        engine.park();
-        engine.exec('BEGIN');
+        // A lone member in the engine is valid as it stands: it goes first.
+        const lead = ready.find((m) => engine.active === m.tx);
+        if (lead) {
+          lead.tx.refreshFootprints();
+          ok.push(lead);
+          engine.noteChanged(lead.tx.writes);
+        } else {
+          engine.park();
+          engine.exec('BEGIN');
+        }
       }
-      for (const m of order) {
-        if (m === lead) continue;
+      for (const m of ready) {
+        if (ok.includes(m)) continue;
         engine.exec(`SAVEPOINT ${SAVEPOINT}`);
         try {
           m.tx.resume(true);
@@ -183,11 +240,112 @@ class CommitGroup {
       else engine.exec('ROLLBACK');
     } catch (e) {
       engine.active = null;
+      this.forgetApplied();
       if (engine.inRealTransaction) engine.exec('ROLLBACK');
       throw e;
     }
+    this.forgetApplied();
     for (const m of ok) m.session.endGroupMember(m.tx);
     return ok;
+  }
+
+  // ---- GroupHooks: what the engine and the sessions call --------------------------------------
+
+  settle(): boolean {
+    this.checkAlive();
+    if (this.applied.length === 0) return false;
+    // Something outside the group needs the engine: the applied members step out (they stay
+    // pending and are replayed at the flush). Committing them here, inside another handle's
+    // statement, would commit them before that statement while their promises resolve after it.
+    this.undoApplied();
+    return true;
+  }
+
+  stack(tx: ConcurrentTransaction): boolean {
+    const engine = this.engine;
+    this.checkAlive();
+    if (this.applied.length === 0) return false;
+    if (this.applied.some((m) => m.tx === tx)) {
+      // A pending member's own handle runs a statement again: undo the group (its members come
+      // back by replay at the flush) and let the usual path bring this one in.
+      this.undoApplied();
+      return false;
+    }
+    this.dropTop();
+    engine.exec(`SAVEPOINT ${TOP}`);
+    try {
+      tx.resume(true);
+    } catch (e) {
+      if (engine.inRealTransaction) {
+        engine.exec(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
+        engine.active = this.lastApplied();
+      } else this.forgetApplied(); // the replay ended the whole transaction (OR ROLLBACK)
+      throw e;
+    }
+    this.top = tx;
+    this.stats.stacked++;
+    return true;
+  }
+
+  release(tx: ConcurrentTransaction): void {
+    if (this.top === tx) this.dropTop();
+    else if (this.applied.some((m) => m.tx === tx)) this.undoApplied();
+  }
+
+  isTop(tx: ConcurrentTransaction): boolean {
+    return this.top === tx;
+  }
+
+  // ---- helpers --------------------------------------------------------------------------------
+
+  /** Moves the transaction on top out of the engine (`ROLLBACK TO`, no fsync): it is parked. */
+  private dropTop(): void {
+    if (this.top === null) return;
+    const engine = this.engine;
+    this.top = null;
+    engine.exec(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
+    engine.active = this.lastApplied();
+  }
+
+  /** Rolls the applied members back (they stay pending, parked, and are replayed at the flush). */
+  private undoApplied(): void {
+    const engine = this.engine;
+    engine.active = null;
+    const writes = [...this.pendingWrites];
+    this.forgetApplied();
+    if (engine.inRealTransaction) engine.exec('ROLLBACK');
+    engine.noteChanged(writes);
+  }
+
+  /** Before members commit alone: a lone applied member stays active (its own COMMIT commits it). */
+  private leaveForAlone(): void {
+    if (this.applied.length === 0) return;
+    this.dropTop();
+    if (this.applied.length > 1) this.undoApplied();
+    else this.forgetApplied();
+  }
+
+  /**
+   * A statement of the transaction on top ended the whole real transaction (`OR ROLLBACK`): the
+   * applied members are no longer in the engine; they are parked and replayed at the flush.
+   */
+  private checkAlive(): void {
+    if (this.applied.length > 0 && !this.engine.inRealTransaction) {
+      const writes = [...this.pendingWrites];
+      this.forgetApplied();
+      if (this.engine.active !== null && this.engine.active.kind === 'concurrent') this.engine.active = null;
+      this.engine.noteChanged(writes);
+    }
+  }
+
+  private forgetApplied(): void {
+    this.applied = [];
+    this.top = null;
+    this.pendingWrites.clear();
+  }
+
+  private lastApplied(): ConcurrentTransaction | null {
+    return this.applied.length > 0 ? (this.applied[this.applied.length - 1] as Member).tx : null;
   }
 
   private commitAlone(members: readonly Member[]): void {
@@ -218,7 +376,7 @@ export function groupCommitSettings(engine: Engine): Settings {
  * group commits), for tests and monitoring.
  */
 export function groupCommitStats(conn: Connection): GroupCommitStats {
-  return { ...(groups.get(conn.session.engine)?.stats ?? { groups: 0, committed: 0, conflicts: 0, alone: 0 }) };
+  return { ...(groups.get(conn.session.engine)?.stats ?? { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 }) };
 }
 
 /**

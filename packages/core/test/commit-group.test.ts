@@ -37,6 +37,7 @@ describe('group commit', () => {
     expect(stats.groups - before.groups).toBeGreaterThan(0);
     expect(stats.committed).toBeGreaterThan(stats.groups); // groups of more than one
     expect(stats.conflicts).toBe(0);
+    expect(stats.stacked).toBeGreaterThan(0); // writers ran on top of pending members
   });
 
   it('fails only the conflicting member of a group (a or b, whichever comes later in it); its retry then commits', async () => {
@@ -174,7 +175,7 @@ describe('group commit', () => {
         }),
       ),
     );
-    expect(groupCommitStats(db)).toEqual({ groups: 0, committed: 0, conflicts: 0, alone: 0 });
+    expect(groupCommitStats(db)).toEqual({ groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 });
     const db2 = fileDb();
     await Promise.all(
       Array.from({ length: 4 }, (_, i) =>

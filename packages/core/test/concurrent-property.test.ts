@@ -34,7 +34,7 @@ describe('BEGIN CONCURRENT is serializable (property)', () => {
   it.skipIf(groupRuns === 0)('the same on a file with group commit: commits of several handles applied in one real transaction', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'siblite-prop-group-'));
     let n = 0;
-    const grouped = { groups: 0, committed: 0, conflicts: 0 };
+    const grouped = { groups: 0, committed: 0, conflicts: 0, stacked: 0 };
     try {
       await fc.assert(
         fc.asyncProperty(historyArb, async ([programs, schedule]) => {
@@ -47,6 +47,7 @@ describe('BEGIN CONCURRENT is serializable (property)', () => {
             grouped.groups += st.groups;
             grouped.committed += st.committed;
             grouped.conflicts += st.conflicts;
+            grouped.stacked += st.stacked;
           } finally {
             db.close();
           }
@@ -56,6 +57,7 @@ describe('BEGIN CONCURRENT is serializable (property)', () => {
       // The histories did exercise groups of several transactions (and conflicts inside them).
       if (process.env.SIBLITE_FUZZ_VERBOSE) console.log('group commit in the property:', grouped);
       expect(grouped.committed).toBeGreaterThan(grouped.groups);
+      expect(grouped.stacked).toBeGreaterThan(0); // transactions ran on top of pending members
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
