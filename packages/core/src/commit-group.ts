@@ -4,16 +4,18 @@
  *
  * A committing transaction joins its engine's pending group; the group is flushed after the
  * window (default: the same turn of the event loop, `setImmediate`) or at once when it reaches
- * the cap. The flush, synchronously: takes the engine (a non-member's concurrent transaction is
- * parked), BEGIN, then each member in turn inside a SAVEPOINT: brought in by replaying its log,
- * which is its validation against the state that includes every earlier member (a member that
- * is already active in the engine is valid as it stands and goes first). A member that conflicts
- * is rolled back to its savepoint and fails alone (`SQLITE_BUSY_SNAPSHOT`, its retry loop runs it
- * again); the others are RELEASEd, then one COMMIT makes them all durable, and only then do their
- * promises resolve. So the serial order is the order of application, and a crash loses only
- * members whose promises had not resolved. When the shared COMMIT fails (a deferred foreign key,
- * a busy or I/O error) the group is rolled back and every member commits alone, as it would have
- * without grouping, so only a bad member fails.
+ * the cap. A member that joins while it is in the engine stays applied there (uncommitted) until
+ * the flush, and other concurrent transactions run on top of the applied members in a savepoint
+ * (see {@link CommitGroup}). The flush, synchronously: the applied members are there, valid, in
+ * order; then BEGIN if none is, and each other member in turn inside a SAVEPOINT: brought in by
+ * replaying its log, which is its validation against the state that includes every earlier
+ * member. A member that conflicts is rolled back to its savepoint and fails alone
+ * (`SQLITE_BUSY_SNAPSHOT`, its retry loop runs it again); the others are RELEASEd, then one COMMIT
+ * makes them all durable, and only then do their promises resolve, in the order of application.
+ * So the serial order is the order of application, and a crash loses only members whose promises
+ * had not resolved. When the shared COMMIT fails (a deferred foreign key, a busy or I/O error)
+ * the group is rolled back and every member commits alone, as it would have without grouping, so
+ * only a bad member fails.
  * @module
  */
 import type { ConcurrentTransaction } from './concurrent/transaction.js';
