@@ -102,6 +102,12 @@ function ratioOf(spec, byId) {
   return { ...out, median: s.median, p25: s.p25, p75: s.p75, min: s.min, max: s.max, met };
 }
 
+/** The `## ` sections of a benchmarks page marked `<!-- Written by hand ...`, verbatim. */
+function handWrittenSections(page) {
+  const parts = page.split(/^(?=## )/m);
+  return parts.filter((p) => /^## [^\n]*\n+<!-- Written by hand/.test(p)).join('');
+}
+
 const started = performance.now();
 const files = readdirSync(join(here, 'suites'))
   .filter((f) => f.endsWith('.mjs'))
@@ -195,7 +201,10 @@ if (quick) {
   }
   Object.assign(latest.versions, results.versions);
   writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(latest, null, 2) + '\n');
+  const handWritten = handWrittenSections(readFileSync(join(root, 'docs', 'benchmarks.md'), 'utf8'));
   const written = writeDocs(latest);
+  // Sections written by hand (from partial runs of suites not in latest.json yet) stay.
+  if (handWritten) writeFileSync(join(root, 'docs', 'benchmarks.md'), readFileSync(join(root, 'docs', 'benchmarks.md'), 'utf8').trimEnd() + '\n\n' + handWritten);
   console.log(`\nwrote bench/results/partial.json, merged it into bench/results/latest.json, wrote ${written.join(', ')}`);
 } else if (only) {
   writeFileSync(join(here, 'results', 'partial.json'), JSON.stringify(results, null, 2) + '\n');
