@@ -592,9 +592,9 @@ export class Session {
     };
     let plan: RowidPlan | null = null;
     try {
-      const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
+      const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx, (p) => (plan = p));
       // A private copy: the application may mutate the rows it was given.
-      entry.outcome = privateCopy(out);
+      entry.outcome = entry.digest ? DIGESTED : privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
         const pl = plan as RowidPlan;
         entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };
@@ -614,6 +614,17 @@ export class Session {
       }
       throw e;
     }
+  }
+
+  /**
+   * A concurrent transaction's read through `all()`: rows and their digest in one pass. A large
+   * result is logged as its digest only (see engine/row-digest.ts), a small one as rows.
+   */
+  private allDigested(c: CompiledSql, params: BindParams | undefined, entry: LogEntry): Outcome {
+    this.primeLastInsertRowid(c);
+    const { rows, digest } = (c.prepared as PreparedSql).allDigested(params, this.format);
+    if (rows.length > DIGEST_ABOVE_ROWS) entry.digest = digest;
+    return { rows, changes: 0, insertedRowid: undefined };
   }
 
   /**
@@ -716,6 +727,16 @@ export class Session {
       this.engine.release();
     }
   }
+}
+
+/** Results up to this many rows are logged as rows (a conflict then shows the row that differs). */
+const DIGEST_ABOVE_ROWS = 64;
+/** The logged outcome of a read kept as a digest. */
+const DIGESTED: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
+
+/** Whether a concurrent transaction's statement is a read whose result may be logged as a digest. */
+function isDigestable(c: CompiledSql, fp: Footprint, want: Want): boolean {
+  return want === 'all' && fp.readonly && c.prepared !== undefined && !c.prepared.writesRows;
 }
 
 const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true, deterministic: true };
