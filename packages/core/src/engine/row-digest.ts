@@ -69,40 +69,49 @@ export class DigestBuilder {
   /** Hashes the current row of the stepped statement `ptr` with `columns` columns. */
   addRow(ptr: number, columns: number): void {
     const ll = this.ll;
+    // The lanes live in module variables while a row is hashed (no SQL runs meanwhile).
+    A = this.a;
+    B = this.b;
     for (let i = 0; i < columns; i++) {
       const type = ll._sqlite3_column_type(ptr, i);
-      this.word(type);
       if (type === 1) {
-        // INTEGER: the double is exact below 2^53; beyond, the 64-bit value.
+        // INTEGER: the double is exact below 2^53; beyond, the 64-bit value. Tags 1 and 6
+        // keep the two encodings apart.
         const d = ll._sqlite3_column_double(ptr, i);
         if (d > -TWO53 && d < TWO53) {
-          this.word(d >>> 0);
-          this.word(Math.floor(d / 4294967296) >>> 0);
+          mix(1);
+          mix(d | 0);
+          mix(Math.floor(d / 4294967296) | 0);
         } else {
           const v = BigInt.asUintN(64, ll._sqlite3_column_int64(ptr, i));
-          this.word(Number(v & 0xffffffffn));
-          this.word(Number(v >> 32n));
+          mix(6);
+          mix(Number(v & 0xffffffffn) | 0);
+          mix(Number(v >> 32n) | 0);
         }
       } else if (type === 2) {
         f64[0] = ll._sqlite3_column_double(ptr, i);
-        this.word(u32[0] as number);
-        this.word(u32[1] as number);
+        mix(2);
+        mix(u32[0] as number);
+        mix(u32[1] as number);
       } else if (type === 3 || type === 4) {
         // Text first, then its length (SQLite's documented order for a stable pointer).
         const p = type === 3 ? ll._sqlite3_column_text(ptr, i) : ll._sqlite3_column_blob(ptr, i);
         const n = ll._sqlite3_column_bytes(ptr, i);
-        this.word(n);
+        mix(type);
+        mix(n);
         const heap = ll.__sibliteHeap();
         let j = 0;
         for (; j + 4 <= n; j += 4) {
-          this.word(
-            ((heap[p + j] as number) | ((heap[p + j + 1] as number) << 8) | ((heap[p + j + 2] as number) << 16) | ((heap[p + j + 3] as number) << 24)) >>> 0,
-          );
+          mix((heap[p + j] as number) | ((heap[p + j + 1] as number) << 8) | ((heap[p + j + 2] as number) << 16) | ((heap[p + j + 3] as number) << 24));
         }
-        for (; j < n; j++) this.word(heap[p + j] as number);
+        for (; j < n; j++) mix(heap[p + j] as number);
+      } else {
+        mix(type);
       }
     }
-    if (++this.rows % DIGEST_BLOCK_ROWS === 0) this.marks.push(this.a >>> 0, this.b >>> 0);
+    this.a = A;
+    this.b = B;
+    if (++this.rows % DIGEST_BLOCK_ROWS === 0) this.marks.push(A >>> 0, B >>> 0);
   }
 
   /** The digest of the rows hashed. */
@@ -136,15 +145,27 @@ export class DigestBuilder {
   }
 
   private word(k: number): void {
-    let x = Math.imul(k, 0xcc9e2d51);
-    x = Math.imul((x << 15) | (x >>> 17), 0x1b873593);
-    let a = this.a ^ x;
-    a = (a << 13) | (a >>> 19);
-    this.a = (Math.imul(a, 5) + 0xe6546b64) | 0;
-    let y = Math.imul(k ^ 0x9e3779b9, 0x85ebca6b);
-    y = Math.imul((y << 16) | (y >>> 16), 0xc2b2ae35);
-    let b = this.b ^ y;
-    b = (b << 17) | (b >>> 15);
-    this.b = (Math.imul(b, 9) + 0x52dce729) | 0;
+    A = this.a;
+    B = this.b;
+    mix(k);
+    this.a = A;
+    this.b = B;
   }
+}
+
+let A = 0;
+let B = 0;
+
+/** Feeds one 32-bit word to both lanes (MurmurHash3's block step, two sets of constants). */
+function mix(k: number): void {
+  let x = Math.imul(k, 0xcc9e2d51);
+  x = Math.imul((x << 15) | (x >>> 17), 0x1b873593);
+  let a = A ^ x;
+  a = (a << 13) | (a >>> 19);
+  A = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  let y = Math.imul(k ^ 0x9e3779b9, 0x85ebca6b);
+  y = Math.imul((y << 16) | (y >>> 16), 0xc2b2ae35);
+  let b = B ^ y;
+  b = (b << 17) | (b >>> 15);
+  B = (Math.imul(b, 9) + 0x52dce729) | 0;
 }
