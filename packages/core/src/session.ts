@@ -15,6 +15,7 @@ import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './
 import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
+import { digestPolicy } from './engine/row-digest.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
@@ -623,7 +624,7 @@ export class Session {
   private allDigested(c: CompiledSql, params: BindParams | undefined, entry: LogEntry): Outcome {
     this.primeLastInsertRowid(c);
     const { rows, digest } = (c.prepared as PreparedSql).allDigested(params, this.format);
-    if (rows.length > DIGEST_ABOVE_ROWS) entry.digest = digest;
+    if (rows.length > digestPolicy.aboveRows) entry.digest = digest;
     return { rows, changes: 0, insertedRowid: undefined };
   }
 
@@ -729,8 +730,6 @@ export class Session {
   }
 }
 
-/** Results up to this many rows are logged as rows (a conflict then shows the row that differs). */
-const DIGEST_ABOVE_ROWS = 64;
 /** The logged outcome of a read kept as a digest. */
 const DIGESTED: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
 

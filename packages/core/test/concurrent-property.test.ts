@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { describe, it } from 'vitest';
 import { historyArb, runHistory } from './property/history.js';
 import { processHistoryArb, withOtherProcess } from './property/processes.js';
+import { digestPolicy } from '../src/engine/row-digest.js';
 
 const runs = Number(process.env.SIBLITE_FUZZ_RUNS ?? 150);
 const processRuns = Number(process.env.SIBLITE_FUZZ_PROCESS_RUNS ?? 8);
@@ -24,6 +25,19 @@ describe('BEGIN CONCURRENT is serializable (property)', () => {
       fc.asyncProperty(historyArb, ([programs, schedule]) => runHistory(programs, schedule)),
       params(runs),
     );
+  }, timeout);
+
+  it.skipIf(runs === 0)('the same with every read of a concurrent transaction logged as a digest of its rows', async () => {
+    const saved = digestPolicy.aboveRows;
+    digestPolicy.aboveRows = 0;
+    try {
+      await fc.assert(
+        fc.asyncProperty(historyArb, ([programs, schedule]) => runHistory(programs, schedule)),
+        params(Math.ceil(runs / 3)),
+      );
+    } finally {
+      digestPolicy.aboveRows = saved;
+    }
   }, timeout);
 
   it.skipIf(processRuns === 0)('the same on a file while another process commits between the steps', async () => {

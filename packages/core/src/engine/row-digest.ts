@@ -18,6 +18,13 @@
 import { randomBytes } from 'node:crypto';
 import { loadSqlite } from '../file/load.js';
 
+/**
+ * When a concurrent transaction's read is logged as a digest: results of more than `aboveRows`
+ * rows (smaller ones keep their rows, so a conflict message can show the row that differs).
+ * @internal Mutable for tests, which run the isolation properties with every read digested.
+ */
+export const digestPolicy = { aboveRows: 64 };
+
 /** Rows per recorded block: a re-check that differs stops within this many rows of the difference. */
 export const DIGEST_BLOCK_ROWS = 256;
 
