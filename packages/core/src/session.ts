@@ -16,6 +16,7 @@ import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } fro
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { digestPolicy } from './engine/row-digest.js';
+import { heldAgainst } from './concurrent/hold.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
@@ -396,6 +397,8 @@ export class Session {
   private bringIn(tx: ConcurrentTransaction): void {
     const a = this.engine.active;
     if (a && a.kind === 'pessimistic') throw lockedBy(a);
+    const held = heldAgainst(a, tx, this.inTransactionFn);
+    if (held) throw held;
     this.engine.park();
     try {
       tx.resume();

@@ -7,6 +7,7 @@ import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
 import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
+import { isHeldRefusal } from './concurrent/hold.js';
 import { retry, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
@@ -173,7 +174,7 @@ export async function runTransaction<T>(
         session.endTransactionFn();
       }
     } catch (e) {
-      if (isRetryable(e)) {
+      if (isRetryable(e) && !isHeldRefusal(e)) {
         if (inLane) laneFailures++;
         else failures++;
       }
