@@ -136,6 +136,7 @@ export async function runTransaction<T>(
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
+    let failed: unknown;
     // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
     const kept = lane !== undefined && lane.keptFor === session;
     // Only a transaction that failed LANE_AFTER_FAILURES times queues: sending transactions to the
@@ -178,13 +179,18 @@ export async function runTransaction<T>(
         if (inLane) laneFailures++;
         else failures++;
       }
-      throw e;
+      failed = e;
     } finally {
       if (inLane) {
         if (lane.priority === session) lane.priority = undefined;
         lane.release();
       }
     }
+    // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
+    // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
+    // (one rerun at most: the rerun's own commit never waits in the lane).
+    if (lane !== undefined && lane.keptFor === session && isRetryable(failed)) return once();
+    throw failed;
   };
   running.add(session);
   try {
