@@ -397,7 +397,7 @@ export class Session {
   private bringIn(tx: ConcurrentTransaction): void {
     const a = this.engine.active;
     if (a && a.kind === 'pessimistic') throw lockedBy(a);
-    const held = heldAgainst(a, tx, this.inTransactionFn);
+    const held = heldAgainst(a, tx, this, this.inTransactionFn);
     if (held) throw held;
     this.engine.park();
     try {

@@ -7,7 +7,7 @@ import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
 import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
-import { isHeldRefusal } from './concurrent/hold.js';
+import { forgetRefusals, isHeldRefusal } from './concurrent/hold.js';
 import { retry, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
@@ -201,6 +201,7 @@ export async function runTransaction<T>(
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
+    forgetRefusals(session);
     // The retry loop ended while this transaction kept its turn in the lane.
     if (lane?.keptFor === session) {
       lane.keptFor = undefined;

@@ -4,11 +4,12 @@
  * results a serial execution gives, and hand-written transactions are parked as before.
  */
 import { describe, expect, it } from 'vitest';
-import { HOLD_AFTER_STATEMENTS } from '../src/concurrent/hold.js';
+import { HOLD_AFTER_STATEMENTS, HOLD_AT_MOST_MS } from '../src/concurrent/hold.js';
 import { useScope } from './helpers.js';
 
 const scope = useScope();
 const tick = () => new Promise<void>((r) => setImmediate(r));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const SCHEMA = 'CREATE TABLE acct (id INTEGER PRIMARY KEY, n INT); INSERT INTO acct VALUES (1, 0), (2, 0); CREATE TABLE item (id INTEGER PRIMARY KEY, owner INT, v INT);';
 
 describe('long transactions taking turns', () => {
@@ -86,5 +87,30 @@ describe('long transactions taking turns', () => {
     await Promise.all([short, long]);
     expect(bRuns).toBe(1);
     expect(root.all('SELECT n FROM acct ORDER BY id')).toEqual([{ n: HOLD_AFTER_STATEMENTS * 2 }, { n: 1 }]);
+  });
+
+  it('a long transaction that keeps awaiting is parked after all once another callback has waited long enough', async () => {
+    const root = scope.open(':memory:');
+    root.exec(SCHEMA);
+    const a = scope.track(root.connect());
+    const b = scope.track(root.connect());
+    const order: string[] = [];
+    let grown!: () => void;
+    const isLong = new Promise<void>((r) => (grown = r));
+    const long = a.transaction(async (tx) => {
+      for (let j = 0; j < HOLD_AFTER_STATEMENTS + 4; j++) tx.run('UPDATE acct SET n = n + 1 WHERE id = 1');
+      grown();
+      await sleep(HOLD_AT_MOST_MS * 4);
+      tx.run('UPDATE acct SET n = n + 1 WHERE id = 1');
+      order.push('long');
+    }, { mode: 'concurrent' });
+    await isLong;
+    await b.transaction((tx) => {
+      tx.run('UPDATE acct SET n = n + 1 WHERE id = 2');
+    }, { mode: 'concurrent' });
+    order.push('short');
+    await long;
+    expect(order).toEqual(['short', 'long']);
+    expect(root.all('SELECT n FROM acct ORDER BY id')).toEqual([{ n: HOLD_AFTER_STATEMENTS + 5 }, { n: 1 }]);
   });
 });

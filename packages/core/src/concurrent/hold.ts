@@ -21,14 +21,33 @@ import type { ConcurrentTransaction } from './transaction.js';
 export const HOLD_AFTER_STATEMENTS = 16;
 
 /**
+ * How long one `transaction()` call is refused in favor of long transactions, from its first
+ * refusal, in ms. After that its statements park them again (paying their replay), so that a
+ * long-running batch never makes short transactions wait for it, or give up, for long.
+ */
+export const HOLD_AT_MOST_MS = 250;
+
+/** Per handle running a `transaction()` call: when a holder first refused it. */
+const firstRefusal = new WeakMap<object, number>();
+
+/**
  * The error for `claimant`'s statement when the active transaction `active` holds the engine
  * against it, or `undefined` when `active` may be parked. `retried` tells whether the claimant
- * runs inside a `transaction()` callback (which reruns on a busy error).
+ * runs inside a `transaction()` callback (which reruns on a busy error) on `handle`.
  */
-export function heldAgainst(active: OpenTransaction | null, claimant: ConcurrentTransaction, retried: boolean): SqliteError | undefined {
+export function heldAgainst(
+  active: OpenTransaction | null,
+  claimant: ConcurrentTransaction,
+  handle: object,
+  retried: boolean,
+): SqliteError | undefined {
   if (!retried || active === null || active === claimant || active.kind !== 'concurrent') return undefined;
   const length = (active as ConcurrentTransaction).log.length;
   if (length < HOLD_AFTER_STATEMENTS || length <= claimant.log.length) return undefined;
+  const now = performance.now();
+  const first = firstRefusal.get(handle);
+  if (first === undefined) firstRefusal.set(handle, now);
+  else if (now - first > HOLD_AT_MOST_MS) return undefined;
   const error = sqliteError(
     `database is locked: handle #${active.handleId} has a long BEGIN CONCURRENT transaction (${length} statements) in the engine, ` +
       'which is not rolled back and replayed for another transaction; transaction() runs this one again after it',
@@ -47,4 +66,9 @@ const held = new WeakSet<object>();
  */
 export function isHeldRefusal(e: unknown): boolean {
   return typeof e === 'object' && e !== null && held.has(e);
+}
+
+/** The `transaction()` call on `handle` has ended: its next one may be refused afresh. */
+export function forgetRefusals(handle: object): void {
+  firstRefusal.delete(handle);
 }
