@@ -8,9 +8,10 @@
  * the engine, *holds* it against the statements of other `transaction()` callbacks: they get a
  * retryable `BusyError` (`transaction()` reruns the callback later; a COMMIT waits for its
  * turn, keeping its work), as against a pessimistic transaction's lock. Everyone else (autocommit
- * statements, hand-written `BEGIN CONCURRENT` transactions, which were promised that they never
- * wait) still parks it, as before. Nothing about validation changes: this only decides who
- * waits, never what commits.
+ * statements and hand-written `BEGIN CONCURRENT` transactions, which were promised that they never
+ * wait) still park it, as before, and so does a callback that has been refused for
+ * {@link HOLD_AT_MOST_MS}. Nothing about validation changes: this only decides who waits,
+ * never what commits.
  * @module
  */
 import { sqliteError, type SqliteError } from '../errors.js';
