@@ -1,5 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,9 +14,12 @@ afterEach(() => {
   spawned.clear();
 });
 
-function spawnWorker(file: string, lease: number, mode = 'queue', calls = '', concurrency = 8): Promise<ChildProcess> {
+function spawnWorker(file: string, lease: number, mode = 'queue', calls = '', concurrency = 8, env: NodeJS.ProcessEnv = {}): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const child = fork(WORKER, [file, String(lease), mode, String(concurrency), calls], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(WORKER, [file, String(lease), mode, String(concurrency), calls], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: { ...process.env, ...env },
+    });
     spawned.add(child);
     child.once('message', () => resolve(child));
     child.once('error', reject);
@@ -120,6 +123,66 @@ describe('SqliteBus: several processes on one file', () => {
     expect(perMessage).toBeLessThan(1.3);
     await cleanup();
   }, 120_000);
+
+  // A process paused while it holds the file lock keeps the file (core: a live holder), so the
+  // others wait for it; paused between statements, it holds nothing and loses its lease.
+  it.each([false, true])('a worker process paused (SIGSTOP) past its lease mid-handler, holding the file lock: %s; effects once', async (holding) => {
+    const { bus, conn, path, dir, cleanup } = await makeBus('file');
+    const calls = join(dir!, 'calls.txt');
+    conn.exec('CREATE TABLE effects (id INTEGER PRIMARY KEY, msg TEXT NOT NULL, pid INTEGER NOT NULL, grp TEXT)');
+    await bus.send('fx', 1, { id: 'paused-1' });
+    const read = async <T>(fn: () => T): Promise<T> => {
+      for (;;) {
+        try {
+          return fn();
+        } catch (e) {
+          if (!(e as { retryable?: boolean }).retryable) throw e;
+          await sleep(5);
+        }
+      }
+    };
+    const lines = () => (existsSync(calls) ? readFileSync(calls, 'utf8').trim().split('\n').filter(Boolean) : []);
+    // A's handler inserts its row, then awaits 1.5 s (lease renewals included) before it commits.
+    const a = await spawnWorker(path, 1_000, 'queue', calls, 1, { SLOW_HANDLER_MS: '1500' });
+    try {
+      const t0 = Date.now();
+      while (lines().length < 1 && Date.now() - t0 < 20_000) await sleep(10);
+      await sleep(100); // this process has not touched the file for a while: the lock is A's or free
+      // Pause A at a moment when it does (or does not) hold the file lock.
+      for (let tries = 0; ; tries++) {
+        a.kill('SIGSTOP');
+        await sleep(20);
+        if (existsSync(`${path}.lock`) === holding) break;
+        a.kill('SIGCONT');
+        if (tries > 500) throw new Error('could not pause the worker in the wanted state');
+        await sleep(Math.random() * 40);
+      }
+      const bReady = spawnWorker(path, 1_000, 'queue', calls, 1); // blocked at open while A holds the file
+      await sleep(2_000); // A's lease has run out
+      if (holding) expect(existsSync(`${path}.lock`)).toBe(true); // nobody could take the file from A
+      else {
+        await bReady; // B starts and takes the message over while A is still paused
+        const until = Date.now() + 30_000;
+        while ((await read(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)!.n)) < 1 && Date.now() < until) await sleep(50);
+      }
+      a.kill('SIGCONT');
+      const b = await bReady;
+      const deadline = Date.now() + 30_000;
+      while ((await read(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)!.n)) < 1 && Date.now() < deadline) await sleep(50);
+      await sleep(2_500); // A finishes its handler; if B took the message over, A's acknowledgement is refused
+      for (const c of [a, b]) c.kill('SIGTERM');
+      await Promise.all([a, b].map(exited));
+      const effects = await read(() => conn.all<{ msg: string; pid: number }>('SELECT msg, pid FROM effects'));
+      expect(effects).toHaveLength(1);
+      expect(effects[0]!.msg).toBe('paused-1');
+      if (!holding) expect(effects[0]!.pid).toBe(b.pid);
+      expect(await read(() => conn.get<{ state: string }>(`SELECT state FROM bus_queue WHERE id = 'paused-1'`))).toEqual({ state: 'done' });
+      if (process.env.BUS_TEST_DEBUG) console.log(`holding=${holding}: handled by ${effects[0]!.pid === a.pid ? 'A' : 'B'}, ${lines().length} calls`);
+    } finally {
+      a.kill('SIGCONT');
+    }
+    await cleanup();
+  }, 90_000);
 
   it('a schedule fires each slot exactly once while three worker processes and this one race to fire it', async () => {
     const { bus, conn, path, cleanup } = await makeBus('file');
