@@ -70,6 +70,29 @@ describe('rowids chosen by SQLite, several processes on one file', () => {
     a.exec('COMMIT');
   }, 60_000);
 
+  it('AUTOINCREMENT: a striped rowid is above sqlite_sequence and every rowid used, never one handed out before', async () => {
+    const file = scope.file();
+    const db = scope.open(file);
+    db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL)');
+    const a = scope.connect(db);
+    a.exec('BEGIN CONCURRENT');
+    expect(a.run("INSERT INTO t (tag) VALUES ('a1')").lastInsertRowid).toBe(1);
+    await otherProcess(file, "INSERT INTO t (tag) VALUES ('other1')"); // also handed 1
+    expect(errorKind(thrown(() => a.exec('COMMIT')))).toBe('busy_snapshot');
+    // Striped now. The other process used ids up to 100, then deleted them: never reused.
+    await otherProcess(file, "INSERT INTO t (id, tag) VALUES (100, 'x')", 'DELETE FROM t WHERE id > 1');
+    expect(db.get('SELECT max(id) AS m FROM t')).toEqual({ m: 1 });
+    expect(db.get("SELECT seq FROM sqlite_sequence WHERE name = 't'")).toEqual({ seq: 100 });
+    const slot = process.pid % STRIPES;
+    a.exec('BEGIN CONCURRENT');
+    const mine = Number(a.run("INSERT INTO t (tag) VALUES ('a2')").lastInsertRowid);
+    expect(mine).toBeGreaterThan(100);
+    expect(mine).toBeLessThanOrEqual(100 + STRIPES);
+    expect(mine % STRIPES).toBe(slot);
+    a.exec('COMMIT');
+    expect(db.get("SELECT seq FROM sqlite_sequence WHERE name = 't'")).toEqual({ seq: mine });
+  }, 60_000);
+
   it('REPLACE is never replayed over the row another process committed at the rowid it was told', async () => {
     const file = scope.file();
     const db = scope.open(file);
