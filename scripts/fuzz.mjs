@@ -4,6 +4,7 @@
 // path and the shrunk minimal history; `--seed S --path P` replays exactly that case.
 //
 //   pnpm fuzz                      20,000 histories in memory + 200 with a second process
+//                                  + 1,000 on a file with group commit
 //   pnpm fuzz --seeds 3000         fewer histories (and 3000/100 with a second process)
 //   pnpm fuzz --seed 42 [--path 3:1:2]   reproduce one failure
 //   pnpm fuzz --processes 0        skip the two-process property
@@ -18,17 +19,19 @@ const { values } = parseArgs({
     seed: { type: 'string' },
     path: { type: 'string' },
     processes: { type: 'string' },
+    group: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('usage: pnpm fuzz [--seeds N] [--processes N] [--seed S [--path P]]');
+  console.log('usage: pnpm fuzz [--seeds N] [--processes N] [--group N] [--seed S [--path P] [--processes 1 | --group 1]]');
   process.exit(0);
 }
 const seeds = Number(values.seeds);
 const processes = values.processes === undefined ? Math.max(1, Math.round(seeds / 100)) : Number(values.processes);
-if (!Number.isInteger(seeds) || seeds < 0 || !Number.isInteger(processes) || processes < 0) {
-  console.error('--seeds and --processes take a whole number');
+const group = values.group === undefined ? Math.max(1, Math.round(seeds / 20)) : Number(values.group);
+if (!Number.isInteger(seeds) || seeds < 0 || !Number.isInteger(processes) || processes < 0 || !Number.isInteger(group) || group < 0) {
+  console.error('--seeds, --processes and --group take a whole number');
   process.exit(2);
 }
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -36,8 +39,9 @@ const env = {
   ...process.env,
   SIBLITE_FUZZ_RUNS: String(values.seed === undefined ? seeds : 1),
   SIBLITE_FUZZ_PROCESS_RUNS: String(values.seed === undefined ? processes : 0),
+  SIBLITE_FUZZ_GROUP_RUNS: String(values.seed === undefined ? group : 0),
   // About 0.1 s per history on a loaded 2-core machine: leave room.
-  SIBLITE_FUZZ_TIMEOUT_MS: String(Math.max(240_000, seeds * 200 + processes * 5_000)),
+  SIBLITE_FUZZ_TIMEOUT_MS: String(Math.max(240_000, seeds * 200 + processes * 5_000 + group * 1_000)),
 };
 if (values.seed !== undefined) {
   env.SIBLITE_FUZZ_SEED = values.seed;
@@ -46,11 +50,15 @@ if (values.seed !== undefined) {
     // Reproduce in the two-process property instead.
     env.SIBLITE_FUZZ_RUNS = '0';
     env.SIBLITE_FUZZ_PROCESS_RUNS = '1';
+  } else if (values.group !== undefined) {
+    // Reproduce in the group-commit property instead.
+    env.SIBLITE_FUZZ_RUNS = '0';
+    env.SIBLITE_FUZZ_GROUP_RUNS = '1';
   }
 }
 console.log(
   values.seed === undefined
-    ? `fuzz: ${seeds} histories in memory, ${processes} with a second process`
+    ? `fuzz: ${seeds} histories in memory, ${processes} with a second process, ${group} on a file with group commit`
     : `fuzz: replaying seed ${values.seed}${values.path ? ` path ${values.path}` : ''}`,
 );
 const started = Date.now();

@@ -25,6 +25,7 @@ import {
   StaleClaimError,
   ValidationError,
   MAX_TIMER_MS,
+  checkBatch,
   checkFilter,
   checkLogger,
   checkReceiveOptions,
@@ -64,6 +65,7 @@ import {
   type MessageRow,
   type NameStats,
   type PauseTarget,
+  type BatchCommand,
   type Payload,
   type ProduceOptions,
   type ProduceResult,
@@ -300,6 +302,64 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     );
     if (!options.client) notify(this.channel('queue'));
     return { id: p.id, stored: Number(r.rows[0]?.n ?? 0) > 0 };
+  }
+
+  /**
+   * Appends many commands with one multi-row INSERT in one transaction (see `Bus.sendMany`):
+   * every message is validated before anything is written; all are stored or none. With
+   * `options.client` the batch is written in that client's transaction.
+   *
+   * @returns one result per message, in order (`stored: false` for an id already stored or
+   *   repeated earlier in the batch).
+   * @throws ValidationError naming the first invalid message (`messages[i].name`, ...); nothing
+   *   is written.
+   */
+  async sendMany(messages: readonly BatchCommand[], options: { client?: pg.ClientBase } = {}): Promise<ProduceResult[]> {
+    this.assertOpen();
+    if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
+    if (options.client !== undefined && (options.client === null || typeof options.client.query !== 'function')) {
+      throw new ValidationError('client', 'client must be a node-postgres client');
+    }
+    const batch = checkBatch(messages, (m) => {
+      const p = produceParams(m.name, m.payload, { ...m, client: undefined });
+      const delay = m.delay === undefined ? 0 : Math.ceil(validateMs('delay', m.delay));
+      const priority = m.priority === undefined ? 0 : validatePriority(m.priority);
+      return { id: p.id, values: [...p.values, delay, priority] };
+    });
+    if (batch.length === 0) return [];
+    const S = this.S;
+    const stored = new Set<string>();
+    // Chunks keep a statement under PostgreSQL's 65,535 parameters; one transaction holds them all.
+    const insert = async (c: pg.ClientBase | pg.Pool) => {
+      for (let at = 0; at < batch.length; at += SEND_MANY_CHUNK) {
+        const chunk = batch.slice(at, at + SEND_MANY_CHUNK);
+        const rows = chunk.map((_, i) => {
+          const b = i * 9;
+          return `($${b + 1}::text, $${b + 2}::text, $${b + 3}::text, $${b + 4}::bytea, $${b + 5}::text, $${b + 6}::text, $${b + 7}::text, $${b + 8}::bigint, $${b + 9}::integer, ${i})`;
+        });
+        const r = await c.query<{ id: string }>(
+          `INSERT INTO ${S}.queue (id, name, encoding, payload, content_type, headers, key, created_at, available_at, due_at, priority)
+           SELECT v.id, v.name, v.enc, v.payload, v.ct, v.headers, v.key, n.t, n.t + v.delay, n.t + v.delay, v.priority
+           FROM (VALUES ${rows.join(', ')}) AS v(id, name, enc, payload, ct, headers, key, delay, priority, ord),
+                (SELECT ${S}.now_ms() AS t) n
+           ORDER BY v.ord
+           ON CONFLICT (id) DO NOTHING RETURNING id`,
+          chunk.flatMap((x) => x.values),
+        );
+        for (const row of r.rows) stored.add(row.id);
+      }
+      await c.query('SELECT pg_notify($1, $2)', [this.channelName, 'queue']);
+    };
+    if (options.client) await insert(options.client);
+    else if (batch.length <= SEND_MANY_CHUNK) await insert(this.pool);
+    else await this.inTransaction(insert);
+    if (!options.client) notify(this.channel('queue'));
+    const seen = new Set<string>();
+    return batch.map((b) => {
+      const first = !seen.has(b.id);
+      seen.add(b.id);
+      return { id: b.id, stored: first && stored.has(b.id) };
+    });
   }
 
   /**
@@ -1010,6 +1070,9 @@ function cols(alias: string): string {
     .map((c) => `${alias}.${c}`)
     .join(', ');
 }
+
+/** Rows per INSERT statement of `sendMany` (9 parameters each). */
+const SEND_MANY_CHUNK = 5000;
 
 function produceParams(name: string, payload: Payload, options: PgProduceOptions) {
   validateName(name);

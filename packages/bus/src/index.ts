@@ -21,6 +21,8 @@ export type {
   DeadLetterFilter,
   BusStats,
   Backoff,
+  BatchCommand,
+  SendManyOptions,
   ExponentialBackoff,
   HandledEvent,
   RetryEvent,
@@ -63,6 +65,7 @@ export type { MessageRow } from './codec.js';
 // For other transports (`@siblite/bus-postgres`): the shared runtime, codec and validation.
 export { startWorker, checkLogger } from './worker.js';
 export { encodePayload, encodeHeaders, decodeRow, decodeOrNull, toClaim, type EncodedPayload, type Encoding } from './codec.js';
+export { checkBatch, MAX_BATCH } from './validate.js';
 export { validateId, validateHeaders, validateContentType, validateMs, validatePriority, validatePositiveInt, validateHandlers, MAX_TIMER_MS, pauseKey, startFromEnd, checkFilter, checkReceiveOptions, DEFAULT_RECEIVE_LEASE, type CheckedFilter, type CheckedReceive } from './validate.js';
 export { notify } from './notify.js';
 export { makeDelivery, type TransportDelivery } from './delivery.js';

@@ -75,6 +75,26 @@ export interface ProduceResult {
   readonly stored: boolean;
 }
 
+/**
+ * One command of {@link Bus.sendMany}: its name and payload, with the options of `send`
+ * (except the transaction handle, which `sendMany` takes once for the whole batch).
+ */
+export interface BatchCommand extends Omit<ProduceOptions, 'conn'> {
+  /** Routing name. */
+  name: string;
+  /** The payload. */
+  payload: Payload;
+}
+
+/** Options of {@link Bus.sendMany} on the SQLite transport. */
+export interface SendManyOptions {
+  /**
+   * A `Connection` (possibly inside a transaction) to write the batch with: the transactional
+   * outbox. Without it the batch is one transaction of its own.
+   */
+  conn?: Connection;
+}
+
 /** Exponential retry delays: `base * 2^(attempt - 1)`, capped at `max`. */
 export interface ExponentialBackoff {
   /** Only `exponential` for now. */
@@ -434,6 +454,15 @@ export interface DeadLetterFilter {
 export interface Bus<C extends BaseHandlerContext = HandlerContext> {
   /** Appends a command to the queue. */
   send(name: string, payload: Payload, options?: ProduceOptions): Promise<ProduceResult>;
+  /**
+   * Appends many commands in one transaction: every message is validated before anything is
+   * written (an invalid one throws `ValidationError` naming it, e.g. `messages[3].name`, and
+   * nothing is stored), then all are stored together or none. Results are in input order; a
+   * repeated id (already stored, or earlier in the batch) is `stored: false`. `options` are the
+   * transport's: `{ conn }` ({@link SendManyOptions}) for SQLite, `{ client }` for PostgreSQL,
+   * to write the batch inside the caller's transaction.
+   */
+  sendMany(messages: readonly BatchCommand[], options?: object): Promise<ProduceResult[]>;
   /** Appends an event to the log. */
   publish(name: string, payload: Payload, options?: Omit<ProduceOptions, 'delay'>): Promise<ProduceResult>;
   /** Starts competing consumers for commands. */

@@ -6,7 +6,7 @@
  * @module
  */
 import { ValidationError } from './errors.js';
-import type { DeadLetterFilter, PauseTarget, ReceiveOptions } from './types.js';
+import type { BatchCommand, DeadLetterFilter, PauseTarget, ReceiveOptions } from './types.js';
 
 /** Longest accepted name, group or namespace, in bytes (all accepted characters are ASCII). */
 export const MAX_IDENTIFIER_BYTES = 128;
@@ -258,4 +258,26 @@ export function checkFilter(filter: DeadLetterFilter): CheckedFilter {
   const grp = filter.group === undefined ? null : validateGroup(filter.group);
   const name = filter.name === undefined ? null : validateName(filter.name);
   return { source, grp, status, name };
+}
+
+/** The most commands one `sendMany` call takes. */
+export const MAX_BATCH = 10_000;
+
+/**
+ * Validates the messages of `sendMany` with `check` (a transport's checks of one message),
+ * every one before anything is written. A `ValidationError` of message `i` is thrown again
+ * naming it: argument `messages[i].name`, message prefixed with `messages[i]: `.
+ */
+export function checkBatch<T>(messages: unknown, check: (m: BatchCommand) => T): T[] {
+  if (!Array.isArray(messages)) throw new ValidationError('messages', 'messages must be an array of { name, payload, ...options }');
+  if (messages.length > MAX_BATCH) throw new ValidationError('messages', `at most ${MAX_BATCH} messages per sendMany call; got ${messages.length}`);
+  return messages.map((m: unknown, i) => {
+    try {
+      if (m === null || typeof m !== 'object') throw new ValidationError('message', 'a message must be an object { name, payload, ...options }');
+      return check(m as BatchCommand);
+    } catch (e) {
+      if (!(e instanceof ValidationError)) throw e;
+      throw new ValidationError(`messages[${i}].${e.argument}`, `messages[${i}]: ${e.message}`);
+    }
+  });
 }

@@ -9,6 +9,7 @@ export type { JournalMode, SynchronousMode } from './file/database.js';
 export { Connection, type TransactionMode, type FunctionOptions, type PragmaOptions, type BackupMetadata } from './connection.js';
 export { Statement, type RunResult, type ColumnDefinition } from './statement.js';
 export type { TransactionOptions } from './transaction.js';
+export { commitAsync, groupCommitStats, type GroupCommitOptions, type GroupCommitStats } from './commit-group.js';
 export type { BindParams, Row, SqlValue } from './engine/execute.js';
 export { retry, type RetryOptions } from './retry.js';
 export { HandlePool, PooledHandle } from './handle-pool.js';

@@ -7,6 +7,7 @@ import { Engine } from './engine/engine.js';
 import { misuseError } from './errors.js';
 import type { LockingMode } from './file/access.js';
 import { busyTimeoutOption } from './busy-timeout.js';
+import { configureGroupCommit, groupCommitOption, groupCommitSettings, sameGroupCommit, type GroupCommitOptions } from './commit-group.js';
 import { canonicalDatabasePath, fileSettings, type JournalMode, type SynchronousMode } from './file/database.js';
 
 /** Options of {@link open}. */
@@ -36,6 +37,16 @@ export interface OpenOptions {
   busyTimeout?: number;
   /** Alias of {@link OpenOptions.busyTimeout} (better-sqlite3's name). */
   timeout?: number;
+  /**
+   * File databases: group commit (see docs/concurrency.md). The COMMITs of concurrent
+   * `transaction()` calls that become ready in the same turn of the event loop (or within
+   * `window` ms) are made durable together, with one real COMMIT, each transaction still
+   * validated on its own and failing alone. Default `true` (window 0: the same turn; cap 64);
+   * `false` turns it off; `{ window, cap }` tunes it. Synchronous `exec('COMMIT')` and
+   * pessimistic transactions always commit alone. Ignored for in-memory databases (they have no
+   * fsync to share). Set by the first `open()` of a file in a process.
+   */
+  groupCommit?: boolean | GroupCommitOptions;
 }
 
 const engines = new Map<string, Engine>();
@@ -64,6 +75,7 @@ export function open(path: string, options: OpenOptions = {}): Connection {
   const readonly = options.readonly === true;
   const settings = fileSettings(options); // validates (rejects journalMode 'wal')
   const busyTimeout = busyTimeoutOption(options);
+  const grouping = groupCommitOption(options.groupCommit);
   if (path === ':memory:' || path === '') {
     const engine = new Engine(':memory:', false, {}, () => {});
     return withBusyTimeout(new Connection(engine, readonly), busyTimeout);
@@ -75,7 +87,13 @@ export function open(path: string, options: OpenOptions = {}): Connection {
       if (engines.get(key) === e) engines.delete(key);
     });
     engines.set(key, engine);
+    configureGroupCommit(engine, grouping);
   } else {
+    if (options.groupCommit !== undefined && !sameGroupCommit(grouping, groupCommitSettings(engine))) {
+      throw misuseError(
+        `open(${JSON.stringify(path)}): groupCommit differs from the setting the file was already opened with in this process (one engine per file)`,
+      );
+    }
     for (const k of ['locking', 'synchronous', 'journalMode'] as const) {
       if (options[k] !== undefined && engine.fileSettings && settings[k] !== engine.fileSettings[k]) {
         throw misuseError(

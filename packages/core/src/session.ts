@@ -291,6 +291,8 @@ export class Session {
     }
     const engine = this.engine;
     tx.refreshFootprints();
+    // A synchronous COMMIT on top of a commit group's applied members: they step out first.
+    if (engine.group?.isTop(tx)) engine.park();
     if (engine.active !== tx) {
       if (tx.readOnly) {
         this.validateReadOnly(tx);
@@ -317,6 +319,7 @@ export class Session {
 
   private rollbackTx(tx: PessimisticTransaction | ConcurrentTransaction): void {
     const engine = this.engine;
+    if (tx.kind === 'concurrent') engine.group?.release(tx);
     if (engine.active === tx) {
       engine.active = null;
       if (engine.inRealTransaction) engine.exec('ROLLBACK');
@@ -383,6 +386,19 @@ export class Session {
     this.tx = null;
   }
 
+  /**
+   * A commit group committed `tx` (see commit-group.ts): it ends as a committed transaction. Its
+   * tables were counted as changed by the group, as each member was applied.
+   */
+  endGroupMember(tx: ConcurrentTransaction): void {
+    this.endConcurrent(tx, false);
+  }
+
+  /** `tx` conflicted inside a commit group and was rolled back to its savepoint: it ends, failed. */
+  abortGroupMember(tx: ConcurrentTransaction, cause: SqliteError): void {
+    this.abortConcurrent(tx, cause);
+  }
+
   /** Makes room for this handle's pessimistic transaction, or throws SQLITE_BUSY. */
   private claimForPessimistic(): void {
     const a = this.engine.active;
@@ -395,8 +411,10 @@ export class Session {
   private bringIn(tx: ConcurrentTransaction): void {
     const a = this.engine.active;
     if (a && a.kind === 'pessimistic') throw lockedBy(a);
-    this.engine.park();
     try {
+      // On top of a commit group's applied members when there are (see commit-group.ts).
+      if (this.engine.group?.stack(tx)) return;
+      this.engine.park();
       tx.resume();
     } catch (e) {
       if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx, e as SqliteError);
@@ -408,7 +426,7 @@ export class Session {
     const engine = this.engine;
     const reads = tx.readTables();
     const a = engine.active;
-    if (a && intersects(reads, a.writes)) {
+    if (a && engine.touchesUncommitted(reads, a)) {
       if (a.kind === 'pessimistic') throw lockedBy(a);
       engine.park();
     }
@@ -496,7 +514,7 @@ export class Session {
         return this.autocommit(c, params, want);
       }
       const fp = engine.footprints.of(c.sql);
-      if (fp.readonly && !intersects(fp.reads, a.writes)) return this.execute(c, params, want);
+      if (fp.readonly && !engine.touchesUncommitted(fp.reads, a)) return this.execute(c, params, want);
       if (a.kind === 'pessimistic') throw lockedBy(a);
       engine.park();
       return this.autocommit(c, params, want);
@@ -578,7 +596,7 @@ export class Session {
     const fp = engine.footprints.of(c.sql);
     if (engine.active !== tx) {
       const a = engine.active;
-      const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !intersects(fp.reads, a.writes));
+      const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !engine.touchesUncommitted(fp.reads, a));
       if (!inPlace) this.bringIn(tx);
     }
     const entry: LogEntry = {

@@ -5,6 +5,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
+import { joinCommitGroup } from './commit-group.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
 import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { retry, type RetryOptions } from './retry.js';
@@ -19,6 +20,12 @@ export interface TransactionOptions {
   mode?: TransactionMode;
   /** Options of the retry loop that reruns the transaction on busy errors, or `false` for none. */
   retry?: RetryOptions | false;
+  /**
+   * `false`: commit alone, never in a commit group (see `groupCommit` of `open()`). Default
+   * `true`: a concurrent transaction on a file database whose engine groups commits shares its
+   * COMMIT (and its fsyncs) with the transactions that commit in the same turn of the event loop.
+   */
+  groupCommit?: boolean;
 }
 
 const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
@@ -130,6 +137,7 @@ export async function runTransaction<T>(
   // so that under contention it degrades to a first-come-first-served mutex instead of starving.
   const lane = mode === 'concurrent' && retryOptions !== false ? laneOf(session.engine) : undefined;
   const deadline = lane ? performance.now() + ((retryOptions ? retryOptions.maxElapsedMs : undefined) ?? 30_000) : 0;
+  const grouped = mode === 'concurrent' && options.groupCommit !== false;
   let failures = 0;
   let laneFailures = 0;
   const once = async (): Promise<T> => {
@@ -161,7 +169,9 @@ export async function runTransaction<T>(
       session.inTransactionFn = true;
       try {
         const result = await runScoped(scope, fn, conn);
-        const committing = commit(conn, inLane ? undefined : lane, deadline);
+        const alone = () => commit(conn, inLane ? undefined : lane, deadline);
+        const committing =
+          (grouped && !inLane ? joinCommitGroup(session, () => !lane?.blocks(session), alone) : undefined) ?? alone();
         if (committing) await committing;
         return result;
       } catch (e) {

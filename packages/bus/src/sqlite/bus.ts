@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { errorKind, isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
+import { commitAsync, errorKind, isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
 import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
 import { BusClosedError, BusError, StaleClaimError, ValidationError } from '../errors.js';
 import { afterTransaction, notify } from '../notify.js';
@@ -15,10 +15,12 @@ import { makeDelivery } from '../delivery.js';
 import { groupSource } from '../group-source.js';
 import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
+import { WriteBatch } from './batch.js';
 import { guardHandlerConn } from './guard.js';
 import { nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec, type Timing } from '../schedule.js';
 import { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
 import type {
+  BatchCommand,
   Bus,
   DeadLetter,
   DeadLetterFilter,
@@ -36,6 +38,7 @@ import type {
   ProduceOptions,
   ProduceResult,
   ReceiveOptions,
+  SendManyOptions,
   SettleOptions,
   StopOptions,
   SubscribeOptions,
@@ -43,6 +46,7 @@ import type {
   WorkerOptions,
 } from '../types.js';
 import {
+  checkBatch,
   checkReceiveOptions,
   validateContentType,
   validateGroup,
@@ -172,6 +176,11 @@ export class SqliteBus implements Bus {
   private readonly busy = new Set<Connection>();
   private readonly workers = new Set<BusWorker>();
   private readonly advancing = new Map<string, Promise<void>>();
+  private sequencing: Promise<void> | undefined;
+  /** The bus's own writes of this turn, committed together (see batch.ts). */
+  private readonly batch = new WriteBatch((fn) => this.immediate(fn));
+  /** Handles whose handler touched `context.conn` in the current run (see {@link SqliteBus.transact}). */
+  private readonly touched = new WeakSet<Connection>();
   private readonly instance: string;
   private readonly clock: BusClock;
   /** The default logger of this bus's workers. @internal */
@@ -282,14 +291,59 @@ export class SqliteBus implements Bus {
    */
   async send(name: string, payload: Payload, options: ProduceOptions = {}): Promise<ProduceResult> {
     this.assertOpen();
+    const c = this.commandParams(name, payload, options);
+    const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.send, this.commandRow(c, this.now())));
+    this.afterProduce(options.conn, 'queue');
+    return { id: c.id, stored: changes > 0 };
+  }
+
+  /**
+   * Appends many commands in one transaction (see {@link Bus.sendMany}): all are validated
+   * before anything is written, then stored together (in `options.conn`'s transaction when
+   * given, as a savepoint of it) or not at all.
+   *
+   * @returns one result per message, in order; `stored: false` for an id already stored or
+   *   repeated earlier in the batch.
+   * @throws ValidationError naming the first invalid message (`messages[i].name`, ...);
+   *   nothing is written. SqliteError from the database (nothing is written).
+   * @example
+   * ```ts
+   * await bus.sendMany([
+   *   { name: 'email.send', payload: { to: 'a@example.com' } },
+   *   { name: 'email.send', payload: { to: 'b@example.com' }, delay: 60_000 },
+   * ]);
+   * ```
+   */
+  async sendMany(messages: readonly BatchCommand[], options: SendManyOptions = {}): Promise<ProduceResult[]> {
+    this.assertOpen();
+    if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
+    const conn = options.conn;
+    if (conn !== undefined && (conn === null || typeof (conn as Connection).run !== 'function')) {
+      throw new ValidationError('conn', 'conn must be a Connection');
+    }
+    const batch = checkBatch(messages, (m) => this.commandParams(m.name, m.payload, { ...m, conn: undefined }));
+    if (batch.length === 0) return [];
+    const insertAll = (h: Connection) => {
+      const now = this.now();
+      return batch.map((c) => insertOnce(h, this.plans.send, this.commandRow(c, now)));
+    };
+    // All or nothing: in the caller's transaction (a savepoint of it, or one of their handle's
+    // own), else as one item of this turn's write batch, inside a savepoint of its own.
+    const changes = conn ? await conn.transaction(insertAll) : await this.batch.add((h) => inSavepoint(h, () => insertAll(h)));
+    this.afterProduce(conn, 'queue');
+    return batch.map((c, i) => ({ id: c.id, stored: (changes[i] ?? 0) > 0 }));
+  }
+
+  /** Validates one command; its row needs only the time of writing (see {@link SqliteBus.commandRow}). */
+  private commandParams(name: string, payload: Payload, options: ProduceOptions) {
     const p = this.produceParams(name, payload, options);
     const delay = options.delay === undefined ? 0 : validateMs('delay', options.delay);
     const priority = options.priority === undefined ? 0 : validatePriority(options.priority);
-    const now = this.now();
-    const params = { ...p.params, now, availableAt: now + Math.ceil(delay), priority };
-    const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.send, params));
-    this.afterProduce(options.conn, 'queue');
-    return { id: p.id, stored: changes > 0 };
+    return { id: p.id, params: p.params, delay: Math.ceil(delay), priority };
+  }
+
+  private commandRow(c: ReturnType<SqliteBus['commandParams']>, now: number): Record<string, SqlValue> {
+    return { ...c.params, now, availableAt: now + c.delay, priority: c.priority };
   }
 
   /**
@@ -311,7 +365,7 @@ export class SqliteBus implements Bus {
     const p = this.produceParams(name, payload, options);
     const params = { ...p.params, now: this.now() };
     const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.publish, params));
-    if (!options.conn || !options.conn.inTransaction) await this.sequence();
+    if (!options.conn || !options.conn.inTransaction) await this.sequenceSoon();
     this.afterProduce(options.conn, 'log');
     return { id: p.id, stored: changes > 0 };
   }
@@ -341,8 +395,16 @@ export class SqliteBus implements Bus {
     };
   }
 
+  /**
+   * A write of one statement (or a few): in the caller's transaction when given, else in this
+   * turn's write batch on a file (one commit for all the bus's writes of the turn), or as an
+   * autocommit statement in memory (no fsync to share).
+   */
   private write<T>(conn: Connection | undefined, fn: (h: Connection) => T): Promise<T> {
-    return conn ? this.onCaller(conn, fn) : this.db(fn);
+    if (conn) return this.onCaller(conn, fn);
+    if (this.main.memory) return this.db(fn);
+    this.assertOpen();
+    return this.batch.add(fn);
   }
 
   /**
@@ -376,6 +438,20 @@ export class SqliteBus implements Bus {
   /** Numbers committed, unnumbered events (see the plans). @internal */
   async sequence(): Promise<void> {
     await this.db((h) => h.run(this.plans.sequence));
+  }
+
+  /**
+   * {@link SqliteBus.sequence} at the end of this turn of the event loop, once for every
+   * caller of this turn: publishers whose inserts committed together share one numbering commit.
+   */
+  private sequenceSoon(): Promise<void> {
+    if (this.sequencing) return this.sequencing;
+    const p = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      this.sequencing = undefined;
+      return this.sequence();
+    });
+    this.sequencing = p;
+    return p;
   }
 
   // ------------------------------------------------------------------ consuming
@@ -559,7 +635,7 @@ export class SqliteBus implements Bus {
   /** Acknowledges `claim` (on `conn` if given). @internal */
   async ack(claim: Claim, conn?: Connection): Promise<void> {
     if (conn) await this.onCaller(conn, (h) => this.ackOn(h, claim));
-    else await this.db((h) => this.ackOn(h, claim));
+    else await this.write(undefined, (h) => this.ackOn(h, claim));
     this.settledClaim(claim, conn);
   }
 
@@ -650,12 +726,23 @@ export class SqliteBus implements Bus {
         abandoned.catch(() => {});
         // BEGIN itself may be refused while this process hands the file to another one.
         await this.untilUnlocked(h, abandon, () => h.exec('BEGIN CONCURRENT'), true);
+        this.touched.delete(h);
         await Promise.race([body(h, run), abandoned]);
         if (!h.isOpen || !h.inTransaction) {
           throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
         }
+        if (!this.touched.has(h) && !this.main.memory) {
+          // The handler never used context.conn: its transaction is empty. The ack joins this
+          // turn's write batch (one commit with the other handlers' acks) instead.
+          h.exec('ROLLBACK');
+          if (abandon.aborted) throw abandon.reason;
+          await this.batch.add((b) => this.ackOn(b, claim));
+          this.settledClaim(claim);
+          return { reruns: run - 1 };
+        }
         await this.untilUnlocked(h, abandon, () => this.ackOn(h, claim));
-        await this.untilUnlocked(h, abandon, () => h.exec('COMMIT'));
+        // Concurrent handlers that finish in the same turn share this COMMIT (group commit).
+        await this.untilUnlocked(h, abandon, () => commitAsync(h));
         this.settledClaim(claim);
         return { reruns: run - 1 };
       } catch (e) {
@@ -682,15 +769,15 @@ export class SqliteBus implements Bus {
 
   /** The handler context's transport fields: `conn`, the transaction's handle. @internal */
   txContext(conn: Connection): { conn: Connection } {
-    return { conn: guardHandlerConn(conn) };
+    return { conn: guardHandlerConn(conn, () => this.touched.add(conn)) };
   }
 
   /** Runs `step` on `h` until no lock is in the way; the transaction stays open (parked) meanwhile. */
-  private async untilUnlocked(h: Connection, abandon: AbortSignal, step: () => void, beginning = false): Promise<void> {
+  private async untilUnlocked(h: Connection, abandon: AbortSignal, step: () => void | Promise<void>, beginning = false): Promise<void> {
     for (let i = 0; ; i++) {
       if (abandon.aborted) throw abandon.reason;
       try {
-        step();
+        await step();
         return;
       } catch (e) {
         if (errorKind(e) !== 'busy' || !h.isOpen || h.inTransaction === beginning || this.closed) throw e;
@@ -1163,6 +1250,19 @@ export class SqliteBus implements Bus {
 }
 
 /** Runs an INSERT; a UNIQUE violation (the id exists) counts as 0 rows stored. */
+/** Runs `fn` inside a savepoint of `h`'s transaction: undone entirely when it throws. */
+function inSavepoint<T>(h: Connection, fn: () => T): T {
+  h.exec('SAVEPOINT siblite_bus_batch');
+  try {
+    const out = fn();
+    h.exec('RELEASE siblite_bus_batch');
+    return out;
+  } catch (e) {
+    if (h.inTransaction) h.exec('ROLLBACK TO siblite_bus_batch; RELEASE siblite_bus_batch');
+    throw e;
+  }
+}
+
 function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>): number {
   try {
     return h.run(sql, params).changes;

@@ -54,12 +54,16 @@ function refuse(what: string): never {
   );
 }
 
-/** Wraps `conn` for a handler (see the module documentation). */
-export function guardHandlerConn(conn: Connection): Connection {
+/**
+ * Wraps `conn` for a handler (see the module documentation). `onUse` is called whenever a method
+ * of the handle is taken (the handler may be about to run SQL in the transaction).
+ */
+export function guardHandlerConn(conn: Connection, onUse?: () => void): Connection {
   return new Proxy(conn, {
     get(target, prop, receiver) {
       const value = Reflect.get(target, prop, receiver) as unknown;
       if (typeof value !== 'function') return value;
+      onUse?.();
       switch (prop) {
         case 'run':
         case 'get':
@@ -82,7 +86,7 @@ export function guardHandlerConn(conn: Connection): Connection {
           };
         case 'transaction':
           return (fn: (c: Connection) => unknown, options?: unknown) =>
-            (value as (f: (c: Connection) => unknown, o?: unknown) => unknown).call(target, (c: Connection) => fn(guardHandlerConn(c)), options);
+            (value as (f: (c: Connection) => unknown, o?: unknown) => unknown).call(target, (c: Connection) => fn(guardHandlerConn(c, onUse)), options);
         case 'close':
           return () => refuse('closing the handle is not allowed');
         default:

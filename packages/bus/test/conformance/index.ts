@@ -294,6 +294,61 @@ export function busConformance(make: () => Promise<BusFixture>, label = 'transpo
       });
     });
 
+    it('sendMany stores a batch in order, with per-message options; repeated ids are stored once', async () => {
+      await withBus(make, async (bus) => {
+        expect(await bus.sendMany([])).toEqual([]);
+        const out = await bus.sendMany([
+          { name: 'batch.a', payload: { i: 1 }, id: 'm1', key: 'k' },
+          { name: 'batch.b', payload: new Uint8Array([1, 2]), headers: { h: 'v' }, priority: 5 },
+          { name: 'batch.a', payload: { i: 3 }, id: 'm1' }, // repeated in the batch
+          { name: 'batch.a', payload: { i: 4 }, delay: 60_000 },
+        ]);
+        expect(out.map((r) => r.stored)).toEqual([true, true, false, true]);
+        expect(out[0]!.id).toBe('m1');
+        expect((await bus.sendMany([{ name: 'batch.a', payload: 0, id: 'm1' }]))[0]).toEqual({ id: 'm1', stored: false });
+        const stats = await bus.stats();
+        expect(stats.queue['batch.a']).toMatchObject({ ready: 1, delayed: 1 });
+        expect(stats.queue['batch.b']).toMatchObject({ ready: 1 });
+        const first = await bus.receive();
+        expect(first?.message).toMatchObject({ name: 'batch.b', headers: { h: 'v' } }); // priority 5 first
+        expect(first?.message.payload).toEqual(new Uint8Array([1, 2]));
+        await first!.ack();
+        const second = await bus.receive();
+        expect(second?.message).toMatchObject({ id: 'm1', payload: { i: 1 }, key: 'k' });
+        await second!.ack();
+        expect(await bus.receive()).toBeUndefined();
+        // 1,000 at once.
+        const many = await bus.sendMany(Array.from({ length: 1000 }, (_, i) => ({ name: 'batch.c', payload: i })));
+        expect(many.every((r) => r.stored)).toBe(true);
+        expect((await bus.stats()).queue['batch.c']).toMatchObject({ ready: 1000 });
+      });
+    });
+
+    it('sendMany validates every message first: one bad message writes nothing, and the error names it', async () => {
+      await withBus(make, async (bus) => {
+        const bad: [string, unknown, string][] = [
+          ['not an array', 'nope', 'messages'],
+          ['bad name', [{ name: 'ok', payload: 1 }, { name: 'bad name', payload: 1 }], 'messages[1].name'],
+          ['bad payload', [{ name: 'ok', payload: 1 }, { name: 'ok', payload: 1n }], 'messages[1].payload'],
+          ['bad delay', [{ name: 'ok', payload: 1, delay: -1 }], 'messages[0].delay'],
+          ['bad priority', [{ name: 'ok', payload: 1 }, { name: 'ok', payload: 1, priority: 5000 }], 'messages[1].priority'],
+          ['bad id', [{ name: 'ok', payload: 1, id: '' }], 'messages[0].id'],
+          ['null message', [{ name: 'ok', payload: 1 }, null], 'messages[1].message'],
+        ];
+        for (const [what, messages, argument] of bad) {
+          let error: unknown;
+          try {
+            await bus.sendMany(messages as never);
+          } catch (e) {
+            error = e;
+          }
+          expect(error, what).toBeInstanceOf(ValidationError);
+          expect((error as ValidationError).argument, what).toBe(argument);
+        }
+        expect((await bus.stats()).queue).toEqual({});
+      });
+    });
+
     it('delayed commands are not claimable before their time', async () => {
       await withBus(make, async (bus) => {
         await bus.send('later', 'b', { delay: 80 });

@@ -109,10 +109,12 @@ export class ConcurrentTransaction implements OpenTransaction {
    * application would have been shown the same. The engine must be free (nothing active).
    * Throws BusyError `SQLITE_BUSY_SNAPSHOT` (after ending the transaction) on a conflict, or
    * `SQLITE_BUSY` (the transaction stays parked) when the file is locked by another process.
+   * `within`: replay inside the real transaction that is open now (a commit group's savepoint,
+   * see commit-group.ts) instead of a BEGIN of its own; on failure the caller undoes its part.
    */
-  resume(): void {
+  resume(within = false): void {
     const engine = this.engine;
-    engine.exec('BEGIN');
+    if (!within) engine.exec('BEGIN');
     engine.active = this;
     const caller = engine.caller;
     try {
@@ -122,7 +124,7 @@ export class ConcurrentTransaction implements OpenTransaction {
       for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
-      if (engine.inRealTransaction) engine.exec('ROLLBACK');
+      if (!within && engine.inRealTransaction) engine.exec('ROLLBACK');
       throw e;
     } finally {
       engine.caller = caller;

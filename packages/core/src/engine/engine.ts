@@ -12,7 +12,7 @@ import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/d
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
 import { settleCursor } from './cursor.js';
 import { engineLastInsertRowid, PreparedSql } from './execute.js';
-import { ALL_TABLES, FootprintAnalyzer, type Footprint } from './footprint.js';
+import { ALL_TABLES, FootprintAnalyzer, intersects, type Footprint } from './footprint.js';
 import { StatementCache } from './statement-cache.js';
 
 /** What every open transaction tells the engine. */
@@ -37,6 +37,24 @@ export interface FileAccess {
   /** Adds what the file lock knows (lock directory, owner) to a busy error from the last use. */
   explain?(error: unknown): unknown;
   close(): void;
+}
+
+/**
+ * What the engine's commit group (commit-group.ts) lets the engine and the sessions call. While
+ * members of a pending group are applied in the real transaction, another concurrent transaction
+ * may run on top of them in a savepoint; everything else must not see them.
+ */
+export interface GroupHooks {
+  /** The tables written by the members applied in the real transaction (empty when none is). */
+  readonly pendingWrites: ReadonlySet<string>;
+  /** Moves the applied members out of the engine (rolled back, still pending), if any; returns whether it did. */
+  settle(): boolean;
+  /** Brings `tx` in on top of the applied members (validating it); false when none is applied. */
+  stack(tx: object): boolean;
+  /** `tx` ends (rolled back): takes it out of the group's state in the engine first. */
+  release(tx: object): void;
+  /** Whether `tx` runs on top of the applied members. */
+  isTop(tx: object): boolean;
 }
 
 /** A plan to give a single-row INSERT an explicit rowid (see {@link Engine.rowidPlan}). */
@@ -119,6 +137,8 @@ export class Engine {
   /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
   mvcc = false;
   fileAccess: FileAccess | undefined;
+  /** The commit group of a file database (see commit-group.ts), when group commit is on. */
+  group: GroupHooks | undefined;
   /** The state the connection-state SQL functions answer now (see {@link HandleState}). */
   caller: HandleState = { lastInsertRowid: 0, changes: 0, totalChanges: 0, totalChangesKnown: true };
   /** Locking and durability settings of a file database (see src/file/). */
@@ -335,9 +355,12 @@ export class Engine {
 
   /**
    * Moves the active concurrent transaction out of the engine (ROLLBACK); it comes back by
-   * re-execution when its handle runs its next statement or commits.
+   * re-execution when its handle runs its next statement or commits. Leaves the engine outside
+   * any real transaction (a commit group's applied members step out too, still pending).
    */
   park(): void {
+    // Members of a commit group applied in the real transaction step out with everything above them.
+    if (this.group?.settle()) return;
     if (!this.active) return;
     if (this.active.kind !== 'concurrent') throw new Error('siblite: cannot park a pessimistic transaction');
     this.active = null;
@@ -509,6 +532,11 @@ export class Engine {
     if (n === 0) r.perOwner.delete(owner);
     else r.perOwner.set(owner, n);
     if (r.owners.size === 0) this.reservations.delete(table);
+  }
+
+  /** Whether `reads` touches what the active transaction, or a commit group's applied members, wrote. */
+  touchesUncommitted(reads: ReadonlySet<string>, active: OpenTransaction): boolean {
+    return intersects(reads, active.writes) || (this.group !== undefined && intersects(reads, this.group.pendingWrites));
   }
 
   /** Whether any reservation exists (cheap guard for the hot path). */

@@ -359,6 +359,10 @@ class Scheduler {
   pending(): number[] {
     return [...this.waiting.keys()];
   }
+  /** Lets the driver go on while this handle waits for something else (an async commit). */
+  aside(): void {
+    this.arrived?.();
+  }
 }
 
 /** Runs one op, turning an error the application would see into what it saw. */
@@ -382,6 +386,12 @@ export interface HistoryOptions {
    * op it committed, or undefined. The ops are part of the serial order.
    */
   external?: (i: number) => Promise<{ op: Op; saw: unknown } | undefined>;
+  /**
+   * How a concurrent program commits (default `h.exec('COMMIT')`). An async commit that resolves
+   * in the serial order (group commit's `commitAsync`: members resolve in the order the group
+   * applied them) is numbered in the order its promise resolves.
+   */
+  commit?: (h: Connection) => void | Promise<void>;
 }
 
 /** Runs one history and checks it against the serial replay; throws on any difference. */
@@ -423,7 +433,11 @@ export async function runHistory(programs: Program[], schedule: number[], option
         await sched.turn(i);
         if (p.end === 'rollback') h.exec('ROLLBACK');
         else {
-          h.exec('COMMIT');
+          if (options.commit) {
+            const committing = options.commit(h);
+            sched.aside(); // other handles run (and commit) while this commit waits for its group
+            await committing;
+          } else h.exec('COMMIT');
           committed.push({ seq: ++seq, program: i, autocommit: false, steps });
         }
       } catch (e) {

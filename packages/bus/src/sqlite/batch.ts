@@ -1,0 +1,78 @@
+/**
+ * Write batching: the bus's own small writes (sends, `sendMany` batches and publishes without a
+ * caller's transaction, acknowledgements of handlers that wrote nothing) made in one turn of the
+ * event loop run together in one short `BEGIN IMMEDIATE` transaction, so that they share one
+ * durable commit.
+ *
+ * Why not one concurrent `transaction()` per write, grouped by the core's group commit? Each
+ * such transaction writes, so the next one to write in the same turn must move it out of the
+ * engine (a ROLLBACK, which on a file in exclusive locking costs an fsync of the journal) and it
+ * comes back at the group's flush by replay; and the group waits one more turn. Writes that need
+ * no transaction of their own are cheaper as statements of one synchronous transaction.
+ * @module
+ */
+import { isRetryable, type Connection } from '@siblite/core';
+
+interface Item {
+  readonly run: (h: Connection) => unknown;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/** One outcome of an item, decided inside the transaction. */
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+/** The most writes in one batch: a full batch is flushed at once. */
+const MAX_ITEMS = 1000;
+
+/**
+ * Collects writes and runs them, in the order added, in one transaction made by `transact` (which
+ * may run its function again, after a conflict or a busy lock: every item then runs again). An
+ * item that throws an error retrying cannot help (a constraint, a stale claim) fails alone; the
+ * others still commit. A failure of the transaction itself fails every item.
+ */
+export class WriteBatch {
+  private items: Item[] = [];
+  private scheduled = false;
+
+  constructor(private readonly transact: (fn: (h: Connection) => Outcome[]) => Promise<Outcome[]>) {}
+
+  /** Adds a write; resolves with what `run` returned once the batch committed. */
+  add<T>(run: (h: Connection) => T): Promise<T> {
+    const p = new Promise<T>((resolve, reject) => this.items.push({ run, resolve: resolve as (v: unknown) => void, reject }));
+    if (this.items.length >= MAX_ITEMS) void this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => void this.flush());
+    }
+    return p;
+  }
+
+  private async flush(): Promise<void> {
+    this.scheduled = false;
+    const items = this.items;
+    if (items.length === 0) return;
+    this.items = [];
+    let outcomes: Outcome[];
+    try {
+      outcomes = await this.transact((h) =>
+        items.map((item): Outcome => {
+          try {
+            return { ok: true, value: item.run(h) };
+          } catch (error) {
+            if (isRetryable(error)) throw error; // the whole batch runs again
+            return { ok: false, error };
+          }
+        }),
+      );
+    } catch (e) {
+      for (const item of items) item.reject(e);
+      return;
+    }
+    items.forEach((item, i) => {
+      const o = outcomes[i] as Outcome;
+      if (o.ok) item.resolve(o.value);
+      else item.reject(o.error);
+    });
+  }
+}

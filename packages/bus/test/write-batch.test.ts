@@ -1,0 +1,108 @@
+// The bus's write batch on a file (src/sqlite/batch.ts): the bus's own writes of one turn of the
+// event loop share one transaction and one commit; one failing write fails alone; sendMany is all
+// or nothing inside it; handlers that wrote through context.conn still commit with their ack.
+import fs from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { StaleClaimError, ValidationError } from '../src/index.js';
+import { makeBus, until } from './helpers.js';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+async function fileBus() {
+  const f = await makeBus('file');
+  cleanups.push(f.cleanup);
+  return f;
+}
+
+/** Counts the fsyncs of this process while `fn` runs (the engine's VFS calls fs.fsyncSync). */
+async function countFsyncs(fn: () => Promise<unknown>): Promise<number> {
+  let n = 0;
+  const real = fs.fsyncSync;
+  fs.fsyncSync = (fd: number) => {
+    n++;
+    return real(fd);
+  };
+  try {
+    await fn();
+  } finally {
+    fs.fsyncSync = real;
+  }
+  return n;
+}
+
+describe('bus write batch (file)', () => {
+  it('64 concurrent sends share one commit; each resolves stored, a repeated id stored once', async () => {
+    const { bus } = await fileBus();
+    let results: { id: string; stored: boolean }[] = [];
+    const fsyncs = await countFsyncs(async () => {
+      results = await Promise.all([
+        ...Array.from({ length: 63 }, (_, i) => bus.send('job', { i })),
+        bus.send('job', { dup: 1 }, { id: 'same' }),
+        bus.send('job', { dup: 2 }, { id: 'same' }),
+      ]);
+    });
+    expect(results.filter((r) => r.stored)).toHaveLength(64);
+    expect(results.slice(-2).map((r) => r.stored)).toEqual([true, false]);
+    expect((await bus.stats()).queue.job).toMatchObject({ ready: 64 });
+    // One commit (3-4 fsyncs), not one per message.
+    expect(fsyncs).toBeLessThanOrEqual(8);
+  });
+
+  it('a stale ack fails alone; the acks beside it in the batch commit', async () => {
+    const { bus } = await fileBus();
+    await bus.sendMany(Array.from({ length: 4 }, (_, i) => ({ name: 'job', payload: i })));
+    const ds = [];
+    for (let i = 0; i < 4; i++) ds.push((await bus.receive({ lease: 60_000 }))!);
+    await ds[1]!.ack(); // settled now: acking it again in the batch is refused
+    const results = await Promise.allSettled([ds[0]!.ack(), ds[1]!.ack(), ds[2]!.ack(), ds[3]!.ack()]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+    expect((results[1] as PromiseRejectedResult).reason).toBeInstanceOf(StaleClaimError);
+    expect(await bus.receive()).toBeUndefined();
+    expect((await bus.get(ds[3]!.message.id))?.state).toBe('done');
+  });
+
+  it('concurrent sendMany calls share the batch, each all or nothing: one failing in the database writes nothing', async () => {
+    const { bus, conn } = await fileBus();
+    // A database-side failure on the second message of one batch (after its first was inserted).
+    conn.exec("CREATE TRIGGER boom BEFORE INSERT ON bus_queue WHEN NEW.name = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END");
+    const [a, b, c, d] = await Promise.allSettled([
+      bus.sendMany([{ name: 'a', payload: 1 }, { name: 'a', payload: 2 }]),
+      bus.sendMany([{ name: 'b', payload: 1 }, { name: 'boom', payload: 2 }]),
+      bus.sendMany([{ name: 'c', payload: 1 }]),
+      bus.sendMany([{ name: 'd', payload: 1 }, { name: 'd d', payload: 2 }]),
+    ]);
+    expect([a.status, b.status, c.status, d.status]).toEqual(['fulfilled', 'rejected', 'fulfilled', 'rejected']);
+    expect(String((b as PromiseRejectedResult).reason)).toMatch(/boom/);
+    expect((d as PromiseRejectedResult).reason).toBeInstanceOf(ValidationError);
+    const q = (await bus.stats()).queue;
+    expect(Object.keys(q).sort()).toEqual(['a', 'c']); // nothing of b's batch, not even its first message
+    expect(q.a).toMatchObject({ ready: 2 });
+  });
+
+  it('handlers that write through context.conn commit with their ack; no-op handlers ack in the batch', async () => {
+    const { bus, conn } = await fileBus();
+    conn.exec('CREATE TABLE effects (id TEXT PRIMARY KEY)');
+    await bus.sendMany(Array.from({ length: 40 }, (_, i) => ({ name: i % 2 ? 'write' : 'noop', payload: i })));
+    let noop = 0;
+    const w = bus.listen(
+      {
+        write: async (m, { conn: tx }) => {
+          await new Promise((r) => setTimeout(r, 1));
+          tx.run('INSERT INTO effects (id) VALUES (?)', [m.id]);
+        },
+        noop: async () => {
+          noop++;
+        },
+      },
+      { concurrency: 16, pollInterval: 20 },
+    );
+    await until(() => noop === 20 && conn.get<{ n: number }>('SELECT count(*) AS n FROM effects')!.n === 20);
+    await w.drain();
+    await w.stop();
+    expect(w.counters.handled).toBe(40);
+    for (const q of Object.values((await bus.stats()).queue)) expect(q).toMatchObject({ ready: 0, inFlight: 0 });
+    expect(await bus.receive()).toBeUndefined();
+  });
+});

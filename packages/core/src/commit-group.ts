@@ -1,0 +1,422 @@
+/**
+ * Group commit: the COMMITs of `transaction()` calls (concurrent mode, file databases) that
+ * become ready close together share one real SQLite transaction and so one set of fsyncs.
+ *
+ * A committing transaction joins its engine's pending group; the group is flushed after the
+ * window (default: the same turn of the event loop, `setImmediate`) or at once when it reaches
+ * the cap. A member that joins while it is in the engine stays applied there (uncommitted) until
+ * the flush, and other concurrent transactions run on top of the applied members in a savepoint
+ * (see {@link CommitGroup}). The flush, synchronously: the applied members are there, valid, in
+ * order; then BEGIN if none is, and each other member in turn inside a SAVEPOINT: brought in by
+ * replaying its log, which is its validation against the state that includes every earlier
+ * member. A member that conflicts is rolled back to its savepoint and fails alone
+ * (`SQLITE_BUSY_SNAPSHOT`, its retry loop runs it again); the others are RELEASEd, then one COMMIT
+ * makes them all durable, and only then do their promises resolve, in the order of application.
+ * So the serial order is the order of application, and a crash loses only members whose promises
+ * had not resolved. When the shared COMMIT fails (a deferred foreign key, a busy or I/O error)
+ * the group is rolled back and every member commits alone, as it would have without grouping, so
+ * only a bad member fails.
+ * @module
+ */
+import type { ConcurrentTransaction } from './concurrent/transaction.js';
+import type { Connection } from './connection.js';
+import type { Engine, GroupHooks } from './engine/engine.js';
+import { errorKind, misuseError, type SqliteError } from './errors.js';
+import type { Session } from './session.js';
+
+/** Options of group commit (`open(path, { groupCommit })`). */
+export interface GroupCommitOptions {
+  /**
+   * How long, in ms, a committing transaction waits for others to join its group. Default 0:
+   * the group is flushed once the current turn of the event loop is over (`setImmediate`), so a
+   * lone commit is delayed by one turn only.
+   */
+  window?: number;
+  /** The most transactions in one group; a full group is flushed at once. Default 64. */
+  cap?: number;
+}
+
+/** Resolved settings of one engine's group commit (`false`: off). */
+type Settings = Required<GroupCommitOptions> | false;
+
+/** The defaults (see {@link GroupCommitOptions}). */
+const DEFAULTS: Required<GroupCommitOptions> = Object.freeze({ window: 0, cap: 64 });
+
+/**
+ * Checks the `groupCommit` option of `open()`: `undefined` or `true` (the defaults), `false`
+ * (off), or an object of {@link GroupCommitOptions}. Throws kind `misuse` for anything else.
+ */
+export function groupCommitOption(value: unknown): Settings {
+  if (value === undefined || value === true) return DEFAULTS;
+  if (value === false) return false;
+  if (value === null || typeof value !== 'object') {
+    throw misuseError('open(): groupCommit must be true, false or an object { window?, cap? }');
+  }
+  const { window = DEFAULTS.window, cap = DEFAULTS.cap } = value as GroupCommitOptions;
+  if (typeof window !== 'number' || !(window >= 0) || window > 1000) {
+    throw misuseError(`open(): groupCommit.window must be a number of milliseconds from 0 to 1000; got ${String(window)}`);
+  }
+  if (typeof cap !== 'number' || !Number.isInteger(cap) || cap < 1) {
+    throw misuseError(`open(): groupCommit.cap must be an integer >= 1; got ${String(cap)}`);
+  }
+  return { window, cap };
+}
+
+/** Whether two settings are the same (an engine is configured once, by its first `open()`). */
+export function sameGroupCommit(a: Settings, b: Settings): boolean {
+  return a === b || (a !== false && b !== false && a.window === b.window && a.cap === b.cap);
+}
+
+/** One transaction waiting in a group. */
+interface Member {
+  readonly session: Session;
+  readonly tx: ConcurrentTransaction;
+  /** Whether it may commit in the group now (false: the priority lane holds it back). */
+  readonly mayGroup: () => boolean;
+  /** Commits it alone, as without grouping (the caller's own COMMIT path with its waits). */
+  readonly alone: () => Promise<void> | undefined;
+  readonly resolve: () => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/** Counters of one engine's group commits, for tests and benchmarks. */
+export interface GroupCommitStats {
+  /** Groups flushed with a shared COMMIT that succeeded. */
+  groups: number;
+  /** Transactions committed in those groups. */
+  committed: number;
+  /** Members that conflicted inside a group (failed alone). */
+  conflicts: number;
+  /** Members sent to commit alone (a group of one, the lane, a failed shared COMMIT, ...). */
+  alone: number;
+  /** Times a transaction was brought in on top of a pending group's members (no fsync to move it out). */
+  stacked: number;
+}
+
+const SAVEPOINT = 'siblite_group_member';
+/** The savepoint a concurrent transaction runs in on top of a group's pending members. */
+const TOP = 'siblite_group_top';
+
+/**
+ * One engine's commit group. Members that join while they are in the engine stay there,
+ * *pending* (applied in the open real transaction, not committed), instead of being rolled back
+ * when another handle writes: another concurrent transaction runs on top of them inside the
+ * savepoint {@link TOP} (it is validated against a state that includes them, as it will be at
+ * its own commit, which comes after theirs), and moving it out is a `ROLLBACK TO`, which costs no
+ * fsync, where a ROLLBACK of the whole transaction does. Anything else that needs the engine
+ * (an autocommit statement, a pessimistic transaction, a setting, the file hand-over) first
+ * rolls them back ({@link CommitGroup.settle}; they are replayed at the flush, as parked members
+ * are), so nothing outside the group ever sees a pending member's uncommitted rows.
+ */
+class CommitGroup implements GroupHooks {
+  private pending: Member[] = [];
+  private scheduled = false;
+  /** Members applied in the engine's real transaction, in order (see the class documentation). */
+  private applied: Member[] = [];
+  /** The concurrent transaction running on top of {@link CommitGroup.applied}, in savepoint TOP. */
+  private top: ConcurrentTransaction | null = null;
+  /** The tables the applied members wrote. */
+  readonly pendingWrites = new Set<string>();
+  readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 };
+
+  constructor(
+    private readonly engine: Engine,
+    readonly settings: Required<GroupCommitOptions>,
+  ) {
+    engine.group = this;
+  }
+
+  join(m: Omit<Member, 'resolve' | 'reject'>): Promise<void> {
+    let member: Member | undefined;
+    const promise = new Promise<void>((resolve, reject) => {
+      member = { ...m, resolve, reject };
+      this.pending.push(member);
+    });
+    this.keepApplied(member as Member);
+    if (this.pending.length >= this.settings.cap) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      if (this.settings.window > 0) setTimeout(() => this.flush(), this.settings.window);
+      else setImmediate(() => this.flush());
+    }
+    return promise;
+  }
+
+  /** A member that is in the engine now stays applied there until the flush. */
+  private keepApplied(m: Member): void {
+    const engine = this.engine;
+    this.checkAlive();
+    if (engine.active !== m.tx || !engine.inRealTransaction) return;
+    if (this.applied.length === 0) {
+      if (this.top !== null) return; // cannot happen: a top needs applied members below it
+    } else {
+      if (this.top !== m.tx) return;
+      engine.exec(`RELEASE ${TOP}`);
+      this.top = null;
+    }
+    m.tx.refreshFootprints();
+    this.applied.push(m);
+    for (const t of m.tx.writes) this.pendingWrites.add(t);
+    // Transactions validated before must re-check what they read of these tables.
+    engine.noteChanged(m.tx.writes);
+  }
+
+  /** Commits the pending members (see the module documentation). Never throws. */
+  flush(): void {
+    this.scheduled = false;
+    const members = this.pending;
+    if (members.length === 0) return;
+    this.pending = [];
+    const ready: Member[] = [];
+    const alone: Member[] = [];
+    for (const m of members) (m.session.tx === m.tx && m.mayGroup() ? ready : alone).push(m);
+    // An applied member that must commit alone (the lane holds it back): undo them all first.
+    if (this.applied.some((m) => !ready.includes(m))) this.undoApplied();
+    if (ready.length < 2 || this.engine.active?.kind === 'pessimistic') {
+      this.leaveForAlone();
+      this.commitAlone(members);
+      return;
+    }
+    let committed: Member[];
+    try {
+      committed = (ready[0] as Member).session.withFile(() => this.applyAll(ready));
+    } catch {
+      // The group could not be built or committed (a lock, an I/O error, a constraint checked at
+      // COMMIT): it was rolled back, and each member commits alone, so only a bad one fails.
+      this.commitAlone([...alone, ...ready.filter((m) => m.session.tx === m.tx)]);
+      return;
+    }
+    this.finish(committed, alone);
+  }
+
+  private finish(committed: Member[], alone: Member[]): void {
+    this.stats.groups++;
+    this.stats.committed += committed.length;
+    for (const m of committed) m.resolve();
+    this.commitAlone(alone);
+  }
+
+  /**
+   * BEGIN (unless members are applied already), each other member in its savepoint, COMMIT.
+   * Returns the members committed; a conflicting member is ended and rejected here. On any other
+   * failure everything is rolled back (the members stay open, parked) and the error thrown.
+   */
+  private applyAll(ready: Member[]): Member[] {
+    const engine = this.engine;
+    this.checkAlive();
+    const ok: Member[] = [...this.applied];
+    try {
+      if (this.applied.length > 0) {
+        this.dropTop();
+      } else {
+        // A lone member in the engine is valid as it stands: it goes first.
+        const lead = ready.find((m) => engine.active === m.tx);
+        if (lead) {
+          lead.tx.refreshFootprints();
+          ok.push(lead);
+          engine.noteChanged(lead.tx.writes);
+        } else {
+          engine.park();
+          engine.exec('BEGIN');
+        }
+      }
+      for (const m of ready) {
+        if (ok.includes(m)) continue;
+        engine.exec(`SAVEPOINT ${SAVEPOINT}`);
+        try {
+          m.tx.resume(true);
+        } catch (e) {
+          if (errorKind(e) !== 'busy_snapshot' || !engine.inRealTransaction) throw e;
+          engine.exec(`ROLLBACK TO ${SAVEPOINT}; RELEASE ${SAVEPOINT}`);
+          this.stats.conflicts++;
+          m.session.abortGroupMember(m.tx, e as SqliteError);
+          m.reject(e);
+          continue;
+        }
+        engine.exec(`RELEASE ${SAVEPOINT}`);
+        engine.noteChanged(m.tx.writes);
+        ok.push(m);
+      }
+      engine.active = null;
+      if (ok.length > 0) engine.exec('COMMIT');
+      else engine.exec('ROLLBACK');
+    } catch (e) {
+      engine.active = null;
+      this.forgetApplied();
+      if (engine.inRealTransaction) engine.exec('ROLLBACK');
+      throw e;
+    }
+    this.forgetApplied();
+    for (const m of ok) m.session.endGroupMember(m.tx);
+    return ok;
+  }
+
+  // ---- GroupHooks: what the engine and the sessions call --------------------------------------
+
+  settle(): boolean {
+    this.checkAlive();
+    if (this.applied.length === 0) return false;
+    // Something outside the group needs the engine: the applied members step out (they stay
+    // pending and are replayed at the flush). Committing them here, inside another handle's
+    // statement, would commit them before that statement while their promises resolve after it.
+    this.undoApplied();
+    return true;
+  }
+
+  stack(tx: ConcurrentTransaction): boolean {
+    const engine = this.engine;
+    this.checkAlive();
+    if (this.applied.length === 0) return false;
+    if (this.applied.some((m) => m.tx === tx)) {
+      // A pending member's own handle runs a statement again: undo the group (its members come
+      // back by replay at the flush) and let the usual path bring this one in.
+      this.undoApplied();
+      return false;
+    }
+    this.dropTop();
+    engine.exec(`SAVEPOINT ${TOP}`);
+    try {
+      tx.resume(true);
+    } catch (e) {
+      if (engine.inRealTransaction) {
+        engine.exec(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
+        engine.active = this.lastApplied();
+      } else this.forgetApplied(); // the replay ended the whole transaction (OR ROLLBACK)
+      throw e;
+    }
+    this.top = tx;
+    this.stats.stacked++;
+    return true;
+  }
+
+  release(tx: ConcurrentTransaction): void {
+    if (this.top === tx) this.dropTop();
+    else if (this.applied.some((m) => m.tx === tx)) this.undoApplied();
+  }
+
+  isTop(tx: ConcurrentTransaction): boolean {
+    return this.top === tx;
+  }
+
+  // ---- helpers --------------------------------------------------------------------------------
+
+  /** Moves the transaction on top out of the engine (`ROLLBACK TO`, no fsync): it is parked. */
+  private dropTop(): void {
+    if (this.top === null) return;
+    const engine = this.engine;
+    this.top = null;
+    engine.exec(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
+    engine.active = this.lastApplied();
+  }
+
+  /** Rolls the applied members back (they stay pending, parked, and are replayed at the flush). */
+  private undoApplied(): void {
+    const engine = this.engine;
+    engine.active = null;
+    const writes = [...this.pendingWrites];
+    this.forgetApplied();
+    if (engine.inRealTransaction) engine.exec('ROLLBACK');
+    engine.noteChanged(writes);
+  }
+
+  /** Before members commit alone: a lone applied member stays active (its own COMMIT commits it). */
+  private leaveForAlone(): void {
+    if (this.applied.length === 0) return;
+    this.dropTop();
+    if (this.applied.length > 1) this.undoApplied();
+    else this.forgetApplied();
+  }
+
+  /**
+   * A statement of the transaction on top ended the whole real transaction (`OR ROLLBACK`): the
+   * applied members are no longer in the engine; they are parked and replayed at the flush.
+   */
+  private checkAlive(): void {
+    if (this.applied.length > 0 && !this.engine.inRealTransaction) {
+      const writes = [...this.pendingWrites];
+      this.forgetApplied();
+      if (this.engine.active !== null && this.engine.active.kind === 'concurrent') this.engine.active = null;
+      this.engine.noteChanged(writes);
+    }
+  }
+
+  private forgetApplied(): void {
+    this.applied = [];
+    this.top = null;
+    this.pendingWrites.clear();
+  }
+
+  private lastApplied(): ConcurrentTransaction | null {
+    return this.applied.length > 0 ? (this.applied[this.applied.length - 1] as Member).tx : null;
+  }
+
+  private commitAlone(members: readonly Member[]): void {
+    for (const m of members) {
+      this.stats.alone++;
+      Promise.resolve()
+        .then(m.alone)
+        .then(m.resolve, m.reject);
+    }
+  }
+}
+
+const groups = new WeakMap<Engine, CommitGroup>();
+
+/** Turns group commit on (with `settings`) or off for `engine`; called once, by `open()`. */
+export function configureGroupCommit(engine: Engine, settings: Settings): void {
+  if (settings === false) groups.delete(engine);
+  else groups.set(engine, new CommitGroup(engine, settings));
+}
+
+/** The group-commit settings of `engine` (`false`: off). */
+export function groupCommitSettings(engine: Engine): Settings {
+  return groups.get(engine)?.settings ?? false;
+}
+
+/**
+ * The counters of the group commits of `conn`'s database in this process (all 0 when it does not
+ * group commits), for tests and monitoring.
+ */
+export function groupCommitStats(conn: Connection): GroupCommitStats {
+  return { ...(groups.get(conn.session.engine)?.stats ?? { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 }) };
+}
+
+/**
+ * Commits the open concurrent transaction of `session` in its engine's group. Returns
+ * `undefined` when grouping does not apply (group commit off or an in-memory database, a
+ * read-only transaction, which needs no durable commit, or a transaction that is not
+ * concurrent): the caller then commits alone. Else the promise resolves once the group's COMMIT
+ * is durable, or rejects with this transaction's own error; `alone` is how the caller commits
+ * alone, used when the group cannot take the transaction.
+ */
+export function joinCommitGroup(
+  session: Session,
+  mayGroup: () => boolean,
+  alone: () => Promise<void> | undefined,
+): Promise<void> | undefined {
+  const group = groups.get(session.engine);
+  const tx = session.tx;
+  if (group === undefined || tx === null || tx.kind !== 'concurrent' || tx.readOnly) return undefined;
+  return group.join({ session, tx, mayGroup, alone });
+}
+
+/**
+ * Commits `conn`'s open transaction and resolves once it is durable. A `BEGIN CONCURRENT`
+ * transaction on a file database shares its COMMIT with the other transactions that commit in
+ * the same turn of the event loop (group commit, see `open()`'s `groupCommit`); anything else
+ * commits at once, exactly as `conn.exec('COMMIT')`. Rejects as COMMIT throws: `BusyError`
+ * `SQLITE_BUSY_SNAPSHOT` after a conflict (the transaction is then rolled back), `SQLITE_BUSY`
+ * when a lock is in the way (the transaction stays open: commit again later). Use it where a
+ * hand-written `BEGIN CONCURRENT` ends; `transaction()` does this by itself.
+ */
+export function commitAsync(conn: Connection): Promise<void> {
+  const alone = (): undefined => {
+    conn.exec('COMMIT');
+    return undefined;
+  };
+  try {
+    return joinCommitGroup(conn.session, () => true, alone) ?? Promise.resolve(alone());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
