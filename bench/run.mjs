@@ -7,6 +7,9 @@
 //                                 bench/results/quick.json only, never the docs
 //   node bench/run.mjs --suite raw-engine,concurrent-tx
 //                                 only those suites; writes bench/results/partial.json only
+//   node bench/run.mjs --suite bus --merge
+//                                 also puts them into latest.json (replacing those suites, each
+//                                 labelled with its own run) and rewrites the docs
 //
 // Each suite runs in its own child process (bench/lib/child.mjs) with a time limit. The exit
 // code is non-zero only when a suite crashes, times out or fails a correctness check; slow
@@ -17,7 +20,7 @@ import os from 'node:os';
 import { dirname, join, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { summarize } from './lib/measure.mjs';
-import { render, writeDocs, fmtTarget } from './lib/report.mjs';
+import { render, writeDocs, fmtTarget, mergeSuites } from './lib/report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -176,7 +179,13 @@ if (quick) {
   console.log('\nwrote bench/results/quick.json (docs/benchmarks.md is only written by a full run)');
 } else if (only) {
   writeFileSync(join(here, 'results', 'partial.json'), JSON.stringify(results, null, 2) + '\n');
-  console.log('\nwrote bench/results/partial.json (a partial run does not touch latest.json or the docs)');
+  if (args.includes('--merge')) {
+    const latest = mergeSuites(JSON.parse(readFileSync(join(here, 'results', 'latest.json'), 'utf8')), results);
+    writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(latest, null, 2) + '\n');
+    console.log(`\nwrote bench/results/partial.json, bench/results/latest.json (merged), ${writeDocs(latest).join(', ')}`);
+  } else {
+    console.log('\nwrote bench/results/partial.json (a partial run does not touch latest.json or the docs)');
+  }
 } else {
   writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(results, null, 2) + '\n');
   const written = writeDocs(results);

@@ -112,7 +112,8 @@ describe('SqliteBus: schedules', () => {
     const seen: string[] = [];
     const w1 = bus.listen({ 'tick.run': (m) => void seen.push(m.id) }, { pollInterval: 20 });
     const w2 = other.listen({ 'tick.run': (m) => void seen.push(m.id) }, { pollInterval: 20 });
-    // both processes' schedulers race for every slot; each hammers it a few extra times
+    // both buses' schedulers (one process, one engine) race for every slot; each hammers it a few
+    // extra times (across real processes: multiprocess.test.ts)
     const extra = setInterval(() => {
       void bus.fireSchedules().catch(() => {});
       void other.fireSchedules().catch(() => {});

@@ -651,7 +651,8 @@ export class Session {
 
   /**
    * Executes, giving a single-row INSERT an explicit rowid when another transaction holds
-   * reserved rowids in its table (so no two in-flight transactions are told the same rowid).
+   * reserved rowids in its table (so no two in-flight transactions are told the same rowid),
+   * or, in a concurrent transaction, when the table's rowids are striped across processes.
    */
   private executeSteered(
     c: CompiledSql,
@@ -665,7 +666,9 @@ export class Session {
       const plan = engine.rowidPlan(c.sql);
       if (plan) {
         onPlan?.(plan);
-        if (engine.hasForeignReservations(plan.table, owner)) {
+        // Striped: another process took a rowid this one was told here (see Engine.rowidLost).
+        const striped = owner instanceof ConcurrentTransaction && engine.stripes(plan.table);
+        if (striped || engine.hasForeignReservations(plan.table, owner)) {
           // Checked against the application's SQL: the rewrite adds a parameter of its own.
           (c.prepared as PreparedSql).checkParams(params);
           // The rowid first: its queries use the engine's statement cache too.

@@ -190,6 +190,13 @@ export class ConcurrentTransaction implements OpenTransaction {
       if (rederived === undefined) return;
       if (inputsChanged || !fp.deterministic) for (const t of fp.writes) rederived.add(t);
     }
+    const rowid = entry.rowid;
+    if (rowid && engine.changedSince(fp.writes, this.validatedSeq) && engine.rowidTaken(rowid.table, rowid.value)) {
+      // Another commit (another process's, or an explicit rowid) took the rowid this insert was
+      // told: replaying it would fail, or, as REPLACE or an upsert, overwrite that row.
+      if (engine.isFile) engine.rowidLost(rowid.table);
+      throw this.conflict(entry, `was told rowid ${String(rowid.value)}, which a commit has taken since`);
+    }
     let outcome: Outcome | undefined;
     let differsAt = -1;
     if (entry.state) engine.caller = entry.state;
