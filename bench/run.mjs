@@ -7,10 +7,9 @@
 //                                 bench/results/quick.json only, never the docs
 //   node bench/run.mjs --suite raw-engine,concurrent-tx
 //                                 only those suites; writes bench/results/partial.json only
-//   node bench/run.mjs --suite postgres --merge
-//                                 only those suites, then puts them into latest.json in place of
-//                                 their previous results (each stamped with its own date, commit and
-//                                 machine) and rewrites the docs from it
+//   node bench/run.mjs --suite bus --merge
+//                                 also puts them into latest.json (replacing those suites, each
+//                                 labelled with its own run) and rewrites the docs
 //
 // Each suite runs in its own child process (bench/lib/child.mjs) with a time limit. The exit
 // code is non-zero only when a suite crashes, times out or fails a correctness check; slow
@@ -21,7 +20,7 @@ import os from 'node:os';
 import { dirname, join, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { summarize } from './lib/measure.mjs';
-import { render, writeDocs, fmtTarget } from './lib/report.mjs';
+import { render, writeDocs, fmtTarget, mergeSuites } from './lib/report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -29,11 +28,6 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const suiteArg = args.find((a, i) => args[i - 1] === '--suite') ?? args.find((a) => a.startsWith('--suite='))?.slice(8);
 const only = suiteArg ? new Set(suiteArg.split(',')) : null;
-const merge = args.includes('--merge');
-if (merge && (!only || quick)) {
-  console.error('--merge goes with --suite (and not with --quick)');
-  process.exit(2);
-}
 const SUITE_TIMEOUT_MS = quick ? 90_000 : 20 * 60_000;
 
 function machine() {
@@ -104,8 +98,10 @@ function ratioOf(spec, byId) {
 
 /** The `## ` sections of a benchmarks page marked `<!-- Written by hand ...`, verbatim. */
 function handWrittenSections(page) {
-  const parts = page.split(/^(?=## )/m);
-  return parts.filter((p) => /^## [^\n]*\n+<!-- Written by hand/.test(p)).join('');
+  return page
+    .split(/^(?=## )/m)
+    .filter((p) => /^## [^\n]*\n+<!-- Written by hand/.test(p))
+    .join('');
 }
 
 const started = performance.now();
@@ -189,26 +185,20 @@ render(results); // smoke-tests the report generator in every mode
 if (quick) {
   writeFileSync(join(here, 'results', 'quick.json'), JSON.stringify(results, null, 2) + '\n');
   console.log('\nwrote bench/results/quick.json (docs/benchmarks.md is only written by a full run)');
-} else if (only && merge) {
-  writeFileSync(join(here, 'results', 'partial.json'), JSON.stringify(results, null, 2) + '\n');
-  const latest = JSON.parse(readFileSync(join(here, 'results', 'latest.json'), 'utf8'));
-  for (const suite of results.suites) {
-    // Stamped, so the page says when and where these figures were measured.
-    const stamped = { ...suite, measured: { command: results.command, date: results.date, commit: results.commit, machine: results.machine } };
-    const i = latest.suites.findIndex((x) => x.name === suite.name);
-    if (i >= 0) latest.suites[i] = stamped;
-    else latest.suites.push(stamped);
-  }
-  Object.assign(latest.versions, results.versions);
-  writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(latest, null, 2) + '\n');
-  const handWritten = handWrittenSections(readFileSync(join(root, 'docs', 'benchmarks.md'), 'utf8'));
-  const written = writeDocs(latest);
-  // Sections written by hand (from partial runs of suites not in latest.json yet) stay.
-  if (handWritten) writeFileSync(join(root, 'docs', 'benchmarks.md'), readFileSync(join(root, 'docs', 'benchmarks.md'), 'utf8').trimEnd() + '\n\n' + handWritten);
-  console.log(`\nwrote bench/results/partial.json, merged it into bench/results/latest.json, wrote ${written.join(', ')}`);
 } else if (only) {
   writeFileSync(join(here, 'results', 'partial.json'), JSON.stringify(results, null, 2) + '\n');
-  console.log('\nwrote bench/results/partial.json (a partial run does not touch latest.json or the docs)');
+  if (args.includes('--merge')) {
+    const latest = mergeSuites(JSON.parse(readFileSync(join(here, 'results', 'latest.json'), 'utf8')), results);
+    writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(latest, null, 2) + '\n');
+    const page = join(root, 'docs', 'benchmarks.md');
+    const handWritten = handWrittenSections(readFileSync(page, 'utf8'));
+    const written = writeDocs(latest);
+    // Sections written by hand (from partial runs of suites not in latest.json yet) stay.
+    if (handWritten) writeFileSync(page, readFileSync(page, 'utf8').trimEnd() + '\n\n' + handWritten);
+    console.log(`\nwrote bench/results/partial.json, bench/results/latest.json (merged), ${written.join(', ')}`);
+  } else {
+    console.log('\nwrote bench/results/partial.json (a partial run does not touch latest.json or the docs)');
+  }
 } else {
   writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(results, null, 2) + '\n');
   const written = writeDocs(results);

@@ -1,3 +1,5 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { open } from '@siblite/core';
 import { buildPlans, SqliteBus, type Logger, type Message } from '../src/index.js';
@@ -54,6 +56,39 @@ describe('SqliteBus: one clock for every process, deaf to wall-clock steps', () 
     conn2.close();
     await cleanup();
   });
+});
+
+describe('SqliteBus: the clock across processes and reboots', () => {
+  it('another process reads the same bus clock; after a reboot the clock starts at the latest stored time', async () => {
+    const { bus, conn, path, cleanup } = await makeBus('file');
+    // Another process (its own engine) computes the time from the anchor stored in the file.
+    const dist = new URL('../dist/index.js', import.meta.url).href;
+    const core = import.meta.resolve('@siblite/core');
+    const script = `const { open } = await import(${JSON.stringify(core)}); const { SqliteBus } = await import(${JSON.stringify(dist)});
+      const c = open(${JSON.stringify(path)}); const b = await SqliteBus.open(c, { logger: null });
+      const t = b.now(); await b.close(); c.close(); console.log(JSON.stringify({ t, wall: Date.now() }));`;
+    // The wall clock of the other process is an hour off: the bus clock is not.
+    const before = bus.now();
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', `Date.now = ((n) => () => n() - 3_600_000)(Date.now); ${script}`], { timeout: 30_000 });
+    const after = bus.now();
+    const theirs = JSON.parse(stdout) as { t: number; wall: number };
+    expect(theirs.wall).toBeLessThan(before - 3_000_000);
+    expect(theirs.t).toBeGreaterThanOrEqual(before - 50);
+    expect(theirs.t).toBeLessThanOrEqual(after + 50);
+
+    // A reboot: the stored anchor belongs to another boot, and a stored time is ahead of the
+    // wall clock (the wall clock was stepped back across the reboot). The new clock never
+    // starts before what is stored.
+    await bus.send('a', 1);
+    const ahead = Date.now() + 3_600_000;
+    conn.run('UPDATE bus_queue SET created_at = ?', [ahead]);
+    conn.run(`UPDATE bus_meta SET value = json_set(value, '$.boot', 'a boot before this one') WHERE key = 'clock'`);
+    const again = await SqliteBus.open(conn, { logger: null });
+    expect(again.now()).toBeGreaterThanOrEqual(ahead);
+    expect(JSON.parse(conn.get<{ value: string }>(`SELECT value FROM bus_meta WHERE key = 'clock'`)!.value).boot).not.toBe('a boot before this one');
+    await again.close();
+    await cleanup();
+  }, 60_000);
 });
 
 describe('SqliteBus: leases and signals', () => {

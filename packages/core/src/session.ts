@@ -15,6 +15,8 @@ import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './
 import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
+import { digestPolicy } from './engine/row-digest.js';
+import { heldAgainst } from './concurrent/hold.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
@@ -411,6 +413,8 @@ export class Session {
   private bringIn(tx: ConcurrentTransaction): void {
     const a = this.engine.active;
     if (a && a.kind === 'pessimistic') throw lockedBy(a);
+    const held = heldAgainst(a, tx, this, this.inTransactionFn);
+    if (held) throw held;
     try {
       // On top of a commit group's applied members when there are (see commit-group.ts).
       if (this.engine.group?.stack(tx)) return;
@@ -610,9 +614,9 @@ export class Session {
     };
     let plan: RowidPlan | null = null;
     try {
-      const out = this.executeSteered(c, params, want, tx, (p) => (plan = p));
+      const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx, (p) => (plan = p));
       // A private copy: the application may mutate the rows it was given.
-      entry.outcome = privateCopy(out);
+      entry.outcome = entry.digest ? DIGESTED : privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
         const pl = plan as RowidPlan;
         entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };
@@ -635,8 +639,20 @@ export class Session {
   }
 
   /**
+   * A concurrent transaction's read through `all()`: rows and their digest in one pass. A large
+   * result is logged as its digest only (see engine/row-digest.ts), a small one as rows.
+   */
+  private allDigested(c: CompiledSql, params: BindParams | undefined, entry: LogEntry): Outcome {
+    this.primeLastInsertRowid(c);
+    const { rows, digest } = (c.prepared as PreparedSql).allDigested(params, this.format);
+    if (rows.length > digestPolicy.aboveRows) entry.digest = digest;
+    return { rows, changes: 0, insertedRowid: undefined };
+  }
+
+  /**
    * Executes, giving a single-row INSERT an explicit rowid when another transaction holds
-   * reserved rowids in its table (so no two in-flight transactions are told the same rowid).
+   * reserved rowids in its table (so no two in-flight transactions are told the same rowid),
+   * or, in a concurrent transaction, when the table's rowids are striped across processes.
    */
   private executeSteered(
     c: CompiledSql,
@@ -650,7 +666,9 @@ export class Session {
       const plan = engine.rowidPlan(c.sql);
       if (plan) {
         onPlan?.(plan);
-        if (engine.hasForeignReservations(plan.table, owner)) {
+        // Striped: another process took a rowid this one was told here (see Engine.rowidLost).
+        const striped = owner instanceof ConcurrentTransaction && engine.stripes(plan.table);
+        if (striped || engine.hasForeignReservations(plan.table, owner)) {
           // Checked against the application's SQL: the rewrite adds a parameter of its own.
           (c.prepared as PreparedSql).checkParams(params);
           // The rowid first: its queries use the engine's statement cache too.
@@ -734,6 +752,14 @@ export class Session {
       this.engine.release();
     }
   }
+}
+
+/** The logged outcome of a read kept as a digest. */
+const DIGESTED: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
+
+/** Whether a concurrent transaction's statement is a read whose result may be logged as a digest. */
+function isDigestable(c: CompiledSql, fp: Footprint, want: Want): boolean {
+  return want === 'all' && fp.readonly && c.prepared !== undefined && !c.prepared.writesRows;
 }
 
 const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true, deterministic: true };

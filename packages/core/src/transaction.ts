@@ -8,6 +8,7 @@ import type { Connection, TransactionMode } from './connection.js';
 import { joinCommitGroup } from './commit-group.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
 import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
+import { forgetRefusals, isHeldRefusal } from './concurrent/hold.js';
 import { retry, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
@@ -143,6 +144,7 @@ export async function runTransaction<T>(
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
+    let failed: unknown;
     // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
     const kept = lane !== undefined && lane.keptFor === session;
     // Only a transaction that failed LANE_AFTER_FAILURES times queues: sending transactions to the
@@ -183,17 +185,22 @@ export async function runTransaction<T>(
         session.endTransactionFn();
       }
     } catch (e) {
-      if (isRetryable(e)) {
+      if (isRetryable(e) && !isHeldRefusal(e)) {
         if (inLane) laneFailures++;
         else failures++;
       }
-      throw e;
+      failed = e;
     } finally {
       if (inLane) {
         if (lane.priority === session) lane.priority = undefined;
         lane.release();
       }
     }
+    // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
+    // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
+    // (one rerun at most: the rerun's own commit never waits in the lane).
+    if (lane !== undefined && lane.keptFor === session && isRetryable(failed)) return once();
+    throw failed;
   };
   running.add(session);
   try {
@@ -204,6 +211,7 @@ export async function runTransaction<T>(
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
+    forgetRefusals(session);
     // The retry loop ended while this transaction kept its turn in the lane.
     if (lane?.keptFor === session) {
       lane.keptFor = undefined;

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { commitAsync, groupCommitStats, open } from '../src/index.js';
 import { historyArb, runHistory, SCHEMA } from './property/history.js';
 import { processHistoryArb, withOtherProcess } from './property/processes.js';
+import { digestPolicy } from '../src/engine/row-digest.js';
 
 const runs = Number(process.env.SIBLITE_FUZZ_RUNS ?? 150);
 const processRuns = Number(process.env.SIBLITE_FUZZ_PROCESS_RUNS ?? 8);
@@ -60,6 +61,19 @@ describe('BEGIN CONCURRENT is serializable (property)', () => {
       expect(grouped.stacked).toBeGreaterThan(0); // transactions ran on top of pending members
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  }, timeout);
+
+  it.skipIf(runs === 0)('the same with every read of a concurrent transaction logged as a digest of its rows', async () => {
+    const saved = digestPolicy.aboveRows;
+    digestPolicy.aboveRows = 0;
+    try {
+      await fc.assert(
+        fc.asyncProperty(historyArb, ([programs, schedule]) => runHistory(programs, schedule)),
+        params(Math.ceil(runs / 3)),
+      );
+    } finally {
+      digestPolicy.aboveRows = saved;
     }
   }, timeout);
 

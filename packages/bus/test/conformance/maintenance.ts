@@ -163,7 +163,8 @@ export function maintenanceConformance(make: () => Promise<MaintenanceFixture>, 
         const seen: string[] = [];
         const w1 = bus.listen({ 'tick.run': (m) => void seen.push(m.id) }, { pollInterval: 20 });
         const w2 = other.listen({ 'tick.run': (m) => void seen.push(m.id) }, { pollInterval: 20 });
-        // both schedulers race for every slot; each hammers it a few extra times
+        // both buses' schedulers race for every slot; each hammers it a few extra times (on SQLite
+        // across real processes: multiprocess.test.ts)
         const extra = setInterval(() => {
           void bus.fireSchedules().catch(() => {});
           void other.fireSchedules().catch(() => {});

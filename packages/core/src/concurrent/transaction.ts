@@ -19,6 +19,7 @@ import type { Engine, HandleState, OpenTransaction } from '../engine/engine.js';
 import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engine/execute.js';
 import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
+import { DIGEST_BLOCK_ROWS, type RowDigest } from '../engine/row-digest.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
 export interface LogEntry {
@@ -34,6 +35,8 @@ export interface LogEntry {
   /** Savepoint statements are replayed but show nothing to compare. */
   readonly control: boolean;
   outcome?: Outcome;
+  /** For a large read: its rows' digest, compared on replay instead of rows (engine/row-digest.ts). */
+  digest?: RowDigest;
   error?: string;
   /** For a single-row INSERT that inserted: replay it with this explicit rowid. */
   rowid?: { table: string; sql: string; value: number | bigint };
@@ -187,7 +190,15 @@ export class ConcurrentTransaction implements OpenTransaction {
       if (rederived === undefined) return;
       if (inputsChanged || !fp.deterministic) for (const t of fp.writes) rederived.add(t);
     }
-    let outcome: Outcome;
+    const rowid = entry.rowid;
+    if (rowid && engine.changedSince(fp.writes, this.validatedSeq) && engine.rowidTaken(rowid.table, rowid.value)) {
+      // Another commit (another process's, or an explicit rowid) took the rowid this insert was
+      // told: replaying it would fail, or, as REPLACE or an upsert, overwrite that row.
+      if (engine.isFile) engine.rowidLost(rowid.table);
+      throw this.conflict(entry, `was told rowid ${String(rowid.value)}, which a commit has taken since`);
+    }
+    let outcome: Outcome | undefined;
+    let differsAt = -1;
     if (entry.state) engine.caller = entry.state;
     try {
       // Preparing can fail too, when a schema change removed what the statement used.
@@ -200,7 +211,8 @@ export class ConcurrentTransaction implements OpenTransaction {
         stmt = engine.statement(entry.sql);
       }
       if (entry.state) engine.primeLastInsertRowid(entry.footprint, entry.state);
-      outcome = stmt.execute(engine.db, params, entry.want, entry.format);
+      if (entry.digest) differsAt = stmt.matchesDigest(params, entry.digest);
+      else outcome = stmt.execute(engine.db, params, entry.want, entry.format);
     } catch (e) {
       const err = e as SqliteError;
       if (err.kind === 'busy') throw err;
@@ -208,8 +220,13 @@ export class ConcurrentTransaction implements OpenTransaction {
       throw this.conflict(entry, `now fails with "${err.message}"`);
     }
     if (entry.error !== undefined) throw this.conflict(entry, `no longer fails with "${entry.error}"`);
+    if (entry.digest) {
+      if (differsAt < 0) return;
+      const from = Math.max(1, differsAt - DIGEST_BLOCK_ROWS + 1);
+      throw this.conflict(entry, `returned ${entry.digest.count} rows and would now return different ones (compared by digest: the first difference is in rows ${from} to ${differsAt + 1})`);
+    }
     const before = entry.outcome as Outcome;
-    const diff = describeDifference(before, outcome);
+    const diff = describeDifference(before, outcome as Outcome);
     if (diff) throw this.conflict(entry, diff);
   }
 

@@ -100,6 +100,13 @@ export interface HandleState {
   totalChangesKnown: boolean;
 }
 
+/**
+ * Width of the rowid stripes of a table this process lost a rowid to another process in: it
+ * then picks only rowids congruent to its slot modulo this (see {@link Engine.freeRowid}).
+ */
+const ROWID_STRIPES = 64n;
+const INT64_MAX = 9223372036854775807n;
+
 /** The parameter name the rowid plans use. */
 export const ROWID_PARAM = ':__siblite_rowid';
 
@@ -143,6 +150,10 @@ export class Engine {
   private readonly rowidPlans = new Map<string, RowidPlan | null>();
   private readonly reservations = new Map<string, TableReservations>();
   private readonly insertTables = new Map<string, InsertTable | null>();
+  /** Tables whose chosen rowids are striped: this process lost a rowid to another commit there. */
+  private readonly stripedTables = new Set<string>();
+  /** This process's stripe: processes started together get distinct pids, so distinct slots. */
+  private rowidSlot = BigInt((globalThis.process?.pid ?? Math.floor(Math.random() * 1e9)) % Number(ROWID_STRIPES));
   private lastDataVersion: number | undefined;
   private nextHandle = 1;
 
@@ -246,7 +257,12 @@ export class Engine {
   }
 
   private rowidExists(table: InsertTable, rowid: bigint): boolean {
-    const [schema, name] = splitTable(table.key);
+    return this.rowidTaken(table.key, rowid);
+  }
+
+  /** Whether a row with this rowid exists in `table` (a table key, `schema.name`). */
+  rowidTaken(table: string, rowid: number | bigint): boolean {
+    const [schema, name] = splitTable(table);
     return (
       (this.statement(`SELECT 1 AS x FROM ${sqlIdent(schema)}.${sqlIdent(name)} WHERE rowid = ?`).execute(this.db, [rowid], 'get').rows
         ?.length ?? 0) > 0
@@ -462,14 +478,38 @@ export class Engine {
 
   /**
    * A rowid above every row in the table, above `sqlite_sequence` for AUTOINCREMENT, and above
-   * the reservations' high-water mark: O(1) in the number of reservations.
+   * the reservations' high-water mark: O(1) in the number of reservations. In a striped table
+   * (see {@link Engine.rowidLost}) the first such rowid in this process's stripe.
    */
   freeRowid(plan: RowidPlan): number | bigint {
     let max = this.usedRowid(plan);
     const high = this.reservedHigh(plan.table);
     if (high > max) max = high;
-    const next = max + 1n;
+    let next = max + 1n;
+    if (this.stripedTables.has(plan.table)) {
+      // The smallest rowid above `max` in this process's stripe: another process choosing from
+      // the same committed state in another stripe never picks the same one.
+      const up = next + ((((this.rowidSlot - next) % ROWID_STRIPES) + ROWID_STRIPES) % ROWID_STRIPES);
+      if (up <= INT64_MAX) next = up;
+    }
     return next <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(next) : next;
+  }
+
+  /** Whether this process stripes the rowids it chooses in `table` (see {@link Engine.rowidLost}). */
+  stripes(table: string): boolean {
+    return this.stripedTables.size > 0 && this.stripedTables.has(table);
+  }
+
+  /**
+   * A rowid a concurrent transaction of this process was told in `table` was taken by another
+   * commit (another process: this process's own choices never collide, see the reservations).
+   * From now on this process chooses the rowids of its concurrent transactions' inserts there
+   * in its own stripe, so that processes stop colliding; a collision in a table already
+   * striped means another process has the same stripe, so this one moves to another.
+   */
+  rowidLost(table: string): void {
+    if (!this.stripedTables.has(table)) this.stripedTables.add(table);
+    else this.rowidSlot = (this.rowidSlot + 1n + BigInt(Math.floor(Math.random() * Number(ROWID_STRIPES - 1n)))) % ROWID_STRIPES;
   }
 
   reserve(table: string, rowid: number | bigint, owner: object): void {

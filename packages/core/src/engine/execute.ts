@@ -11,6 +11,7 @@ import { finalizeStatement, loadSqlite, type WasmStatement } from '../file/load.
 import { parameterCount, tokenize, type StatementClass } from '../sql/lexer.js';
 import { checkCount, checkValue } from './params.js';
 import { RowCursor, settleCursor } from './cursor.js';
+import { DigestBuilder, type RowDigest } from './row-digest.js';
 
 /** A value SQLite can store, as siblite accepts it in parameters. */
 export type SqlValue = number | bigint | string | Uint8Array | null | boolean;
@@ -164,6 +165,57 @@ export class PreparedSql {
       rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
     }
     return { rows, changes, insertedRowid: rowid };
+  }
+
+  /**
+   * `all()` of a statement that writes nothing, also digesting the rows (see row-digest.ts):
+   * a concurrent transaction's log keeps the digest instead of a large result.
+   */
+  allDigested(params: BindParams | undefined, format: RowFormat = {}): { rows: Row[]; digest: RowDigest } {
+    settleCursor();
+    const values = this.normalize(params);
+    const ptr = ptrOf(this.stmt);
+    try {
+      const read = this.rowReader(values, format);
+      const digest = new DigestBuilder((this.stmt as unknown as RowHelpers)._getColumnNames());
+      const n = lowLevel()._sqlite3_column_count(ptr);
+      const rows: Row[] = [];
+      for (let row = read(); row !== undefined; row = read()) {
+        rows.push(row);
+        digest.addRow(ptr, n);
+      }
+      return { rows, digest: digest.finish() };
+    } catch (e) {
+      throw fromEngineError(e);
+    } finally {
+      lowLevel()._sqlite3_reset(ptr);
+    }
+  }
+
+  /**
+   * Runs a statement that writes nothing and compares its rows with `expected` without
+   * materializing them, stopping within one digest block of the first difference. Returns -1
+   * when they are the same, otherwise how many rows were read before the difference showed.
+   */
+  matchesDigest(params: BindParams | undefined, expected: RowDigest): number {
+    settleCursor();
+    const values = this.normalize(params);
+    const st = this.stmt as unknown as RowHelpers;
+    const ptr = ptrOf(this.stmt);
+    try {
+      st._bind(values);
+      const digest = new DigestBuilder(st._getColumnNames());
+      const n = lowLevel()._sqlite3_column_count(ptr);
+      while (st._step()) {
+        digest.addRow(ptr, n);
+        if (!digest.agrees(expected)) return digest.count;
+      }
+      return digest.equals(expected) ? -1 : digest.count;
+    } catch (e) {
+      throw fromEngineError(e);
+    } finally {
+      lowLevel()._sqlite3_reset(ptr);
+    }
   }
 
   /** Up to `limit` rows in `format`, then leaves the statement reset. */

@@ -115,7 +115,10 @@ export function loadSqlite(): SqliteModule {
   const fsForEngine = lockingFs();
   const engineRequire = (id: string): unknown => (id === 'node:fs' || id === 'fs' ? fsForEngine : pkgRequire(id));
   const mod: { exports: Record<string, unknown> } = { exports: {} };
-  const fn = vm.compileFunction(source, ['exports', 'require', 'module', '__filename', '__dirname'], { filename });
+  // One line appended: the current heap view (replaced when memory grows), so result digests
+  // can hash text and blobs in place (engine/row-digest.ts).
+  const exposed = `${source}\n;module.exports.__sibliteHeap = () => HEAPU8;`;
+  const fn = vm.compileFunction(exposed, ['exports', 'require', 'module', '__filename', '__dirname'], { filename });
   fn.call(mod.exports, mod.exports, engineRequire, mod, filename, path.dirname(filename));
   const m = mod.exports as unknown as Partial<SqliteModule>;
   if (typeof m.Database !== 'function' || typeof m.SQLite3Error !== 'function') {
