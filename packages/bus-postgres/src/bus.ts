@@ -180,6 +180,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private schedulerTimer: NodeJS.Timeout | undefined;
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
+  private claimCommandsSql: string | undefined;
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -533,13 +534,21 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   /** Claims up to `limit` commands in one statement (only `names` when given). @internal */
   async claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
-    const S = this.S;
     const token = randomUUID();
     const r = await this.pool.query({
       name: `${this.stmt}_claim_commands`,
-      // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
-      // sets synchronous_commit off for this statement's transaction only.
-      text: `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
+      text: (this.claimCommandsSql ??= this.buildClaimCommandsSql()),
+      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
+    });
+    return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
+  }
+
+  /** The text of the command claim (built once: it only depends on the schema). */
+  private buildClaimCommandsSql(): string {
+    const S = this.S;
+    // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
+    // sets synchronous_commit off for this statement's transaction only.
+    return `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
          SELECT q.seq FROM ${S}.queue q
          WHERE q.${UNSETTLED} AND q.due_at <= ${S}.now_ms()
            AND ($1::text[] IS NULL OR q.name = ANY($1::text[]))
@@ -549,10 +558,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
          LIMIT $2 FOR UPDATE OF q SKIP LOCKED)
        UPDATE ${S}.queue q SET state = 'inflight', token = $3, attempts = q.attempts + 1, due_at = ${S}.now_ms() + $4
        FROM c, s WHERE q.seq = c.seq
-       RETURNING q.seq, ${cols('q')}, q.attempts`,
-      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
-    });
-    return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
+       RETURNING q.seq, ${cols('q')}, q.attempts`;
   }
 
   /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules), in one round trip. @internal */
@@ -1236,10 +1242,15 @@ function produceParams(name: string, payload: Payload, options: PgProduceOptions
   return { id: m.id, values: [m.id, m.name, m.encoding, toBytes(m.payload), m.contentType, m.headers, m.key] as unknown[] };
 }
 
+/** A bytea as text, without copying when node-postgres gave a Buffer (it does). */
+function utf8(p: Uint8Array): string {
+  return Buffer.isBuffer(p) ? p.toString('utf8') : Buffer.from(p.buffer, p.byteOffset, p.byteLength).toString('utf8');
+}
+
 /** A stored row as the codec expects it: JSON payloads as text, bytes as a plain Uint8Array. */
 function messageRow(r: Record<string, unknown>): MessageRow {
   const p = r.payload;
-  const payload = p instanceof Uint8Array ? (r.encoding === 'json' ? Buffer.from(p).toString('utf8') : new Uint8Array(p)) : p;
+  const payload = p instanceof Uint8Array ? (r.encoding === 'json' ? utf8(p) : new Uint8Array(p)) : p;
   return { ...r, payload } as unknown as MessageRow;
 }
 
