@@ -798,8 +798,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       });
       abandoned.catch(() => {});
       const step = <T>(p: Promise<T>) => Promise.race([p, abandoned]);
-      // The transaction begins with the handler's first query (queued ahead of it on the
-      // client, so no extra wait): a handler that never uses `context.client` costs no
+      // The transaction begins with the handler's first query (written together with it, so
+      // no extra round trip): a handler that never uses `context.client` costs no
       // transaction, only the acknowledgement. The transaction-local marker lets the
       // acknowledgement check that the handler did not end the transaction itself.
       const marker = randomUUID();
@@ -843,7 +843,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       } finally {
         lazy.restore();
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
-        if (!destroyed) c.release();
+        // A query the handler left running keeps pipeline mode on: that client is not reused.
+        if (!destroyed) c.release(lazy.clean ? undefined : new Error('a query of the handler is still running'));
       }
     }
   }
@@ -1274,20 +1275,55 @@ function unprefix(row: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
+/** node-postgres client internals that pipelining the transaction's BEGIN relies on (pg >= 8.23). */
+interface PipelineInternals {
+  pipeline?: boolean;
+  _activeQuery?: unknown;
+  _sentQueryQueue?: unknown[];
+  _queryQueue?: unknown[];
+}
+
+/** Whether node-postgres can pipeline on `c`: it has the mode, and nothing is queued or in flight. */
+function canPipeline(c: PipelineInternals): boolean {
+  return typeof c.pipeline === 'boolean' && Array.isArray(c._sentQueryQueue) && Array.isArray(c._queryQueue) && isIdle(c);
+}
+
+function isIdle(c: PipelineInternals): boolean {
+  return !c._activeQuery && c._sentQueryQueue?.length === 0 && c._queryQueue?.length === 0;
+}
+
 /**
- * Makes `begin` run just before the first query anyone sends on `c` (node-postgres runs a
- * client's queries in the order they were sent, so nothing needs to wait for it). `restore`
- * puts the client's own `query` back.
+ * Makes `begin` run just before the first query anyone sends on `c`. Both are written at
+ * once (node-postgres's pipeline mode, on only until the client is idle again), so the
+ * transaction costs no round trip of its own; a cursor or a `rows` query, which pipeline mode
+ * refuses, goes after the BEGIN the usual way. `restore` puts the client's own `query` back
+ * and ends pipeline mode once nothing is in flight; `clean` says whether it has ended.
  */
-function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; restore(): void } {
+function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; restore(): void; readonly clean: boolean } {
   const own = c.query;
   const hadOwn = Object.prototype.hasOwnProperty.call(c, 'query');
+  const internals = c as unknown as PipelineInternals;
   let begun = false;
+  let pipelined = false;
+  const unpipeline = () => {
+    if (pipelined && isIdle(internals)) {
+      internals.pipeline = false;
+      pipelined = false;
+    }
+  };
   const patched = function (this: unknown, ...args: unknown[]) {
     if (!begun) {
       begun = true;
+      const first = args[0] as { submit?: unknown; rows?: unknown } | string | null | undefined;
+      const plain = typeof first === 'string' || (typeof first === 'object' && first !== null && typeof first.submit !== 'function' && first.rows === undefined);
+      if (plain && canPipeline(internals)) {
+        internals.pipeline = true;
+        pipelined = true;
+      }
       // Its failure shows in the handler's query or in the acknowledgement's marker check.
       (own as (sql: string) => Promise<unknown>).call(c, begin).catch(() => {});
+    } else {
+      unpipeline();
     }
     return (own as (...a: unknown[]) => unknown).apply(c, args);
   };
@@ -1296,7 +1332,11 @@ function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; 
     get begun() {
       return begun;
     },
+    get clean() {
+      return !pipelined;
+    },
     restore() {
+      unpipeline();
       const target = c as unknown as { query?: unknown };
       if (target.query !== patched) return;
       if (hadOwn) target.query = own;
