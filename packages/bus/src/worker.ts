@@ -7,6 +7,7 @@
  * @module
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { Abandon } from './abandon.js';
 import { backoffPolicy } from './backoff.js';
 import { PermanentError, StaleClaimError, ValidationError } from './errors.js';
 import { onNotify } from './notify.js';
@@ -47,7 +48,7 @@ interface Running {
   /** Why `context.signal` was aborted (stop, lost lease, timeout), `undefined` while it is not. */
   aborted: unknown;
   /** Rolls the handler's transaction back for good (stop timeout, handler timeout). */
-  readonly abandon: AbortController;
+  readonly abandon: Abandon;
   done: Promise<void>;
 }
 
@@ -329,7 +330,7 @@ export class BusWorker<Tx = Connection> implements Worker {
 
   private start1(claim: Claim): void {
     this.counters.claimed++;
-    const r: Running = { claim, signal: null, aborted: undefined, abandon: new AbortController(), done: Promise.resolve() };
+    const r: Running = { claim, signal: null, aborted: undefined, abandon: new Abandon(), done: Promise.resolve() };
     const p: Promise<void> = this.handle(r).finally(() => {
       this.inflight.delete(p);
       this.counters.inFlight = this.inflight.size;
@@ -432,7 +433,7 @@ export class BusWorker<Tx = Connection> implements Worker {
             extendLease: (ms: number) => this.store.extend(claim, ms),
           });
         },
-        r.abandon.signal,
+        r.abandon,
         onSettling,
       );
       void reruns;
@@ -455,7 +456,7 @@ export class BusWorker<Tx = Connection> implements Worker {
       this.emit({ type: 'stale', message });
       return;
     }
-    const abandoned = r.abandon.signal.aborted ? String((r.abandon.signal.reason as Error)?.message ?? '') : null;
+    const abandoned = r.abandon.aborted ? String((r.abandon.reason as Error)?.message ?? '') : null;
     if (abandoned !== null && abandoned.startsWith('the lease was lost')) {
       // Another worker may have it now: nothing committed here.
       this.counters.stale++;
@@ -466,7 +467,7 @@ export class BusWorker<Tx = Connection> implements Worker {
       // Abandoned by stop(): the release already happened (or the lease runs out).
       return;
     }
-    if (!this.running && r.aborted !== undefined && !r.abandon.signal.aborted) {
+    if (!this.running && r.aborted !== undefined && !r.abandon.aborted) {
       // The handler gave up because the worker is stopping: not a failure of the message.
       await this.giveBack([claim], false);
       return;
@@ -491,7 +492,7 @@ export class BusWorker<Tx = Connection> implements Worker {
     const every = Math.max(1, Math.floor(this.lease / 3));
     let busy = false;
     const timer = setInterval(() => {
-      if (busy || r.abandon.signal.aborted) return;
+      if (busy || r.abandon.aborted) return;
       busy = true;
       this.store
         .extend(r.claim, this.lease)
