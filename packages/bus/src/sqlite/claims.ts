@@ -52,6 +52,19 @@ export function inImmediate<T>(h: Connection, fn: () => T): T {
   }
 }
 
+/** Runs `fn` inside a savepoint of `h`'s transaction: undone entirely when it throws. */
+export function inSavepoint<T>(h: Connection, fn: () => T): T {
+  h.exec('SAVEPOINT siblite_bus_batch');
+  try {
+    const out = fn();
+    h.exec('RELEASE siblite_bus_batch');
+    return out;
+  } catch (e) {
+    if (h.inTransaction) h.exec('ROLLBACK TO siblite_bus_batch; RELEASE siblite_bus_batch');
+    throw e;
+  }
+}
+
 const candidateSql = new Map<string, string>();
 
 /** The candidate query for a name filter and a set of paused names (cached by shape). */
