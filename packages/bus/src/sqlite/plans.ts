@@ -301,7 +301,7 @@ export function buildPlans(namespace: string) {
       WHERE ${unsettled} AND head = 1 AND priority = :priority AND due_at <= :now`,
     /**
      * Claims candidates, re-checking in the same statement that each is still claimable: this
-     * SQL followed by a list of `:s0, :s1, ...` in parentheses, then {@link Plans.claimReturning}.
+     * SQL followed by a list of `:s0, :s1, ...` in parentheses, then `claimReturning`.
      */
     claimCommandsIn: `UPDATE ${queue}
       SET state = 'inflight', token = :token, attempts = attempts + 1, due_at = :leaseUntil
