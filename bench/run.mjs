@@ -96,6 +96,14 @@ function ratioOf(spec, byId) {
   return { ...out, median: s.median, p25: s.p25, p75: s.p75, min: s.min, max: s.max, met };
 }
 
+/** The `## ` sections of a benchmarks page marked `<!-- Written by hand ...`, verbatim. */
+function handWrittenSections(page) {
+  return page
+    .split(/^(?=## )/m)
+    .filter((p) => /^## [^\n]*\n+<!-- Written by hand/.test(p))
+    .join('');
+}
+
 const started = performance.now();
 const files = readdirSync(join(here, 'suites'))
   .filter((f) => f.endsWith('.mjs'))
@@ -182,7 +190,12 @@ if (quick) {
   if (args.includes('--merge')) {
     const latest = mergeSuites(JSON.parse(readFileSync(join(here, 'results', 'latest.json'), 'utf8')), results);
     writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(latest, null, 2) + '\n');
-    console.log(`\nwrote bench/results/partial.json, bench/results/latest.json (merged), ${writeDocs(latest).join(', ')}`);
+    const page = join(root, 'docs', 'benchmarks.md');
+    const handWritten = handWrittenSections(readFileSync(page, 'utf8'));
+    const written = writeDocs(latest);
+    // Sections written by hand (from partial runs of suites not in latest.json yet) stay.
+    if (handWritten) writeFileSync(page, readFileSync(page, 'utf8').trimEnd() + '\n\n' + handWritten);
+    console.log(`\nwrote bench/results/partial.json, bench/results/latest.json (merged), ${written.join(', ')}`);
   } else {
     console.log('\nwrote bench/results/partial.json (a partial run does not touch latest.json or the docs)');
   }

@@ -28,25 +28,43 @@ import {
   checkBatch,
   checkFilter,
   checkLogger,
-  checkReceiveOptions,
-  groupSource,
-  decodeOrNull,
-  decodeRow,
   pauseKey,
-  startFromEnd,
   toClaim,
+  receiveFrom,
+  checkMessage,
+  checkEventOptions,
+  commandSource,
+  checkSubscribe,
+  eventSource,
+  toDeadLetter,
+  commandInfo,
+  eventInfo,
+  buildStats,
+  type CommandRow,
+  type DeadRow,
   encodeHeaders,
   encodePayload,
   makeDelivery,
   notify,
   startWorker,
-  validateContentType,
   validateGroup,
-  validateHandlers,
-  validateHeaders,
+  validateScheduleName,
+  validateSpec,
+  nextSlot,
+  followingSlot,
+  slotId,
+  checkRetention,
+  retainWith,
+  runEvery,
+  DEFAULT_RETENTION,
+  type RetentionOptions,
+  type TrimResult,
+  type PruneResult,
+  type RetainResult,
+  type ScheduleSpec,
+  type ScheduleInfo,
   validateId,
   validateMs,
-  validateName,
   validatePositiveInt,
   validatePriority,
   type BaseHandlerContext,
@@ -56,14 +74,11 @@ import {
   type DeadLetter,
   type DeadLetterFilter,
   type Delivery,
-  type GroupStats,
   type Handlers,
   type Logger,
-  type Message,
   type MessageInfo,
   type MessageKind,
   type MessageRow,
-  type NameStats,
   type PauseTarget,
   type BatchCommand,
   type Payload,
@@ -127,6 +142,13 @@ export interface PgBusOptions {
   connection?: string | pg.PoolConfig;
   /** Where failures are reported; `console` by default, `null` silences. */
   logger?: Logger | null;
+  /** Runs retention in this process on an unref'd timer (off by default). `true` uses the defaults. */
+  retention?: RetentionOptions | boolean;
+  /**
+   * Refuse to create the bus: throw when the schema has no bus yet (for tools that inspect
+   * an existing bus, like the `siblite` command line tool). An older bus is still migrated.
+   */
+  mustExist?: boolean;
 }
 
 const MAX_RERUNS = 8;
@@ -146,9 +168,16 @@ const types = {
 /** The bus on PostgreSQL. Open with {@link PgBus.open}. */
 export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private readonly S: string;
+  /** Prefix of this bus's prepared statement names (unique per schema, as clients may be shared). */
+  private readonly stmt: string;
   private readonly workers = new Set<Worker>();
   private readonly advancing = new Map<string, Promise<void>>();
+  /** Acknowledgements waiting for the statement in flight (see {@link PgBus.ack}). */
+  private readonly acks: { claim: Claim; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private flushingAcks = false;
   private closed = false;
+  private retentionTimer: NodeJS.Timeout | undefined;
+  private schedulerTimer: NodeJS.Timeout | undefined;
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
 
@@ -163,6 +192,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     private readonly poolMax: number,
   ) {
     this.S = quoteSchema(schema);
+    this.stmt = `sb_${instance}`;
   }
 
   /**
@@ -181,6 +211,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const schema = options.schema ?? 'siblite_bus';
     quoteSchema(schema);
     const logger = checkLogger(options.logger);
+    const retention = checkRetention(options.retention);
     const base: pg.PoolConfig = typeof options.connection === 'string' ? { connectionString: options.connection } : { ...(options.connection ?? {}) };
     const poolMax = base.max ?? 20;
     if (!Number.isSafeInteger(poolMax) || poolMax <= RESERVED_CLIENTS) throw new ValidationError('connection.max', `connection.max must be an integer above ${RESERVED_CLIENTS}`);
@@ -192,6 +223,10 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       let instance: string;
       let offset: number;
       try {
+        if (options.mustExist === true) {
+          const found = await c.query<{ t: string | null }>('SELECT to_regclass($1) AS t', [`${quoteSchema(schema)}.meta`]);
+          if (found.rows[0]?.t == null) throw new ValidationError('schema', `there is no bus in schema "${schema}"`);
+        }
         instance = await migrate(c, schema);
         const before = Date.now();
         const r = await c.query<{ now: number }>(`SELECT ${quoteSchema(schema)}.now_ms() AS now`);
@@ -202,6 +237,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       listener = new pg.Client({ ...base, types });
       const bus = new PgBus(pool, listener, { ...base, types }, schema, instance, offset, logger === undefined ? console : logger, poolMax);
       await bus.startListening(listener);
+      if (retention) bus.startRetention(retention);
       return bus;
     } catch (e) {
       await listener?.end().catch(() => {});
@@ -292,14 +328,15 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const delay = options.delay === undefined ? 0 : Math.ceil(validateMs('delay', options.delay));
     const priority = options.priority === undefined ? 0 : validatePriority(options.priority);
     const S = this.S;
-    const r = await (options.client ?? this.pool).query<{ n: number }>(
-      `WITH ins AS (
+    const r = await (options.client ?? this.pool).query<{ n: number }>({
+      name: `${this.stmt}_send`,
+      text: `WITH ins AS (
          INSERT INTO ${S}.queue (id, name, encoding, payload, content_type, headers, key, created_at, available_at, due_at, priority)
          SELECT $1, $2, $3, $4, $5, $6, $7, t, t + $8, t + $8, $9 FROM (SELECT ${S}.now_ms() AS t) n
          ON CONFLICT (id) DO NOTHING RETURNING 1)
        SELECT (SELECT count(*) FROM ins) AS n, pg_notify($10, 'queue')`,
-      [...p.values, delay, priority, this.channelName],
-    );
+      values: [...p.values, delay, priority, this.channelName],
+    });
     if (!options.client) notify(this.channel('queue'));
     return { id: p.id, stored: Number(r.rows[0]?.n ?? 0) > 0 };
   }
@@ -370,18 +407,18 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   async publish(name: string, payload: Payload, options: Omit<PgProduceOptions, 'delay'> = {}): Promise<ProduceResult> {
     this.assertOpen();
-    if ((options as PgProduceOptions)?.delay !== undefined) throw new ValidationError('delay', 'events cannot be delayed; use send() for delayed commands');
-    if ((options as PgProduceOptions)?.priority !== undefined) throw new ValidationError('priority', 'events have no priority (every group reads the log in order)');
+    checkEventOptions(options);
     const p = produceParams(name, payload, options);
     const S = this.S;
-    const r = await (options.client ?? this.pool).query<{ n: number }>(
-      `WITH ins AS (
+    const r = await (options.client ?? this.pool).query<{ n: number }>({
+      name: `${this.stmt}_publish`,
+      text: `WITH ins AS (
          INSERT INTO ${S}.log (id, name, encoding, payload, content_type, headers, key, created_at, available_at)
          SELECT $1, $2, $3, $4, $5, $6, $7, t, t FROM (SELECT ${S}.now_ms() AS t) n
          ON CONFLICT (id) WHERE target IS NULL DO NOTHING RETURNING 1)
        SELECT (SELECT count(*) FROM ins) AS n, pg_notify($8, 'log')`,
-      [...p.values, this.channelName],
-    );
+      values: [...p.values, this.channelName],
+    });
     if (!options.client) {
       await this.sequence();
       notify(this.channel('log'));
@@ -391,7 +428,22 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   /** Numbers committed, unnumbered events (see `schema.ts`). @internal */
   async sequence(): Promise<void> {
-    await this.pool.query(`SELECT ${this.S}.sequence()`);
+    // Without waiting for its commit to reach the disk: numbering is invisible until a reader
+    // acts on it, and any reader's own durable commit (a claim, an acknowledgement) is written
+    // after it in the WAL, so it flushes the numbering too. A crash before that only loses
+    // numbers nobody acted on; a later run numbers those events again, in the same way.
+    const c = await this.pool.connect();
+    try {
+      await c.query(`BEGIN; SET LOCAL synchronous_commit = off; SELECT ${this.S}.sequence(); COMMIT`);
+      c.release();
+    } catch (e) {
+      // a failed statement leaves the transaction open: end it before the client is reused
+      await c.query('ROLLBACK').then(
+        () => c.release(),
+        (e2: Error) => c.release(e2),
+      );
+      throw e;
+    }
   }
 
   // ------------------------------------------------------------------ consuming
@@ -404,16 +456,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   listen(handlers: PgHandlers, options: WorkerOptions = {}): Worker {
     this.assertOpen();
-    validateHandlers(handlers);
-    const names = (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
-    const source: Source = {
-      channel: this.channel('queue'),
-      prepare: async () => {},
-      claim: (limit, lease) => this.claimCommands(limit, lease, names),
-      nextDue: () => this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.queue WHERE ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, []),
-      settled: () => {},
-      idle: async () => {},
-    };
+    const source = commandSource(this, handlers, options);
+    this.schedulerTimer ??= runEvery(1_000, () => this.fireSchedules(), this.logger, 'firing schedules', () => this.closed);
     return this.start(source, handlers, options);
   }
 
@@ -424,19 +468,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   subscribe(group: string, handlers: PgHandlers, options: SubscribeOptions = {}): Worker {
     this.assertOpen();
-    validateGroup(group);
-    validateHandlers(handlers);
-    const fromEnd = startFromEnd(options?.startFrom);
-    if (options?.ordered !== undefined && typeof options.ordered !== 'boolean') throw new ValidationError('ordered', 'ordered must be a boolean');
-    const ordered = options?.ordered === true;
-    const source = groupSource({
-      channel: this.channel('log'),
-      prepare: () => this.ensureGroup(group, fromEnd),
-      claim: (limit, lease) => this.claimEvents(group, limit, lease, ordered),
-      nextDue: () => this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.gstate WHERE grp = $1 AND ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, [group]),
-      advance: () => this.advance(group),
-    });
-    return this.start(source, handlers, options);
+    return this.start(eventSource(this, group, checkSubscribe(group, handlers, options)), handlers, options);
   }
 
   /**
@@ -470,24 +502,11 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    */
   async receive(options: ReceiveOptions = {}): Promise<PgDelivery | undefined> {
     this.assertOpen();
-    const { lease, names, group, fromEnd } = checkReceiveOptions(options);
-    let claimOnce: () => Promise<Claim[]>;
-    if (group !== null) {
-      await this.ensureGroup(group, fromEnd);
-      claimOnce = () => this.claimEvents(group, 1, lease, false);
-    } else {
-      claimOnce = () => this.claimCommands(1, lease, names);
-    }
-    for (let i = 0; i < 1000; i++) {
-      const [claim] = await claimOnce();
-      if (!claim) return undefined;
-      if (claim.message) return this.delivery(claim);
-      await this.bury(claim, 'dead', `decode error: ${claim.decodeError?.message ?? 'unknown'}`);
-    }
-    return undefined;
+    return receiveFrom(this, options);
   }
 
-  private async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
+  /** Creates `group` if missing. @internal */
+  async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
     await this.sequence();
     await this.pool.query(
       `INSERT INTO ${this.S}.groups (grp, upto, hw, created_at)
@@ -495,6 +514,16 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
        ON CONFLICT (grp) DO NOTHING`,
       [group, fromEnd],
     );
+  }
+
+  /** The earliest due time of a waiting command. @internal */
+  async nextDueCommand(): Promise<number | null> {
+    return this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.queue WHERE ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, []);
+  }
+
+  /** The earliest due time of a waiting event of `group`. @internal */
+  async nextDueEvent(group: string): Promise<number | null> {
+    return this.nextDue(`SELECT min(due_at) AS due FROM ${this.S}.gstate WHERE grp = $1 AND ${UNSETTLED} AND due_at > ${this.S}.now_ms()`, [group]);
   }
 
   private async nextDue(sql: string, params: unknown[]): Promise<number | null> {
@@ -506,8 +535,11 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   async claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
     const S = this.S;
     const token = randomUUID();
-    const r = await this.pool.query(
-      `WITH c AS (
+    const r = await this.pool.query({
+      name: `${this.stmt}_claim_commands`,
+      // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
+      // sets synchronous_commit off for this statement's transaction only.
+      text: `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
          SELECT q.seq FROM ${S}.queue q
          WHERE q.${UNSETTLED} AND q.due_at <= ${S}.now_ms()
            AND ($1::text[] IS NULL OR q.name = ANY($1::text[]))
@@ -516,119 +548,48 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
          ORDER BY q.priority DESC, q.due_at, q.seq
          LIMIT $2 FOR UPDATE OF q SKIP LOCKED)
        UPDATE ${S}.queue q SET state = 'inflight', token = $3, attempts = q.attempts + 1, due_at = ${S}.now_ms() + $4
-       FROM c WHERE q.seq = c.seq
+       FROM c, s WHERE q.seq = c.seq
        RETURNING q.seq, ${cols('q')}, q.attempts`,
-      [names ? [...names] : null, limit, token, Math.ceil(lease)],
-    );
+      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
+    });
     return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
   }
 
-  /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules). @internal */
+  /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules), in one round trip. @internal */
   async claimEvents(group: string, limit: number, lease: number, ordered: boolean): Promise<Claim[]> {
-    const S = this.S;
-    await this.sequence();
     const token = randomUUID();
-    const claimed = await this.inTransaction(async (c) => {
-      const g = (
-        await c.query<{ hw: number; now: number; paused: boolean }>(
-          `SELECT hw, ${S}.now_ms() AS now, EXISTS (SELECT 1 FROM ${S}.paused WHERE target = 'group:' || $1) AS paused
-           FROM ${S}.groups WHERE grp = $1 FOR UPDATE`,
-          [group],
-        )
-      ).rows[0];
-      if (!g || g.paused) return [];
-      const now = g.now;
-      const leaseUntil = now + Math.ceil(lease);
-      const out: { pos: number; attempts: number }[] = [];
-      const busyKeys = new Set<string>();
-      let earlierUnsettled = false;
-      const open = await c.query<{ pos: number; due_at: number; key: string | null }>(
-        `SELECT s.pos, s.due_at, l.key FROM ${S}.gstate s JOIN ${S}.log l ON l.pos = s.pos
-         WHERE s.grp = $1 AND s.${UNSETTLED} ORDER BY s.pos`,
-        [group],
-      );
-      for (const o of open.rows) {
-        const free = o.due_at <= now && (o.key === null || !busyKeys.has(o.key)) && !(ordered && earlierUnsettled);
-        if (free && out.length < limit) {
-          const r = await c.query<{ attempts: number }>(
-            `UPDATE ${S}.gstate SET state = 'inflight', token = $3, due_at = $4, attempts = attempts + 1
-             WHERE grp = $1 AND pos = $2 AND ${UNSETTLED} AND due_at <= $5 RETURNING attempts`,
-            [group, o.pos, token, leaseUntil, now],
-          );
-          if (r.rows[0]) out.push({ pos: o.pos, attempts: r.rows[0].attempts });
-        }
-        earlierUnsettled = true;
-        if (o.key !== null) busyKeys.add(o.key);
-        if (ordered) break;
-      }
-      if (out.length >= limit || (ordered && earlierUnsettled)) return out;
-      const fresh = await c.query<{ pos: number; key: string | null }>(
-        `SELECT pos, key FROM ${S}.log WHERE pos > $1 AND (target IS NULL OR target = $2) ORDER BY pos LIMIT $3`,
-        [g.hw, group, ordered ? 1 : Math.max(64, limit * 16)],
-      );
-      const passed: number[] = [];
-      let hw = g.hw;
-      const insert = `INSERT INTO ${S}.gstate (grp, pos, state, token, due_at, attempts) VALUES ($1, $2, $3, $4, $5, $6)`;
-      for (const f of fresh.rows) {
-        if (out.length >= limit) break;
-        if (f.key !== null && busyKeys.has(f.key)) {
-          passed.push(f.pos);
-          continue;
-        }
-        // Events passed over behind their key get an open row, so the high-water mark can move past them.
-        for (const pos of passed) await c.query(insert, [group, pos, 'ready', null, 0, 0]);
-        passed.length = 0;
-        await c.query(insert, [group, f.pos, 'inflight', token, leaseUntil, 1]);
-        out.push({ pos: f.pos, attempts: 1 });
-        hw = f.pos;
-        if (f.key !== null) busyKeys.add(f.key);
-      }
-      if (hw > g.hw) await c.query(`UPDATE ${S}.groups SET hw = greatest(hw, $2) WHERE grp = $1`, [group, hw]);
-      return out;
+    const r = await this.pool.query({
+      name: `${this.stmt}_claim_events`,
+      text: `SELECT * FROM ${this.S}.claim_events($1, $2, $3, $4, $5)`,
+      values: [group, limit, Math.ceil(lease), ordered, token],
     });
-    if (claimed.length === 0) return [];
-    const rows = await this.pool.query(`SELECT pos, ${MSG_COLS} FROM ${S}.log WHERE pos = ANY($1::bigint[])`, [claimed.map((c) => c.pos)]);
-    const byPos = new Map(rows.rows.map((r) => [r.pos as number, r]));
-    const out: Claim[] = [];
-    for (const c of claimed) {
-      const row = byPos.get(c.pos);
-      if (row) out.push(toClaim(messageRow({ ...row, attempts: c.attempts }), c.pos, 'event', group, token));
-    }
-    return out;
+    return r.rows.map((row) => toClaim(messageRow(unprefix(row)), row.r_pos, 'event', group, token));
   }
 
   /**
-   * Moves a group's offset to just below its lowest unsettled event. The group row is locked
-   * first, in its own statement, so the update's snapshot sees every claim committed before
-   * (an UPDATE that waited for the lock would otherwise judge the group by an older snapshot).
+   * Moves a group's offset to just below its lowest unsettled event (one server-side
+   * function, see `schema.ts`); concurrent requests share one run.
    * @internal
    */
   advance(group: string): Promise<void> {
     const running = this.advancing.get(group);
     if (running) return running;
-    const S = this.S;
     const p = (async () => {
       await Promise.resolve();
       this.advancing.delete(group);
-      await this.inTransaction(async (c) => {
-        await c.query(`SELECT 1 FROM ${S}.groups WHERE grp = $1 FOR UPDATE`, [group]);
-        await c.query(
-          `UPDATE ${S}.groups g SET upto = greatest(g.upto, coalesce(
-             (SELECT min(p) - 1 FROM (
-               SELECT (SELECT min(s.pos) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED}) AS p
-               UNION ALL
-               SELECT (SELECT min(l.pos) FROM ${S}.log l WHERE l.pos > g.hw AND (l.target IS NULL OR l.target = g.grp))) x),
-             (SELECT max(pos) FROM ${S}.log),
-             g.upto))
-           WHERE grp = $1`,
-          [group],
-        );
-        await c.query(`UPDATE ${S}.groups SET hw = upto WHERE grp = $1 AND hw < upto`, [group]);
-        await c.query(`DELETE FROM ${S}.gstate WHERE grp = $1 AND pos <= (SELECT upto FROM ${S}.groups WHERE grp = $1)`, [group]);
-      });
+      await this.pool.query({ name: `${this.stmt}_advance`, text: `SELECT ${this.S}.advance_group($1)`, values: [group] });
     })();
     this.advancing.set(group, p);
     return p;
+  }
+
+  /**
+   * Brings every group's offset up to date (offsets move after acknowledgements commit,
+   * asynchronously), so what `stats` and `trim` read agrees with what was settled.
+   */
+  private async advanceAll(): Promise<void> {
+    const groups = await this.pool.query<{ grp: string }>(`SELECT grp FROM ${this.S}.groups`);
+    await Promise.all(groups.rows.map((r) => this.advance(r.grp)));
   }
 
   private async inTransaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
@@ -654,28 +615,68 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   /** Runs the fenced ack of `claim` on `c` (any client, in any transaction). */
   private async ackOn(c: pg.ClientBase | pg.Pool, claim: Claim): Promise<void> {
-    const S = this.S;
-    const r =
-      claim.kind === 'command'
-        ? await c.query(
-            `UPDATE ${S}.queue SET state = 'done', token = NULL, settled_at = ${S}.now_ms()
-             WHERE seq = $1 AND token = $2 AND state = 'inflight' RETURNING key`,
-            [claim.ref, claim.token],
-          )
-        : await c.query(`UPDATE ${S}.gstate SET state = 'done', token = NULL WHERE grp = $1 AND pos = $2 AND token = $3 AND state = 'inflight'`, [
-            claim.group,
-            claim.ref,
-            claim.token,
-          ]);
-    if (r.rowCount === 0) throw new StaleClaimError(claim.id);
-    // The next command of the key becomes claimable: wake the workers when this commits.
-    if (claim.kind === 'command' && r.rows[0]?.key != null) await c.query(`SELECT pg_notify($1, 'queue')`, [this.channelName]);
+    try {
+      await c.query({
+        name: `${this.stmt}_ack`,
+        text: `SELECT ${this.S}.ack($1, $2, $3, NULL, $4)`,
+        values: [claim.group, claim.ref, claim.token, this.channelName],
+      });
+    } catch (e) {
+      throw ackError(e, claim);
+    }
   }
 
-  /** Acknowledges `claim` (on `client`, inside its transaction, if given). @internal */
+  /**
+   * Acknowledges `claim`: on `client`, inside its transaction, if given; otherwise together
+   * with the other acknowledgements waiting at that moment (one statement while another is in
+   * flight: no added wait, far fewer commits with many workers).
+   * @internal
+   */
   async ack(claim: Claim, client?: pg.ClientBase): Promise<void> {
-    await this.ackOn(client ?? this.pool, claim);
+    if (client) await this.ackOn(client, claim);
+    else await new Promise<void>((resolve, reject) => {
+      this.acks.push({ claim, resolve, reject });
+      // Flushed after this turn of the event loop, so acknowledgements of handlers that
+      // finished together go in one statement.
+      if (!this.flushingAcks) {
+        this.flushingAcks = true;
+        setImmediate(() => void this.flushAcks());
+      }
+    });
     this.settledClaim(claim);
+  }
+
+  /** Sends the waiting acknowledgements, one statement at a time, until none wait. */
+  private async flushAcks(): Promise<void> {
+    this.flushingAcks = true;
+    try {
+      while (this.acks.length > 0) {
+        const batch = this.acks.splice(0, 1000);
+        try {
+          const r = await this.pool.query<{ grp: string | null; ref: number; key: string | null }>({
+            name: `${this.stmt}_ack_many`,
+            text: `WITH a AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a(grp, ref, token)),
+              c AS (UPDATE ${this.S}.queue q SET state = 'done', token = NULL, settled_at = ${this.S}.now_ms() FROM a
+                    WHERE a.grp IS NULL AND q.seq = a.ref AND q.token = a.token AND q.state = 'inflight' RETURNING q.seq, q.key),
+              e AS (UPDATE ${this.S}.gstate s SET state = 'done', token = NULL FROM a
+                    WHERE a.grp IS NOT NULL AND s.grp = a.grp AND s.pos = a.ref AND s.token = a.token AND s.state = 'inflight' RETURNING s.grp, s.pos)
+              SELECT NULL::text AS grp, seq AS ref, key FROM c UNION ALL SELECT grp, pos, NULL FROM e`,
+            values: [batch.map((b) => b.claim.group), batch.map((b) => b.claim.ref), batch.map((b) => b.claim.token)],
+          });
+          const done = new Set(r.rows.map((row) => `${row.grp ?? ''}\u0000${row.ref}`));
+          for (const b of batch) {
+            if (done.has(`${b.claim.group ?? ''}\u0000${b.claim.ref}`)) b.resolve();
+            else b.reject(new StaleClaimError(b.claim.id));
+          }
+          // The next command of a key becomes claimable.
+          if (r.rows.some((row) => row.key !== null)) this.wake('queue');
+        } catch (e) {
+          for (const b of batch) b.reject(e);
+        }
+      }
+    } finally {
+      this.flushingAcks = false;
+    }
   }
 
   /** Puts `claim` back, claimable after `delay` ms. @internal */
@@ -775,7 +776,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    * serialization failure or deadlock runs the handler again (`run` counts up).
    * @internal
    */
-  async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbortSignal): Promise<TransactResult> {
+  async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
       if (abandon.aborted) throw abandon.reason;
       const c = await this.pool.connect();
@@ -791,24 +792,37 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       });
       abandoned.catch(() => {});
       const step = <T>(p: Promise<T>) => Promise.race([p, abandoned]);
+      // The transaction begins with the handler's first query (queued ahead of it on the
+      // client, so no extra wait): a handler that never uses `context.client` costs no
+      // transaction, only the acknowledgement. The transaction-local marker lets the
+      // acknowledgement check that the handler did not end the transaction itself.
+      const marker = randomUUID();
+      const lazy = lazyBegin(c, `BEGIN; SELECT set_config('siblite_bus.tx', '${marker}', true)`);
       try {
-        await step(c.query('BEGIN'));
-        const xid = (await step(c.query<{ x: string }>('SELECT pg_current_xact_id()::text AS x'))).rows[0]?.x;
         await step(body(c, run));
-        const same = await step(c.query<{ same: boolean }>('SELECT pg_current_xact_id()::text = $1 AS same', [xid]));
-        if (!same.rows[0]?.same) {
-          throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.client', 'misuse');
-        }
-        await step(this.ackOn(c, claim));
+        lazy.restore();
         // From here on the outcome must be known: abandoning during COMMIT could not say
         // whether it committed, so the commit is awaited (the claim stays fenced either way).
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         if (destroyed) throw abandon.reason;
-        await c.query('COMMIT');
-        this.settledClaim(claim);
+        if (!lazy.begun) {
+          c.release();
+          destroyed = true; // released: nothing to roll back
+          settling?.(); // holds no client now: the worker may claim for this slot meanwhile
+          await this.ack(claim);
+          return { reruns: run - 1 };
+        }
+        try {
+          await c.query(
+            `SELECT ${this.S}.ack(${claim.group === null ? 'NULL' : c.escapeLiteral(claim.group)}, ${Number(claim.ref)}, ${c.escapeLiteral(claim.token)}, '${marker}', '${this.channelName}'); COMMIT`,
+          );
+        } catch (e) {
+          throw ackError(e, claim);
+        }
         return { reruns: run - 1 };
       } catch (e) {
-        if (!destroyed) {
+        lazy.restore();
+        if (!destroyed && lazy.begun) {
           try {
             await c.query('ROLLBACK');
           } catch {
@@ -821,6 +835,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         if ((code === '40001' || code === '40P01') && run < MAX_RERUNS) continue;
         throw e;
       } finally {
+        lazy.restore();
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         if (!destroyed) c.release();
       }
@@ -845,6 +860,180 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     });
   }
 
+  // ------------------------------------------------------------------ schedules
+
+  /**
+   * Creates (or replaces) a schedule: the command `spec.name` sent at every slot of
+   * `spec.cron` (croner syntax, optionally in `spec.timezone`) or every `spec.every` ms (slots
+   * aligned to the epoch), on the server's clock. Each slot is sent exactly once however many
+   * processes and machines fire schedules: its command id is `schedule:<schedule>:<slot ms>`.
+   * Schedules fire in processes running `listen` workers (checked every second) or on
+   * {@link PgBus.fireSchedules}; a slot missed while none ran is sent once, late.
+   *
+   * @throws ValidationError for an invalid name, expression, interval or message (nothing stored).
+   */
+  async schedule(schedule: string, spec: ScheduleSpec): Promise<ScheduleInfo> {
+    this.assertOpen();
+    validateScheduleName(schedule);
+    const timing = validateSpec(spec);
+    const enc = encodePayload(spec.payload ?? null);
+    const nextAt = nextSlot(timing, this.now());
+    const S = this.S;
+    await this.pool.query(
+      `INSERT INTO ${S}.schedules (schedule, name, cron, every, timezone, encoding, payload, content_type, headers, key, priority, next_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, ${S}.now_ms())
+       ON CONFLICT (schedule) DO UPDATE SET name = excluded.name, cron = excluded.cron, every = excluded.every, timezone = excluded.timezone,
+         encoding = excluded.encoding, payload = excluded.payload, content_type = excluded.content_type, headers = excluded.headers,
+         key = excluded.key, priority = excluded.priority, next_at = excluded.next_at, updated_at = excluded.updated_at`,
+      [schedule, spec.name, timing.cron, timing.every, timing.timezone, enc.encoding, toBytes(enc.payload), enc.contentType, encodeHeaders(spec.headers ?? {}), spec.key ?? null, spec.priority ?? 0, nextAt],
+    );
+    return { schedule, name: spec.name, ...timing, nextAt: new Date(nextAt) };
+  }
+
+  /** Deletes a schedule; `false` if there was none. Commands it already sent stay. */
+  async unschedule(schedule: string): Promise<boolean> {
+    this.assertOpen();
+    validateScheduleName(schedule);
+    return ((await this.pool.query(`DELETE FROM ${this.S}.schedules WHERE schedule = $1`, [schedule])).rowCount ?? 0) > 0;
+  }
+
+  /** Lists the schedules. */
+  async schedules(): Promise<ScheduleInfo[]> {
+    this.assertOpen();
+    const r = await this.pool.query(`SELECT schedule, name, cron, every, timezone, next_at FROM ${this.S}.schedules ORDER BY schedule`);
+    return r.rows.map((x) => ({ schedule: x.schedule, name: x.name, cron: x.cron, every: x.every, timezone: x.timezone, nextAt: new Date(x.next_at) }));
+  }
+
+  /**
+   * Sends the command of every schedule whose slot has come (what the scheduler of a
+   * `listen`ing bus runs every second). Due schedules are locked with `SKIP LOCKED`, so
+   * concurrent firings split them; the slot's command id makes a slot stored once anyway.
+   *
+   * @returns how many commands were stored (a slot sent already counts 0).
+   */
+  async fireSchedules(): Promise<number> {
+    this.assertOpen();
+    const S = this.S;
+    const next = (await this.pool.query<{ at: number | null; now: number }>(`SELECT min(next_at) AS at, ${S}.now_ms() AS now FROM ${S}.schedules`)).rows[0];
+    if (!next || next.at === null || next.at > next.now) return 0;
+    const stored = await this.inTransaction(async (c) => {
+      const due = await c.query(`SELECT *, ${S}.now_ms() AS now FROM ${S}.schedules WHERE next_at <= ${S}.now_ms() ORDER BY next_at FOR UPDATE SKIP LOCKED`);
+      let n = 0;
+      for (const s of due.rows) {
+        const r = await c.query(
+          `INSERT INTO ${S}.queue (id, name, encoding, payload, content_type, headers, key, created_at, available_at, due_at, priority)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, $9) ON CONFLICT (id) DO NOTHING`,
+          [slotId(s.schedule, s.next_at), s.name, s.encoding, s.payload, s.content_type, s.headers, s.key, s.now, s.priority],
+        );
+        n += r.rowCount ?? 0;
+        await c.query(`UPDATE ${S}.schedules SET next_at = $3 WHERE schedule = $1 AND next_at = $2`, [s.schedule, s.next_at, followingSlot(s, s.now)]);
+      }
+      if (n > 0) await c.query(`SELECT pg_notify($1, 'queue')`, [this.channelName]);
+      return n;
+    });
+    if (stored > 0) notify(this.channel('queue'));
+    return stored;
+  }
+
+  // ------------------------------------------------------------------ retention
+
+  /**
+   * Deletes settled commands: handled and cancelled ones settled more than `olderThan` ms ago,
+   * and with `dead` (ms) dead and parked ones and dead letters older than that. `olderThan` is
+   * the dedupe window: an id is recognised as a duplicate for at least that long.
+   *
+   * @throws ValidationError for a negative or non-finite age.
+   */
+  async prune(olderThan: number, options: { dead?: number } = {}): Promise<PruneResult> {
+    this.assertOpen();
+    validateMs('olderThan', olderThan);
+    const dead = options?.dead === undefined || options.dead === Infinity ? null : validateMs('dead', options.dead);
+    const S = this.S;
+    return this.inTransaction(async (c) => {
+      const now = (await c.query<{ now: number }>(`SELECT ${S}.now_ms() AS now`)).rows[0]!.now;
+      const prune = `DELETE FROM ${S}.queue WHERE settled_at < $1 AND (state IN ('done', 'cancelled') OR ($2 AND state IN ('dead', 'parked')))`;
+      let commands = (await c.query(prune, [now - olderThan, false])).rowCount ?? 0;
+      let deadLetters = 0;
+      if (dead !== null) {
+        deadLetters = (await c.query(`DELETE FROM ${S}.dead WHERE failed_at < $1`, [now - dead])).rowCount ?? 0;
+        commands += (await c.query(prune, [now - dead, true])).rowCount ?? 0;
+        if (deadLetters > 0) commands += (await c.query(DROP_PURGED(S))).rowCount ?? 0;
+      }
+      return { commands, deadLetters };
+    });
+  }
+
+  /**
+   * Trims the event log: removes events every group has passed, and with `maxAge` (ms) also
+   * events older than that, read or not (a group still behind one moves past it, counted in
+   * `groupsSkipped`). With no group at all, only `maxAge` trims. The newest event is always
+   * kept, so positions never restart.
+   *
+   * @throws ValidationError for an invalid `maxAge`.
+   */
+  async trim(options: { maxAge?: number } = {}): Promise<TrimResult> {
+    this.assertOpen();
+    const maxAge = options?.maxAge === undefined ? null : validateMs('maxAge', options.maxAge);
+    await this.sequence();
+    const S = this.S;
+    await this.advanceAll();
+    return this.inTransaction(async (c) => {
+      const m = (await c.query<{ upto: number | null; now: number }>(`SELECT (SELECT min(upto) FROM ${S}.groups) AS upto, ${S}.now_ms() AS now`)).rows[0]!;
+      const before = maxAge === null ? null : m.now - maxAge;
+      const events =
+        (
+          await c.query(
+            `DELETE FROM ${S}.log WHERE pos IS NOT NULL AND pos < (SELECT max(pos) FROM ${S}.log)
+             AND (pos <= $1 OR ($2::bigint IS NOT NULL AND created_at < $2))`,
+            [m.upto ?? 0, before],
+          )
+        ).rowCount ?? 0;
+      let groupsSkipped = 0;
+      if (before !== null && events > 0) {
+        const first = (await c.query<{ m: number | null }>(`SELECT min(pos) AS m FROM ${S}.log WHERE pos IS NOT NULL`)).rows[0]?.m;
+        if (first != null) {
+          groupsSkipped = (await c.query(`UPDATE ${S}.groups SET upto = $1, hw = greatest(hw, $1) WHERE upto < $1`, [first - 1])).rowCount ?? 0;
+          await c.query(`DELETE FROM ${S}.gstate WHERE pos < $1`, [first]);
+        }
+      }
+      return { events, groupsSkipped };
+    });
+  }
+
+  /**
+   * Deletes a consumer group: its offset, its claims and (with `deadLetters: true`) its dead
+   * letters; events it alone held back become trimmable.
+   *
+   * @returns `false` when no such group existed.
+   */
+  async deleteGroup(group: string, options: { deadLetters?: boolean } = {}): Promise<boolean> {
+    this.assertOpen();
+    validateGroup(group);
+    const S = this.S;
+    return this.inTransaction(async (c) => {
+      const n = (await c.query(`DELETE FROM ${S}.groups WHERE grp = $1`, [group])).rowCount ?? 0;
+      await c.query(`DELETE FROM ${S}.gstate WHERE grp = $1`, [group]);
+      if (options?.deadLetters === true) await c.query(`DELETE FROM ${S}.dead WHERE source = 'log' AND grp = $1`, [group]);
+      await c.query(`DELETE FROM ${S}.paused WHERE target = $1`, [`group:${group}`]);
+      return n > 0;
+    });
+  }
+
+  /** One retention pass with the given policy (what the `retention` option runs). */
+  async retain(policy: RetentionOptions = {}): Promise<RetainResult> {
+    return retainWith(this, policy);
+  }
+
+  private startRetention(policy: RetentionOptions): void {
+    this.retentionTimer = runEvery(policy.every ?? DEFAULT_RETENTION.every, () => this.retain(policy), this.logger, 'retention', () => this.closed);
+  }
+
+  /** Lists paused targets (`queue`, `name:<name>`, `group:<group>`). */
+  async paused(): Promise<string[]> {
+    this.assertOpen();
+    return (await this.pool.query<{ target: string }>(`SELECT target FROM ${this.S}.paused ORDER BY target`)).rows.map((r) => r.target);
+  }
+
   // ------------------------------------------------------------------ inspection and control
 
   /** Reads a command (default) or an event by id, with its state; `undefined` if unknown. */
@@ -856,22 +1045,12 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     const S = this.S;
     if (kind === 'event') {
       const row = (await this.pool.query(`SELECT pos, ${MSG_COLS} FROM ${S}.log WHERE id = $1 AND target IS NULL`, [id])).rows[0];
-      if (!row) return undefined;
-      return { message: decodeOrNull(messageRow({ ...row, attempts: 0 }), 'event', row.pos, null), state: 'logged', attempts: 0, lastError: null, settledAt: null, priority: 0 };
+      return row ? eventInfo(messageRow(row), row.pos) : undefined;
     }
     const row = (
       await this.pool.query(`SELECT seq, ${MSG_COLS}, attempts, state, due_at, settled_at, last_error, priority, ${S}.now_ms() AS now FROM ${S}.queue WHERE id = $1`, [id])
     ).rows[0];
-    if (!row) return undefined;
-    const state = row.state === 'ready' && row.due_at > row.now ? 'delayed' : (row.state as MessageInfo['state']);
-    return {
-      message: decodeOrNull(messageRow(row), 'command', null, null),
-      state,
-      attempts: row.attempts,
-      lastError: row.last_error,
-      settledAt: row.settled_at === null ? null : new Date(row.settled_at),
-      priority: row.priority,
-    };
+    return row ? commandInfo(messageRow(row) as CommandRow, row.now) : undefined;
   }
 
   /** Cancels a waiting command (not one being handled or settled); `true` if cancelled. */
@@ -913,28 +1092,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
        ORDER BY dead_id LIMIT $6`,
       [f.source, f.grp, f.status, f.name, after, limit],
     );
-    return rows.rows.map((r) => {
-      const source = r.source as 'queue' | 'log';
-      let message: Message | null = null;
-      let decodeError: string | null = null;
-      try {
-        message = decodeRow(messageRow(r), source === 'queue' ? 'command' : 'event', source === 'log' ? r.ref : null, r.grp ?? null);
-      } catch (e) {
-        decodeError = (e as Error).message;
-      }
-      return {
-        deadId: r.dead_id,
-        source,
-        group: r.grp ?? null,
-        status: r.status,
-        reason: r.reason,
-        failedAt: new Date(r.failed_at),
-        attempts: r.attempts,
-        message,
-        decodeError,
-        raw: Object.freeze({ ...r }),
-      };
-    });
+    return rows.rows.map((r) => toDeadLetter(messageRow(r) as DeadRow));
   }
 
   /** Replays a dead letter (a command back to the queue, an event to its group only). `false` if unknown. */
@@ -989,10 +1147,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       );
       const n = r.rowCount ?? 0;
       if (n > 0) {
-        await c.query(
-          `DELETE FROM ${S}.queue q WHERE state IN ('dead', 'parked')
-           AND NOT EXISTS (SELECT 1 FROM ${S}.dead d WHERE d.source = 'queue' AND d.grp IS NULL AND d.ref = q.seq)`,
-        );
+        await c.query(DROP_PURGED(S));
       }
       return n;
     });
@@ -1003,50 +1158,36 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     this.assertOpen();
     await this.sequence();
     const S = this.S;
-    // Offsets move after acknowledgements commit, asynchronously: bring every group's up to
-    // date first, so the offsets shown agree with the lag shown.
-    const names = await this.pool.query<{ grp: string }>(`SELECT grp FROM ${S}.groups`);
-    await Promise.all(names.rows.map((r) => this.advance(r.grp)));
+    await this.advanceAll();
     const now = (await this.pool.query<{ now: number }>(`SELECT ${S}.now_ms() AS now`)).rows[0]?.now ?? this.now();
-    const age = (t: number | null) => (t === null ? null : Math.max(0, now - t));
-    const queue: Record<string, NameStats> = {};
-    const entry = (name: string): NameStats => (queue[name] ??= { ready: 0, delayed: 0, inFlight: 0, dead: 0, parked: 0, oldestAge: null });
-    const q = await this.pool.query(
-      `SELECT name, count(*) FILTER (WHERE state = 'ready' AND due_at <= $1) AS ready,
-         count(*) FILTER (WHERE state = 'ready' AND due_at > $1) AS delayed,
-         count(*) FILTER (WHERE state = 'inflight') AS inflight,
-         min(available_at) FILTER (WHERE state = 'ready' AND due_at <= $1) AS oldest
-       FROM ${S}.queue WHERE ${UNSETTLED} GROUP BY name`,
-      [now],
-    );
-    for (const r of q.rows) Object.assign(entry(r.name), { ready: r.ready, delayed: r.delayed, inFlight: r.inflight, oldestAge: age(r.oldest) });
-    const groups: Record<string, GroupStats> = {};
-    const group = (g: string): GroupStats => (groups[g] ??= { offset: 0, lag: 0, inFlight: 0, delayed: 0, dead: 0, parked: 0, oldestAge: null });
-    const g = await this.pool.query(
-      `SELECT g.grp, g.upto,
-         (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED})
-           + (SELECT count(*) FROM ${S}.log l WHERE l.pos > g.hw AND (l.target IS NULL OR l.target = g.grp)) AS lag,
-         (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'inflight') AS inflight,
-         (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'ready' AND s.due_at > $1) AS delayed,
-         (SELECT l.created_at FROM ${S}.log l WHERE l.pos = least(
-            (SELECT min(s.pos) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED}),
-            (SELECT min(l2.pos) FROM ${S}.log l2 WHERE l2.pos > g.hw AND (l2.target IS NULL OR l2.target = g.grp)))) AS oldest
-       FROM ${S}.groups g`,
-      [now],
-    );
-    for (const r of g.rows) Object.assign(group(r.grp), { offset: r.upto, lag: r.lag, inFlight: r.inflight, delayed: r.delayed, oldestAge: age(r.oldest) });
-    const d = await this.pool.query(
-      `SELECT source, grp, name, count(*) FILTER (WHERE status = 'dead') AS dead, count(*) FILTER (WHERE status = 'parked') AS parked
-       FROM ${S}.dead GROUP BY source, grp, name`,
-    );
-    for (const r of d.rows) {
-      const e = r.source === 'queue' ? entry(r.name ?? '') : r.grp !== null ? group(r.grp) : null;
-      if (!e) continue;
-      e.dead += r.dead;
-      e.parked += r.parked;
-    }
-    const events = (await this.pool.query<{ n: number }>(`SELECT count(*) AS n FROM ${S}.log WHERE pos IS NOT NULL`)).rows[0]?.n ?? 0;
-    return { queue, groups, events };
+    const [queue, groups, dead, events] = await Promise.all([
+      this.pool.query(
+        `SELECT name, count(*) FILTER (WHERE state = 'ready' AND due_at <= $1) AS ready,
+           count(*) FILTER (WHERE state = 'ready' AND due_at > $1) AS delayed,
+           count(*) FILTER (WHERE state = 'inflight') AS inflight,
+           min(available_at) FILTER (WHERE state = 'ready' AND due_at <= $1) AS oldest
+         FROM ${S}.queue WHERE ${UNSETTLED} GROUP BY name`,
+        [now],
+      ),
+      this.pool.query(
+        `SELECT g.grp, g.upto,
+           (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED})
+             + (SELECT count(*) FROM ${S}.log l WHERE l.pos > g.hw AND (l.target IS NULL OR l.target = g.grp)) AS lag,
+           (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'inflight') AS inflight,
+           (SELECT count(*) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.state = 'ready' AND s.due_at > $1) AS delayed,
+           (SELECT l.created_at FROM ${S}.log l WHERE l.pos = least(
+              (SELECT min(s.pos) FROM ${S}.gstate s WHERE s.grp = g.grp AND s.${UNSETTLED}),
+              (SELECT min(l2.pos) FROM ${S}.log l2 WHERE l2.pos > g.hw AND (l2.target IS NULL OR l2.target = g.grp)))) AS oldest
+         FROM ${S}.groups g`,
+        [now],
+      ),
+      this.pool.query(
+        `SELECT source, grp, name, count(*) FILTER (WHERE status = 'dead') AS dead, count(*) FILTER (WHERE status = 'parked') AS parked
+         FROM ${S}.dead GROUP BY source, grp, name`,
+      ),
+      this.pool.query<{ n: number }>(`SELECT count(*) AS n FROM ${S}.log WHERE pos IS NOT NULL`),
+    ]);
+    return buildStats({ queue: queue.rows, groups: groups.rows, dead: dead.rows, events: events.rows[0]?.n ?? 0 }, now);
   }
 
   /** Whether {@link PgBus.close} ran. */
@@ -1057,12 +1198,24 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   /** Stops every worker (see `Worker.stop`), then closes the bus's connections. Idempotent. */
   async close(options: StopOptions = {}): Promise<void> {
     if (this.closed) return;
+    if (this.retentionTimer) clearInterval(this.retentionTimer);
+    if (this.schedulerTimer) clearInterval(this.schedulerTimer);
     await Promise.all([...this.workers].map((w) => w.stop(options)));
     await Promise.all([...this.advancing.values()].map((p) => p.catch(() => {})));
     this.closed = true;
     await this.listener.end().catch(() => {});
     await this.pool.end().catch(() => {});
   }
+}
+
+/** Deletes dead or parked command rows whose dead letter is gone (their ids may be sent again). */
+const DROP_PURGED = (S: string) =>
+  `DELETE FROM ${S}.queue q WHERE state IN ('dead', 'parked')
+   AND NOT EXISTS (SELECT 1 FROM ${S}.dead d WHERE d.source = 'queue' AND d.grp IS NULL AND d.ref = q.seq)`;
+
+/** A payload as node-postgres binds a bytea. */
+function toBytes(payload: string | Uint8Array): Buffer {
+  return typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload);
 }
 
 function cols(alias: string): string {
@@ -1075,19 +1228,12 @@ function cols(alias: string): string {
 const SEND_MANY_CHUNK = 5000;
 
 function produceParams(name: string, payload: Payload, options: PgProduceOptions) {
-  validateName(name);
-  if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
-  const id = options.id === undefined ? randomUUID() : validateId('id', options.id);
-  const key = options.key === undefined ? null : validateId('key', options.key);
-  const headers = options.headers === undefined ? {} : validateHeaders(options.headers);
-  if (options.contentType !== undefined) validateContentType(options.contentType);
+  const m = checkMessage(name, payload, options);
   if ((options as ProduceOptions).conn !== undefined) throw new ValidationError('conn', 'the PostgreSQL bus takes a pg client as `client`, not a siblite `conn`');
   if (options.client !== undefined && (options.client === null || typeof options.client.query !== 'function')) {
     throw new ValidationError('client', 'client must be a node-postgres client');
   }
-  const enc = encodePayload(payload, options.contentType);
-  const bytes = typeof enc.payload === 'string' ? Buffer.from(enc.payload, 'utf8') : Buffer.from(enc.payload);
-  return { id, values: [id, name, enc.encoding, bytes, enc.contentType, encodeHeaders(headers), key] as unknown[] };
+  return { id: m.id, values: [m.id, m.name, m.encoding, toBytes(m.payload), m.contentType, m.headers, m.key] as unknown[] };
 }
 
 /** A stored row as the codec expects it: JSON payloads as text, bytes as a plain Uint8Array. */
@@ -1101,3 +1247,49 @@ function messageRow(r: Record<string, unknown>): MessageRow {
 
 
 
+
+/** The error of a failed acknowledgement: the bus's own for its raised codes, else as thrown. */
+function ackError(e: unknown, claim: Claim): unknown {
+  const code = (e as { code?: string })?.code;
+  if (code === 'SBST1') return new StaleClaimError(claim.id);
+  if (code === 'SBTX1') return new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.client', 'misuse');
+  return e;
+}
+
+/** A row of `claim_events` with its `r_` prefixes removed. */
+function unprefix(row: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(row)) out[k.startsWith('r_') ? k.slice(2) : k] = v;
+  return out;
+}
+
+/**
+ * Makes `begin` run just before the first query anyone sends on `c` (node-postgres runs a
+ * client's queries in the order they were sent, so nothing needs to wait for it). `restore`
+ * puts the client's own `query` back.
+ */
+function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; restore(): void } {
+  const own = c.query;
+  const hadOwn = Object.prototype.hasOwnProperty.call(c, 'query');
+  let begun = false;
+  const patched = function (this: unknown, ...args: unknown[]) {
+    if (!begun) {
+      begun = true;
+      // Its failure shows in the handler's query or in the acknowledgement's marker check.
+      (own as (sql: string) => Promise<unknown>).call(c, begin).catch(() => {});
+    }
+    return (own as (...a: unknown[]) => unknown).apply(c, args);
+  };
+  (c as unknown as { query: unknown }).query = patched;
+  return {
+    get begun() {
+      return begun;
+    },
+    restore() {
+      const target = c as unknown as { query?: unknown };
+      if (target.query !== patched) return;
+      if (hadOwn) target.query = own;
+      else delete target.query;
+    },
+  };
+}

@@ -226,6 +226,28 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     }
   });
 
+  it('claims commit without waiting for the disk, for their own transaction only: acks and sends on the same connections still wait', async () => {
+    const schema = freshSchema();
+    const bus = await PgBus.open({ connection: { connectionString: PG_URL, max: 3 }, schema, logger: null });
+    try {
+      for (let i = 0; i < 6; i++) await bus.send('c', i);
+      for (let i = 0; i < 3; i++) await bus.publish('e', i);
+      for (let i = 0; i < 6; i++) await (await bus.receive())!.ack();
+      for (let i = 0; i < 3; i++) await (await bus.receive({ group: 'g' }))!.ack();
+      // every pooled connection ran claims; none kept synchronous_commit off afterwards
+      const pool = (bus as unknown as { pool: pg.Pool }).pool;
+      const clients = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+      try {
+        for (const c of clients) expect((await c.query('SHOW synchronous_commit')).rows[0].synchronous_commit).toBe('on');
+      } finally {
+        for (const c of clients) c.release();
+      }
+    } finally {
+      await bus.close();
+      await dropSchema(schema);
+    }
+  });
+
   it('concurrent opens of one schema create it once; a bad schema name is refused', async () => {
     const schema = freshSchema();
     try {

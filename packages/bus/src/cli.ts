@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `siblite` command line tool: looks into and maintains the bus of a database file.
+ * The `siblite` command line tool: looks into and maintains the bus of a database file, or
+ * of a PostgreSQL schema when `<file>` is a `postgres://` URL (through `@siblite/bus-postgres`,
+ * loaded at run time: this package does not depend on it).
  *
  * ```
  * siblite bus stats <file> [--namespace ns] [--json]
@@ -9,6 +11,7 @@
  * siblite bus dead <file> replay <deadId...> | --all [filters]
  * siblite bus dead <file> purge (--all | filters) [--before <age>]
  * siblite bus trim <file> [--max-age <age>] [--done <age>] [--dead <age>] [--json]
+ * siblite bus <command> postgres://user@host/db [--schema s] ...   (the same commands)
  * ```
  *
  * Filters: `--source queue|log`, `--group g`, `--status dead|parked`, `--name n`. Ages:
@@ -17,13 +20,16 @@
  * @module
  */
 import { existsSync, realpathSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { open, type Connection } from '@siblite/core';
+import { open } from '@siblite/core';
 import { ValidationError } from './errors.js';
 import { SqliteBus } from './sqlite/bus.js';
 import { validateNamespace } from './validate.js';
-import type { DeadLetter, DeadLetterFilter } from './types.js';
+import type { Retainable } from './retention.js';
+import type { BusStats, DeadLetter, DeadLetterFilter } from './types.js';
 
 const USAGE = `usage:
   siblite bus stats <file> [--namespace ns] [--json]
@@ -32,6 +38,7 @@ const USAGE = `usage:
   siblite bus dead <file> replay (<deadId>... | --all [filters])
   siblite bus dead <file> purge (--all | filters) [--before <age>]
   siblite bus trim <file> [--max-age <age>] [--done <age>] [--dead <age>] [--json]
+<file> may be a postgres:// URL (needs @siblite/bus-postgres); its bus is named by --schema (default siblite_bus)
 ages: milliseconds, or a number followed by s, m, h or d (for example 7d)`;
 
 /** A usage mistake: exit code 2. */
@@ -39,6 +46,7 @@ class UsageError extends Error {}
 
 const OPTIONS = {
   namespace: { type: 'string' },
+  schema: { type: 'string' },
   json: { type: 'boolean' },
   source: { type: 'string' },
   group: { type: 'string' },
@@ -76,19 +84,88 @@ function table(headers: string[], rows: (string | number)[][]): string {
   return cells.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd()).join('\n');
 }
 
+/** What the tool needs of a bus, on either transport. */
+export interface MaintainedBus extends Retainable {
+  stats(): Promise<BusStats>;
+  deadLetters(filter?: DeadLetterFilter & { limit?: number; after?: number }): Promise<DeadLetter[]>;
+  replayDeadLetter(deadId: number): Promise<boolean>;
+  purgeDeadLetters(filter?: DeadLetterFilter & { before?: Date | number }): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Whether `target` names a PostgreSQL server rather than a file. */
+export function isPostgresUrl(target: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(target);
+}
+
+/** An opened bus and what closes it. */
+interface Opened {
+  bus: MaintainedBus;
+  close(): Promise<void>;
+}
+
 /** Opens the file's bus; refuses a missing file or a database without this bus. */
-async function openBus(file: string | undefined, namespace: string): Promise<{ conn: Connection; bus: SqliteBus }> {
-  if (!file) throw new UsageError('missing <file>');
+async function openFile(file: string, namespace: string): Promise<Opened> {
   if (!existsSync(file)) throw new Error(`no such file: ${file}`);
   const conn = open(file, { fileMustExist: true });
   try {
     const meta = conn.get(`SELECT 1 AS ok FROM sqlite_schema WHERE type = 'table' AND name = ?`, [`${namespace}_meta`]);
     if (!meta) throw new Error(`${file} has no bus in namespace "${namespace}"`);
-    return { conn, bus: await SqliteBus.open(conn, { namespace, logger: null }) };
+    const bus = await SqliteBus.open(conn, { namespace, logger: null });
+    return {
+      bus,
+      async close() {
+        await bus.close();
+        conn.close();
+      },
+    };
   } catch (e) {
     conn.close();
     throw e;
   }
+}
+
+/**
+ * Loads `@siblite/bus-postgres` at run time (this package does not depend on it): from where
+ * this tool is installed, else from the current directory's project.
+ */
+async function loadPostgres(): Promise<{ PgBus: { open(options: object): Promise<MaintainedBus> } }> {
+  const name = '@siblite/bus-postgres';
+  try {
+    return (await import(name)) as never;
+  } catch {
+    try {
+      const path = createRequire(join(process.cwd(), 'package.json')).resolve(name);
+      return (await import(pathToFileURL(path).href)) as never;
+    } catch {
+      throw new Error(`a postgres:// target needs ${name}: install it next to @siblite/bus (npm install ${name})`);
+    }
+  }
+}
+
+/** Opens the bus of a PostgreSQL schema; refuses a schema without a bus (never creates one). */
+async function openPostgres(url: string, schema: string): Promise<Opened> {
+  const { PgBus } = await loadPostgres();
+  let bus: MaintainedBus;
+  try {
+    bus = await PgBus.open({ connection: url, schema, logger: null, mustExist: true });
+  } catch (e) {
+    // a missing bus is a failure (exit 1), not a usage mistake
+    if (e instanceof Error && /there is no bus/.test(e.message)) throw new Error(e.message);
+    throw e;
+  }
+  return { bus, close: () => bus.close() };
+}
+
+/** Opens the bus of `target`: a file, or a `postgres://` URL. */
+async function openBus(target: string | undefined, values: { namespace?: string; schema?: string }): Promise<Opened> {
+  if (!target) throw new UsageError('missing <file> (or postgres:// URL)');
+  if (isPostgresUrl(target)) {
+    if (values.namespace !== undefined) throw new UsageError('--namespace is for files; a PostgreSQL bus is named by --schema');
+    return openPostgres(target, validateNamespace(values.schema ?? 'siblite_bus'));
+  }
+  if (values.schema !== undefined) throw new UsageError('--schema is for postgres:// URLs; a file\'s bus is named by --namespace');
+  return openFile(target, validateNamespace(values.namespace ?? 'bus'));
 }
 
 function filterOf(values: Record<string, unknown>): DeadLetterFilter {
@@ -118,7 +195,7 @@ function deadJson(d: DeadLetter): Record<string, unknown> {
   };
 }
 
-async function allDead(bus: SqliteBus, filter: DeadLetterFilter): Promise<DeadLetter[]> {
+async function allDead(bus: MaintainedBus, filter: DeadLetterFilter): Promise<DeadLetter[]> {
   const out: DeadLetter[] = [];
   let after = 0;
   for (;;) {
@@ -131,8 +208,7 @@ async function allDead(bus: SqliteBus, filter: DeadLetterFilter): Promise<DeadLe
 
 /** Runs the tool with `argv` (without `node` and the script); returns the exit code. */
 export async function main(argv: string[], out: (s: string) => void = (s) => console.log(s)): Promise<number> {
-  let conn: Connection | undefined;
-  let bus: SqliteBus | undefined;
+  let opened: Opened | undefined;
   try {
     const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
     if (values.help) {
@@ -141,11 +217,11 @@ export async function main(argv: string[], out: (s: string) => void = (s) => con
     }
     const [area, command, file, ...rest] = positionals;
     if (area !== 'bus' || !command) throw new UsageError('expected: siblite bus <stats|dead|trim> <file>');
-    const namespace = validateNamespace(values.namespace ?? 'bus');
     const json = values.json === true;
     const emit = (data: unknown, text: () => string) => out(json ? JSON.stringify(data, null, 2) : text());
     if (!['stats', 'dead', 'trim'].includes(command)) throw new UsageError(`unknown command "${command}"`);
-    ({ conn, bus } = await openBus(file, namespace));
+    opened = await openBus(file, values);
+    const bus = opened.bus;
     if (command === 'stats') {
       const s = await bus.stats();
       emit(s, () => {
@@ -235,8 +311,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => con
     console.error(`siblite: ${(e as Error).message}`);
     return 1;
   } finally {
-    await bus?.close();
-    conn?.close();
+    await opened?.close();
   }
 }
 

@@ -5,14 +5,19 @@
  *
  * @packageDocumentation
  */
+export { SqliteBus, type SqliteBusOptions } from './sqlite/bus.js';
 export {
-  SqliteBus,
-  type SqliteBusOptions,
+  checkRetention,
+  retainWith,
+  runEvery,
+  DEFAULT_RETENTION,
+  type RetentionDefaults,
   type RetentionOptions,
   type TrimResult,
   type PruneResult,
   type RetainResult,
-} from './sqlite/bus.js';
+  type Retainable,
+} from './retention.js';
 export { BusError, ValidationError, StaleClaimError, DecodeError, PermanentError, BusClosedError } from './errors.js';
 export type {
   Bus,
@@ -59,7 +64,7 @@ export { validateName, validateGroup, validateNamespace } from './validate.js';
 export { buildPlans, SCHEMA_VERSION, type Plans } from './sqlite/plans.js';
 export { claimCommandRows, claimEventRows, inImmediate, type CommandClaimArgs, type EventClaimArgs, type ClaimedCommandRow, type ClaimedEvent } from './sqlite/claims.js';
 export { backoffPolicy } from './backoff.js';
-export type { ScheduleSpec, ScheduleInfo } from './schedule.js';
+export { validateScheduleName, validateSpec, nextSlot, followingSlot, slotId, type ScheduleSpec, type ScheduleInfo, type Timing } from './schedule.js';
 export type { MessageRow } from './codec.js';
 
 // For other transports (`@siblite/bus-postgres`): the shared runtime, codec and validation.
@@ -70,3 +75,24 @@ export { validateId, validateHeaders, validateContentType, validateMs, validateP
 export { notify } from './notify.js';
 export { makeDelivery, type TransportDelivery } from './delivery.js';
 export { groupSource, ADVANCE_EVERY, type GroupSourceParts } from './group-source.js';
+export {
+  checkMessage,
+  checkEventOptions,
+  receiveFrom,
+  commandSource,
+  checkSubscribe,
+  eventSource,
+  toDeadLetter,
+  commandInfo,
+  eventInfo,
+  buildStats,
+  type ClaimStore,
+  type CheckedMessage,
+  type CheckedSubscribe,
+  type CommandRow,
+  type DeadRow,
+  type StatsRows,
+  type QueueStatsRow,
+  type GroupStatsRow,
+  type DeadStatsRow,
+} from './transport.js';

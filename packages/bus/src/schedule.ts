@@ -58,8 +58,11 @@ export function validateScheduleName(name: unknown): string {
 
 /** The validated timing of a spec. */
 export interface Timing {
+  /** The cron expression, or `null`. */
   readonly cron: string | null;
+  /** The interval in ms, or `null`. */
   readonly every: number | null;
+  /** The cron expression's time zone, or `null` for the process's. */
   readonly timezone: string | null;
 }
 
@@ -109,6 +112,18 @@ export function nextSlot(t: Timing, after: number): number {
   }
   if (next === null) throw new ValidationError('cron', `the cron expression ${JSON.stringify(t.cron)} never fires`);
   return next.getTime();
+}
+
+/**
+ * The slot after the one firing now: {@link nextSlot}, or an hour from `now` for an
+ * expression this croner refuses (a row edited by hand), so it is looked at again later.
+ */
+export function followingSlot(t: Timing, now: number): number {
+  try {
+    return nextSlot({ cron: t.cron, every: t.every, timezone: t.timezone }, now);
+  } catch {
+    return now + 3_600_000;
+  }
 }
 
 /** The id of the command fired for `schedule` at `slot`: the same in every process. */

@@ -76,10 +76,13 @@ export interface Store<Tx = Connection> {
    * A busy lock never runs `body` again (the store waits and retries the same step); only a
    * real conflict does, passing the run number (1, 2, ...). When `abandon` is aborted, the
    * transaction is rolled back at once and never committed, whatever `body` still does.
+   * A store may call `settling` once `body` has succeeded and only the acknowledgement is
+   * left, holding nothing a new handler needs: the worker then claims for that slot while
+   * the acknowledgement commits.
    *
    * @throws what `body` throws, StaleClaimError when the claim was lost, or the abandon reason.
    */
-  transact(claim: Claim, body: (tx: Tx, run: number) => Promise<void>, abandon: AbortSignal): Promise<TransactResult>;
+  transact(claim: Claim, body: (tx: Tx, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult>;
   /** The transport's fields of a handler's context for the transaction `tx` (`{ conn }` for SQLite). */
   txContext(tx: Tx): object;
 }

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { setImmediate as yieldToLoop, setTimeout as delay } from 'node:timers/promises';
 import { backoffPolicy } from './backoff.js';
 import { PermanentError, StaleClaimError, ValidationError } from './errors.js';
 import { onNotify } from './notify.js';
@@ -16,6 +16,8 @@ import type { Handlers, Logger, Message, StopOptions, Worker, WorkerCounters, Wo
 import { MAX_TIMER_MS, validateMs, validatePositiveInt } from './validate.js';
 
 const DEFAULTS = { concurrency: 1, lease: 30_000, maxAttempts: 5, pollInterval: 1_000, stopTimeout: 30_000 };
+/** How long a worker with few free slots waits for more to free up before it claims (see `loop`). */
+const CLAIM_GATHER_MS = 5;
 
 /** Why a handler's signal was aborted. */
 class AbortReason extends Error {
@@ -82,6 +84,8 @@ export class BusWorker<Tx = Connection> implements Worker {
     released: 0,
   };
   private readonly concurrency: number;
+  /** Free slots worth a claim while other handlers still run: half the concurrency. */
+  private readonly claimBatch: number;
   private readonly lease: number;
   private readonly maxAttempts: number;
   private readonly pollInterval: number;
@@ -104,6 +108,9 @@ export class BusWorker<Tx = Connection> implements Worker {
   private stopCalled!: () => void;
   private readonly stopRequested = new Promise<void>((resolve) => (this.stopCalled = resolve));
   private unsubscribe: () => void = () => {};
+  /** Handlers whose code finished and whose acknowledgement is committing (see `Store.transact`). */
+  private settling = 0;
+  private slotWaiters: (() => void)[] = [];
 
   /**
    * @param kind - `command` workers skip unknown names by not claiming them (the source
@@ -119,6 +126,7 @@ export class BusWorker<Tx = Connection> implements Worker {
   ) {
     if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
     this.concurrency = options.concurrency === undefined ? DEFAULTS.concurrency : validatePositiveInt('concurrency', options.concurrency);
+    this.claimBatch = Math.ceil(this.concurrency / 2);
     this.lease = options.lease === undefined ? DEFAULTS.lease : validateMs('lease', options.lease, 1, MAX_TIMER_MS);
     this.maxAttempts = options.maxAttempts === undefined ? DEFAULTS.maxAttempts : validatePositiveInt('maxAttempts', options.maxAttempts);
     this.pollInterval = options.pollInterval === undefined ? DEFAULTS.pollInterval : validateMs('pollInterval', options.pollInterval, 1, MAX_TIMER_MS);
@@ -180,6 +188,11 @@ export class BusWorker<Tx = Connection> implements Worker {
     }
   }
 
+  /** Resolves when a handler's code finishes before its acknowledgement committed. */
+  private slotFreed(): Promise<void> {
+    return new Promise((resolve) => this.slotWaiters.push(resolve));
+  }
+
   private wake(): void {
     this.dirty = true;
     const w = this.wakeUp;
@@ -215,6 +228,7 @@ export class BusWorker<Tx = Connection> implements Worker {
 
   private async loop(): Promise<void> {
     let prepared = false;
+    let gatherUntil = 0;
     while (this.running) {
       try {
         // Every turn goes through the event loop's macrotask phases, so timers, I/O and
@@ -225,11 +239,23 @@ export class BusWorker<Tx = Connection> implements Worker {
           await this.source.prepare();
           prepared = true;
         }
-        const free = this.concurrency - this.inflight.size;
+        // A handler whose code finished while its acknowledgement commits frees its slot.
+        const free = this.concurrency - this.inflight.size + this.settling;
         if (free <= 0) {
-          await Promise.race([...this.inflight.keys(), this.stopRequested]);
+          await Promise.race([...this.inflight.keys(), this.stopRequested, this.slotFreed()]);
           continue;
         }
+        // Batch claims: while handlers run and few slots are free, give the others up to
+        // CLAIM_GATHER_MS to finish, so one claim (one commit) fills several slots.
+        if (free < this.claimBatch && this.inflight.size > this.settling) {
+          gatherUntil ||= performance.now() + CLAIM_GATHER_MS;
+          const left = gatherUntil - performance.now();
+          if (left > 0) {
+            await Promise.race([...this.inflight.keys(), this.stopRequested, this.slotFreed(), delay(left, undefined, { ref: false })]);
+            continue;
+          }
+        }
+        gatherUntil = 0;
         this.dirty = false;
         const claimSeq = ++this.claimSeq;
         const claims = await this.source.claim(free, this.lease);
@@ -343,6 +369,14 @@ export class BusWorker<Tx = Connection> implements Worker {
     }
     let failure: unknown;
     let ok = false;
+    let settling = false;
+    const onSettling = () => {
+      if (settling) return;
+      settling = true;
+      this.settling++;
+      for (const w of this.slotWaiters.splice(0)) w();
+      this.wake();
+    };
     try {
       const { reruns } = await this.store.transact(
         claim,
@@ -357,12 +391,14 @@ export class BusWorker<Tx = Connection> implements Worker {
           });
         },
         r.abandon.signal,
+        onSettling,
       );
       void reruns;
       ok = true;
     } catch (e) {
       failure = e;
     } finally {
+      if (settling) this.settling--;
       stopRenewal();
       if (timer) clearTimeout(timer);
     }

@@ -6,19 +6,20 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { commitAsync, errorKind, isRetryable, retry, SqliteError, type Connection, type RetryOptions, type SqlValue } from '@siblite/core';
-import { decodeOrNull, decodeRow, encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
+import { encodeHeaders, encodePayload, toClaim, type MessageRow } from '../codec.js';
 import { BusClosedError, BusError, StaleClaimError, ValidationError } from '../errors.js';
 import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
 import { makeDelivery } from '../delivery.js';
-import { groupSource } from '../group-source.js';
+import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandNames, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
 import { claimCommandRows, claimEventRows, inImmediate, inSavepoint, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { WriteBatch } from './batch.js';
 import { guardHandlerConn } from './guard.js';
 import { CommandPrefetch, prefetcherOf } from './prefetch.js';
-import { nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec, type Timing } from '../schedule.js';
+import { followingSlot, nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec } from '../schedule.js';
+import { checkRetention, DEFAULT_RETENTION, retainWith, runEvery, type PruneResult, type RetainResult, type RetentionOptions, type TrimResult } from '../retention.js';
 import { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
 import type {
   BatchCommand,
@@ -27,13 +28,10 @@ import type {
   DeadLetterFilter,
   BusStats,
   Delivery,
-  GroupStats,
   Handlers,
   Logger,
-  Message,
   MessageInfo,
   MessageKind,
-  NameStats,
   PauseTarget,
   Payload,
   ProduceOptions,
@@ -48,37 +46,16 @@ import type {
 } from '../types.js';
 import {
   checkBatch,
-  checkReceiveOptions,
-  validateContentType,
   validateGroup,
-  validateHandlers,
-  validateHeaders,
   validateId,
   validateMs,
-  validateName,
   validateNamespace,
   validatePositiveInt,
   validatePriority,
   MAX_TIMER_MS,
   checkFilter,
   pauseKey,
-  startFromEnd,
 } from '../validate.js';
-
-/** Automatic retention: what {@link SqliteBus.open} keeps and for how long (see {@link SqliteBus.trim} and {@link SqliteBus.prune}). */
-export interface RetentionOptions {
-  /** How often to run it, in ms. Default 60 000. */
-  every?: number;
-  /** Keep handled and cancelled commands (and so their ids: the dedupe window) this long, in ms. Default 7 days. */
-  done?: number;
-  /** Keep dead and parked commands and dead letters this long, in ms; `Infinity` keeps them. Default 30 days. */
-  dead?: number;
-  /**
-   * Events: trimmed once every group is past them; with `maxAge` (ms), also any event older
-   * than that, read or not (groups behind it skip it). Default: only once every group is past.
-   */
-  maxEventAge?: number;
-}
 
 /** Options of {@link SqliteBus.open}. */
 export interface SqliteBusOptions {
@@ -92,33 +69,7 @@ export interface SqliteBusOptions {
   retention?: RetentionOptions | boolean;
 }
 
-/** What {@link SqliteBus.trim} removed. */
-export interface TrimResult {
-  /** Events removed from the log. */
-  readonly events: number;
-  /** Groups whose offset was moved up past events removed by age before they read them. */
-  readonly groupsSkipped: number;
-}
-
-/** What one retention pass ({@link SqliteBus.retain}) removed. */
-export interface RetainResult {
-  /** From the log. */
-  readonly trim: TrimResult;
-  /** From the queue and the dead letters. */
-  readonly prune: PruneResult;
-}
-
-/** What {@link SqliteBus.prune} removed. */
-export interface PruneResult {
-  /** Settled commands removed from the queue (their ids may be sent again). */
-  readonly commands: number;
-  /** Dead letters removed. */
-  readonly deadLetters: number;
-}
-
 const DEFAULT_RETRY: RetryOptions = { retries: 10_000, minTimeout: 1, maxTimeout: 50, maxElapsedMs: 120_000 };
-const DAY = 24 * 3_600_000;
-const DEFAULT_RETENTION = { every: 60_000, done: 7 * DAY, dead: 30 * DAY };
 /** Reruns of a handler for conflicts before the attempt counts as failed. */
 const MAX_RERUNS = 100;
 
@@ -357,12 +308,7 @@ export class SqliteBus implements Bus {
    */
   async publish(name: string, payload: Payload, options: Omit<ProduceOptions, 'delay'> = {}): Promise<ProduceResult> {
     this.assertOpen();
-    if ((options as ProduceOptions).delay !== undefined) {
-      throw new ValidationError('delay', 'events cannot be delayed; use send() for delayed commands');
-    }
-    if ((options as ProduceOptions).priority !== undefined) {
-      throw new ValidationError('priority', 'events have no priority (every group reads the log in order)');
-    }
+    checkEventOptions(options);
     const p = this.produceParams(name, payload, options);
     const params = { ...p.params, now: this.now() };
     const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.publish, params));
@@ -372,28 +318,11 @@ export class SqliteBus implements Bus {
   }
 
   private produceParams(name: string, payload: Payload, options: ProduceOptions) {
-    validateName(name);
-    if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
-    const id = options.id === undefined ? randomUUID() : validateId('id', options.id);
-    const key = options.key === undefined ? null : validateId('key', options.key);
-    const headers = options.headers === undefined ? {} : validateHeaders(options.headers);
-    if (options.contentType !== undefined) validateContentType(options.contentType);
+    const m = checkMessage(name, payload, options);
     if (options.conn !== undefined && (options.conn === null || typeof (options.conn as Connection).run !== 'function')) {
       throw new ValidationError('conn', 'conn must be a Connection');
     }
-    const enc = encodePayload(payload, options.contentType);
-    return {
-      id,
-      params: {
-        id,
-        name,
-        encoding: enc.encoding,
-        payload: enc.payload,
-        contentType: enc.contentType,
-        headers: encodeHeaders(headers),
-        key,
-      },
-    };
+    return { id: m.id, params: { id: m.id, name, encoding: m.encoding, payload: m.payload, contentType: m.contentType, headers: m.headers, key: m.key } };
   }
 
   /**
@@ -472,27 +401,18 @@ export class SqliteBus implements Bus {
    */
   listen(handlers: Handlers, options: WorkerOptions = {}): Worker {
     this.assertOpen();
-    validateHandlers(handlers);
-    const names = (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
+    const source = commandSource(this, handlers, options);
     this.startScheduler();
+    if (this.main.memory) return this.startWorker(source, handlers, options);
     // On a file, the worker's next claims ride on its acknowledgements' commits (see prefetch.ts).
-    const prefetch = this.main.memory
-      ? null
-      : new CommandPrefetch({
-          now: () => this.now(),
-          claimOn: (h, limit, lease) => this.commandClaimsOn(h, limit, lease, names),
-          claim: (limit, lease) => this.claimCommands(limit, lease, names),
-          release: (claims, countAttempt) => this.release(claims, countAttempt),
-        });
-    const source: Source = {
-      channel: this.channel('queue'),
-      prepare: async () => {},
-      claim: (limit, lease) => (prefetch ? prefetch.claim(limit, lease) : this.claimCommands(limit, lease, names)),
-      nextDue: () => this.nextDueCommand(),
-      settled: () => {},
-      idle: async () => prefetch?.giveBack(),
-    };
-    return this.startWorker(source, handlers, options);
+    const names = commandNames(handlers, options);
+    const prefetch = new CommandPrefetch({
+      now: () => this.now(),
+      claimOn: (h, limit, lease) => this.commandClaimsOn(h, limit, lease, names),
+      claim: source.claim,
+      release: (claims, countAttempt) => this.release(claims, countAttempt),
+    });
+    return this.startWorker({ ...source, claim: (limit, lease) => prefetch.claim(limit, lease), idle: () => prefetch.giveBack() }, handlers, options);
   }
 
   /**
@@ -505,22 +425,9 @@ export class SqliteBus implements Bus {
    */
   subscribe(group: string, handlers: Handlers, options: SubscribeOptions = {}): Worker {
     this.assertOpen();
-    validateGroup(group);
-    validateHandlers(handlers);
-    const fromEnd = startFromEnd(options?.startFrom);
-    if (options?.ordered !== undefined && typeof options.ordered !== 'boolean') {
-      throw new ValidationError('ordered', 'ordered must be a boolean');
-    }
-    const ordered = options?.ordered === true;
-    this.tryCreateGroupNow(group, fromEnd);
-    const source = groupSource({
-      channel: this.channel('log'),
-      prepare: () => this.ensureGroup(group, fromEnd),
-      claim: (limit, lease) => this.claimEvents(group, limit, lease, ordered),
-      nextDue: () => this.nextDueEvent(group),
-      advance: () => this.advance(group),
-    });
-    return this.startWorker(source, handlers, options);
+    const checked = checkSubscribe(group, handlers, options);
+    this.tryCreateGroupNow(group, checked.fromEnd);
+    return this.startWorker(eventSource(this, group, checked), handlers, options);
   }
 
   private startWorker(source: Source, handlers: Handlers, options: WorkerOptions): Worker {
@@ -539,21 +446,7 @@ export class SqliteBus implements Bus {
    */
   async receive(options: ReceiveOptions = {}): Promise<Delivery | undefined> {
     this.assertOpen();
-    const { lease, names, group, fromEnd } = checkReceiveOptions(options);
-    let claimOnce: () => Promise<Claim[]>;
-    if (group !== null) {
-      await this.ensureGroup(group, fromEnd);
-      claimOnce = () => this.claimEvents(group, 1, lease, false);
-    } else {
-      claimOnce = () => this.claimCommands(1, lease, names);
-    }
-    for (let i = 0; i < 1000; i++) {
-      const [claim] = await claimOnce();
-      if (!claim) return undefined;
-      if (claim.message) return this.delivery(claim);
-      await this.bury(claim, 'dead', `decode error: ${claim.decodeError?.message ?? 'unknown'}`);
-    }
-    return undefined;
+    return receiveFrom(this, options);
   }
 
   private tryCreateGroupNow(group: string, fromEnd: boolean): void {
@@ -565,7 +458,8 @@ export class SqliteBus implements Bus {
     }
   }
 
-  private async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
+  /** Creates `group` if missing. @internal */
+  async ensureGroup(group: string, fromEnd: boolean): Promise<void> {
     await this.sequence();
     await this.db((h) => h.run(this.plans.createGroup, { grp: group, fromEnd: fromEnd ? 1 : 0, now: this.now() }));
   }
@@ -603,12 +497,14 @@ export class SqliteBus implements Bus {
     return out;
   }
 
-  private async nextDueCommand(): Promise<number | null> {
+  /** The earliest due time of a waiting command. @internal */
+  async nextDueCommand(): Promise<number | null> {
     const row = await this.db((h) => h.get<{ due: number | null }>(this.plans.nextDueCommand, { now: this.now() }));
     return row?.due ?? null;
   }
 
-  private async nextDueEvent(group: string): Promise<number | null> {
+  /** The earliest due time of a waiting event of `group`. @internal */
+  async nextDueEvent(group: string): Promise<number | null> {
     const row = await this.db((h) => h.get<{ due: number | null }>(this.plans.nextDueEvent, { grp: group, now: this.now() }));
     return row?.due ?? null;
   }
@@ -886,13 +782,7 @@ export class SqliteBus implements Bus {
       const now = this.now();
       let stored = 0;
       for (const s of h.all<ScheduleRow>(this.plans.dueSchedules, { now })) {
-        const timing: Timing = { cron: s.cron, every: s.every, timezone: s.timezone };
-        let nextAt: number;
-        try {
-          nextAt = nextSlot(timing, now);
-        } catch {
-          nextAt = now + 3_600_000; // an expression this croner refuses (edited by hand): look again in an hour
-        }
+        const nextAt = followingSlot(s, now);
         stored += insertOnce(h, this.plans.send, {
           id: slotId(s.schedule, s.next_at),
           name: s.name,
@@ -914,20 +804,7 @@ export class SqliteBus implements Bus {
   }
 
   private startScheduler(): void {
-    if (this.schedulerTimer) return;
-    let running = false;
-    this.schedulerTimer = setInterval(() => {
-      if (running || this.closed) return;
-      running = true;
-      this.fireSchedules()
-        .catch((e) => {
-          if (!this.closed) this.logger?.error('[siblite/bus] firing schedules failed (tried again in a second):', e);
-        })
-        .finally(() => {
-          running = false;
-        });
-    }, 1_000);
-    this.schedulerTimer.unref();
+    this.schedulerTimer ??= runEvery(1_000, () => this.fireSchedules(), this.logger, 'firing schedules', () => this.closed);
   }
 
   // ------------------------------------------------------------------ by id, pauses
@@ -946,22 +823,10 @@ export class SqliteBus implements Bus {
     if (kind !== 'command' && kind !== 'event') throw new ValidationError('kind', 'kind must be "command" or "event"');
     if (kind === 'event') {
       const row = await this.db((h) => h.get<EventRow>(this.plans.getEventById, { id }));
-      if (!row) return undefined;
-      return { message: decodeOrNull({ ...row, attempts: 0 }, 'event', row.pos, null), state: 'logged', attempts: 0, lastError: null, settledAt: null, priority: 0 };
+      return row ? eventInfo(row, row.pos) : undefined;
     }
-    const row = await this.db((h) =>
-      h.get<MessageRow & { seq: number; state: string; due_at: number; settled_at: number | null; last_error: string | null; priority: number }>(this.plans.getCommand, { id }),
-    );
-    if (!row) return undefined;
-    const state = row.state === 'ready' && row.due_at > this.now() ? 'delayed' : (row.state as MessageInfo['state']);
-    return {
-      message: decodeOrNull(row, 'command', null, null),
-      state,
-      attempts: row.attempts as number,
-      lastError: row.last_error,
-      settledAt: row.settled_at === null ? null : new Date(row.settled_at),
-      priority: row.priority,
-    };
+    const row = await this.db((h) => h.get<CommandRow>(this.plans.getCommand, { id }));
+    return row ? commandInfo(row, this.now()) : undefined;
   }
 
   /**
@@ -1024,29 +889,7 @@ export class SqliteBus implements Bus {
     const f = checkFilter(filter);
     const limit = filter.limit === undefined ? 100 : validatePositiveInt('limit', filter.limit);
     const after = filter.after === undefined ? 0 : validateMs('after', filter.after);
-    const rows = await this.db((h) => h.all<Record<string, unknown>>(this.plans.listDead, { ...f, after, limit }));
-    return rows.map((r) => {
-      const source = r.source as 'queue' | 'log';
-      let message: Message | null = null;
-      let decodeError: string | null = null;
-      try {
-        message = decodeRow(r as unknown as MessageRow, source === 'queue' ? 'command' : 'event', source === 'log' ? (r.ref as number) : null, (r.grp as string | null) ?? null);
-      } catch (e) {
-        decodeError = (e as Error).message;
-      }
-      return {
-        deadId: r.dead_id as number,
-        source,
-        group: (r.grp as string | null) ?? null,
-        status: r.status as 'dead' | 'parked',
-        reason: r.reason as string,
-        failedAt: new Date(r.failed_at as number),
-        attempts: r.attempts as number,
-        message,
-        decodeError,
-        raw: Object.freeze({ ...r }),
-      };
-    });
+    return (await this.db((h) => h.all<DeadRow>(this.plans.listDead, { ...f, after, limit }))).map(toDeadLetter);
   }
 
   /**
@@ -1171,27 +1014,11 @@ export class SqliteBus implements Bus {
 
   /** One retention pass with the given policy (what the automatic retention runs). */
   async retain(policy: RetentionOptions = {}): Promise<RetainResult> {
-    const p = checkRetention(policy) || { ...DEFAULT_RETENTION };
-    const trim = await this.trim(p.maxEventAge === undefined ? {} : { maxAge: p.maxEventAge });
-    const prune = await this.prune(p.done ?? DEFAULT_RETENTION.done, { dead: p.dead ?? DEFAULT_RETENTION.dead });
-    return { trim, prune };
+    return retainWith(this, policy);
   }
 
   private startRetention(policy: RetentionOptions): void {
-    const every = policy.every ?? DEFAULT_RETENTION.every;
-    let running = false;
-    this.retentionTimer = setInterval(() => {
-      if (running || this.closed) return;
-      running = true;
-      this.retain(policy)
-        .catch((e) => {
-          if (!this.closed) this.logger?.error('[siblite/bus] retention failed (it runs again later):', e);
-        })
-        .finally(() => {
-          running = false;
-        });
-    }, every);
-    this.retentionTimer.unref();
+    this.retentionTimer = runEvery(policy.every ?? DEFAULT_RETENTION.every, () => this.retain(policy), this.logger, 'retention', () => this.closed);
   }
 
   // ------------------------------------------------------------------ observability
@@ -1206,34 +1033,13 @@ export class SqliteBus implements Bus {
     await this.sequence();
     return this.db((h) => {
       const now = this.now();
-      const age = (t: number | null) => (t === null ? null : Math.max(0, now - t));
-      const queue: Record<string, NameStats> = {};
-      const entry = (name: string): NameStats => (queue[name] ??= { ready: 0, delayed: 0, inFlight: 0, dead: 0, parked: 0, oldestAge: null });
-      for (const r of h.all<{ name: string; ready: number; delayed: number; inflight: number; oldest: number | null }>(this.plans.statsQueue, { now })) {
-        const e = entry(r.name);
-        e.ready = r.ready;
-        e.delayed = r.delayed;
-        e.inFlight = r.inflight;
-        e.oldestAge = age(r.oldest);
-      }
-      const groups: Record<string, GroupStats> = {};
-      const group = (g: string): GroupStats => (groups[g] ??= { offset: 0, lag: 0, inFlight: 0, delayed: 0, dead: 0, parked: 0, oldestAge: null });
-      for (const r of h.all<{ grp: string; upto: number; lag: number; inflight: number; delayed: number; oldest: number | null }>(this.plans.statsGroups, { now })) {
-        Object.assign(group(r.grp), { offset: r.upto, lag: r.lag, inFlight: r.inflight, delayed: r.delayed, oldestAge: age(r.oldest) });
-      }
-      for (const r of h.all<{ source: string; grp: string | null; name: string; dead: number; parked: number }>(this.plans.statsDead)) {
-        if (r.source === 'queue') {
-          const e = entry(r.name);
-          e.dead += r.dead;
-          e.parked += r.parked;
-        } else if (r.grp !== null) {
-          const g = group(r.grp);
-          g.dead += r.dead;
-          g.parked += r.parked;
-        }
-      }
-      const events = h.get<{ n: number }>(this.plans.countEvents)?.n ?? 0;
-      return { queue, groups, events };
+      const rows: StatsRows = {
+        queue: h.all(this.plans.statsQueue, { now }),
+        groups: h.all(this.plans.statsGroups, { now }),
+        dead: h.all(this.plans.statsDead),
+        events: h.get<{ n: number }>(this.plans.countEvents)?.n ?? 0,
+      };
+      return buildStats(rows, now);
     });
   }
 
@@ -1272,21 +1078,6 @@ function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>
     throw e;
   }
 }
-
-
-
-function checkRetention(r: RetentionOptions | boolean | undefined): RetentionOptions | false {
-  if (r === undefined || r === false) return false;
-  if (r === true) return { ...DEFAULT_RETENTION };
-  if (r === null || typeof r !== 'object') throw new ValidationError('retention', 'retention must be true, false or an object');
-  const out: RetentionOptions = {};
-  if (r.every !== undefined) out.every = validateMs('retention.every', r.every, 1, MAX_TIMER_MS);
-  if (r.done !== undefined) out.done = validateMs('retention.done', r.done);
-  if (r.dead !== undefined) out.dead = r.dead === Infinity ? Infinity : validateMs('retention.dead', r.dead);
-  if (r.maxEventAge !== undefined) out.maxEventAge = validateMs('retention.maxEventAge', r.maxEventAge);
-  return out;
-}
-
 
 
 
