@@ -106,6 +106,11 @@ export async function receiveFrom<D extends Delivery>(store: ClaimStore<D>, opti
   return undefined;
 }
 
+/** The names a command worker claims: its handlers' (unknown names are skipped), or every name (`null`). */
+export function commandNames(handlers: Handlers<any>, options: WorkerOptions): readonly string[] | null {
+  return (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
+}
+
 /**
  * The source of `listen`: commands, by default only the names `handlers` has.
  *
@@ -113,7 +118,7 @@ export async function receiveFrom<D extends Delivery>(store: ClaimStore<D>, opti
  */
 export function commandSource(store: ClaimStore, handlers: Handlers<any>, options: WorkerOptions): Source {
   validateHandlers(handlers);
-  const names = (options?.onUnknown ?? 'skip') === 'skip' ? Object.keys(handlers) : null;
+  const names = commandNames(handlers, options);
   return {
     channel: store.channel('queue'),
     prepare: async () => {},

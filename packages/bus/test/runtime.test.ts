@@ -187,7 +187,7 @@ describe('SqliteBus: claims read only what they need', () => {
     const { bus, conn, cleanup } = await makeBus();
     const plans = buildPlans('bus');
     const engine = (conn as unknown as { session: { engine: { footprints: { of(sql: string): { reads: Set<string> } } } } }).session.engine;
-    for (const sql of [plans.candidatesBase + ' LIMIT 1', plans.claimCommand, plans.claimPriorities, plans.openEvents, plans.freshEvents, plans.reclaimEvent]) {
+    for (const sql of [plans.candidatesBase + ' LIMIT 1', `${plans.claimCommandsIn} (:s0, :s1) ${plans.claimReturning}`, plans.claimPriorities, plans.openEvents, plans.freshEvents, plans.reclaimEvent]) {
       const reads = [...engine.footprints.of(sql).reads];
       expect(reads, sql).not.toContain('*');
       expect(reads.every((t) => t.startsWith('main.bus_')), sql).toBe(true);

@@ -19,6 +19,19 @@ interface Item {
   readonly reject: (error: unknown) => void;
 }
 
+/**
+ * Work that joins the next flush after its items, inside the same transaction, at most once per
+ * flush (for example the next claim of a worker whose acknowledgements are in the batch). `run`
+ * may run again with the whole batch; `done` gets its value once the batch committed. An error of
+ * `run` that retrying cannot help is dropped: a tail is an optimisation, never a promise.
+ */
+export interface Tail<T = unknown> {
+  /** Runs inside the batch's transaction, after every item. */
+  run(h: Connection): T;
+  /** Called with what `run` returned, after the commit and before the items' promises resolve. */
+  done(value: T): void;
+}
+
 /** One outcome of an item, decided inside the transaction. */
 type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 
@@ -33,6 +46,7 @@ const MAX_ITEMS = 1000;
  */
 export class WriteBatch {
   private items: Item[] = [];
+  private tails = new Set<Tail>();
   private scheduled = false;
 
   constructor(private readonly transact: (fn: (h: Connection) => Outcome[]) => Promise<Outcome[]>) {}
@@ -48,31 +62,47 @@ export class WriteBatch {
     return p;
   }
 
+  /** Makes `tail` part of the next flush (once, however often it joins before that flush). */
+  join(tail: Tail): void {
+    this.tails.add(tail as Tail);
+  }
+
   private async flush(): Promise<void> {
     this.scheduled = false;
     const items = this.items;
-    if (items.length === 0) return;
+    const tails = [...this.tails];
+    this.tails.clear();
+    if (items.length === 0 && tails.length === 0) return;
     this.items = [];
     let outcomes: Outcome[];
     try {
-      outcomes = await this.transact((h) =>
-        items.map((item): Outcome => {
-          try {
-            return { ok: true, value: item.run(h) };
-          } catch (error) {
-            if (isRetryable(error)) throw error; // the whole batch runs again
-            return { ok: false, error };
-          }
-        }),
-      );
+      outcomes = await this.transact((h) => {
+        const out = items.map((item): Outcome => run(() => item.run(h)));
+        for (const tail of tails) out.push(run(() => tail.run(h)));
+        return out;
+      });
     } catch (e) {
       for (const item of items) item.reject(e);
       return;
     }
+    tails.forEach((tail, i) => {
+      const o = outcomes[items.length + i] as Outcome;
+      if (o.ok) tail.done(o.value);
+    });
     items.forEach((item, i) => {
       const o = outcomes[i] as Outcome;
       if (o.ok) item.resolve(o.value);
       else item.reject(o.error);
     });
+  }
+}
+
+/** Runs one step of a batch: an error retrying cannot help is its own outcome; a retryable one runs the whole batch again. */
+function run(step: () => unknown): Outcome {
+  try {
+    return { ok: true, value: step() };
+  } catch (error) {
+    if (isRetryable(error)) throw error;
+    return { ok: false, error };
   }
 }

@@ -12,11 +12,12 @@ import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
 import { makeDelivery } from '../delivery.js';
-import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
-import { claimCommandRows, claimEventRows, inImmediate, type ClaimedCommandRow } from './claims.js';
+import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandNames, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
+import { claimCommandRows, claimEventRows, inImmediate, inSavepoint, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { WriteBatch } from './batch.js';
 import { guardHandlerConn } from './guard.js';
+import { CommandPrefetch, prefetcherOf } from './prefetch.js';
 import { followingSlot, nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec } from '../schedule.js';
 import { checkRetention, DEFAULT_RETENTION, retainWith, runEvery, type PruneResult, type RetainResult, type RetentionOptions, type TrimResult } from '../retention.js';
 import { buildPlans, SCHEMA_VERSION, type Plans } from './plans.js';
@@ -402,7 +403,16 @@ export class SqliteBus implements Bus {
     this.assertOpen();
     const source = commandSource(this, handlers, options);
     this.startScheduler();
-    return this.startWorker(source, handlers, options);
+    if (this.main.memory) return this.startWorker(source, handlers, options);
+    // On a file, the worker's next claims ride on its acknowledgements' commits (see prefetch.ts).
+    const names = commandNames(handlers, options);
+    const prefetch = new CommandPrefetch({
+      now: () => this.now(),
+      claimOn: (h, limit, lease) => this.commandClaimsOn(h, limit, lease, names),
+      claim: source.claim,
+      release: (claims, countAttempt) => this.release(claims, countAttempt),
+    });
+    return this.startWorker({ ...source, claim: (limit, lease) => prefetch.claim(limit, lease), idle: () => prefetch.giveBack() }, handlers, options);
   }
 
   /**
@@ -455,14 +465,15 @@ export class SqliteBus implements Bus {
   }
 
   /** Claims up to `limit` commands (only `names` when given). @internal */
-  async claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
+  claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
+    return this.immediate((h) => this.commandClaimsOn(h, limit, lease, names));
+  }
+
+  /** Claims up to `limit` commands on `h`, inside its transaction. */
+  private commandClaimsOn(h: Connection, limit: number, lease: number, names: readonly string[] | null): Claim[] {
     const token = randomUUID();
-    const rows = await this.db((h) =>
-      inImmediate(h, () => {
-        const now = this.now();
-        return claimCommandRows(h, this.plans, { token, now, leaseUntil: now + lease, limit, names });
-      }),
-    );
+    const now = this.now();
+    const rows = claimCommandRows(h, this.plans, { token, now, leaseUntil: now + lease, limit, names });
     rows.sort((a: ClaimedCommandRow, b: ClaimedCommandRow) => a.seq - b.seq);
     return rows.map((r) => toClaim(r, r.seq, 'command', null, token));
   }
@@ -632,7 +643,10 @@ export class SqliteBus implements Bus {
           // turn's write batch (one commit with the other handlers' acks) instead.
           h.exec('ROLLBACK');
           if (abandon.aborted) throw abandon.reason;
-          await this.batch.add((b) => this.ackOn(b, claim));
+          const acked = this.batch.add((b) => this.ackOn(b, claim));
+          // The same commit claims this worker's next command (see prefetch.ts).
+          prefetcherOf(claim)?.acked(this.batch);
+          await acked;
           this.settledClaim(claim);
           return { reruns: run - 1 };
         }
@@ -1056,19 +1070,6 @@ export class SqliteBus implements Bus {
 }
 
 /** Runs an INSERT; a UNIQUE violation (the id exists) counts as 0 rows stored. */
-/** Runs `fn` inside a savepoint of `h`'s transaction: undone entirely when it throws. */
-function inSavepoint<T>(h: Connection, fn: () => T): T {
-  h.exec('SAVEPOINT siblite_bus_batch');
-  try {
-    const out = fn();
-    h.exec('RELEASE siblite_bus_batch');
-    return out;
-  } catch (e) {
-    if (h.inTransaction) h.exec('ROLLBACK TO siblite_bus_batch; RELEASE siblite_bus_batch');
-    throw e;
-  }
-}
-
 function insertOnce(h: Connection, sql: string, params: Record<string, SqlValue>): number {
   try {
     return h.run(sql, params).changes;

@@ -52,7 +52,33 @@ export function inImmediate<T>(h: Connection, fn: () => T): T {
   }
 }
 
+/** Runs `fn` inside a savepoint of `h`'s transaction: undone entirely when it throws. */
+export function inSavepoint<T>(h: Connection, fn: () => T): T {
+  h.exec('SAVEPOINT siblite_bus_batch');
+  try {
+    const out = fn();
+    h.exec('RELEASE siblite_bus_batch');
+    return out;
+  } catch (e) {
+    if (h.inTransaction) h.exec('ROLLBACK TO siblite_bus_batch; RELEASE siblite_bus_batch');
+    throw e;
+  }
+}
+
 const candidateSql = new Map<string, string>();
+
+const claimSqls = new Map<string, string>();
+
+/** The statement that claims `n` candidates (cached by namespace and count). */
+function claimSql(plans: Plans, n: number): string {
+  const k = `${plans.namespace}/${n}`;
+  let sql = claimSqls.get(k);
+  if (sql === undefined) {
+    sql = `${plans.claimCommandsIn} (${Array.from({ length: n }, (_, i) => `:s${i}`).join(', ')}) ${plans.claimReturning}`;
+    claimSqls.set(k, sql);
+  }
+  return sql;
+}
 
 /** The candidate query for a name filter and a set of paused names (cached by shape). */
 function candidates(plans: Plans, names: number, paused: number): string {
@@ -94,10 +120,12 @@ export function claimCommandRows(h: Connection, plans: Plans, a: CommandClaimArg
   for (const { v } of h.all<{ v: number }>(plans.claimPriorities)) {
     const want = a.limit - out.length;
     if (want <= 0) break;
-    for (const c of h.all<{ seq: number }>(sql, { ...filter, priority: v, now: a.now, limit: want })) {
-      const row = h.get<ClaimedCommandRow>(plans.claimCommand, { seq: c.seq, token: a.token, leaseUntil: a.leaseUntil, now: a.now });
-      if (row) out.push(row);
-    }
+    const seqs = h.all<{ seq: number }>(sql, { ...filter, priority: v, now: a.now, limit: want });
+    if (seqs.length === 0) continue;
+    // One statement for the whole batch: a statement costs far more than a row here.
+    const params: Record<string, SqlValue> = { token: a.token, leaseUntil: a.leaseUntil, now: a.now };
+    seqs.forEach((c, i) => (params[`s${i}`] = c.seq));
+    out.push(...h.all<ClaimedCommandRow>(claimSql(plans, seqs.length), params));
   }
   return out;
 }

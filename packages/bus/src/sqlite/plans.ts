@@ -299,11 +299,15 @@ export function buildPlans(namespace: string) {
      */
     candidatesBase: `SELECT seq, name FROM ${queue} INDEXED BY "${ns}_queue_claim"
       WHERE ${unsettled} AND head = 1 AND priority = :priority AND due_at <= :now`,
-    /** Claims one candidate, re-checking in the same statement that it is still claimable. */
-    claimCommand: `UPDATE ${queue}
+    /**
+     * Claims candidates, re-checking in the same statement that each is still claimable: this
+     * SQL followed by a list of `:s0, :s1, ...` in parentheses, then `claimReturning`.
+     */
+    claimCommandsIn: `UPDATE ${queue}
       SET state = 'inflight', token = :token, attempts = attempts + 1, due_at = :leaseUntil
-      WHERE seq = :seq AND ${unsettled} AND head = 1 AND due_at <= :now
-      RETURNING seq, ${MSG_COLS}, attempts, token`,
+      WHERE ${unsettled} AND head = 1 AND due_at <= :now AND seq IN`,
+    /** The end of a claimCommandsIn statement. */
+    claimReturning: `RETURNING seq, ${MSG_COLS}, attempts, token`,
     /**
      * The next time a claimable command becomes due in the future (a delay, a backoff or a
      * lease ending). Rows waiting behind their key are not counted: the settlement that makes
