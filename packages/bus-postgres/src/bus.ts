@@ -67,6 +67,7 @@ import {
   validateMs,
   validatePositiveInt,
   validatePriority,
+  type AbandonSignal,
   type BaseHandlerContext,
   type Bus,
   type BusStats,
@@ -180,6 +181,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private schedulerTimer: NodeJS.Timeout | undefined;
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
+  private claimCommandsSql: string | undefined;
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -533,13 +535,21 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
 
   /** Claims up to `limit` commands in one statement (only `names` when given). @internal */
   async claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
-    const S = this.S;
     const token = randomUUID();
     const r = await this.pool.query({
       name: `${this.stmt}_claim_commands`,
-      // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
-      // sets synchronous_commit off for this statement's transaction only.
-      text: `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
+      text: (this.claimCommandsSql ??= this.buildClaimCommandsSql()),
+      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
+    });
+    return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
+  }
+
+  /** The text of the command claim (built once: it only depends on the schema). */
+  private buildClaimCommandsSql(): string {
+    const S = this.S;
+    // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
+    // sets synchronous_commit off for this statement's transaction only.
+    return `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
          SELECT q.seq FROM ${S}.queue q
          WHERE q.${UNSETTLED} AND q.due_at <= ${S}.now_ms()
            AND ($1::text[] IS NULL OR q.name = ANY($1::text[]))
@@ -549,10 +559,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
          LIMIT $2 FOR UPDATE OF q SKIP LOCKED)
        UPDATE ${S}.queue q SET state = 'inflight', token = $3, attempts = q.attempts + 1, due_at = ${S}.now_ms() + $4
        FROM c, s WHERE q.seq = c.seq
-       RETURNING q.seq, ${cols('q')}, q.attempts`,
-      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
-    });
-    return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
+       RETURNING q.seq, ${cols('q')}, q.attempts`;
   }
 
   /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules), in one round trip. @internal */
@@ -776,7 +783,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    * serialization failure or deadlock runs the handler again (`run` counts up).
    * @internal
    */
-  async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult> {
+  async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbandonSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
       if (abandon.aborted) throw abandon.reason;
       const c = await this.pool.connect();
@@ -792,8 +799,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       });
       abandoned.catch(() => {});
       const step = <T>(p: Promise<T>) => Promise.race([p, abandoned]);
-      // The transaction begins with the handler's first query (queued ahead of it on the
-      // client, so no extra wait): a handler that never uses `context.client` costs no
+      // The transaction begins with the handler's first query (written together with it, so
+      // no extra round trip): a handler that never uses `context.client` costs no
       // transaction, only the acknowledgement. The transaction-local marker lets the
       // acknowledgement check that the handler did not end the transaction itself.
       const marker = randomUUID();
@@ -837,7 +844,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
       } finally {
         lazy.restore();
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
-        if (!destroyed) c.release();
+        // A query the handler left running keeps pipeline mode on: that client is not reused.
+        if (!destroyed) c.release(lazy.clean ? undefined : new Error('a query of the handler is still running'));
       }
     }
   }
@@ -1236,10 +1244,15 @@ function produceParams(name: string, payload: Payload, options: PgProduceOptions
   return { id: m.id, values: [m.id, m.name, m.encoding, toBytes(m.payload), m.contentType, m.headers, m.key] as unknown[] };
 }
 
+/** A bytea as text, without copying when node-postgres gave a Buffer (it does). */
+function utf8(p: Uint8Array): string {
+  return Buffer.isBuffer(p) ? p.toString('utf8') : Buffer.from(p.buffer, p.byteOffset, p.byteLength).toString('utf8');
+}
+
 /** A stored row as the codec expects it: JSON payloads as text, bytes as a plain Uint8Array. */
 function messageRow(r: Record<string, unknown>): MessageRow {
   const p = r.payload;
-  const payload = p instanceof Uint8Array ? (r.encoding === 'json' ? Buffer.from(p).toString('utf8') : new Uint8Array(p)) : p;
+  const payload = p instanceof Uint8Array ? (r.encoding === 'json' ? utf8(p) : new Uint8Array(p)) : p;
   return { ...r, payload } as unknown as MessageRow;
 }
 
@@ -1263,20 +1276,65 @@ function unprefix(row: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
+/** node-postgres client internals that pipelining the transaction's BEGIN relies on (pg >= 8.23). */
+interface PipelineInternals {
+  pipeline?: boolean;
+  _activeQuery?: unknown;
+  _sentQueryQueue?: unknown[];
+  _queryQueue?: unknown[];
+  connection?: { stream?: { cork?(): void; uncork?(): void } };
+}
+
+/** Whether node-postgres can pipeline on `c`: it has the mode, and nothing is queued or in flight. */
+function canPipeline(c: PipelineInternals): boolean {
+  return typeof c.pipeline === 'boolean' && Array.isArray(c._sentQueryQueue) && Array.isArray(c._queryQueue) && isIdle(c);
+}
+
+function isIdle(c: PipelineInternals): boolean {
+  return !c._activeQuery && c._sentQueryQueue?.length === 0 && c._queryQueue?.length === 0;
+}
+
 /**
- * Makes `begin` run just before the first query anyone sends on `c` (node-postgres runs a
- * client's queries in the order they were sent, so nothing needs to wait for it). `restore`
- * puts the client's own `query` back.
+ * Makes `begin` run just before the first query anyone sends on `c`. Both are written at
+ * once (node-postgres's pipeline mode, on only until the client is idle again), so the
+ * transaction costs no round trip of its own; a cursor or a `rows` query, which pipeline mode
+ * refuses, goes after the BEGIN the usual way. `restore` puts the client's own `query` back
+ * and ends pipeline mode once nothing is in flight; `clean` says whether it has ended.
  */
-function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; restore(): void } {
+function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; restore(): void; readonly clean: boolean } {
   const own = c.query;
   const hadOwn = Object.prototype.hasOwnProperty.call(c, 'query');
+  const internals = c as unknown as PipelineInternals;
   let begun = false;
+  let pipelined = false;
+  const unpipeline = () => {
+    if (pipelined && isIdle(internals)) {
+      internals.pipeline = false;
+      pipelined = false;
+    }
+  };
   const patched = function (this: unknown, ...args: unknown[]) {
     if (!begun) {
       begun = true;
+      const first = args[0] as { submit?: unknown; rows?: unknown } | string | null | undefined;
+      const plain = typeof first === 'string' || (typeof first === 'object' && first !== null && typeof first.submit !== 'function' && first.rows === undefined);
+      if (plain && canPipeline(internals)) {
+        internals.pipeline = true;
+        pipelined = true;
+        // One socket write for both: on a loaded machine a write costs more than the rest.
+        const stream = internals.connection?.stream;
+        stream?.cork?.();
+        try {
+          (own as (sql: string) => Promise<unknown>).call(c, begin).catch(() => {});
+          return (own as (...a: unknown[]) => unknown).apply(c, args);
+        } finally {
+          stream?.uncork?.();
+        }
+      }
       // Its failure shows in the handler's query or in the acknowledgement's marker check.
       (own as (sql: string) => Promise<unknown>).call(c, begin).catch(() => {});
+    } else {
+      unpipeline();
     }
     return (own as (...a: unknown[]) => unknown).apply(c, args);
   };
@@ -1285,7 +1343,11 @@ function lazyBegin(c: pg.PoolClient, begin: string): { readonly begun: boolean; 
     get begun() {
       return begun;
     },
+    get clean() {
+      return !pipelined;
+    },
     restore() {
+      unpipeline();
       const target = c as unknown as { query?: unknown };
       if (target.query !== patched) return;
       if (hadOwn) target.query = own;

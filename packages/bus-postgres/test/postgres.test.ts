@@ -170,6 +170,51 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     }
   });
 
+  it('the BEGIN of a handler transaction rides with its first query: queries fired together or left running keep exactly-once effects', async () => {
+    const { bus, schema, cleanup } = await makePgBus();
+    try {
+      const admin = new pg.Client({ connectionString: PG_URL });
+      await admin.connect();
+      await admin.query(`CREATE TABLE "${schema}".effects (id text PRIMARY KEY)`);
+      const insert = (client: pg.PoolClient, id: string) => client.query(`INSERT INTO "${schema}".effects (id) VALUES ($1)`, [id]);
+      const seenInTx: number[] = [];
+      const failed = new Set<string>();
+      const w = bus.listen(
+        {
+          // two statements written back to back, without waiting for the first
+          together: async (m, { client }) => {
+            const a = insert(client, `${m.id}:a`);
+            const b = insert(client, `${m.id}:b`);
+            await Promise.all([a, b]);
+            const r = await client.query(`SELECT count(*)::int AS n FROM "${schema}".effects WHERE id LIKE $1`, [`${m.id}:%`]);
+            seenInTx.push(r.rows[0].n);
+            if (!failed.has(m.id)) {
+              failed.add(m.id);
+              throw new Error('after both writes: must roll back both');
+            }
+          },
+          // a query still running when the handler returns: the acknowledgement follows it
+          leftRunning: async (m, { client }) => {
+            void insert(client, m.id).then(() => client.query('SELECT pg_sleep(0.02)'));
+          },
+        },
+        { pollInterval: 10, backoff: 1, concurrency: 4 },
+      );
+      for (let i = 0; i < 10; i++) await bus.send('together', i, { id: `t${i}` });
+      for (let i = 0; i < 10; i++) await bus.send('leftRunning', i, { id: `l${i}` });
+      await until(() => w.counters.handled === 20, 'all handled');
+      await w.stop();
+      expect(w.counters.retried).toBe(10);
+      expect(seenInTx).toEqual(Array(20).fill(2));
+      const rows = await admin.query(`SELECT id FROM "${schema}".effects ORDER BY id`);
+      expect(rows.rows.length).toBe(30);
+      expect(rows.rows.filter((r) => r.id.startsWith('l')).length).toBe(10);
+      await admin.end();
+    } finally {
+      await cleanup();
+    }
+  });
+
   it('a handler cannot end the bus transaction through context.client', async () => {
     const { bus, cleanup } = await makePgBus();
     try {

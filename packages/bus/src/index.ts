@@ -60,6 +60,7 @@ export type {
   WorkerOptions,
 } from './types.js';
 export type { Claim, Source, Store, TransactResult } from './store.js';
+export type { AbandonSignal } from './abandon.js';
 export { validateName, validateGroup, validateNamespace } from './validate.js';
 export { buildPlans, SCHEMA_VERSION, type Plans } from './sqlite/plans.js';
 export { claimCommandRows, claimEventRows, inImmediate, type CommandClaimArgs, type EventClaimArgs, type ClaimedCommandRow, type ClaimedEvent } from './sqlite/claims.js';

@@ -6,6 +6,7 @@
  * @module
  */
 import type { Connection } from '@siblite/core';
+import type { AbandonSignal } from './abandon.js';
 import type { DecodeError } from './errors.js';
 import type { Message, MessageKind } from './types.js';
 
@@ -82,7 +83,7 @@ export interface Store<Tx = Connection> {
    *
    * @throws what `body` throws, StaleClaimError when the claim was lost, or the abandon reason.
    */
-  transact(claim: Claim, body: (tx: Tx, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult>;
+  transact(claim: Claim, body: (tx: Tx, run: number) => Promise<void>, abandon: AbandonSignal, settling?: () => void): Promise<TransactResult>;
   /** The transport's fields of a handler's context for the transaction `tx` (`{ conn }` for SQLite). */
   txContext(tx: Tx): object;
 }

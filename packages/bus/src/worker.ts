@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { setImmediate as yieldToLoop, setTimeout as delay } from 'node:timers/promises';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { Abandon } from './abandon.js';
 import { backoffPolicy } from './backoff.js';
 import { PermanentError, StaleClaimError, ValidationError } from './errors.js';
 import { onNotify } from './notify.js';
@@ -39,11 +40,32 @@ function errorText(e: unknown): string {
 /** A handler running now, with what is needed to abort or abandon it. */
 interface Running {
   readonly claim: Claim;
-  /** Aborts `context.signal` (stop, lost lease, timeout). */
-  readonly signal: AbortController;
+  /**
+   * Behind `context.signal`, created when a handler first reads it (most never do: an
+   * AbortController per message is a measurable share of a no-op handler's cost).
+   */
+  signal: AbortController | null;
+  /** Why `context.signal` was aborted (stop, lost lease, timeout), `undefined` while it is not. */
+  aborted: unknown;
   /** Rolls the handler's transaction back for good (stop timeout, handler timeout). */
-  readonly abandon: AbortController;
+  readonly abandon: Abandon;
   done: Promise<void>;
+}
+
+/** Aborts `context.signal` of `r`, or records why for when the handler reads it. */
+function abortHandler(r: Running, reason: AbortReason): void {
+  if (r.aborted !== undefined) return;
+  r.aborted = reason;
+  r.signal?.abort(reason);
+}
+
+/** The signal a handler sees as `context.signal` (see {@link Running.signal}). */
+function handlerSignal(r: Running): AbortSignal {
+  if (!r.signal) {
+    r.signal = new AbortController();
+    if (r.aborted !== undefined) r.signal.abort(r.aborted);
+  }
+  return r.signal.signal;
 }
 
 /** Checks the `timeout` option: a number for every name, or a map of names to numbers. */
@@ -104,9 +126,6 @@ export class BusWorker<Tx = Connection> implements Worker {
   private drainWaiters: { after: number; resolve: () => void }[] = [];
   private claimSeq = 0;
   private stopping: Promise<void> | null = null;
-  /** Resolves when stop() is called, so a loop waiting for a free slot wakes up. */
-  private stopCalled!: () => void;
-  private readonly stopRequested = new Promise<void>((resolve) => (this.stopCalled = resolve));
   private unsubscribe: () => void = () => {};
   /** Handlers whose code finished and whose acknowledgement is committing (see `Store.transact`). */
   private settling = 0;
@@ -188,9 +207,30 @@ export class BusWorker<Tx = Connection> implements Worker {
     }
   }
 
-  /** Resolves when a handler's code finishes before its acknowledgement committed. */
-  private slotFreed(): Promise<void> {
-    return new Promise((resolve) => this.slotWaiters.push(resolve));
+  /**
+   * Resolves when a slot may have freed up: a handler finished, or its code finished before
+   * its acknowledgement committed, or stop() was called; or after `ms` when given. One
+   * promise, instead of a race over every running handler on every turn.
+   */
+  private slotFreed(ms?: number): Promise<void> {
+    if (!this.running) return Promise.resolve();
+    return new Promise((resolve) => {
+      if (ms === undefined) {
+        this.slotWaiters.push(resolve);
+        return;
+      }
+      const timer = setTimeout(resolve, ms);
+      timer.unref();
+      this.slotWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private freeSlot(): void {
+    if (this.slotWaiters.length === 0) return;
+    for (const w of this.slotWaiters.splice(0)) w();
   }
 
   private wake(): void {
@@ -242,7 +282,7 @@ export class BusWorker<Tx = Connection> implements Worker {
         // A handler whose code finished while its acknowledgement commits frees its slot.
         const free = this.concurrency - this.inflight.size + this.settling;
         if (free <= 0) {
-          await Promise.race([...this.inflight.keys(), this.stopRequested, this.slotFreed()]);
+          await this.slotFreed();
           continue;
         }
         // Batch claims: while handlers run and few slots are free, give the others up to
@@ -251,7 +291,7 @@ export class BusWorker<Tx = Connection> implements Worker {
           gatherUntil ||= performance.now() + CLAIM_GATHER_MS;
           const left = gatherUntil - performance.now();
           if (left > 0) {
-            await Promise.race([...this.inflight.keys(), this.stopRequested, this.slotFreed(), delay(left, undefined, { ref: false })]);
+            await this.slotFreed(left);
             continue;
           }
         }
@@ -290,10 +330,11 @@ export class BusWorker<Tx = Connection> implements Worker {
 
   private start1(claim: Claim): void {
     this.counters.claimed++;
-    const r: Running = { claim, signal: new AbortController(), abandon: new AbortController(), done: Promise.resolve() };
+    const r: Running = { claim, signal: null, aborted: undefined, abandon: new Abandon(), done: Promise.resolve() };
     const p: Promise<void> = this.handle(r).finally(() => {
       this.inflight.delete(p);
       this.counters.inFlight = this.inflight.size;
+      this.freeSlot();
       this.wake();
     });
     r.done = p;
@@ -362,7 +403,7 @@ export class BusWorker<Tx = Connection> implements Worker {
     if (timeout !== undefined) {
       timer = setTimeout(() => {
         const reason = new AbortReason(`handler timeout: ${timeout} ms passed`);
-        r.signal.abort(reason);
+        abortHandler(r, reason);
         r.abandon.abort(reason);
       }, timeout);
       timer.unref();
@@ -374,7 +415,7 @@ export class BusWorker<Tx = Connection> implements Worker {
       if (settling) return;
       settling = true;
       this.settling++;
-      for (const w of this.slotWaiters.splice(0)) w();
+      this.freeSlot();
       this.wake();
     };
     try {
@@ -385,12 +426,14 @@ export class BusWorker<Tx = Connection> implements Worker {
           if (run > 1) this.counters.reruns++;
           await handler(message, {
             ...this.store.txContext(tx),
-            signal: r.signal.signal,
+            get signal() {
+              return handlerSignal(r);
+            },
             run,
             extendLease: (ms: number) => this.store.extend(claim, ms),
           });
         },
-        r.abandon.signal,
+        r.abandon,
         onSettling,
       );
       void reruns;
@@ -413,7 +456,7 @@ export class BusWorker<Tx = Connection> implements Worker {
       this.emit({ type: 'stale', message });
       return;
     }
-    const abandoned = r.abandon.signal.aborted ? String((r.abandon.signal.reason as Error)?.message ?? '') : null;
+    const abandoned = r.abandon.aborted ? String((r.abandon.reason as Error)?.message ?? '') : null;
     if (abandoned !== null && abandoned.startsWith('the lease was lost')) {
       // Another worker may have it now: nothing committed here.
       this.counters.stale++;
@@ -424,7 +467,7 @@ export class BusWorker<Tx = Connection> implements Worker {
       // Abandoned by stop(): the release already happened (or the lease runs out).
       return;
     }
-    if (!this.running && r.signal.signal.aborted && !r.abandon.signal.aborted) {
+    if (!this.running && r.aborted !== undefined && !r.abandon.aborted) {
       // The handler gave up because the worker is stopping: not a failure of the message.
       await this.giveBack([claim], false);
       return;
@@ -449,14 +492,14 @@ export class BusWorker<Tx = Connection> implements Worker {
     const every = Math.max(1, Math.floor(this.lease / 3));
     let busy = false;
     const timer = setInterval(() => {
-      if (busy || r.abandon.signal.aborted) return;
+      if (busy || r.abandon.aborted) return;
       busy = true;
       this.store
         .extend(r.claim, this.lease)
         .catch((e) => {
           if (e instanceof StaleClaimError) {
             const reason = new AbortReason('the lease was lost: another worker may be handling this message now');
-            r.signal.abort(reason);
+            abortHandler(r, reason);
             r.abandon.abort(reason);
           }
           // other errors (busy for too long): the next tick tries again
@@ -483,9 +526,9 @@ export class BusWorker<Tx = Connection> implements Worker {
     }
     this.running = false;
     this.wake();
-    this.stopCalled();
+    this.freeSlot(); // a loop waiting for a free slot wakes up
     const stopping = new AbortReason('the worker is stopping');
-    for (const r of this.inflight.values()) r.signal.abort(stopping);
+    for (const r of this.inflight.values()) abortHandler(r, stopping);
     this.stopping ??= this.finishStop(timeout);
     return this.stopping;
   }
