@@ -23,7 +23,7 @@ export const workload =
   'subscribed to the event (pg-boss `subscribe` + `publish`, one fetch-1/complete loop each) have handled all of them; ' +
   'figure: deliveries/s = 3N / time. *handler inserts a row*: as consume, with a handler that inserts one row into a table: ' +
   'PgBus through `context.client` (in the transaction that acknowledges: exactly once), pg-boss through a pool of the ' +
-  'application (its own commit, then the completion: at least once). *sequencer*: `bus.publish` outside a transaction inserts the event and then runs the ' +
+  'application (its own commit, then the completion: at least once), and PgBus the same way (the application\'s pool, at least once) for a like-for-like ratio. *sequencer*: `bus.publish` outside a transaction inserts the event and then runs the ' +
   'sequencer (which numbers committed events in commit order under a transaction-scoped advisory lock); the same publish ' +
   'through a client in autocommit skips the sequencer (the next claim or publish numbers it): the difference is its cost, ' +
   'with 1 publisher and with 8 concurrent ones. The server: the local PostgreSQL, default settings (fsync and ' +
@@ -161,6 +161,27 @@ export async function run({ quick, log }) {
       verify(`PgBus effects x${workers}`, Number((await admin.query(`SELECT count(*) AS n FROM "${schema}".effects`)).rows[0].n), n);
       return r;
     });
+  // The same work as pg-boss's row below: the handler writes through the application's own pool
+  // (its own commit, then the acknowledgement: at least once), for a like-for-like ratio.
+  const busEffectAtLeastOnce = (workers) =>
+    withBus(async (bus, schema) => {
+      await inOneTx(bus, async (c) => {
+        await c.query(`CREATE TABLE "${schema}".effects (id text PRIMARY KEY)`);
+        for (let i = 0; i < n; i++) await bus.send('bench.job', { i }, { client: c });
+      });
+      const app = new pg.Pool({ connectionString: PG_URL, max: workers });
+      try {
+        const t0 = performance.now();
+        const w = bus.listen({ 'bench.job': async (m) => void (await app.query(`INSERT INTO "${schema}".effects (id) VALUES ($1)`, [m.id])) }, { concurrency: workers });
+        await w.drain();
+        const r = rate(n, t0);
+        await w.stop();
+        verify(`PgBus at-least-once effects x${workers}`, Number((await admin.query(`SELECT count(*) AS n FROM "${schema}".effects`)).rows[0].n), n);
+        return r;
+      } finally {
+        await app.end();
+      }
+    });
   const busFanout = () =>
     withBus(async (bus) => {
       await inOneTx(bus, async (c) => {
@@ -288,6 +309,7 @@ export async function run({ quick, log }) {
     cases.push({ id: `consume${w}:boss`, group, peer: `pg-boss ${versions['pg-boss']}`, run: () => bossConsume(w) });
   }
   cases.push({ id: `effect${EFFECT_WORKERS}:pg`, group: `claim + handle + ack, ${EFFECT_WORKERS} workers, handler inserts a row`, peer: 'PgBus (through context.client: exactly once)', run: () => busEffect(EFFECT_WORKERS) });
+  cases.push({ id: `effect${EFFECT_WORKERS}:pg1`, group: `claim + handle + ack, ${EFFECT_WORKERS} workers, handler inserts a row`, peer: "PgBus (through the application's pool: at least once, as pg-boss)", run: () => busEffectAtLeastOnce(EFFECT_WORKERS) });
   cases.push({ id: `effect${EFFECT_WORKERS}:boss`, group: `claim + handle + ack, ${EFFECT_WORKERS} workers, handler inserts a row`, peer: `pg-boss ${versions['pg-boss']} (through the application's pool: at least once)`, run: () => bossEffect(EFFECT_WORKERS) });
   cases.push({ id: 'fanout:pg', group: 'fan-out to 3 groups (deliveries/s)', peer: 'PgBus', run: busFanout });
   cases.push({ id: 'fanout:boss', group: 'fan-out to 3 groups (deliveries/s)', peer: `pg-boss ${versions['pg-boss']} (3 subscribed queues)`, run: bossFanout });
@@ -309,6 +331,7 @@ export async function run({ quick, log }) {
     { label: 'PgBus / pg-boss, send', num: 'send:pg', den: 'send:boss', target: 1 },
     ...WORKERS.map((w) => ({ label: `PgBus / pg-boss, consume x${w}`, num: `consume${w}:pg`, den: `consume${w}:boss`, target: 1 })),
     { label: `PgBus / pg-boss, consume x${EFFECT_WORKERS}, handler inserts a row`, num: `effect${EFFECT_WORKERS}:pg`, den: `effect${EFFECT_WORKERS}:boss`, target: 1 },
+    { label: `PgBus / pg-boss, consume x${EFFECT_WORKERS}, handler inserts a row, both at least once`, num: `effect${EFFECT_WORKERS}:pg1`, den: `effect${EFFECT_WORKERS}:boss`, target: 1 },
     { label: 'PgBus / pg-boss, fan-out to 3 groups', num: 'fanout:pg', den: 'fanout:boss', target: 1 },
     { label: 'publish with the sequencer / without, 1 publisher', num: 'publish1:seq', den: 'publish1:noseq' },
     { label: `publish with the sequencer / without, ${PUBLISHERS} publishers`, num: `publish${PUBLISHERS}:seq`, den: `publish${PUBLISHERS}:noseq` },
