@@ -44,6 +44,7 @@ import {
   type DeadRow,
   encodeHeaders,
   encodePayload,
+  Coalesced,
   makeDelivery,
   notify,
   startWorker,
@@ -172,7 +173,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   /** Prefix of this bus's prepared statement names (unique per schema, as clients may be shared). */
   private readonly stmt: string;
   private readonly workers = new Set<Worker>();
-  private readonly advancing = new Map<string, Promise<void>>();
+  private readonly advancing = new Coalesced<string>();
   /** Acknowledgements waiting for the statement in flight (see {@link PgBus.ack}). */
   private readonly acks: { claim: Claim; resolve: () => void; reject: (e: unknown) => void }[] = [];
   private flushingAcks = false;
@@ -579,15 +580,9 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
    * @internal
    */
   advance(group: string): Promise<void> {
-    const running = this.advancing.get(group);
-    if (running) return running;
-    const p = (async () => {
-      await Promise.resolve();
-      this.advancing.delete(group);
-      await this.pool.query({ name: `${this.stmt}_advance`, text: `SELECT ${this.S}.advance_group($1)`, values: [group] });
-    })();
-    this.advancing.set(group, p);
-    return p;
+    return this.advancing.run(group, () =>
+      this.pool.query({ name: `${this.stmt}_advance`, text: `SELECT ${this.S}.advance_group($1)`, values: [group] }),
+    );
   }
 
   /**
@@ -1209,7 +1204,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     if (this.retentionTimer) clearInterval(this.retentionTimer);
     if (this.schedulerTimer) clearInterval(this.schedulerTimer);
     await Promise.all([...this.workers].map((w) => w.stop(options)));
-    await Promise.all([...this.advancing.values()].map((p) => p.catch(() => {})));
+    await this.advancing.settled();
     this.closed = true;
     await this.listener.end().catch(() => {});
     await this.pool.end().catch(() => {});

@@ -76,6 +76,7 @@ export { validateId, validateHeaders, validateContentType, validateMs, validateP
 export { notify } from './notify.js';
 export { makeDelivery, type TransportDelivery } from './delivery.js';
 export { groupSource, ADVANCE_EVERY, type GroupSourceParts } from './group-source.js';
+export { Coalesced } from './coalesce.js';
 export {
   checkMessage,
   checkEventOptions,

@@ -12,6 +12,7 @@ import { afterTransaction, notify } from '../notify.js';
 import type { Claim, Source, TransactResult } from '../store.js';
 import { checkLogger, BusWorker } from '../worker.js';
 import { makeDelivery } from '../delivery.js';
+import { Coalesced } from '../coalesce.js';
 import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandNames, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
 import { claimCommandRows, claimEventRows, inImmediate, inSavepoint, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
@@ -127,7 +128,7 @@ export class SqliteBus implements Bus {
   private readonly idle: Connection[] = [];
   private readonly busy = new Set<Connection>();
   private readonly workers = new Set<BusWorker>();
-  private readonly advancing = new Map<string, Promise<void>>();
+  private readonly advancing = new Coalesced<string>();
   private sequencing: Promise<void> | undefined;
   /** The bus's own writes of this turn, committed together (see batch.ts). */
   private readonly batch = new WriteBatch((fn) => this.immediate(fn));
@@ -511,21 +512,15 @@ export class SqliteBus implements Bus {
 
   /** Moves a group's offset past settled events, coalescing concurrent requests. @internal */
   advance(group: string): Promise<void> {
-    const running = this.advancing.get(group);
-    if (running) return running;
-    const p = (async () => {
-      await Promise.resolve();
-      this.advancing.delete(group);
-      await this.db((h) =>
+    return this.advancing.run(group, () =>
+      this.db((h) =>
         inImmediate(h, () => {
           h.run(this.plans.advanceGroup, { grp: group });
           h.run(this.plans.liftHighWater, { grp: group });
           h.run(this.plans.compactGroup, { grp: group });
         }),
-      );
-    })();
-    this.advancing.set(group, p);
-    return p;
+      ),
+    );
   }
 
   // ------------------------------------------------------------------ settlement
@@ -1060,7 +1055,7 @@ export class SqliteBus implements Bus {
     if (this.retentionTimer) clearInterval(this.retentionTimer);
     if (this.schedulerTimer) clearInterval(this.schedulerTimer);
     await Promise.all([...this.workers].map((w) => w.stop(options)));
-    await Promise.all([...this.advancing.values()].map((p) => p.catch(() => {})));
+    await this.advancing.settled();
     this.closed = true;
     for (const h of this.idle.splice(0)) h.close();
     for (const h of this.busy) h.close();
