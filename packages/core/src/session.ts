@@ -16,6 +16,7 @@ import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } fro
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { digestPolicy } from './engine/row-digest.js';
+import { addWrittenRowids } from './engine/rowid-span.js';
 import { heldAgainst } from './concurrent/hold.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
@@ -383,7 +384,7 @@ export class Session {
 
   private endConcurrent(tx: ConcurrentTransaction, committed: boolean): void {
     if (this.engine.active === tx) this.engine.active = null;
-    if (committed && tx.writes.size > 0) this.engine.noteChanged(tx.writes);
+    if (committed && tx.writes.size > 0) this.engine.noteChanged(tx.writes, tx.writtenRowids());
     tx.end();
     this.tx = null;
   }
@@ -538,7 +539,7 @@ export class Session {
       if (c.cls.type === 'ddl' || c.cls.type === 'setting') engine.schemaChanged();
       else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
         const fp = engine.footprints.of(c.sql);
-        if (!fp.readonly) engine.noteChanged(fp.writes);
+        if (!fp.readonly) engine.noteChanged(fp.writes, writtenRowids(fp, params));
       }
     }
   }
@@ -752,6 +753,14 @@ export class Session {
       this.engine.release();
     }
   }
+}
+
+/** The rowids an autocommit write changed, per table where its bytecode proves them. */
+function writtenRowids(fp: Footprint, params: BindParams | undefined): Map<string, number[]> | undefined {
+  if (fp.rowids?.writes === undefined) return undefined;
+  const into = new Map<string, number[]>();
+  addWrittenRowids(fp.writes, fp.rowids, params, into, new Set());
+  return into;
 }
 
 /** The logged outcome of a read kept as a digest. */

@@ -20,6 +20,7 @@ import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engine/execute.js';
 import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 import { DIGEST_BLOCK_ROWS, type RowDigest } from '../engine/row-digest.js';
+import { addWrittenRowids, spanRange } from '../engine/rowid-span.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
 export interface LogEntry {
@@ -160,6 +161,21 @@ export class ConcurrentTransaction implements OpenTransaction {
     return out;
   }
 
+  /**
+   * For the tables this transaction wrote, the rowids of the only rows it changed, where every
+   * write to the table proves them (engine/rowid-span.ts); other tables are left out (any row).
+   */
+  writtenRowids(): Map<string, number[]> {
+    const into = new Map<string, number[]>();
+    const unknown = new Set<string>();
+    for (const e of this.log) {
+      if (e.control || e.footprint.readonly) continue;
+      // An insert replayed with an explicit rowid runs other SQL: its rows are not proven.
+      addWrittenRowids(e.footprint.writes, e.rowid ? undefined : e.footprint.rowids, e.params, into, unknown);
+    }
+    return into;
+  }
+
   /** Releases the transaction's rowid reservations and its place in the engine's counters. */
   end(): void {
     for (const [table, rowid] of this.reserved) this.engine.unreserve(table, rowid, this);
@@ -183,7 +199,8 @@ export class ConcurrentTransaction implements OpenTransaction {
     }
     const fp = entry.footprint;
     const inputsChanged =
-      engine.changedSince(fp.reads, this.validatedSeq) || (rederived !== undefined && intersects(fp.reads, rederived));
+      (fp.readonly ? this.readChanged(entry) : engine.changedSince(fp.reads, this.validatedSeq)) ||
+      (rederived !== undefined && intersects(fp.reads, rederived));
     if (fp.readonly) {
       if (!inputsChanged) return;
     } else {
@@ -228,6 +245,24 @@ export class ConcurrentTransaction implements OpenTransaction {
     const before = entry.outcome as Outcome;
     const diff = describeDifference(before, outcome as Outcome);
     if (diff) throw this.conflict(entry, diff);
+  }
+
+  /**
+   * Whether a commit since the last validation may have changed what a logged read saw: a row of
+   * a table it read, or, where its bytecode proves the read sees only a rowid span of a table
+   * (engine/rowid-span.ts), a row in that span.
+   */
+  private readChanged(entry: LogEntry): boolean {
+    const engine = this.engine;
+    const fp = entry.footprint;
+    if (!engine.changedSince(fp.reads, this.validatedSeq)) return false;
+    const spans = fp.rowids?.reads;
+    if (spans === undefined) return true;
+    for (const t of fp.reads) {
+      const span = spans.get(t);
+      if (engine.rowsChangedSince(t, this.validatedSeq, span && spanRange(span, entry.params))) return true;
+    }
+    return false;
   }
 
   private conflict(entry: LogEntry, what: string): SqliteError {

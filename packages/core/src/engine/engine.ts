@@ -14,6 +14,8 @@ import { settleCursor } from './cursor.js';
 import { engineLastInsertRowid, PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer, intersects, type Footprint } from './footprint.js';
 import { StatementCache } from './statement-cache.js';
+import { WrittenRowids } from './written-rowids.js';
+import type { RowidRange } from './rowid-span.js';
 
 /** What every open transaction tells the engine. */
 export interface OpenTransaction {
@@ -146,6 +148,7 @@ export class Engine {
   private refs = 0;
   private readonly tableSeq = new Map<string, number>();
   private allSeq = 0;
+  private readonly written = new WrittenRowids();
   private readonly internal = new StatementCache(INTERNAL_STATEMENTS);
   private readonly rowidPlans = new Map<string, RowidPlan | null>();
   private readonly reservations = new Map<string, TableReservations>();
@@ -302,14 +305,33 @@ export class Engine {
     return this.db.inTransaction;
   }
 
-  /** Records that a commit (or autocommit statement) changed these tables. */
-  noteChanged(tables: Iterable<string>): void {
+  /**
+   * Records that a commit (or autocommit statement) changed these tables; `rowids`, when given,
+   * has for some of them the only rowids it wrote (see engine/written-rowids.ts).
+   */
+  noteChanged(tables: Iterable<string>, rowids?: ReadonlyMap<string, readonly number[]>): void {
     if (this.concurrentOpen === 0) return;
     const seq = ++this.commitSeq;
     for (const t of tables) {
-      if (t === ALL_TABLES) this.allSeq = seq;
-      else this.tableSeq.set(t, seq);
+      if (t === ALL_TABLES) {
+        this.allSeq = seq;
+        continue;
+      }
+      this.tableSeq.set(t, seq);
+      const ids = rowids?.get(t);
+      if (ids === undefined) this.written.unknown(t, seq);
+      else this.written.wrote(t, seq, ids);
     }
+  }
+
+  /**
+   * Whether a commit after commit number `seq` may have changed a row of `table` whose rowid is
+   * in `range` (or, without a range, any row of it).
+   */
+  rowsChangedSince(table: string, seq: number, range: RowidRange | undefined): boolean {
+    if (this.allSeq > seq) return true;
+    if ((this.tableSeq.get(table) ?? 0) <= seq) return false;
+    return range === undefined || this.written.touched(table, seq, range);
   }
 
   /** Whether any of `tables` may have changed after commit number `seq`. */
@@ -337,6 +359,7 @@ export class Engine {
   /** Called when the count of open concurrent transactions drops to zero. */
   forgetCounters(): void {
     this.tableSeq.clear();
+    this.written.clear();
     this.allSeq = 0;
     this.commitSeq = 0;
   }

@@ -8,6 +8,7 @@
 import { fromEngineError } from '../errors.js';
 import { finalizeStatement, type WasmDatabase } from '../file/load.js';
 import { classify, tokenize } from '../sql/lexer.js';
+import { analyzeRowids, type ExplainRow, type RootInfo, type RowidAccess } from './rowid-span.js';
 
 /** Tables are named `schema.table`; this one name stands for "every table". */
 export const ALL_TABLES = '*';
@@ -33,6 +34,11 @@ export interface Footprint {
   readonly lastInsertRowid?: boolean;
   /** True when the statement may run trigger or foreign-key-action programs (`OP_Program`). */
   readonly subPrograms?: boolean;
+  /**
+   * Which rows (by rowid) of which tables the statement can see or change, where its bytecode
+   * proves it (engine/rowid-span.ts); tables not listed: any row.
+   */
+  readonly rowids?: RowidAccess;
 }
 
 const EMPTY: ReadonlySet<string> = new Set();
@@ -72,7 +78,7 @@ export function intersects(a: ReadonlySet<string>, b: ReadonlySet<string>): bool
 
 /** Computes footprints on one engine, caching the root-page map until the schema changes. */
 export class FootprintAnalyzer {
-  private roots: Map<string, string> | undefined; // "db:rootpage" -> "schema.table"
+  private roots: Map<string, RootInfo> | undefined; // "db:rootpage" -> table, and whether it is the table's own b-tree
   private readonly cache = new Map<string, Footprint>();
 
   constructor(private readonly db: WasmDatabase) {}
@@ -179,16 +185,26 @@ export class FootprintAnalyzer {
       if (opensDatabase && reads.size === 0) return { reads: EVERYTHING, writes: EMPTY, readonly, deterministic };
       return { reads, writes, readonly, deterministic };
     })();
-    return lastInsertRowid || subPrograms ? { ...fp, lastInsertRowid, subPrograms } : fp;
+    // Row-level facts, for statements whose tables are all known.
+    let rowids: RowidAccess | undefined;
+    if (fp !== UNKNOWN_FOOTPRINT && !fp.reads.has(ALL_TABLES) && !subPrograms) {
+      const only = fp.writes.size === 1 ? (fp.writes.values().next().value as string) : undefined;
+      rowids = analyzeRowids(rows as unknown as ExplainRow[], (db, page) => this.rootInfo(db, page), fp.readonly, fp.readonly ? undefined : only);
+    }
+    return lastInsertRowid || subPrograms || rowids ? { ...fp, lastInsertRowid, subPrograms, rowids } : fp;
   }
 
   private table(db: number, root: number): string {
-    this.roots ??= this.loadRoots();
-    return this.roots.get(`${db}:${root}`) ?? ALL_TABLES;
+    return this.rootInfo(db, root)?.table ?? ALL_TABLES;
   }
 
-  private loadRoots(): Map<string, string> {
-    const map = new Map<string, string>();
+  private rootInfo(db: number, root: number): RootInfo | undefined {
+    this.roots ??= this.loadRoots();
+    return this.roots.get(`${db}:${root}`);
+  }
+
+  private loadRoots(): Map<string, RootInfo> {
+    const map = new Map<string, RootInfo>();
     const dbs = this.db.prepare('PRAGMA database_list');
     let list: Record<string, unknown>[];
     try {
@@ -199,12 +215,17 @@ export class FootprintAnalyzer {
     for (const d of list) {
       const seq = d.seq as number;
       const name = d.name as string;
-      map.set(`${seq}:1`, `${name}.sqlite_schema`);
+      map.set(`${seq}:1`, { table: `${name}.sqlite_schema`, tableRoot: true });
       const q = this.db.prepare(
-        `SELECT rootpage, tbl_name FROM "${name.replace(/"/g, '""')}".sqlite_schema WHERE rootpage > 0`,
+        `SELECT rootpage, tbl_name, type FROM "${name.replace(/"/g, '""')}".sqlite_schema WHERE rootpage > 0`,
       );
       try {
-        for (const row of q.all()) map.set(`${seq}:${row.rootpage as number}`, `${name}.${(row.tbl_name as string).toLowerCase()}`);
+        for (const row of q.all()) {
+          map.set(`${seq}:${row.rootpage as number}`, {
+            table: `${name}.${(row.tbl_name as string).toLowerCase()}`,
+            tableRoot: row.type === 'table',
+          });
+        }
       } finally {
         finalizeStatement(q);
       }
