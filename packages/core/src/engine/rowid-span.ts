@@ -257,6 +257,27 @@ export function analyzeRowids(
 
   // A write: every cursor on the written table's b-tree is positioned only at constant keys.
   const keys: RowidKey[] = [];
+  const onTable = (cursor: number) => {
+    const c = cursorTable.get(cursor);
+    return c !== undefined && c.info.table === write && c.info.tableRoot;
+  };
+  /**
+   * Adds the keys a register used to position or insert may hold: each instruction writing it
+   * must load a constant or a parameter (a key), or put there NULL, the same value as an
+   * integer, or the rowid of a row of the table a cursor is at (one of the keys already, since
+   * every cursor on it is only ever positioned at keys). False when something else writes it.
+   */
+  const addKeys = (reg: number): boolean => {
+    for (const at of writers.get(reg) ?? []) {
+      const w = program[at] as ExplainRow;
+      if (w.opcode === 'Null' || w.opcode === 'SoftNull' || w.opcode === 'MustBeInt') continue;
+      if (w.opcode === 'Rowid' && onTable(w.p1)) continue;
+      const k = loadedKey(w);
+      if (k === undefined) return false;
+      keys.push(k);
+    }
+    return true;
+  };
   let tableCursor = false;
   for (const [cursor, { info, intKey }] of cursorTable) {
     if (info.table !== write) continue;
@@ -265,26 +286,9 @@ export function analyzeRowids(
     tableCursor = true;
     for (const r of uses(cursor)) {
       if (READING.has(r.opcode) || r.opcode === 'Delete') continue;
-      if (r.opcode === 'SeekRowid' || r.opcode === 'NotExists') {
-        const k = keyOf(r.p3);
-        if (k === undefined) return undefined;
-        keys.push(k);
-        continue;
-      }
-      if (r.opcode === 'Insert') {
-        // The row goes in at the key in P3: the cursor's current rowid (read by Rowid on a
-        // cursor of this table), or a constant or parameter.
-        for (const at of writers.get(r.p3) ?? []) {
-          const w = program[at] as ExplainRow;
-          if (w.opcode === 'Null' || w.opcode === 'SoftNull' || w.opcode === 'MustBeInt') continue;
-          if (w.opcode === 'Rowid' && cursorTable.get(w.p1)?.info.table === write && cursorTable.get(w.p1)?.info.tableRoot) continue;
-          const k = loadedKey(w);
-          if (k === undefined) return undefined;
-          keys.push(k);
-        }
-        continue;
-      }
-      return undefined; // Next, Rewind, ...: a scan
+      // SeekRowid and NotExists go to the row with the key in P3; Insert puts the row there.
+      if ((r.opcode === 'SeekRowid' || r.opcode === 'NotExists' || r.opcode === 'Insert') && addKeys(r.p3)) continue;
+      return undefined; // Next, Rewind, a computed key, ...
     }
   }
   if (!tableCursor || keys.length === 0) return undefined;

@@ -44,7 +44,14 @@ export type Op =
   | { t: 'wins'; k: number; v: number }
   | { t: 'lir' }
   | { t: 'lirins' }
-  | { t: 'bad'; kind: number };
+  | { t: 'bad'; kind: number }
+  | { t: 'span'; shape: number; b: number }
+  | { t: 'sbump'; k: number }
+  | { t: 'smove'; k: number; to: number }
+  | { t: 'sdel'; k: number }
+  | { t: 'sput'; k: number; u: number }
+  | { t: 'supsert'; k: number; u: number }
+  | { t: 'sreplace'; k: number; u: number };
 
 /** A program: one handle's work, as one concurrent transaction or as autocommit statements. */
 export interface Program {
@@ -58,6 +65,23 @@ const AUTOCOMMIT_ONLY = new Set<Op['t']>(['fk']);
 
 export const key = fc.integer({ min: 1, max: 8 });
 const small = fc.integer({ min: 1, max: 4 });
+/** Rowids of the `sp` table (rows 2, 4, ..., 10 at first) and a little beyond. */
+const spot = fc.integer({ min: 0, max: 12 });
+/**
+ * The reads of the `sp` family: rowid ranges up and down (each bound inclusive or not), a point,
+ * an aggregate, a filter, and a scan of the unique index (no rowid span).
+ */
+const SPAN_READS = [
+  'SELECT id, v, u FROM sp WHERE id > ?',
+  'SELECT id, v, u FROM sp WHERE id >= ?',
+  'SELECT id, v, u FROM sp WHERE id < ? ORDER BY id DESC',
+  'SELECT id, v, u FROM sp WHERE id <= ? ORDER BY id DESC',
+  'SELECT v, u FROM sp WHERE id = ?',
+  'SELECT count(*) AS n, total(v) AS s FROM sp WHERE id > ?',
+  'SELECT id, v FROM sp WHERE id > ? AND v > 4',
+  'SELECT id, v FROM sp WHERE u > ? ORDER BY u',
+];
+
 /** A generator per kind of operation. */
 const OPS: Record<Op['t'], fc.Arbitrary<Op>> = {
   get: fc.record({ t: fc.constant('get' as const), k: key, m: fc.boolean() }),
@@ -89,6 +113,13 @@ const OPS: Record<Op['t'], fc.Arbitrary<Op>> = {
   lir: fc.record({ t: fc.constant('lir' as const) }),
   lirins: fc.record({ t: fc.constant('lirins' as const) }),
   bad: fc.record({ t: fc.constant('bad' as const), kind: fc.integer({ min: 0, max: 3 }) }),
+  span: fc.record({ t: fc.constant('span' as const), shape: fc.integer({ min: 0, max: SPAN_READS.length - 1 }), b: spot }),
+  sbump: fc.record({ t: fc.constant('sbump' as const), k: spot }),
+  smove: fc.record({ t: fc.constant('smove' as const), k: spot, to: spot }),
+  sdel: fc.record({ t: fc.constant('sdel' as const), k: spot }),
+  sput: fc.record({ t: fc.constant('sput' as const), k: spot, u: spot }),
+  supsert: fc.record({ t: fc.constant('supsert' as const), k: spot, u: spot }),
+  sreplace: fc.record({ t: fc.constant('sreplace' as const), k: spot, u: spot }),
 };
 const KINDS = Object.keys(OPS) as Op['t'][];
 
@@ -104,6 +135,10 @@ const FAMILIES: Op['t'][][] = [
   ['ains', 'adel', 'lir', 'lirins'],
   ['wput', 'wins', 'wget', 'ins', 'lir', 'lirins'],
   ['bad', 'put', 'get'],
+  // Rowid-span reads (engine/rowid-span.ts) with writes inside and outside their ranges: by
+  // rowid, moving rowids, through the unique index (upsert, REPLACE).
+  ['span', 'sbump', 'smove', 'sdel', 'sput', 'supsert', 'sreplace'],
+  ['span', 'sbump', 'sdel'],
 ];
 
 /** Programs whose operations come from `kinds`. */
@@ -157,9 +192,11 @@ export const SCHEMA = `
   INSERT INTO child VALUES (1, 1), (2, 1), (3, 2);
   CREATE TABLE alog (id INTEGER PRIMARY KEY AUTOINCREMENT, v);
   CREATE TABLE wr (k TEXT PRIMARY KEY, v INT) WITHOUT ROWID;
+  CREATE TABLE sp (id INTEGER PRIMARY KEY, v INT NOT NULL, u INT UNIQUE);
+  INSERT INTO sp VALUES (2, 2, 2), (4, 4, 4), (6, 6, 6), (8, 8, 8), (10, 10, 10);
 `;
 
-const TABLES = ['kv', 'log', 'cfg', 'audit', 'rnd', 'parent', 'child', 'alog', 'wr'];
+const TABLES = ['kv', 'log', 'cfg', 'audit', 'rnd', 'parent', 'child', 'alog', 'wr', 'sp'];
 
 /** What a handle was told last, to check the connection-state SQL functions against. */
 interface Told {
@@ -309,6 +346,20 @@ export function apply(h: Connection, o: Op, told: Told, serial: boolean): unknow
       told.rowid = before;
       return n;
     }
+    case 'span':
+      return h.all(SPAN_READS[o.shape] as string, [o.b]);
+    case 'sbump':
+      return write(h, told, 'UPDATE sp SET v = v + 1 WHERE id = ?', [o.k]);
+    case 'smove':
+      return write(h, told, 'UPDATE sp SET id = ? WHERE id = ?', [o.to, o.k]);
+    case 'sdel':
+      return write(h, told, 'DELETE FROM sp WHERE id = ?', [o.k]);
+    case 'sput':
+      return write(h, told, 'INSERT INTO sp (id, v, u) VALUES (?, ?, ?)', [o.k, o.k, o.u]);
+    case 'supsert':
+      return write(h, told, 'INSERT INTO sp (id, v, u) VALUES (?, 0, ?) ON CONFLICT (u) DO UPDATE SET v = v + 1', [o.k, o.u]);
+    case 'sreplace':
+      return write(h, told, 'REPLACE INTO sp (id, v, u) VALUES (?, 50, ?)', [o.k, o.u]);
     case 'bad': {
       const bad: Array<() => unknown> = [
         () => h.run('INSERT INTO log (v) VALUES (?)', [2n ** 64n + 5n]),
