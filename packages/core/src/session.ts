@@ -36,6 +36,7 @@ export class PessimisticTransaction implements OpenTransaction {
 
 export type { CompiledSql };
 
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 const NO_ROWS: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
 
 export class Session {
@@ -672,9 +673,11 @@ export class Session {
         if (striped || engine.hasForeignReservations(plan.table, owner)) {
           // Checked against the application's SQL: the rewrite adds a parameter of its own.
           (c.prepared as PreparedSql).checkParams(params);
-          // The rowid first: its queries use the engine's statement cache too.
-          const rowid = engine.freeRowid(plan);
-          const stmt = engine.statement(plan.sql);
+          // Striped: the rowid first (its queries use the engine's statement cache too); otherwise
+          // the statement itself takes the first rowid above the table's and the reservations'.
+          const high = engine.reservedHigh(plan.table);
+          const rowid = striped ? engine.freeRowid(plan) : high <= MAX_SAFE ? Number(high) : high;
+          const stmt = engine.statement(striped ? plan.sql : plan.floorSql);
           this.primeLastInsertRowid(c);
           return stmt.execute(engine.db, withRowid(stmt, params, rowid), want, this.format);
         }

@@ -65,6 +65,13 @@ export interface RowidPlan {
   readonly table: string;
   /** The INSERT with `rowid` added to its columns and `:__siblite_rowid` to its values. */
   readonly sql: string;
+  /**
+   * The INSERT with `rowid` added to its columns, and as its value one above the largest rowid
+   * of the table, above `sqlite_sequence` for AUTOINCREMENT, and above `:__siblite_rowid` (the
+   * reservations' high-water mark): the rowid of {@link Engine.freeRowid} chosen by the
+   * statement itself, without a query of its own.
+   */
+  readonly floorSql: string;
   /** The table is AUTOINCREMENT: a rowid must also be above `sqlite_sequence`. */
   readonly autoincrement: boolean;
 }
@@ -153,6 +160,8 @@ export class Engine {
   private readonly rowidPlans = new Map<string, RowidPlan | null>();
   private readonly reservations = new Map<string, TableReservations>();
   private readonly insertTables = new Map<string, InsertTable | null>();
+  /** The query of {@link Engine.usedRowid} per table (built once). */
+  private readonly usedRowidSql = new Map<string, string>();
   /** Tables whose chosen rowids are striped: this process lost a rowid to another commit there. */
   private readonly stripedTables = new Set<string>();
   /** This process's stripe: processes started together get distinct pids, so distinct slots. */
@@ -352,6 +361,7 @@ export class Engine {
     this.footprints.invalidate();
     this.rowidPlans.clear();
     this.insertTables.clear();
+    this.usedRowidSql.clear();
     this.schemaEpoch++;
     this.noteChanged([ALL_TABLES]);
   }
@@ -419,11 +429,16 @@ export class Engine {
     const names = new Set(info.map((c) => c.name.toLowerCase()));
     if (names.has('rowid')) return null;
     if (ins.columns.some((c) => c === 'rowid' || c === '_rowid_' || c === 'oid' || c === ipk)) return null;
-    const rewritten = ins.defaults
-      ? sql.slice(0, ins.defaults.start) + `(rowid) VALUES (${ROWID_PARAM})` + sql.slice(ins.defaults.end)
-      : sql.slice(0, ins.columnsClose) + ', rowid' + sql.slice(ins.columnsClose, ins.valuesClose) +
-        `, ${ROWID_PARAM}` + sql.slice(ins.valuesClose);
-    return { table: target.key, sql: rewritten, autoincrement: target.autoincrement };
+    const withValue = (value: string) =>
+      ins.defaults
+        ? sql.slice(0, ins.defaults.start) + `(rowid) VALUES (${value})` + sql.slice(ins.defaults.end)
+        : sql.slice(0, ins.columnsClose) + ', rowid' + sql.slice(ins.columnsClose, ins.valuesClose) + `, ${value}` + sql.slice(ins.valuesClose);
+    const [s, n] = [sqlIdent(schema), sqlIdent(ins.table)];
+    const sequence = target.autoincrement
+      ? `, coalesce((SELECT max(seq) FROM ${s}.sqlite_sequence WHERE name = ${sqlString(ins.table)} COLLATE NOCASE), 0)`
+      : '';
+    const floor = `(SELECT max(${ROWID_PARAM}, coalesce((SELECT max(rowid) FROM ${s}.${n}), 0)${sequence}) + 1)`;
+    return { table: target.key, sql: withValue(ROWID_PARAM), floorSql: withValue(floor), autoincrement: target.autoincrement };
   }
 
   /** The rowid table `sql` inserts into, or null (not an INSERT, a view, WITHOUT ROWID, ...). */
@@ -458,16 +473,17 @@ export class Engine {
    */
   usedRowid(table: InsertTable | RowidPlan): bigint {
     const key = 'key' in table ? table.key : table.table;
-    const [schema, name] = splitTable(key);
-    const row = this.statement(`SELECT max(rowid) AS m FROM ${sqlIdent(schema)}.${sqlIdent(name)}`)
-      .execute(this.db, undefined, 'get').rows?.[0];
-    let max = BigInt((row?.m as number | bigint | null) ?? 0);
-    if (table.autoincrement) {
-      const seq = this.statement(`SELECT seq FROM ${sqlIdent(schema)}.sqlite_sequence WHERE name = ? COLLATE NOCASE`)
-        .execute(this.db, [name], 'get').rows?.[0]?.seq as number | bigint | undefined;
-      if (seq !== undefined && BigInt(seq) > max) max = BigInt(seq);
+    let sql = this.usedRowidSql.get(key);
+    if (sql === undefined) {
+      const [schema, name] = splitTable(key);
+      const max = `SELECT max(rowid) FROM ${sqlIdent(schema)}.${sqlIdent(name)}`;
+      sql = table.autoincrement
+        ? `SELECT max(coalesce((${max}), 0), coalesce((SELECT max(seq) FROM ${sqlIdent(schema)}.sqlite_sequence WHERE name = ${sqlString(name)} COLLATE NOCASE), 0))`
+        : max;
+      if (this.usedRowidSql.size > 2000) this.usedRowidSql.clear();
+      this.usedRowidSql.set(key, sql);
     }
-    return max;
+    return this.statement(sql).integer() ?? 0n;
   }
 
   /** Raises `sqlite_sequence` of an AUTOINCREMENT table to at least `to`. */

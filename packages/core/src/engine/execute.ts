@@ -51,6 +51,7 @@ export interface Outcome {
 
 interface LowLevel {
   _sqlite3_reset(ptr: number): number;
+  _sqlite3_column_int64(ptr: number, i: number): bigint;
   _sqlite3_column_type(ptr: number, i: number): number;
   _sqlite3_changes(db: number): number;
   _sqlite3_last_insert_rowid(db: number): bigint;
@@ -82,6 +83,7 @@ interface RowHelpers {
   _getRow(columns: string[], expand: boolean): Record<string, unknown>;
 }
 const SQLITE_INTEGER = 1;
+const SQLITE_NULL = 5;
 
 /** A prepared engine statement with what siblite knows about it. */
 export class PreparedSql {
@@ -89,6 +91,8 @@ export class PreparedSql {
   /** An upsert (`ON CONFLICT ... DO UPDATE`) may change rows without inserting any. */
   private readonly upsert: boolean;
   private readonly named = new Map<string, number>();
+  /** Parameter indexes by their full name (see {@link PreparedSql.parameterIndex}). */
+  private readonly indexes = new Map<string, number>();
   /**
    * For an INSERT: whether it writes a rowid table (false for WITHOUT ROWID, views, virtual
    * tables: SQLite then leaves its connection-wide last rowid, another handle's, alone).
@@ -215,6 +219,27 @@ export class PreparedSql {
       throw fromEngineError(e);
     } finally {
       lowLevel()._sqlite3_reset(ptr);
+    }
+  }
+
+  /**
+   * The first column of the first row as a 64-bit integer, or null when there is no row or the
+   * value is NULL: for the engine's own bookkeeping queries, without building row objects.
+   */
+  integer(params?: BindParams): bigint | null {
+    settleCursor();
+    const values = params === undefined ? undefined : this.normalize(params);
+    const st = this.stmt as unknown as RowHelpers;
+    const ll = lowLevel();
+    const ptr = ptrOf(this.stmt);
+    try {
+      if (values !== undefined) st._bind(values);
+      if (!st._step() || ll._sqlite3_column_type(ptr, 0) === SQLITE_NULL) return null;
+      return ll._sqlite3_column_int64(ptr, 0);
+    } catch (e) {
+      throw fromEngineError(e);
+    } finally {
+      ll._sqlite3_reset(ptr);
     }
   }
 
@@ -346,13 +371,18 @@ export class PreparedSql {
     throw sqliteError(`Unknown named parameter "${key}" in: ${this.sql}`, 'SQLITE_RANGE');
   }
 
-  /** The 1-based index of a named parameter, 0 when absent. */
+  /** The 1-based index of a named parameter, 0 when absent (looked up once per name). */
   parameterIndex(name: string): number {
-    bindIndex ??= lowLevel().cwrap('sqlite3_bind_parameter_index', 'number', ['number', 'string']) as (
-      ptr: number,
-      name: string,
-    ) => number;
-    return bindIndex(ptrOf(this.stmt), name);
+    let index = this.indexes.get(name);
+    if (index === undefined) {
+      bindIndex ??= lowLevel().cwrap('sqlite3_bind_parameter_index', 'number', ['number', 'string']) as (
+        ptr: number,
+        name: string,
+      ) => number;
+      index = bindIndex(ptrOf(this.stmt), name);
+      this.indexes.set(name, index);
+    }
+    return index;
   }
 
   finalize(): void {
