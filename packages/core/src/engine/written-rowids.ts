@@ -37,6 +37,10 @@ export class WrittenRowids {
 
   /** Commit `seq` changed only rows of `table` with these rowids. */
   wrote(table: string, seq: number, rowids: readonly number[]): void {
+    if (rowids.length === 0) {
+      this.unknown(table, seq); // a table changed by no known row: nothing to bound it by
+      return;
+    }
     const t = this.log(table);
     const r = t.ranges;
     for (const id of rowids) r.push(seq, id, id);
