@@ -185,9 +185,11 @@ export class FootprintAnalyzer {
       if (opensDatabase && reads.size === 0) return { reads: EVERYTHING, writes: EMPTY, readonly, deterministic };
       return { reads, writes, readonly, deterministic };
     })();
-    // Row-level facts, for statements whose tables are all known.
+    // Row-level facts, for statements whose tables are all known. A read that calls a function
+    // that may answer differently is re-run whenever its tables changed, as before (its answer
+    // may change without any row changing).
     let rowids: RowidAccess | undefined;
-    if (fp !== UNKNOWN_FOOTPRINT && !fp.reads.has(ALL_TABLES) && !subPrograms) {
+    if (fp !== UNKNOWN_FOOTPRINT && !fp.reads.has(ALL_TABLES) && !subPrograms && (!fp.readonly || fp.deterministic)) {
       const only = fp.writes.size === 1 ? (fp.writes.values().next().value as string) : undefined;
       rowids = analyzeRowids(rows as unknown as ExplainRow[], (db, page) => this.rootInfo(db, page), fp.readonly, fp.readonly ? undefined : only);
     }

@@ -21,6 +21,9 @@
  *   that moves a row to a rowid given as a parameter are such statements; `REPLACE` or an upsert
  *   that may delete or update a row found through an index are not.
  *
+ * (The footprint analyzer asks for read spans only of reads that call no function that may
+ * answer differently: such a read is re-checked whenever its tables changed.)
+ *
  * Every instruction of the program must be one this module knows (which registers it writes,
  * which operand is a cursor); a program with any other instruction proves nothing.
  * @module
