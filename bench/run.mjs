@@ -161,6 +161,7 @@ for (const f of files) {
     rounds: r.rounds,
     figures,
     ratios,
+    curves: r.curves ?? [],
     notes: r.notes ?? [],
     checks,
     durationMs,

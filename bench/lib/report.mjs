@@ -51,8 +51,9 @@ export function renderChart(suite) {
   const barW = 380;
   const barH = 18;
   const gap = 6;
-  const groups = groupsOf(suite.figures);
-  const peers = [...new Set(suite.figures.map((f) => f.peer))];
+  const flat = flatFigures(suite);
+  const groups = groupsOf(flat);
+  const peers = [...new Set(flat.map((f) => f.peer))];
   const colour = (peer) => PALETTE[peers.indexOf(peer) % PALETTE.length];
   let y = 0;
   const parts = [];
@@ -95,6 +96,125 @@ export function renderChart(suite) {
     `</svg>`,
     '',
   ].join('\n');
+}
+
+/** An x value of a curve: a count as written (1,024), else as is. */
+const fmtX = (x) => (Number.isInteger(x) ? x.toLocaleString('en-US') : String(x));
+
+/** The figures of a suite shown as bars and in its flat table (those not on a curve). */
+const flatFigures = (suite) => suite.figures.filter((f) => !f.curve);
+
+/** The points of one curve of a suite: Map<peer, [{ x, median, min, max }]> sorted by x. */
+function curveSeries(suite, curveId) {
+  const series = new Map();
+  for (const f of suite.figures) {
+    if (f.curve?.id !== curveId) continue;
+    if (!series.has(f.peer)) series.set(f.peer, []);
+    series.get(f.peer).push({ x: f.curve.x, median: f.median, min: f.min, max: f.max });
+  }
+  for (const points of series.values()) points.sort((a, b) => a.x - b.x);
+  return series;
+}
+
+/**
+ * A line chart of one curve: x (log scale when the points span 10x or more), y from zero, or
+ * on a log scale when the medians span more than 20x; one line per peer, a dot per median and
+ * a whisker for min..max.
+ */
+export function renderCurveChart(suite, curve) {
+  const W = 760;
+  const H = 380;
+  const left = 70;
+  const right = 200;
+  const top = 56;
+  const bottom = 50;
+  const series = curveSeries(suite, curve.id);
+  const peers = [...series.keys()];
+  const points = [...series.values()].flat().filter((p) => Number.isFinite(p.median));
+  const xs = [...new Set(points.map((p) => p.x))].sort((a, b) => a - b);
+  const ys = points.flatMap((p) => [p.median, p.min, p.max]).filter((v) => Number.isFinite(v) && v > 0);
+  const logX = xs.length > 1 && xs[0] > 0 && xs[xs.length - 1] / xs[0] >= 10;
+  const yMin = Math.min(...ys);
+  const yMax = Math.max(...ys, 1e-9);
+  const logY = yMin > 0 && yMax / yMin > 20;
+  const plotW = W - left - right;
+  const plotH = H - top - bottom;
+  const fx = (x) => {
+    if (xs.length < 2) return left + plotW / 2;
+    const [a, b, v] = logX ? [Math.log(xs[0]), Math.log(xs[xs.length - 1]), Math.log(x)] : [xs[0], xs[xs.length - 1], x];
+    return left + ((v - a) / (b - a)) * plotW;
+  };
+  const lo = logY ? Math.log10(yMin) : 0;
+  const hi = logY ? Math.log10(yMax) : yMax;
+  const fy = (y) => top + plotH - (((logY ? Math.log10(Math.max(y, yMin)) : y) - lo) / (hi - lo || 1)) * plotH;
+  const unit = suite.figures.find((f) => f.curve?.id === curve.id)?.unit ?? '';
+  const parts = [];
+  parts.push(`<text x="12" y="24" font-size="16" font-weight="bold">${esc(curve.title)}</text>`);
+  parts.push(
+    `<text x="12" y="42" font-size="11" fill="#555">dot: median of ${suite.rounds ?? '?'} interleaved rounds; whisker: min..max; ${esc(unit)}${curve.higherIsBetter === false ? ' (lower is better)' : ''}${logY ? ', log scale' : ''}</text>`,
+  );
+  parts.push(`<line x1="${left}" y1="${top + plotH}" x2="${left + plotW}" y2="${top + plotH}" stroke="#222"/>`);
+  parts.push(`<line x1="${left}" y1="${top}" x2="${left}" y2="${top + plotH}" stroke="#222"/>`);
+  for (const x of xs) {
+    parts.push(`<line x1="${fx(x).toFixed(1)}" y1="${top + plotH}" x2="${fx(x).toFixed(1)}" y2="${top + plotH + 4}" stroke="#222"/>`);
+    parts.push(`<text x="${fx(x).toFixed(1)}" y="${top + plotH + 18}" font-size="11" text-anchor="middle">${esc(fmtX(x))}</text>`);
+  }
+  parts.push(`<text x="${left + plotW / 2}" y="${H - 10}" font-size="12" text-anchor="middle">${esc(curve.x)}${logX ? ' (log scale)' : ''}</text>`);
+  const ticks = logY
+    ? Array.from({ length: Math.floor(hi) - Math.ceil(lo) + 1 }, (_, i) => 10 ** (Math.ceil(lo) + i))
+    : Array.from({ length: 5 }, (_, i) => (yMax * i) / 4);
+  for (const t of ticks) {
+    parts.push(`<line x1="${left - 4}" y1="${fy(t).toFixed(1)}" x2="${left + plotW}" y2="${fy(t).toFixed(1)}" stroke="#e4e4e4"/>`);
+    const label = logY && t >= 1000 ? `${fmtX(t / 1000)}k` : fmt(t);
+    parts.push(`<text x="${left - 6}" y="${(fy(t) + 4).toFixed(1)}" font-size="11" text-anchor="end">${esc(label)}</text>`);
+  }
+  peers.forEach((peer, i) => {
+    const colour = PALETTE[i % PALETTE.length];
+    const pts = series.get(peer).filter((p) => Number.isFinite(p.median));
+    if (pts.length > 1) parts.push(`<polyline fill="none" stroke="${colour}" stroke-width="2" points="${pts.map((p) => `${fx(p.x).toFixed(1)},${fy(p.median).toFixed(1)}`).join(' ')}"/>`);
+    for (const p of pts) {
+      if (Number.isFinite(p.min) && Number.isFinite(p.max)) {
+        parts.push(`<line x1="${fx(p.x).toFixed(1)}" y1="${fy(p.min).toFixed(1)}" x2="${fx(p.x).toFixed(1)}" y2="${fy(p.max).toFixed(1)}" stroke="${colour}" stroke-width="1"/>`);
+      }
+      parts.push(`<circle cx="${fx(p.x).toFixed(1)}" cy="${fy(p.median).toFixed(1)}" r="3.5" fill="${colour}"><title>${esc(`${peer}, ${curve.x} ${p.x}: ${fmt(p.median, unit)} ${unit}`)}</title></circle>`);
+    }
+    const ly = top + 10 + i * 20;
+    parts.push(`<rect x="${left + plotW + 16}" y="${ly - 9}" width="12" height="12" fill="${colour}"/>`);
+    parts.push(`<text x="${left + plotW + 34}" y="${ly + 1}" font-size="12">${esc(peer)}</text>`);
+  });
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" fill="#222">`,
+    `<rect x="0" y="0" width="${W}" height="${H}" fill="#ffffff"/>`,
+    ...parts,
+    `</svg>`,
+    '',
+  ].join('\n');
+}
+
+/** The markdown table of one curve: a row per x, a column per peer (median, min..max). */
+function curveTable(suite, curve) {
+  const series = curveSeries(suite, curve.id);
+  const peers = [...series.keys()];
+  const xs = [...new Set([...series.values()].flat().map((p) => p.x))].sort((a, b) => a - b);
+  const unit = suite.figures.find((f) => f.curve?.id === curve.id)?.unit ?? '';
+  const out = [`| ${curve.x} | ${peers.map((p) => `${esc(p)} (${unit})`).join(' | ')} |`, `|---:|${peers.map(() => '---:').join('|')}|`];
+  for (const x of xs) {
+    const cells = peers.map((peer) => {
+      const p = series.get(peer).find((q) => q.x === x);
+      return p && Number.isFinite(p.median) ? `**${fmt(p.median, unit)}** (${fmt(p.min, unit)}..${fmt(p.max, unit)})` : '-';
+    });
+    out.push(`| ${fmtX(x)} | ${cells.join(' | ')} |`);
+  }
+  return out;
+}
+
+/** Analysis written by hand for a suite (bench/notes/<suite>.md), kept across regenerations. */
+function suiteNotes(name) {
+  try {
+    return readFileSync(join(root, 'bench', 'notes', `${name}.md`), 'utf8').trim();
+  } catch {
+    return '';
+  }
 }
 
 function machineLine(m) {
@@ -173,18 +293,39 @@ export function renderMarkdown(results) {
       }
       out.push('');
     }
-    out.push('| workload | peer | median | p25..p75 | min..max | unit |');
-    out.push('|---|---|---:|---:|---:|---|');
-    for (const f of s.figures) {
-      if (!Number.isFinite(f.median)) {
-        out.push(`| ${f.group} | ${f.peer} | skipped | | | ${f.unit} |`);
-        continue;
+    if (flatFigures(s).length) {
+      out.push('| workload | peer | median | p25..p75 | min..max | unit |');
+      out.push('|---|---|---:|---:|---:|---|');
+      for (const f of flatFigures(s)) {
+        if (!Number.isFinite(f.median)) {
+          out.push(`| ${f.group} | ${f.peer} | skipped | | | ${f.unit} |`);
+          continue;
+        }
+        out.push(`| ${f.group} | ${f.peer} | **${fmt(f.median, f.unit)}** | ${fmt(f.p25, f.unit)}..${fmt(f.p75, f.unit)} | ${fmt(f.min, f.unit)}..${fmt(f.max, f.unit)} | ${f.unit} |`);
       }
-      out.push(`| ${f.group} | ${f.peer} | **${fmt(f.median, f.unit)}** | ${fmt(f.p25, f.unit)}..${fmt(f.p75, f.unit)} | ${fmt(f.min, f.unit)}..${fmt(f.max, f.unit)} | ${f.unit} |`);
+      out.push('');
+      out.push(`![${s.name} chart](charts/${s.name}.svg)`);
+      out.push('');
     }
-    out.push('');
-    out.push(`![${s.name} chart](charts/${s.name}.svg)`);
-    out.push('');
+    for (const c of s.curves ?? []) {
+      out.push(`### ${c.title}`);
+      out.push('');
+      if (c.about) {
+        out.push(c.about);
+        out.push('');
+      }
+      out.push(...curveTable(s, c));
+      out.push('');
+      out.push(`![${c.title}](charts/${s.name}-${c.id}.svg)`);
+      out.push('');
+    }
+    const handNotes = suiteNotes(s.name);
+    if (handNotes) {
+      out.push(`<!-- From bench/notes/${s.name}.md (written by hand; kept when this page is regenerated). -->`);
+      out.push('');
+      out.push(handNotes);
+      out.push('');
+    }
     const notes = [...(s.notes ?? []), ...(s.checks ?? []).map((c) => `Correctness check: ${c.ok ? 'passed' : 'FAILED'}: ${c.message}`)];
     if (notes.length) {
       for (const n of notes) out.push(`- ${n}`);
@@ -222,7 +363,11 @@ export function mergeSuites(latest, partial) {
 /** Renders everything; returns { markdown, charts: { name: svg } } (also used by --quick as a smoke test). */
 export function render(results) {
   const charts = {};
-  for (const s of results.suites) if (!s.error) charts[s.name] = renderChart(s);
+  for (const s of results.suites) {
+    if (s.error) continue;
+    if (flatFigures(s).length) charts[s.name] = renderChart(s);
+    for (const c of s.curves ?? []) charts[`${s.name}-${c.id}`] = renderCurveChart(s, c);
+  }
   return { markdown: renderMarkdown(results), charts };
 }
 

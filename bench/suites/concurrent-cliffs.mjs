@@ -4,7 +4,7 @@
 // side with a global async mutex around one raw connection and with the raw engine running the
 // same statements and awaits with no isolation ("raw, same awaits": the floor any design on
 // this engine pays), in interleaved rounds, and prints its goal next to it.
-import { interleaved, sleep } from '../lib/measure.mjs';
+import { interleaved, prng, sleep } from '../lib/measure.mjs';
 import { Mutex } from '../lib/mutex.mjs';
 import { loadWasm, loadSiblite } from '../lib/peers.mjs';
 
@@ -48,15 +48,19 @@ export async function run({ quick, log }) {
   const want = (row) => !only || only.has(row);
   if (only) notes.push(`only the rows ${[...only].join(', ')} (CLIFFS_ROWS)`);
 
-  /** Runs `cases` in interleaved rounds and adds one figure per case and metric. */
-  async function measure(group, cases, metrics, roundCount = rounds) {
+  /**
+   * Runs `cases` in interleaved rounds and adds one figure per case and metric; with `curve`
+   * ({ id, x }), the figures are the points at `x` of that curve (see `curves` below) instead of
+   * a table of their own.
+   */
+  async function measure(group, cases, metrics, roundCount = rounds, curve = undefined) {
     log(`${group}: ${cases.length} cases x ${roundCount} rounds`);
     const samples = await interleaved({ rounds: roundCount, warmup: quick ? 0 : 1, cases, log });
     for (const c of cases) {
       for (const m of metrics) {
         const values = samples.get(c.id).map((s) => s[m.key]).filter((v) => v !== undefined);
         if (values.length === 0) continue;
-        figures.push({ id: `${m.key}:${c.id}`, group: m.group ?? group, peer: c.label, unit: m.unit, higherIsBetter: m.higherIsBetter ?? true, samples: values });
+        figures.push({ id: `${m.key}:${c.id}`, group: m.group ?? group, peer: c.label, unit: m.unit, higherIsBetter: m.higherIsBetter ?? true, samples: values, ...(curve && { curve }) });
       }
     }
   }
@@ -66,7 +70,8 @@ export async function run({ quick, log }) {
 
   /**
    * The three peers of a workload where `handlers` handlers each run `perHandler` transactions
-   * `body(q, i)` (q has get/all/run(sql, params); i is the handler's 1-based number): siblite
+   * `body(q, i, j)` (q has get/all/run(sql, params); i is the handler's 1-based number, j the
+   * transaction's 0-based number for that handler; siblite may run a body again): siblite
    * sibling handles in BEGIN CONCURRENT, the global mutex, and the raw engine with the same
    * awaits. Each run returns { tps } and checks the final state with `verify(who, all)`.
    */
@@ -79,7 +84,7 @@ export async function run({ quick, log }) {
       const t0 = performance.now();
       await Promise.all(
         hs.map(async (h, k) => {
-          for (let j = 0; j < perHandler; j++) await h.transaction((tx) => body(tx, k + 1), { mode: 'concurrent' });
+          for (let j = 0; j < perHandler; j++) await h.transaction((tx) => body(tx, k + 1, j), { mode: 'concurrent' });
         }),
       );
       const ms = performance.now() - t0;
@@ -95,15 +100,15 @@ export async function run({ quick, log }) {
       const stmt = (sql) => prepared.get(sql) ?? prepared.set(sql, db.prepare(sql)).get(sql);
       const q = { get: (sql, p) => stmt(sql).get(p ?? []), all: (sql, p) => stmt(sql).all(p ?? []), run: (sql, p) => stmt(sql).run(p ?? []) };
       const mutex = new Mutex();
-      const once = async (i) => {
+      const once = async (i, j) => {
         if (isolated) db.exec('BEGIN');
-        await body(q, i);
+        await body(q, i, j);
         if (isolated) db.exec('COMMIT');
       };
       const t0 = performance.now();
       await Promise.all(
         Array.from({ length: handlers }, async (_, k) => {
-          for (let j = 0; j < perHandler; j++) await (isolated ? mutex.run(() => once(k + 1)) : once(k + 1));
+          for (let j = 0; j < perHandler; j++) await (isolated ? mutex.run(() => once(k + 1, j)) : once(k + 1, j));
         }),
       );
       const ms = performance.now() - t0;
@@ -142,6 +147,8 @@ export async function run({ quick, log }) {
         { id: `${id}:raw`, label: 'raw, same awaits', run: rawRun },
       ],
       [{ key: 'tps', unit: 'tx/s' }],
+      rounds,
+      { id: 'handlers', x: handlers },
     );
     return id;
   }
@@ -258,6 +265,7 @@ export async function run({ quick, log }) {
       ],
       [{ key: 'cpu', unit: 'µs', higherIsBetter: false }],
       quick ? 1 : reps > 1 ? 5 : 3,
+      { id: 'statements', x: statements },
     );
     return id;
   }
@@ -269,10 +277,8 @@ export async function run({ quick, log }) {
   }
 
   // ---- 5: read 10k rows, await, write, 8 handlers ----------------------------------------
-  if (want('read')) {
+  async function readThenWrite(readRows, perHandler) {
     const handlers = 8;
-    const readRows = quick ? 1000 : 10_000;
-    const perHandler = quick ? 2 : 6;
     // Rows 1..8 belong to the handlers; each reads rows 101.. (nobody writes them).
     const schema = `CREATE TABLE big (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
       WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${100 + readRows}) INSERT INTO big SELECT x, 0 FROM c;`;
@@ -291,16 +297,24 @@ export async function run({ quick, log }) {
         check(`read ${readRows}, ${who}`, rows.every((r) => Number(r.v) === perHandler), JSON.stringify(rows));
       },
     });
+    const id = `read${readRows}`;
     await measure(
       `committed tx/s, ${handlers} handlers: read ${readRows} rows, await 2 ms, write own row (same table)`,
       [
-        { id: 'read:siblite', label: 'siblite, BEGIN CONCURRENT', run: sibRun },
-        { id: 'read:mutex', label: 'global mutex', run: mutexRun },
-        { id: 'read:raw', label: 'raw, same awaits', run: rawRun },
+        { id: `${id}:siblite`, label: 'siblite, BEGIN CONCURRENT', run: sibRun },
+        { id: `${id}:mutex`, label: 'global mutex', run: mutexRun },
+        { id: `${id}:raw`, label: 'raw, same awaits', run: rawRun },
       ],
       [{ key: 'tps', unit: 'tx/s' }],
+      rounds,
+      { id: 'rows', x: readRows },
     );
-    ratios.push({ label: `read ${readRows} rows, await, write, 8 handlers: siblite / global mutex`, num: 'tps:read:siblite', den: 'tps:read:mutex', target: 0.9 });
+    return id;
+  }
+  if (want('read')) {
+    const readRows = quick ? 1000 : 10_000;
+    const id = await readThenWrite(readRows, quick ? 2 : 6);
+    ratios.push({ label: `read ${readRows} rows, await, write, 8 handlers: siblite / global mutex`, num: `tps:${id}:siblite`, den: `tps:${id}:mutex`, target: 0.9 });
   }
 
   // ---- 6: 32 handlers on one hot row, transaction() with its default retries -------------
@@ -546,6 +560,64 @@ export async function run({ quick, log }) {
     ratios.push({ label: `re-check stall after an unrelated commit / raw engine reading the ${rows} rows once`, num: 'stall:bigread:siblite', den: 'stall:bigread:raw', target: 1.5, atMost: true });
   }
 
+  // ---- the curves: the rows above swept over their main parameter ----------------------
+  // (CLIFFS_ROWS=curves; the points of the rows own, long and read are on the same curves.)
+  if (want('curves')) {
+    for (const handlers of quick ? [4] : [1, 4, 16, 64]) await ownRows(handlers, Math.max(2, Math.ceil(256 / handlers)));
+    for (const statements of quick ? [10] : [10, 30, 300]) await longTx(statements, quick ? 1 : Math.ceil(2000 / statements));
+    for (const readRows of quick ? [100] : [100, 1000, 100_000]) await readThenWrite(readRows, readRows >= 100_000 ? 2 : 6);
+    for (const share of quick ? [0.5] : [0, 0.1, 0.5, 1]) await contention(share, quick ? 4 : 20);
+  }
+
+  // ---- contention sweep: 32 handlers, a share of the transactions on one hot row ---------
+  async function contention(share, perHandler) {
+    const handlers = 32;
+    const schema = `CREATE TABLE acct (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+      WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < ${handlers}) INSERT INTO acct SELECT x, 0 FROM c;`;
+    // The same transactions for every peer: row 0 (hot) for a `share` of them, else the handler's own.
+    const random = prng(7);
+    const hot = Array.from({ length: handlers * perHandler }, () => random() < share);
+    const hotCount = hot.filter(Boolean).length;
+    const { sibRun, mutexRun } = awaitingPeers({
+      schema,
+      handlers,
+      perHandler,
+      body: async (q, i, j) => {
+        const row = hot[(i - 1) * perHandler + j] ? 0 : i;
+        const r = q.get('SELECT n FROM acct WHERE id = ?', [row]);
+        await sleep(2);
+        q.run('UPDATE acct SET n = ? WHERE id = ?', [r.n + 1, row]);
+      },
+      verify: (who, all) => {
+        const n = Number(all('SELECT n FROM acct WHERE id = 0')[0].n);
+        check(`contention ${share}, ${who}`, n === hotCount, `hot row ${n}, expected ${hotCount}`);
+      },
+    });
+    const id = `contention${share}`;
+    await measure(
+      `committed tx/s, ${handlers} handlers, ${share * 100}% of the transactions on one hot row`,
+      [
+        { id: `${id}:siblite`, label: 'siblite, BEGIN CONCURRENT', run: sibRun },
+        { id: `${id}:mutex`, label: 'global mutex', run: mutexRun },
+      ],
+      [{ key: 'tps', unit: 'tx/s' }],
+      quick ? 1 : 3,
+      { id: 'contention', x: share * 100 },
+    );
+  }
+
+  const curves = [
+    { id: 'handlers', title: 'Throughput vs handlers (own rows, 2 ms await)', x: 'handlers', about: 'Each handler runs transactions that read its own row, `await` 2 ms, and write it.' },
+    { id: 'statements', title: 'CPU per statement vs statements per transaction', x: 'statements per transaction', higherIsBetter: false, about: 'Two transactions taking turns, an `await` after every statement (the worst case for park and resume).' },
+    { id: 'rows', title: 'Throughput vs rows read', x: 'rows read', about: '8 handlers: read N rows nobody writes, `await` 2 ms, write the own row of the same table.' },
+    {
+      id: 'contention',
+      title: 'Contention sweep: throughput vs share of transactions on one hot row',
+      x: '% of transactions on the hot row',
+      about: '32 handlers; each transaction reads a row, `await`s 2 ms and writes it: the hot row for the given share of transactions, else the handler\'s own row. `transaction()` with its default retries.',
+    },
+  ].filter((c) => figures.some((f) => f.curve?.id === c.id));
+
   const checks = [
     failures.length
       ? { ok: false, message: `wrong final values (lost or extra updates): ${failures.slice(0, 3).join(' | ')}` }
@@ -553,7 +625,7 @@ export async function run({ quick, log }) {
   ];
   // "raw, same awaits" has no isolation: its lost updates are expected, not a failure.
   if (failures.length) for (const f of failures) console.error(`ERROR: ${f}`);
-  return { name, title, workload, ratio, target, rounds, figures, ratios, notes, checks, versions };
+  return { name, title, workload, ratio, target, rounds, figures, ratios, curves, notes, checks, versions };
 }
 
 function quantile(values, q) {
