@@ -44,6 +44,12 @@ export interface Source {
   settled(): void;
   /** Called when nothing is claimable (and when stopping): catch up on deferred work. */
   idle(): Promise<void>;
+  /**
+   * How many claims the source holds in memory, handed out by `claim` without I/O (claims
+   * made ahead for the worker). The worker takes them without going through the event loop
+   * first. Absent: none.
+   */
+  buffered?(): number;
 }
 
 /** What {@link Store.transact} reports. */

@@ -21,15 +21,18 @@ interface Item {
 
 /**
  * Work that joins the next flush after its items, inside the same transaction, at most once per
- * flush (for example the next claim of a worker whose acknowledgements are in the batch). `run`
- * may run again with the whole batch; `done` gets its value once the batch committed. An error of
- * `run` that retrying cannot help is dropped: a tail is an optimisation, never a promise.
+ * flush (for example the claims of a worker whose acknowledgements are in the batch). `run`
+ * may run again with the whole batch; `done` gets its value once the batch committed; `failed`
+ * gets the error when `run` threw one that retrying cannot help (its work is undone, the items
+ * still commit) or the whole transaction failed.
  */
 export interface Tail<T = unknown> {
   /** Runs inside the batch's transaction, after every item. */
   run(h: Connection): T;
   /** Called with what `run` returned, after the commit and before the items' promises resolve. */
   done(value: T): void;
+  /** Called instead of `done` when the tail's work did not commit. */
+  failed(error: unknown): void;
 }
 
 /** One outcome of an item, decided inside the transaction. */
@@ -65,6 +68,10 @@ export class WriteBatch {
   /** Makes `tail` part of the next flush (once, however often it joins before that flush). */
   join(tail: Tail): void {
     this.tails.add(tail as Tail);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => void this.flush());
+    }
   }
 
   private async flush(): Promise<void> {
@@ -82,12 +89,14 @@ export class WriteBatch {
         return out;
       });
     } catch (e) {
+      for (const tail of tails) tail.failed(e);
       for (const item of items) item.reject(e);
       return;
     }
     tails.forEach((tail, i) => {
       const o = outcomes[items.length + i] as Outcome;
       if (o.ok) tail.done(o.value);
+      else tail.failed(o.error);
     });
     items.forEach((item, i) => {
       const o = outcomes[i] as Outcome;

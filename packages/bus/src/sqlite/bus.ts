@@ -405,15 +405,19 @@ export class SqliteBus implements Bus {
     const source = commandSource(this, handlers, options);
     this.startScheduler();
     if (this.main.memory) return this.startWorker(source, handlers, options);
-    // On a file, the worker's next claims ride on its acknowledgements' commits (see prefetch.ts).
+    // On a file, the worker's claims ride on the write batch, with its acknowledgements (see prefetch.ts).
     const names = commandNames(handlers, options);
     const prefetch = new CommandPrefetch({
       now: () => this.now(),
       claimOn: (h, limit, lease) => this.commandClaimsOn(h, limit, lease, names),
-      claim: source.claim,
       release: (claims, countAttempt) => this.release(claims, countAttempt),
+      batch: this.batch,
     });
-    return this.startWorker({ ...source, claim: (limit, lease) => prefetch.claim(limit, lease), idle: () => prefetch.giveBack() }, handlers, options);
+    return this.startWorker(
+      { ...source, claim: (limit, lease) => prefetch.claim(limit, lease), idle: () => prefetch.giveBack(), buffered: () => prefetch.buffered() },
+      handlers,
+      options,
+    );
   }
 
   /**
@@ -611,10 +615,12 @@ export class SqliteBus implements Bus {
    * handler stopped half-way), runs the handler again, with `run` counting up.
    * @internal
    */
-  async transact(claim: Claim, body: (conn: Connection, run: number) => Promise<void>, abandon: AbortSignal): Promise<TransactResult> {
+  async transact(claim: Claim, body: (conn: Connection, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
       const h = this.acquire();
       let onAbandon: (() => void) | undefined;
+      /** Set once the worker reused the slot: the handler is not run again after that. */
+      let settled = false;
       try {
         if (abandon.aborted) throw abandon.reason;
         const abandoned = new Promise<never>((_, reject) => {
@@ -641,6 +647,10 @@ export class SqliteBus implements Bus {
           const acked = this.batch.add((b) => this.ackOn(b, claim));
           // The same commit claims this worker's next command (see prefetch.ts).
           prefetcherOf(claim)?.acked(this.batch);
+          // Only the ack is left, on no handle of this run: the worker may reuse the slot while
+          // it commits. A failed ack then fails the attempt (never a second run of the handler).
+          settled = true;
+          settling?.();
           await acked;
           this.settledClaim(claim);
           return { reruns: run - 1 };
@@ -660,7 +670,7 @@ export class SqliteBus implements Bus {
         }
         if (abandon.aborted) throw abandon.reason;
         const kind = errorKind(e);
-        if ((kind === 'busy_snapshot' || kind === 'busy') && run < MAX_RERUNS) {
+        if (!settled && (kind === 'busy_snapshot' || kind === 'busy') && run < MAX_RERUNS) {
           await sleep(Math.random() * Math.min(50, 2 ** run));
           continue;
         }
