@@ -16,6 +16,7 @@ import { Coalesced } from '../coalesce.js';
 import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandNames, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
 import { claimCommandRows, claimEventRows, inImmediate, inSavepoint, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
+import { BatchedAcks } from './acks.js';
 import { WriteBatch } from './batch.js';
 import { guardHandlerConn } from './guard.js';
 import { CommandPrefetch, prefetcherOf } from './prefetch.js';
@@ -132,6 +133,8 @@ export class SqliteBus implements Bus {
   private sequencing: Promise<void> | undefined;
   /** The bus's own writes of this turn, committed together (see batch.ts). */
   private readonly batch = new WriteBatch((fn) => this.immediate(fn));
+  /** Command acknowledgements of this turn, one statement per claim token in the batch (see acks.ts). */
+  private readonly acks: BatchedAcks;
   /** Handles whose handler touched `context.conn` in the current run (see {@link SqliteBus.transact}). */
   private readonly touched = new WeakSet<Connection>();
   private readonly instance: string;
@@ -150,6 +153,7 @@ export class SqliteBus implements Bus {
     this.retryOptions = retryOptions;
     this.clock = clock;
     this.logger = logger;
+    this.acks = new BatchedAcks(this.batch, plans, () => this.now());
   }
 
   /**
@@ -541,8 +545,19 @@ export class SqliteBus implements Bus {
   /** Acknowledges `claim` (on `conn` if given). @internal */
   async ack(claim: Claim, conn?: Connection): Promise<void> {
     if (conn) await this.onCaller(conn, (h) => this.ackOn(h, claim));
-    else await this.write(undefined, (h) => this.ackOn(h, claim));
+    else await this.ackSoon(claim);
     this.settledClaim(claim, conn);
+  }
+
+  /**
+   * Acknowledges `claim` in this turn's write batch on a file (a command with the other
+   * commands' acknowledgements of the turn, in one statement per claim token), or at once in memory.
+   */
+  private ackSoon(claim: Claim): Promise<void> {
+    if (this.main.memory) return this.db((h) => this.ackOn(h, claim));
+    this.assertOpen();
+    if (claim.kind === 'command') return this.acks.add(claim);
+    return this.batch.add((h) => this.ackOn(h, claim));
   }
 
   /** Puts `claim` back, claimable after `delay` ms. @internal */
@@ -644,7 +659,7 @@ export class SqliteBus implements Bus {
           // turn's write batch (one commit with the other handlers' acks) instead.
           h.exec('ROLLBACK');
           if (abandon.aborted) throw abandon.reason;
-          const acked = this.batch.add((b) => this.ackOn(b, claim));
+          const acked = this.ackSoon(claim);
           // The same commit claims this worker's next command (see prefetch.ts).
           prefetcherOf(claim)?.acked(this.batch);
           // Only the ack is left, on no handle of this run: the worker may reuse the slot while

@@ -317,6 +317,12 @@ export function buildPlans(namespace: string) {
     /** Settles a claimed command as handled (fenced by the token). */
     ackCommand: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = :now
       WHERE seq = :seq AND token = :token AND state = 'inflight'`,
+    /**
+     * Acknowledges the commands of one claim token: this SQL followed by a list of `:s0, :s1,
+     * ...` in parentheses (and `RETURNING seq`, which names the ones acknowledged).
+     */
+    ackCommandsIn: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = :now
+      WHERE token = :token AND state = 'inflight' AND seq IN`,
     /** Puts a claimed command back, due at :at (fenced by the token). */
     nackCommand: `UPDATE ${queue} SET state = 'ready', token = NULL, due_at = :at, available_at = :at, last_error = :error
       WHERE seq = :seq AND token = :token AND state = 'inflight'`,
