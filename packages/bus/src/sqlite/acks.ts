@@ -22,7 +22,7 @@ function ackSql(plans: Plans, n: number): string {
   const k = `${plans.namespace}/${n}`;
   let sql = ackSqls.get(k);
   if (sql === undefined) {
-    sql = `${plans.ackCommandsIn} (${Array.from({ length: n }, (_, i) => `:s${i}`).join(', ')}) RETURNING seq`;
+    sql = `${plans.ackCommandsIn} (${Array.from({ length: n }, () => '?').join(', ')}) RETURNING seq`;
     ackSqls.set(k, sql);
   }
   return sql;
@@ -45,8 +45,7 @@ export function ackCommands(h: Connection, plans: Plans, claims: readonly Claim[
     const seqs = [...bySeq.keys()];
     for (let i = 0; i < seqs.length; i += MAX_PER_STATEMENT) {
       const chunk = seqs.slice(i, i + MAX_PER_STATEMENT);
-      const params: Record<string, SqlValue> = { token, now };
-      chunk.forEach((s, j) => (params[`s${j}`] = s));
+      const params: SqlValue[] = [now, token, ...chunk];
       for (const { seq } of h.all<{ seq: number }>(ackSql(plans, chunk.length), params)) acked.add(bySeq.get(seq) as Claim);
     }
   }

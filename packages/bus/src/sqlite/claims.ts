@@ -74,7 +74,7 @@ function claimSql(plans: Plans, n: number): string {
   const k = `${plans.namespace}/${n}`;
   let sql = claimSqls.get(k);
   if (sql === undefined) {
-    sql = `${plans.claimCommandsIn} (${Array.from({ length: n }, (_, i) => `:s${i}`).join(', ')}) ${plans.claimReturning}`;
+    sql = `${plans.claimCommandsIn} (${Array.from({ length: n }, () => '?').join(', ')}) ${plans.claimReturning}`;
     claimSqls.set(k, sql);
   }
   return sql;
@@ -123,8 +123,8 @@ export function claimCommandRows(h: Connection, plans: Plans, a: CommandClaimArg
     const seqs = h.all<{ seq: number }>(sql, { ...filter, priority: v, now: a.now, limit: want });
     if (seqs.length === 0) continue;
     // One statement for the whole batch: a statement costs far more than a row here.
-    const params: Record<string, SqlValue> = { token: a.token, leaseUntil: a.leaseUntil, now: a.now };
-    seqs.forEach((c, i) => (params[`s${i}`] = c.seq));
+    const params: SqlValue[] = [a.token, a.leaseUntil, a.now];
+    for (const c of seqs) params.push(c.seq);
     out.push(...h.all<ClaimedCommandRow>(claimSql(plans, seqs.length), params));
   }
   return out;

@@ -301,11 +301,13 @@ export function buildPlans(namespace: string) {
       WHERE ${unsettled} AND head = 1 AND priority = :priority AND due_at <= :now`,
     /**
      * Claims candidates, re-checking in the same statement that each is still claimable: this
-     * SQL followed by a list of `:s0, :s1, ...` in parentheses, then `claimReturning`.
+     * SQL followed by a list of `?, ?, ...` in parentheses, then `claimReturning`. Positional
+     * parameters (a long list of named ones costs more to bind): token, lease end, now, then the
+     * sequence numbers.
      */
     claimCommandsIn: `UPDATE ${queue}
-      SET state = 'inflight', token = :token, attempts = attempts + 1, due_at = :leaseUntil
-      WHERE ${unsettled} AND head = 1 AND due_at <= :now AND seq IN`,
+      SET state = 'inflight', token = ?, attempts = attempts + 1, due_at = ?
+      WHERE ${unsettled} AND head = 1 AND due_at <= ? AND seq IN`,
     /** The end of a claimCommandsIn statement. */
     claimReturning: `RETURNING seq, ${MSG_COLS}, attempts, token`,
     /**
@@ -318,11 +320,12 @@ export function buildPlans(namespace: string) {
     ackCommand: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = :now
       WHERE seq = :seq AND token = :token AND state = 'inflight'`,
     /**
-     * Acknowledges the commands of one claim token: this SQL followed by a list of `:s0, :s1,
-     * ...` in parentheses (and `RETURNING seq`, which names the ones acknowledged).
+     * Acknowledges the commands of one claim token: this SQL followed by a list of `?, ?, ...`
+     * in parentheses (and `RETURNING seq`, which names the ones acknowledged). Positional
+     * parameters: now, the token, then the sequence numbers.
      */
-    ackCommandsIn: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = :now
-      WHERE token = :token AND state = 'inflight' AND seq IN`,
+    ackCommandsIn: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = ?
+      WHERE token = ? AND state = 'inflight' AND seq IN`,
     /** Puts a claimed command back, due at :at (fenced by the token). */
     nackCommand: `UPDATE ${queue} SET state = 'ready', token = NULL, due_at = :at, available_at = :at, last_error = :error
       WHERE seq = :seq AND token = :token AND state = 'inflight'`,
