@@ -9,11 +9,11 @@
 import type { Connection, SqlValue } from '@siblite/core';
 import { StaleClaimError } from '../errors.js';
 import type { Claim } from '../store.js';
-import type { WriteBatch } from './batch.js';
+import { GatheredWrites, powerOfTwoAtLeast, type WriteBatch } from './batch.js';
 import type { Plans } from './plans.js';
 
-/** The most commands one acknowledgement statement names. */
-const MAX_PER_STATEMENT = 100;
+/** The most commands one acknowledgement statement names (a power of two). */
+const MAX_PER_STATEMENT = 128;
 
 const ackSqls = new Map<string, string>();
 
@@ -45,49 +45,20 @@ export function ackCommands(h: Connection, plans: Plans, claims: readonly Claim[
     const seqs = [...bySeq.keys()];
     for (let i = 0; i < seqs.length; i += MAX_PER_STATEMENT) {
       const chunk = seqs.slice(i, i + MAX_PER_STATEMENT);
+      // The list is padded to a power of two with its last value (a few statement shapes).
+      const size = powerOfTwoAtLeast(chunk.length);
       const params: SqlValue[] = [now, token, ...chunk];
-      for (const { seq } of h.all<{ seq: number }>(ackSql(plans, chunk.length), params)) acked.add(bySeq.get(seq) as Claim);
+      while (params.length < size + 2) params.push(chunk[chunk.length - 1] as number);
+      for (const { seq } of h.all<{ seq: number }>(ackSql(plans, size), params)) acked.add(bySeq.get(seq) as Claim);
     }
   }
   return acked;
 }
 
-/** The acknowledgements gathered for one item of the write batch. */
-interface Gathered {
-  readonly claims: Claim[];
-  settled: Promise<Set<Claim>>;
-}
-
-/** Gathers the command acknowledgements of one turn into one item of the write batch. */
-export class BatchedAcks {
-  private open: Gathered | null = null;
-
-  constructor(
-    private readonly batch: WriteBatch,
-    private readonly plans: Plans,
-    private readonly now: () => number,
-  ) {}
-
-  /**
-   * Acknowledges the command `claim` in the next flush of the write batch.
-   *
-   * @throws StaleClaimError (rejects) when its token no longer holds.
-   */
-  add(claim: Claim): Promise<void> {
-    let g = this.open;
-    if (g === null) {
-      const fresh = { claims: [claim] } as Partial<Gathered> as Gathered;
-      this.open = g = fresh;
-      // The item closes the group when it runs (a full batch may flush at once, inside add).
-      fresh.settled = this.batch.add((h) => {
-        if (this.open === fresh) this.open = null;
-        return ackCommands(h, this.plans, fresh.claims, this.now());
-      });
-    } else {
-      g.claims.push(claim);
-    }
-    return g.settled.then((acked) => {
-      if (!acked.has(claim)) throw new StaleClaimError(claim.id);
-    });
-  }
+/** The command acknowledgements of one turn, gathered into one item of `batch`. */
+export function batchedAcks(batch: WriteBatch, plans: Plans, now: () => number): GatheredWrites<Claim, void> {
+  return new GatheredWrites<Claim, void>(batch, (h, claims) => {
+    const acked = ackCommands(h, plans, claims, now());
+    return claims.map((c) => (acked.has(c) ? { ok: true, value: undefined } : { ok: false, error: new StaleClaimError(c.id) }));
+  });
 }

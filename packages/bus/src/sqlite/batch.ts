@@ -35,8 +35,8 @@ export interface Tail<T = unknown> {
   failed(error: unknown): void;
 }
 
-/** One outcome of an item, decided inside the transaction. */
-type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+/** One outcome of an item (or of one write of a {@link GatheredWrites}), decided inside the transaction. */
+export type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 
 /** The most writes in one batch: a full batch is flushed at once. */
 const MAX_ITEMS = 1000;
@@ -114,4 +114,75 @@ function run(step: () => unknown): Outcome {
     if (isRetryable(error)) throw error;
     return { ok: false, error };
   }
+}
+
+/** The writes gathered for one item of the batch. */
+interface Gathering<T> {
+  readonly writes: T[];
+  settled: Promise<Outcome[]>;
+}
+
+/**
+ * Writes of one kind gathered into one item of a {@link WriteBatch}: every write added until that
+ * item runs is done by one call of `runAll` (one statement for all of them, where a statement
+ * costs more than a row), which returns one outcome per write, in order, so that each write
+ * still fails alone. An error `runAll` throws fails every write it was given.
+ */
+export class GatheredWrites<T, R> {
+  private open: Gathering<T> | null = null;
+
+  constructor(
+    private readonly batch: WriteBatch,
+    private readonly runAll: (h: Connection, writes: readonly T[]) => Outcome[],
+  ) {}
+
+  /** Adds a write; resolves with its outcome's value once the batch committed (rejects with its error). */
+  add(write: T): Promise<R> {
+    let g = this.open;
+    let i = 0;
+    if (g === null) {
+      const fresh = { writes: [write] } as Partial<Gathering<T>> as Gathering<T>;
+      this.open = g = fresh;
+      // The item closes the gathering when it runs (a full batch may flush at once, inside add).
+      fresh.settled = this.batch.add((h) => {
+        if (this.open === fresh) this.open = null;
+        return this.runAll(h, fresh.writes);
+      });
+    } else {
+      i = g.writes.push(write) - 1;
+    }
+    return g.settled.then((outcomes) => {
+      const o = outcomes[i] as Outcome;
+      if (!o.ok) throw o.error;
+      return o.value as R;
+    });
+  }
+}
+
+/**
+ * The sizes to split `n` into, largest first, each a power of two up to `most` (a power of two
+ * itself): statements with a list of that many values then come in a few shapes only, so the
+ * engine's statement cache holds a handful of them instead of one per count.
+ */
+export function powerOfTwoChunks(n: number, most: number): number[] {
+  const out: number[] = [];
+  let left = n;
+  while (left >= most) {
+    out.push(most);
+    left -= most;
+  }
+  for (let size = most >> 1; size >= 1; size >>= 1) {
+    if (left >= size) {
+      out.push(size);
+      left -= size;
+    }
+  }
+  return out;
+}
+
+/** The smallest power of two at or above `n` (for a list padded with a repeated value). */
+export function powerOfTwoAtLeast(n: number): number {
+  let size = 1;
+  while (size < n) size <<= 1;
+  return size;
 }

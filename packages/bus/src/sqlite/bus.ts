@@ -16,8 +16,9 @@ import { Coalesced } from '../coalesce.js';
 import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandNames, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
 import { claimCommandRows, claimEventRows, inImmediate, inSavepoint, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
-import { BatchedAcks } from './acks.js';
-import { WriteBatch } from './batch.js';
+import { batchedAcks } from './acks.js';
+import { WriteBatch, type GatheredWrites } from './batch.js';
+import { batchedSends, insertCommands, type CommandToStore } from './sends.js';
 import { guardHandlerConn } from './guard.js';
 import { CommandPrefetch, prefetcherOf } from './prefetch.js';
 import { followingSlot, nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec } from '../schedule.js';
@@ -134,7 +135,9 @@ export class SqliteBus implements Bus {
   /** The bus's own writes of this turn, committed together (see batch.ts). */
   private readonly batch = new WriteBatch((fn) => this.immediate(fn));
   /** Command acknowledgements of this turn, one statement per claim token in the batch (see acks.ts). */
-  private readonly acks: BatchedAcks;
+  private readonly acks: GatheredWrites<Claim, void>;
+  /** Sends of this turn without a caller's transaction, many rows per statement in the batch (see sends.ts). */
+  private readonly sends: GatheredWrites<CommandToStore, number>;
   /** Handles whose handler touched `context.conn` in the current run (see {@link SqliteBus.transact}). */
   private readonly touched = new WeakSet<Connection>();
   private readonly instance: string;
@@ -153,7 +156,8 @@ export class SqliteBus implements Bus {
     this.retryOptions = retryOptions;
     this.clock = clock;
     this.logger = logger;
-    this.acks = new BatchedAcks(this.batch, plans, () => this.now());
+    this.acks = batchedAcks(this.batch, plans, () => this.now());
+    this.sends = batchedSends(this.batch, plans, () => this.now());
   }
 
   /**
@@ -249,7 +253,10 @@ export class SqliteBus implements Bus {
   async send(name: string, payload: Payload, options: ProduceOptions = {}): Promise<ProduceResult> {
     this.assertOpen();
     const c = this.commandParams(name, payload, options);
-    const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.send, this.commandRow(c, this.now())));
+    const changes =
+      options.conn || this.main.memory
+        ? await this.write(options.conn, (h) => insertOnce(h, this.plans.send, this.commandRow(c, this.now())))
+        : await this.sends.add(c);
     this.afterProduce(options.conn, 'queue');
     return { id: c.id, stored: changes > 0 };
   }
@@ -285,22 +292,28 @@ export class SqliteBus implements Bus {
       return batch.map((c) => insertOnce(h, this.plans.send, this.commandRow(c, now)));
     };
     // All or nothing: in the caller's transaction (a savepoint of it, or one of their handle's
-    // own), else as one item of this turn's write batch, inside a savepoint of its own.
-    const changes = conn ? await conn.transaction(insertAll) : await this.batch.add((h) => inSavepoint(h, () => insertAll(h)));
+    // own), else as one item of this turn's write batch, inside a savepoint of its own, many
+    // rows per statement (see sends.ts).
+    const changes = conn
+      ? await conn.transaction(insertAll)
+      : await this.batch.add((h) => inSavepoint(h, () => insertCommands(h, this.plans, batch, this.now())));
     this.afterProduce(conn, 'queue');
     return batch.map((c, i) => ({ id: c.id, stored: (changes[i] ?? 0) > 0 }));
   }
 
   /** Validates one command; its row needs only the time of writing (see {@link SqliteBus.commandRow}). */
-  private commandParams(name: string, payload: Payload, options: ProduceOptions) {
-    const p = this.produceParams(name, payload, options);
+  private commandParams(name: string, payload: Payload, options: ProduceOptions): CommandToStore {
+    const m = checkMessage(name, payload, options);
+    checkConnOption(options.conn);
     const delay = options.delay === undefined ? 0 : validateMs('delay', options.delay);
     const priority = options.priority === undefined ? 0 : validatePriority(options.priority);
-    return { id: p.id, params: p.params, delay: Math.ceil(delay), priority };
+    return { id: m.id, fields: [name, m.encoding, m.payload, m.contentType, m.headers, m.key], delay: Math.ceil(delay), priority };
   }
 
-  private commandRow(c: ReturnType<SqliteBus['commandParams']>, now: number): Record<string, SqlValue> {
-    return { ...c.params, now, availableAt: now + c.delay, priority: c.priority };
+  /** The named parameters of `plans.send` for `c` written at `now`. */
+  private commandRow(c: CommandToStore, now: number): Record<string, SqlValue> {
+    const [name, encoding, payload, contentType, headers, key] = c.fields;
+    return { id: c.id, name, encoding, payload, contentType, headers, key, now, availableAt: now + c.delay, priority: c.priority };
   }
 
   /**
@@ -324,9 +337,7 @@ export class SqliteBus implements Bus {
 
   private produceParams(name: string, payload: Payload, options: ProduceOptions) {
     const m = checkMessage(name, payload, options);
-    if (options.conn !== undefined && (options.conn === null || typeof (options.conn as Connection).run !== 'function')) {
-      throw new ValidationError('conn', 'conn must be a Connection');
-    }
+    checkConnOption(options.conn);
     return { id: m.id, params: { id: m.id, name, encoding: m.encoding, payload: m.payload, contentType: m.contentType, headers: m.headers, key: m.key } };
   }
 
@@ -1086,6 +1097,13 @@ export class SqliteBus implements Bus {
     for (const h of this.busy) h.close();
     this.busy.clear();
     this.main.close();
+  }
+}
+
+/** Checks the `conn` option of `send` and `publish`. @throws ValidationError */
+function checkConnOption(conn: unknown): void {
+  if (conn !== undefined && (conn === null || typeof (conn as Connection).run !== 'function')) {
+    throw new ValidationError('conn', 'conn must be a Connection');
   }
 }
 

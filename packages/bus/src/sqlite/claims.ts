@@ -9,6 +9,7 @@
  */
 import type { Connection, SqlValue } from '@siblite/core';
 import type { MessageRow } from '../codec.js';
+import { powerOfTwoAtLeast } from './batch.js';
 import type { Plans } from './plans.js';
 
 /** A claimed command row. */
@@ -122,10 +123,13 @@ export function claimCommandRows(h: Connection, plans: Plans, a: CommandClaimArg
     if (want <= 0) break;
     const seqs = h.all<{ seq: number }>(sql, { ...filter, priority: v, now: a.now, limit: want });
     if (seqs.length === 0) continue;
-    // One statement for the whole batch: a statement costs far more than a row here.
+    // One statement for the whole batch: a statement costs far more than a row here. The list
+    // is padded to a power of two with its last value (a few statement shapes, not one per count).
+    const size = powerOfTwoAtLeast(seqs.length);
     const params: SqlValue[] = [a.token, a.leaseUntil, a.now];
     for (const c of seqs) params.push(c.seq);
-    out.push(...h.all<ClaimedCommandRow>(claimSql(plans, seqs.length), params));
+    while (params.length < size + 3) params.push((seqs[seqs.length - 1] as { seq: number }).seq);
+    out.push(...h.all<ClaimedCommandRow>(claimSql(plans, size), params));
   }
   return out;
 }

@@ -285,6 +285,17 @@ export function buildPlans(namespace: string) {
     send: `INSERT INTO ${queue} (id, name, kind, encoding, payload, content_type, headers, key, attempts, created_at, available_at, state, due_at, priority)
            VALUES (:id, :name, 'command', :encoding, :payload, :contentType, :headers, :key, 0, :now, :availableAt, 'ready', :availableAt, :priority)`,
     /**
+     * Appends commands, many rows in one statement: this SQL, then `sendRow` once per row
+     * (comma-separated), then `sendRowsEnd`. Positional parameters per row: id, name, encoding,
+     * payload, content type, headers, key, now, available at (twice: also the due time),
+     * priority. An id already stored is skipped (`RETURNING id` names the rows stored).
+     */
+    sendRows: `INSERT INTO ${queue} (id, name, kind, encoding, payload, content_type, headers, key, attempts, created_at, available_at, state, due_at, priority) VALUES`,
+    /** One row of a `sendRows` statement. */
+    sendRow: `(?, ?, 'command', ?, ?, ?, ?, ?, 0, ?, ?, 'ready', ?, ?)`,
+    /** The end of a `sendRows` statement. */
+    sendRowsEnd: `ON CONFLICT (id) DO NOTHING RETURNING id`,
+    /**
      * The distinct priorities that have claimable-shaped rows, highest first, found by index
      * seeks (one per priority), so a claim never walks rows of a priority it cannot use.
      */
@@ -297,7 +308,7 @@ export function buildPlans(namespace: string) {
      * Candidates of one priority: due heads, oldest first. The name filter is appended by
      * the claim procedure (`claims.ts`); paused names are excluded there too.
      */
-    candidatesBase: `SELECT seq, name FROM ${queue} INDEXED BY "${ns}_queue_claim"
+    candidatesBase: `SELECT seq FROM ${queue} INDEXED BY "${ns}_queue_claim"
       WHERE ${unsettled} AND head = 1 AND priority = :priority AND due_at <= :now`,
     /**
      * Claims candidates, re-checking in the same statement that each is still claimable: this
