@@ -60,7 +60,8 @@ export interface TransactResult {
 
 /**
  * Storage operations the worker runtime needs, all fenced by the claim token. `Tx` is the
- * transport's transaction handle that handlers write through (a `Connection` for SQLite).
+ * transport's transaction that handlers write through (for SQLite a transaction on a pooled
+ * `Connection`, begun when the handler first reads `context.conn`).
  */
 export interface Store<Tx = Connection> {
   /** The store's clock in ms since the epoch: one clock for every process, never going back. */

@@ -446,14 +446,16 @@ export class BusWorker<Tx = Connection> implements Worker {
         async (tx, run) => {
           this.counters.calls++;
           if (run > 1) this.counters.reruns++;
-          await handler(message, {
-            ...this.store.txContext(tx),
+          const context = {
             get signal() {
               return handlerSignal(r);
             },
             run,
             extendLease: (ms: number) => this.store.extend(claim, ms),
-          });
+          };
+          // The transport's fields are copied as they are defined, so that a getter (a
+          // transaction opened when first used) stays one.
+          await handler(message, Object.defineProperties(context, Object.getOwnPropertyDescriptors(this.store.txContext(tx))) as never);
         },
         r.abandon,
         onSettling,

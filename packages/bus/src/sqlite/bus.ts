@@ -19,7 +19,7 @@ import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
 import { batchedAcks } from './acks.js';
 import { WriteBatch, type GatheredWrites } from './batch.js';
 import { batchedSends, insertCommands, type CommandToStore } from './sends.js';
-import { guardHandlerConn } from './guard.js';
+import { HandlerTx } from './guard.js';
 import { CommandPrefetch, prefetcherOf } from './prefetch.js';
 import { followingSlot, nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec } from '../schedule.js';
 import { checkRetention, DEFAULT_RETENTION, retainWith, runEvery, type PruneResult, type RetainResult, type RetentionOptions, type TrimResult } from '../retention.js';
@@ -129,7 +129,7 @@ export class SqliteBus implements Bus {
   private readonly main: Connection;
   private readonly idle: Connection[] = [];
   private readonly busy = new Set<Connection>();
-  private readonly workers = new Set<BusWorker>();
+  private readonly workers = new Set<BusWorker<HandlerTx>>();
   private readonly advancing = new Coalesced<string>();
   private sequencing: Promise<void> | undefined;
   /** The bus's own writes of this turn, committed together (see batch.ts). */
@@ -138,8 +138,6 @@ export class SqliteBus implements Bus {
   private readonly acks: GatheredWrites<Claim, void>;
   /** Sends of this turn without a caller's transaction, many rows per statement in the batch (see sends.ts). */
   private readonly sends: GatheredWrites<CommandToStore, number>;
-  /** Handles whose handler touched `context.conn` in the current run (see {@link SqliteBus.transact}). */
-  private readonly touched = new WeakSet<Connection>();
   private readonly instance: string;
   private readonly clock: BusClock;
   /** The default logger of this bus's workers. @internal */
@@ -451,7 +449,7 @@ export class SqliteBus implements Bus {
   }
 
   private startWorker(source: Source, handlers: Handlers, options: WorkerOptions): Worker {
-    const worker: BusWorker = new BusWorker(this, source, handlers, options, this.logger, () => this.workers.delete(worker));
+    const worker: BusWorker<HandlerTx> = new BusWorker(this, source, handlers, options, this.logger, () => this.workers.delete(worker));
     this.workers.add(worker);
     worker.start();
     return worker;
@@ -634,16 +632,22 @@ export class SqliteBus implements Bus {
 
   /**
    * Runs a handler in a `BEGIN CONCURRENT` transaction that commits with the acknowledgement
-   * (see {@link Store.transact}). A busy lock while acknowledging or committing leaves the
-   * transaction parked: the same step is tried again after a short wait, for as long as the
-   * lease holds (the worker renews it), so the handler is not run again. Only a conflict
-   * (`SQLITE_BUSY_SNAPSHOT`), or a busy error that the handler's own statement threw (the
-   * handler stopped half-way), runs the handler again, with `run` counting up.
+   * (see {@link Store.transact}). On a file the transaction is opened when the handler first
+   * reads `context.conn` (see {@link HandlerTx}); a handler that never uses it is acknowledged
+   * in the write batch, and the worker may reuse its slot while that commits (`settling`). A
+   * busy lock while acknowledging or committing leaves the transaction parked: the same step is
+   * tried again after a short wait, for as long as the lease holds (the worker renews it), so
+   * the handler is not run again. Only a conflict (`SQLITE_BUSY_SNAPSHOT`), or a busy error that
+   * the handler's own statement (or its `BEGIN`) threw, runs the handler again, with `run`
+   * counting up.
    * @internal
    */
-  async transact(claim: Claim, body: (conn: Connection, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult> {
+  async transact(claim: Claim, body: (tx: HandlerTx, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
-      const h = this.acquire();
+      const tx = new HandlerTx(() => {
+        if (abandon.aborted) throw abandon.reason;
+        return this.acquire();
+      });
       let onAbandon: (() => void) | undefined;
       /** Set once the worker reused the slot: the handler is not run again after that. */
       let settled = false;
@@ -652,23 +656,20 @@ export class SqliteBus implements Bus {
         const abandoned = new Promise<never>((_, reject) => {
           onAbandon = () => {
             // Roll back for good: the handler may still run, but nothing it writes can commit.
-            h.close();
+            tx.handle?.close();
             reject(abandon.reason);
           };
           abandon.addEventListener('abort', onAbandon, { once: true });
         });
         abandoned.catch(() => {});
-        // BEGIN itself may be refused while this process hands the file to another one.
-        await this.untilUnlocked(h, abandon, () => h.exec('BEGIN CONCURRENT'), true);
-        this.touched.delete(h);
-        await Promise.race([body(h, run), abandoned]);
-        if (!h.isOpen || !h.inTransaction) {
-          throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
-        }
-        if (!this.touched.has(h) && !this.main.memory) {
-          // The handler never used context.conn: its transaction is empty. The ack joins this
-          // turn's write batch (one commit with the other handlers' acks) instead.
-          h.exec('ROLLBACK');
+        // In memory the acknowledgement is a statement of the handler's transaction, always.
+        if (this.main.memory) tx.begin();
+        await Promise.race([body(tx, run), abandoned]);
+        const h = tx.handle;
+        if (!tx.used && !this.main.memory) {
+          // The handler never used context.conn: nothing to commit of its own. The ack joins
+          // this turn's write batch (one commit with the other handlers' acks) instead.
+          if (h?.isOpen && h.inTransaction) h.exec('ROLLBACK');
           if (abandon.aborted) throw abandon.reason;
           const acked = this.ackSoon(claim);
           // The same commit claims this worker's next command (see prefetch.ts).
@@ -681,13 +682,17 @@ export class SqliteBus implements Bus {
           this.settledClaim(claim);
           return { reruns: run - 1 };
         }
+        if (!h || !h.isOpen || !h.inTransaction) {
+          throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
+        }
         await this.untilUnlocked(h, abandon, () => this.ackOn(h, claim));
         // Concurrent handlers that finish in the same turn share this COMMIT (group commit).
         await this.untilUnlocked(h, abandon, () => commitAsync(h));
         this.settledClaim(claim);
         return { reruns: run - 1 };
       } catch (e) {
-        if (h.isOpen && h.inTransaction) {
+        const h = tx.handle;
+        if (h?.isOpen && h.inTransaction) {
           try {
             h.exec('ROLLBACK');
           } catch {
@@ -703,25 +708,29 @@ export class SqliteBus implements Bus {
         throw e;
       } finally {
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
-        this.release1(h);
+        if (tx.handle) this.release1(tx.handle);
       }
     }
   }
 
-  /** The handler context's transport fields: `conn`, the transaction's handle. @internal */
-  txContext(conn: Connection): { conn: Connection } {
-    return { conn: guardHandlerConn(conn, () => this.touched.add(conn)) };
+  /** The handler context's transport fields: `conn`, the transaction's handle (opened when first read). @internal */
+  txContext(tx: HandlerTx): { readonly conn: Connection } {
+    return {
+      get conn() {
+        return tx.conn;
+      },
+    };
   }
 
   /** Runs `step` on `h` until no lock is in the way; the transaction stays open (parked) meanwhile. */
-  private async untilUnlocked(h: Connection, abandon: AbortSignal, step: () => void | Promise<void>, beginning = false): Promise<void> {
+  private async untilUnlocked(h: Connection, abandon: AbortSignal, step: () => void | Promise<void>): Promise<void> {
     for (let i = 0; ; i++) {
       if (abandon.aborted) throw abandon.reason;
       try {
         await step();
         return;
       } catch (e) {
-        if (errorKind(e) !== 'busy' || !h.isOpen || h.inTransaction === beginning || this.closed) throw e;
+        if (errorKind(e) !== 'busy' || !h.isOpen || !h.inTransaction || this.closed) throw e;
         await sleep(1 + Math.random() * Math.min(20, 2 ** i));
       }
     }
