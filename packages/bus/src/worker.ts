@@ -21,9 +21,9 @@ const DEFAULTS = { concurrency: 1, lease: 30_000, maxAttempts: 5, pollInterval: 
 const CLAIM_GATHER_MS = 5;
 /**
  * Settling handlers (code finished, acknowledgement committing) whose slots a worker gives to
- * new claims, per slot of its concurrency: a worker holds at most `concurrency * (1 + 4)` claims.
+ * new claims, per slot of its concurrency: a worker holds at most `concurrency * (1 + 8)` claims.
  */
-const SETTLING_PER_SLOT = 4;
+const SETTLING_PER_SLOT = 8;
 
 /**
  * The most claims a worker of `concurrency` holds at once: its running handlers and the

@@ -128,7 +128,7 @@ describe('claims share the acks commit (file)', () => {
     expect(conn.get<{ n: number }>("SELECT count(*) AS n FROM bus_queue WHERE state = 'done' AND attempts = 1")!.n).toBe(N);
     // A durable commit costs 3-4 fsyncs. A claim commit and an ack commit per round of 16 would
     // be 40 commits (160 fsyncs measured); one shared commit per round of 16 about 21 (84);
-    // rounds growing to 80 (slots reused while acks commit, claims doubling) about 8 (32).
+    // rounds growing to 144 (slots reused while acks commit, claims doubling) about 6 (24).
     expect(fsyncs).toBeLessThanOrEqual(48);
   });
 
