@@ -3,17 +3,17 @@
  * instead of one per command. A statement costs more than a row here (binding, stepping and
  * resetting through the engine): acknowledging the 80 commands of one claim in one `UPDATE ..
  * WHERE token = ? AND seq IN (...) RETURNING seq` takes about half the CPU of 80 single-row
- * updates. Every acknowledgement stays fenced by its claim's token and fails alone when stale.
+ * updates (in lists of 32). Every acknowledgement stays fenced by its claim's token and fails alone when stale.
  * @module
  */
 import type { Connection, SqlValue } from '@siblite/core';
 import { StaleClaimError } from '../errors.js';
 import type { Claim } from '../store.js';
-import { GatheredWrites, powerOfTwoAtLeast, type WriteBatch } from './batch.js';
+import { GatheredWrites, fixedInLists, type WriteBatch } from './batch.js';
 import type { Plans } from './plans.js';
 
-/** The most commands one acknowledgement statement names (a power of two). */
-const MAX_PER_STATEMENT = 128;
+/** The commands one acknowledgement statement names (lists padded to it, see `fixedInLists`). */
+const ACK_LIST = 32;
 
 const ackSqls = new Map<string, string>();
 
@@ -42,14 +42,9 @@ export function ackCommands(h: Connection, plans: Plans, claims: readonly Claim[
   }
   const acked = new Set<Claim>();
   for (const [token, bySeq] of byToken) {
-    const seqs = [...bySeq.keys()];
-    for (let i = 0; i < seqs.length; i += MAX_PER_STATEMENT) {
-      const chunk = seqs.slice(i, i + MAX_PER_STATEMENT);
-      // The list is padded to a power of two with its last value (a few statement shapes).
-      const size = powerOfTwoAtLeast(chunk.length);
-      const params: SqlValue[] = [now, token, ...chunk];
-      while (params.length < size + 2) params.push(chunk[chunk.length - 1] as number);
-      for (const { seq } of h.all<{ seq: number }>(ackSql(plans, size), params)) acked.add(bySeq.get(seq) as Claim);
+    for (const list of fixedInLists([...bySeq.keys()], ACK_LIST)) {
+      const params: SqlValue[] = [now, token, ...list];
+      for (const { seq } of h.all<{ seq: number }>(ackSql(plans, list.length), params)) acked.add(bySeq.get(seq) as Claim);
     }
   }
   return acked;

@@ -160,29 +160,31 @@ export class GatheredWrites<T, R> {
 }
 
 /**
- * The sizes to split `n` into, largest first, each a power of two up to `most` (a power of two
- * itself): statements with a list of that many values then come in a few shapes only, so the
- * engine's statement cache holds a handful of them instead of one per count.
+ * The sizes of the statements that write `n` rows, at most `most` per statement: full ones of
+ * `most`, then single rows. Each statement shape costs the engine a compilation and the core a
+ * bytecode analysis (per database, several ms for a statement with triggers), so two shapes beat
+ * one per count.
  */
-export function powerOfTwoChunks(n: number, most: number): number[] {
+export function rowChunks(n: number, most: number): number[] {
   const out: number[] = [];
   let left = n;
-  while (left >= most) {
-    out.push(most);
-    left -= most;
-  }
-  for (let size = most >> 1; size >= 1; size >>= 1) {
-    if (left >= size) {
-      out.push(size);
-      left -= size;
-    }
-  }
+  for (; left >= most; left -= most) out.push(most);
+  for (; left > 0; left--) out.push(1);
   return out;
 }
 
-/** The smallest power of two at or above `n` (for a list padded with a repeated value). */
-export function powerOfTwoAtLeast(n: number): number {
-  let size = 1;
-  while (size < n) size <<= 1;
-  return size;
+/**
+ * `values` (not empty) in lists of exactly `size`, the last one padded with its last value, for
+ * `IN (...)` lists where a repeated value changes nothing: one statement shape for any count
+ * (see {@link rowChunks}).
+ */
+export function fixedInLists<V>(values: readonly V[], size: number): V[][] {
+  const out: V[][] = [];
+  for (let i = 0; i < values.length; i += size) {
+    const list = values.slice(i, i + size);
+    const last = list[list.length - 1] as V;
+    while (list.length < size) list.push(last);
+    out.push(list);
+  }
+  return out;
 }

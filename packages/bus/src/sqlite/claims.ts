@@ -9,7 +9,7 @@
  */
 import type { Connection, SqlValue } from '@siblite/core';
 import type { MessageRow } from '../codec.js';
-import { powerOfTwoAtLeast } from './batch.js';
+import { fixedInLists } from './batch.js';
 import type { Plans } from './plans.js';
 
 /** A claimed command row. */
@@ -70,6 +70,9 @@ const candidateSql = new Map<string, string>();
 
 const claimSqls = new Map<string, string>();
 
+/** The commands one claim statement names (lists padded to it, see `fixedInLists`). */
+const CLAIM_LIST = 32;
+
 /** The statement that claims `n` candidates (cached by namespace and count). */
 function claimSql(plans: Plans, n: number): string {
   const k = `${plans.namespace}/${n}`;
@@ -123,13 +126,11 @@ export function claimCommandRows(h: Connection, plans: Plans, a: CommandClaimArg
     if (want <= 0) break;
     const seqs = h.all<{ seq: number }>(sql, { ...filter, priority: v, now: a.now, limit: want });
     if (seqs.length === 0) continue;
-    // One statement for the whole batch: a statement costs far more than a row here. The list
-    // is padded to a power of two with its last value (a few statement shapes, not one per count).
-    const size = powerOfTwoAtLeast(seqs.length);
-    const params: SqlValue[] = [a.token, a.leaseUntil, a.now];
-    for (const c of seqs) params.push(c.seq);
-    while (params.length < size + 3) params.push((seqs[seqs.length - 1] as { seq: number }).seq);
-    out.push(...h.all<ClaimedCommandRow>(claimSql(plans, size), params));
+    // One statement per list of 32: a statement costs far more than a row here; the last list
+    // is padded (one statement shape, see fixedInLists).
+    for (const list of fixedInLists(seqs.map((c) => c.seq), CLAIM_LIST)) {
+      out.push(...h.all<ClaimedCommandRow>(claimSql(plans, list.length), [a.token, a.leaseUntil, a.now, ...list]));
+    }
   }
   return out;
 }
