@@ -28,7 +28,7 @@ const SETTLING_PER_SLOT = 8;
 /**
  * The most claims a worker of `concurrency` holds at once: its running handlers and the
  * settling ones whose slots it reused (see `SETTLING_PER_SLOT`). A transport that claims ahead
- * for a worker (the SQLite prefetch) claims no more than this.
+ * for a worker (the SQLite prefetch) buffers no more than this.
  */
 export function maxHeldClaims(concurrency: number): number {
   return concurrency * (1 + SETTLING_PER_SLOT);
