@@ -9,7 +9,7 @@ import type { Source } from './store.js';
 export const ADVANCE_EVERY = 16;
 
 /** What a transport supplies for {@link groupSource}. */
-export interface GroupSourceParts extends Omit<Source, 'settled' | 'idle'> {
+export interface GroupSourceParts extends Omit<Source, 'settled' | 'idle' | 'buffered'> {
   /** Moves the group's offset over every settled event; failures are retried at the next call. */
   advance(): Promise<unknown>;
 }

@@ -44,6 +44,12 @@ export interface Source {
   settled(): void;
   /** Called when nothing is claimable (and when stopping): catch up on deferred work. */
   idle(): Promise<void>;
+  /**
+   * How many claims the source holds in memory, handed out by `claim` without I/O (claims
+   * made ahead for the worker). The worker takes them without going through the event loop
+   * first. Absent: none.
+   */
+  buffered?(): number;
 }
 
 /** What {@link Store.transact} reports. */
@@ -54,7 +60,8 @@ export interface TransactResult {
 
 /**
  * Storage operations the worker runtime needs, all fenced by the claim token. `Tx` is the
- * transport's transaction handle that handlers write through (a `Connection` for SQLite).
+ * transport's transaction that handlers write through (for SQLite a transaction on a pooled
+ * `Connection`, begun when the handler first reads `context.conn`).
  */
 export interface Store<Tx = Connection> {
   /** The store's clock in ms since the epoch: one clock for every process, never going back. */

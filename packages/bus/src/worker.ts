@@ -19,6 +19,20 @@ import { MAX_TIMER_MS, validateMs, validatePositiveInt } from './validate.js';
 const DEFAULTS = { concurrency: 1, lease: 30_000, maxAttempts: 5, pollInterval: 1_000, stopTimeout: 30_000 };
 /** How long a worker with few free slots waits for more to free up before it claims (see `loop`). */
 const CLAIM_GATHER_MS = 5;
+/**
+ * Settling handlers (code finished, acknowledgement committing) whose slots a worker gives to
+ * new claims, per slot of its concurrency: a worker holds at most `concurrency * (1 + 8)` claims.
+ */
+const SETTLING_PER_SLOT = 8;
+
+/**
+ * The most claims a worker of `concurrency` holds at once: its running handlers and the
+ * settling ones whose slots it reused (see `SETTLING_PER_SLOT`). A transport that claims ahead
+ * for a worker (the SQLite prefetch) buffers no more than this.
+ */
+export function maxHeldClaims(concurrency: number): number {
+  return concurrency * (1 + SETTLING_PER_SLOT);
+}
 
 /** Why a handler's signal was aborted. */
 class AbortReason extends Error {
@@ -106,6 +120,8 @@ export class BusWorker<Tx = Connection> implements Worker {
     released: 0,
   };
   private readonly concurrency: number;
+  /** Claims held at once, running and settling (see {@link maxHeldClaims}). */
+  private readonly maxHeld: number;
   /** Free slots worth a claim while other handlers still run: half the concurrency. */
   private readonly claimBatch: number;
   private readonly lease: number;
@@ -146,6 +162,7 @@ export class BusWorker<Tx = Connection> implements Worker {
     if (options === null || typeof options !== 'object') throw new ValidationError('options', 'options must be an object');
     this.concurrency = options.concurrency === undefined ? DEFAULTS.concurrency : validatePositiveInt('concurrency', options.concurrency);
     this.claimBatch = Math.ceil(this.concurrency / 2);
+    this.maxHeld = maxHeldClaims(this.concurrency);
     this.lease = options.lease === undefined ? DEFAULTS.lease : validateMs('lease', options.lease, 1, MAX_TIMER_MS);
     this.maxAttempts = options.maxAttempts === undefined ? DEFAULTS.maxAttempts : validatePositiveInt('maxAttempts', options.maxAttempts);
     this.pollInterval = options.pollInterval === undefined ? DEFAULTS.pollInterval : validateMs('pollInterval', options.pollInterval, 1, MAX_TIMER_MS);
@@ -272,22 +289,27 @@ export class BusWorker<Tx = Connection> implements Worker {
     while (this.running) {
       try {
         // Every turn goes through the event loop's macrotask phases, so timers, I/O and
-        // signal handlers of the process run while a worker drains a backlog.
-        await yieldToLoop();
+        // signal handlers of the process run while a worker drains a backlog. Claims the
+        // source already holds in memory are taken without that detour: there are at most
+        // maxHeld of them, and only a commit (a macrotask) adds more.
+        const buffered = this.source.buffered?.() ?? 0;
+        if (buffered === 0) await yieldToLoop();
         if (!this.running) break;
         if (!prepared) {
           await this.source.prepare();
           prepared = true;
         }
-        // A handler whose code finished while its acknowledgement commits frees its slot.
-        const free = this.concurrency - this.inflight.size + this.settling;
+        // A handler whose code finished while its acknowledgement commits frees its slot,
+        // up to maxHeld claims held in all.
+        const held = this.inflight.size;
+        const free = Math.min(this.concurrency - (held - this.settling), this.maxHeld - held);
         if (free <= 0) {
           await this.slotFreed();
           continue;
         }
         // Batch claims: while handlers run and few slots are free, give the others up to
         // CLAIM_GATHER_MS to finish, so one claim (one commit) fills several slots.
-        if (free < this.claimBatch && this.inflight.size > this.settling) {
+        if (buffered === 0 && free < this.claimBatch && held > this.settling) {
           gatherUntil ||= performance.now() + CLAIM_GATHER_MS;
           const left = gatherUntil - performance.now();
           if (left > 0) {
@@ -424,14 +446,16 @@ export class BusWorker<Tx = Connection> implements Worker {
         async (tx, run) => {
           this.counters.calls++;
           if (run > 1) this.counters.reruns++;
-          await handler(message, {
-            ...this.store.txContext(tx),
+          const context = {
             get signal() {
               return handlerSignal(r);
             },
             run,
             extendLease: (ms: number) => this.store.extend(claim, ms),
-          });
+          };
+          // The transport's fields are copied as they are defined, so that a getter (a
+          // transaction opened when first used) stays one.
+          await handler(message, Object.defineProperties(context, Object.getOwnPropertyDescriptors(this.store.txContext(tx))) as never);
         },
         r.abandon,
         onSettling,

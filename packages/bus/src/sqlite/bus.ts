@@ -16,8 +16,10 @@ import { Coalesced } from '../coalesce.js';
 import { buildStats, checkEventOptions, checkMessage, checkSubscribe, commandInfo, commandNames, commandSource, eventInfo, eventSource, receiveFrom, toDeadLetter, type CommandRow, type DeadRow, type StatsRows } from '../transport.js';
 import { claimCommandRows, claimEventRows, inImmediate, inSavepoint, type ClaimedCommandRow } from './claims.js';
 import { anchorUsable, BusClock, newAnchor, parseAnchor } from './clock.js';
-import { WriteBatch } from './batch.js';
-import { guardHandlerConn } from './guard.js';
+import { batchedAcks } from './acks.js';
+import { WriteBatch, type GatheredWrites } from './batch.js';
+import { batchedSends, insertCommands, type CommandToStore } from './sends.js';
+import { HandlerTx } from './guard.js';
 import { CommandPrefetch, prefetcherOf } from './prefetch.js';
 import { followingSlot, nextSlot, slotId, validateScheduleName, validateSpec, type ScheduleInfo, type ScheduleSpec } from '../schedule.js';
 import { checkRetention, DEFAULT_RETENTION, retainWith, runEvery, type PruneResult, type RetainResult, type RetentionOptions, type TrimResult } from '../retention.js';
@@ -127,13 +129,15 @@ export class SqliteBus implements Bus {
   private readonly main: Connection;
   private readonly idle: Connection[] = [];
   private readonly busy = new Set<Connection>();
-  private readonly workers = new Set<BusWorker>();
+  private readonly workers = new Set<BusWorker<HandlerTx>>();
   private readonly advancing = new Coalesced<string>();
   private sequencing: Promise<void> | undefined;
   /** The bus's own writes of this turn, committed together (see batch.ts). */
   private readonly batch = new WriteBatch((fn) => this.immediate(fn));
-  /** Handles whose handler touched `context.conn` in the current run (see {@link SqliteBus.transact}). */
-  private readonly touched = new WeakSet<Connection>();
+  /** Command acknowledgements of this turn, one statement per claim token in the batch (see acks.ts). */
+  private readonly acks: GatheredWrites<Claim, void>;
+  /** Sends of this turn without a caller's transaction, many rows per statement in the batch (see sends.ts). */
+  private readonly sends: GatheredWrites<CommandToStore, number>;
   private readonly instance: string;
   private readonly clock: BusClock;
   /** The default logger of this bus's workers. @internal */
@@ -150,6 +154,8 @@ export class SqliteBus implements Bus {
     this.retryOptions = retryOptions;
     this.clock = clock;
     this.logger = logger;
+    this.acks = batchedAcks(this.batch, plans, () => this.now());
+    this.sends = batchedSends(this.batch, plans, () => this.now());
   }
 
   /**
@@ -245,7 +251,10 @@ export class SqliteBus implements Bus {
   async send(name: string, payload: Payload, options: ProduceOptions = {}): Promise<ProduceResult> {
     this.assertOpen();
     const c = this.commandParams(name, payload, options);
-    const changes = await this.write(options.conn, (h) => insertOnce(h, this.plans.send, this.commandRow(c, this.now())));
+    const changes =
+      options.conn || this.main.memory
+        ? await this.write(options.conn, (h) => insertOnce(h, this.plans.send, this.commandRow(c, this.now())))
+        : await this.sends.add(c);
     this.afterProduce(options.conn, 'queue');
     return { id: c.id, stored: changes > 0 };
   }
@@ -281,22 +290,28 @@ export class SqliteBus implements Bus {
       return batch.map((c) => insertOnce(h, this.plans.send, this.commandRow(c, now)));
     };
     // All or nothing: in the caller's transaction (a savepoint of it, or one of their handle's
-    // own), else as one item of this turn's write batch, inside a savepoint of its own.
-    const changes = conn ? await conn.transaction(insertAll) : await this.batch.add((h) => inSavepoint(h, () => insertAll(h)));
+    // own), else as one item of this turn's write batch, inside a savepoint of its own, many
+    // rows per statement (see sends.ts).
+    const changes = conn
+      ? await conn.transaction(insertAll)
+      : await this.batch.add((h) => inSavepoint(h, () => insertCommands(h, this.plans, batch, this.now())));
     this.afterProduce(conn, 'queue');
     return batch.map((c, i) => ({ id: c.id, stored: (changes[i] ?? 0) > 0 }));
   }
 
   /** Validates one command; its row needs only the time of writing (see {@link SqliteBus.commandRow}). */
-  private commandParams(name: string, payload: Payload, options: ProduceOptions) {
-    const p = this.produceParams(name, payload, options);
+  private commandParams(name: string, payload: Payload, options: ProduceOptions): CommandToStore {
+    const m = checkMessage(name, payload, options);
+    checkConnOption(options.conn);
     const delay = options.delay === undefined ? 0 : validateMs('delay', options.delay);
     const priority = options.priority === undefined ? 0 : validatePriority(options.priority);
-    return { id: p.id, params: p.params, delay: Math.ceil(delay), priority };
+    return { id: m.id, fields: [name, m.encoding, m.payload, m.contentType, m.headers, m.key], delay: Math.ceil(delay), priority };
   }
 
-  private commandRow(c: ReturnType<SqliteBus['commandParams']>, now: number): Record<string, SqlValue> {
-    return { ...c.params, now, availableAt: now + c.delay, priority: c.priority };
+  /** The named parameters of `plans.send` for `c` written at `now`. */
+  private commandRow(c: CommandToStore, now: number): Record<string, SqlValue> {
+    const [name, encoding, payload, contentType, headers, key] = c.fields;
+    return { id: c.id, name, encoding, payload, contentType, headers, key, now, availableAt: now + c.delay, priority: c.priority };
   }
 
   /**
@@ -320,9 +335,7 @@ export class SqliteBus implements Bus {
 
   private produceParams(name: string, payload: Payload, options: ProduceOptions) {
     const m = checkMessage(name, payload, options);
-    if (options.conn !== undefined && (options.conn === null || typeof (options.conn as Connection).run !== 'function')) {
-      throw new ValidationError('conn', 'conn must be a Connection');
-    }
+    checkConnOption(options.conn);
     return { id: m.id, params: { id: m.id, name, encoding: m.encoding, payload: m.payload, contentType: m.contentType, headers: m.headers, key: m.key } };
   }
 
@@ -405,15 +418,19 @@ export class SqliteBus implements Bus {
     const source = commandSource(this, handlers, options);
     this.startScheduler();
     if (this.main.memory) return this.startWorker(source, handlers, options);
-    // On a file, the worker's next claims ride on its acknowledgements' commits (see prefetch.ts).
+    // On a file, the worker's claims ride on the write batch, with its acknowledgements (see prefetch.ts).
     const names = commandNames(handlers, options);
     const prefetch = new CommandPrefetch({
       now: () => this.now(),
       claimOn: (h, limit, lease) => this.commandClaimsOn(h, limit, lease, names),
-      claim: source.claim,
       release: (claims, countAttempt) => this.release(claims, countAttempt),
+      batch: this.batch,
     });
-    return this.startWorker({ ...source, claim: (limit, lease) => prefetch.claim(limit, lease), idle: () => prefetch.giveBack() }, handlers, options);
+    return this.startWorker(
+      { ...source, claim: (limit, lease) => prefetch.claim(limit, lease), idle: () => prefetch.giveBack(), buffered: () => prefetch.buffered() },
+      handlers,
+      options,
+    );
   }
 
   /**
@@ -432,7 +449,7 @@ export class SqliteBus implements Bus {
   }
 
   private startWorker(source: Source, handlers: Handlers, options: WorkerOptions): Worker {
-    const worker: BusWorker = new BusWorker(this, source, handlers, options, this.logger, () => this.workers.delete(worker));
+    const worker: BusWorker<HandlerTx> = new BusWorker(this, source, handlers, options, this.logger, () => this.workers.delete(worker));
     this.workers.add(worker);
     worker.start();
     return worker;
@@ -537,8 +554,19 @@ export class SqliteBus implements Bus {
   /** Acknowledges `claim` (on `conn` if given). @internal */
   async ack(claim: Claim, conn?: Connection): Promise<void> {
     if (conn) await this.onCaller(conn, (h) => this.ackOn(h, claim));
-    else await this.write(undefined, (h) => this.ackOn(h, claim));
+    else await this.ackSoon(claim);
     this.settledClaim(claim, conn);
+  }
+
+  /**
+   * Acknowledges `claim` in this turn's write batch on a file (a command with the other
+   * commands' acknowledgements of the turn, in one statement per claim token), or at once in memory.
+   */
+  private ackSoon(claim: Claim): Promise<void> {
+    if (this.main.memory) return this.db((h) => this.ackOn(h, claim));
+    this.assertOpen();
+    if (claim.kind === 'command') return this.acks.add(claim);
+    return this.batch.add((h) => this.ackOn(h, claim));
   }
 
   /** Puts `claim` back, claimable after `delay` ms. @internal */
@@ -604,46 +632,58 @@ export class SqliteBus implements Bus {
 
   /**
    * Runs a handler in a `BEGIN CONCURRENT` transaction that commits with the acknowledgement
-   * (see {@link Store.transact}). A busy lock while acknowledging or committing leaves the
-   * transaction parked: the same step is tried again after a short wait, for as long as the
-   * lease holds (the worker renews it), so the handler is not run again. Only a conflict
-   * (`SQLITE_BUSY_SNAPSHOT`), or a busy error that the handler's own statement threw (the
-   * handler stopped half-way), runs the handler again, with `run` counting up.
+   * (see {@link Store.transact}). On a file the transaction is opened when the handler first
+   * reads `context.conn` (see {@link HandlerTx}); a handler that never uses it is acknowledged
+   * in the write batch, and the worker may reuse its slot while that commits (`settling`). A
+   * busy lock while acknowledging or committing leaves the transaction parked: the same step is
+   * tried again after a short wait, for as long as the lease holds (the worker renews it), so
+   * the handler is not run again. Only a conflict (`SQLITE_BUSY_SNAPSHOT`), or a busy error that
+   * the handler's own statement (or its `BEGIN`) threw, runs the handler again, with `run`
+   * counting up.
    * @internal
    */
-  async transact(claim: Claim, body: (conn: Connection, run: number) => Promise<void>, abandon: AbortSignal): Promise<TransactResult> {
+  async transact(claim: Claim, body: (tx: HandlerTx, run: number) => Promise<void>, abandon: AbortSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
-      const h = this.acquire();
+      const tx = new HandlerTx(() => {
+        if (abandon.aborted) throw abandon.reason;
+        return this.acquire();
+      });
       let onAbandon: (() => void) | undefined;
+      /** Set once the worker reused the slot: the handler is not run again after that. */
+      let settled = false;
       try {
         if (abandon.aborted) throw abandon.reason;
         const abandoned = new Promise<never>((_, reject) => {
           onAbandon = () => {
             // Roll back for good: the handler may still run, but nothing it writes can commit.
-            h.close();
+            tx.handle?.close();
             reject(abandon.reason);
           };
           abandon.addEventListener('abort', onAbandon, { once: true });
         });
         abandoned.catch(() => {});
-        // BEGIN itself may be refused while this process hands the file to another one.
-        await this.untilUnlocked(h, abandon, () => h.exec('BEGIN CONCURRENT'), true);
-        this.touched.delete(h);
-        await Promise.race([body(h, run), abandoned]);
-        if (!h.isOpen || !h.inTransaction) {
-          throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
-        }
-        if (!this.touched.has(h) && !this.main.memory) {
-          // The handler never used context.conn: its transaction is empty. The ack joins this
-          // turn's write batch (one commit with the other handlers' acks) instead.
-          h.exec('ROLLBACK');
+        // In memory the acknowledgement is a statement of the handler's transaction, always.
+        if (this.main.memory) tx.begin();
+        await Promise.race([body(tx, run), abandoned]);
+        const h = tx.handle;
+        if (!tx.used && !this.main.memory) {
+          // The handler never used context.conn: nothing to commit of its own. The ack joins
+          // this turn's write batch (one commit with the other handlers' acks) instead.
+          if (h?.isOpen && h.inTransaction) h.exec('ROLLBACK');
           if (abandon.aborted) throw abandon.reason;
-          const acked = this.batch.add((b) => this.ackOn(b, claim));
+          const acked = this.ackSoon(claim);
           // The same commit claims this worker's next command (see prefetch.ts).
           prefetcherOf(claim)?.acked(this.batch);
+          // Only the ack is left, on no handle of this run: the worker may reuse the slot while
+          // it commits. A failed ack then fails the attempt (never a second run of the handler).
+          settled = true;
+          settling?.();
           await acked;
           this.settledClaim(claim);
           return { reruns: run - 1 };
+        }
+        if (!h || !h.isOpen || !h.inTransaction) {
+          throw new BusError('SIBLITE_BUS_HANDLER_TRANSACTION', 'the handler ended the bus transaction of context.conn', 'misuse');
         }
         await this.untilUnlocked(h, abandon, () => this.ackOn(h, claim));
         // Concurrent handlers that finish in the same turn share this COMMIT (group commit).
@@ -651,7 +691,8 @@ export class SqliteBus implements Bus {
         this.settledClaim(claim);
         return { reruns: run - 1 };
       } catch (e) {
-        if (h.isOpen && h.inTransaction) {
+        const h = tx.handle;
+        if (h?.isOpen && h.inTransaction) {
           try {
             h.exec('ROLLBACK');
           } catch {
@@ -660,32 +701,36 @@ export class SqliteBus implements Bus {
         }
         if (abandon.aborted) throw abandon.reason;
         const kind = errorKind(e);
-        if ((kind === 'busy_snapshot' || kind === 'busy') && run < MAX_RERUNS) {
+        if (!settled && (kind === 'busy_snapshot' || kind === 'busy') && run < MAX_RERUNS) {
           await sleep(Math.random() * Math.min(50, 2 ** run));
           continue;
         }
         throw e;
       } finally {
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
-        this.release1(h);
+        if (tx.handle) this.release1(tx.handle);
       }
     }
   }
 
-  /** The handler context's transport fields: `conn`, the transaction's handle. @internal */
-  txContext(conn: Connection): { conn: Connection } {
-    return { conn: guardHandlerConn(conn, () => this.touched.add(conn)) };
+  /** The handler context's transport fields: `conn`, the transaction's handle (opened when first read). @internal */
+  txContext(tx: HandlerTx): { readonly conn: Connection } {
+    return {
+      get conn() {
+        return tx.conn;
+      },
+    };
   }
 
   /** Runs `step` on `h` until no lock is in the way; the transaction stays open (parked) meanwhile. */
-  private async untilUnlocked(h: Connection, abandon: AbortSignal, step: () => void | Promise<void>, beginning = false): Promise<void> {
+  private async untilUnlocked(h: Connection, abandon: AbortSignal, step: () => void | Promise<void>): Promise<void> {
     for (let i = 0; ; i++) {
       if (abandon.aborted) throw abandon.reason;
       try {
         await step();
         return;
       } catch (e) {
-        if (errorKind(e) !== 'busy' || !h.isOpen || h.inTransaction === beginning || this.closed) throw e;
+        if (errorKind(e) !== 'busy' || !h.isOpen || !h.inTransaction || this.closed) throw e;
         await sleep(1 + Math.random() * Math.min(20, 2 ** i));
       }
     }
@@ -1061,6 +1106,13 @@ export class SqliteBus implements Bus {
     for (const h of this.busy) h.close();
     this.busy.clear();
     this.main.close();
+  }
+}
+
+/** Checks the `conn` option of `send` and `publish`. @throws ValidationError */
+function checkConnOption(conn: unknown): void {
+  if (conn !== undefined && (conn === null || typeof (conn as Connection).run !== 'function')) {
+    throw new ValidationError('conn', 'conn must be a Connection');
   }
 }
 

@@ -9,6 +9,7 @@
  */
 import type { Connection, SqlValue } from '@siblite/core';
 import type { MessageRow } from '../codec.js';
+import { fixedInLists } from './batch.js';
 import type { Plans } from './plans.js';
 
 /** A claimed command row. */
@@ -69,12 +70,15 @@ const candidateSql = new Map<string, string>();
 
 const claimSqls = new Map<string, string>();
 
+/** The commands one claim statement names (lists padded to it, see `fixedInLists`). */
+const CLAIM_LIST = 32;
+
 /** The statement that claims `n` candidates (cached by namespace and count). */
 function claimSql(plans: Plans, n: number): string {
   const k = `${plans.namespace}/${n}`;
   let sql = claimSqls.get(k);
   if (sql === undefined) {
-    sql = `${plans.claimCommandsIn} (${Array.from({ length: n }, (_, i) => `:s${i}`).join(', ')}) ${plans.claimReturning}`;
+    sql = `${plans.claimCommandsIn} (${Array.from({ length: n }, () => '?').join(', ')}) ${plans.claimReturning}`;
     claimSqls.set(k, sql);
   }
   return sql;
@@ -122,10 +126,11 @@ export function claimCommandRows(h: Connection, plans: Plans, a: CommandClaimArg
     if (want <= 0) break;
     const seqs = h.all<{ seq: number }>(sql, { ...filter, priority: v, now: a.now, limit: want });
     if (seqs.length === 0) continue;
-    // One statement for the whole batch: a statement costs far more than a row here.
-    const params: Record<string, SqlValue> = { token: a.token, leaseUntil: a.leaseUntil, now: a.now };
-    seqs.forEach((c, i) => (params[`s${i}`] = c.seq));
-    out.push(...h.all<ClaimedCommandRow>(claimSql(plans, seqs.length), params));
+    // One statement per list of 32: a statement costs far more than a row here; the last list
+    // is padded (one statement shape, see fixedInLists).
+    for (const list of fixedInLists(seqs.map((c) => c.seq), CLAIM_LIST)) {
+      out.push(...h.all<ClaimedCommandRow>(claimSql(plans, list.length), [a.token, a.leaseUntil, a.now, ...list]));
+    }
   }
   return out;
 }

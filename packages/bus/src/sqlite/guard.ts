@@ -96,3 +96,44 @@ export function guardHandlerConn(conn: Connection, onUse?: () => void): Connecti
   });
 }
 
+
+/**
+ * A handler run's transaction, opened when the handler first reads `context.conn`: a handler
+ * that never does costs no handle and no `BEGIN CONCURRENT` / `ROLLBACK` (its acknowledgement
+ * goes into the bus's write batch). Reading `context.conn` takes a pooled handle and begins the
+ * transaction there and then; when `BEGIN` is refused (the file is busy in another process)
+ * the read throws that busy error, and the bus runs the handler again.
+ */
+export class HandlerTx {
+  private h: Connection | null = null;
+  private begun = false;
+  private guarded: Connection | null = null;
+  /** Whether the handler took a method of `context.conn` (it may have run SQL in the transaction). */
+  used = false;
+
+  /** @param acquire - takes a pooled handle (throws when the run was abandoned or the bus closed). */
+  constructor(private readonly acquire: () => Connection) {}
+
+  /** The handle, if one was taken (to release, roll back or close it). */
+  get handle(): Connection | null {
+    return this.h;
+  }
+
+  /** The handle with its transaction begun (taken and begun now if need be). */
+  begin(): Connection {
+    const h = (this.h ??= this.acquire());
+    if (!this.begun) {
+      h.exec('BEGIN CONCURRENT');
+      this.begun = true;
+    }
+    return h;
+  }
+
+  /** What the handler gets as `context.conn`: the guarded handle of the begun transaction. */
+  get conn(): Connection {
+    const h = this.begin();
+    return (this.guarded ??= guardHandlerConn(h, () => {
+      this.used = true;
+    }));
+  }
+}

@@ -285,6 +285,17 @@ export function buildPlans(namespace: string) {
     send: `INSERT INTO ${queue} (id, name, kind, encoding, payload, content_type, headers, key, attempts, created_at, available_at, state, due_at, priority)
            VALUES (:id, :name, 'command', :encoding, :payload, :contentType, :headers, :key, 0, :now, :availableAt, 'ready', :availableAt, :priority)`,
     /**
+     * Appends commands, many rows in one statement: this SQL, then `sendRow` once per row
+     * (comma-separated), then `sendRowsEnd`. Positional parameters per row: id, name, encoding,
+     * payload, content type, headers, key, now, available at (twice: also the due time),
+     * priority. An id already stored is skipped (`RETURNING id` names the rows stored).
+     */
+    sendRows: `INSERT INTO ${queue} (id, name, kind, encoding, payload, content_type, headers, key, attempts, created_at, available_at, state, due_at, priority) VALUES`,
+    /** One row of a `sendRows` statement. */
+    sendRow: `(?, ?, 'command', ?, ?, ?, ?, ?, 0, ?, ?, 'ready', ?, ?)`,
+    /** The end of a `sendRows` statement. */
+    sendRowsEnd: `ON CONFLICT (id) DO NOTHING RETURNING id`,
+    /**
      * The distinct priorities that have claimable-shaped rows, highest first, found by index
      * seeks (one per priority), so a claim never walks rows of a priority it cannot use.
      */
@@ -297,15 +308,17 @@ export function buildPlans(namespace: string) {
      * Candidates of one priority: due heads, oldest first. The name filter is appended by
      * the claim procedure (`claims.ts`); paused names are excluded there too.
      */
-    candidatesBase: `SELECT seq, name FROM ${queue} INDEXED BY "${ns}_queue_claim"
+    candidatesBase: `SELECT seq FROM ${queue} INDEXED BY "${ns}_queue_claim"
       WHERE ${unsettled} AND head = 1 AND priority = :priority AND due_at <= :now`,
     /**
      * Claims candidates, re-checking in the same statement that each is still claimable: this
-     * SQL followed by a list of `:s0, :s1, ...` in parentheses, then `claimReturning`.
+     * SQL followed by a list of `?, ?, ...` in parentheses, then `claimReturning`. Positional
+     * parameters (a long list of named ones costs more to bind): token, lease end, now, then the
+     * sequence numbers.
      */
     claimCommandsIn: `UPDATE ${queue}
-      SET state = 'inflight', token = :token, attempts = attempts + 1, due_at = :leaseUntil
-      WHERE ${unsettled} AND head = 1 AND due_at <= :now AND seq IN`,
+      SET state = 'inflight', token = ?, attempts = attempts + 1, due_at = ?
+      WHERE ${unsettled} AND head = 1 AND due_at <= ? AND seq IN`,
     /** The end of a claimCommandsIn statement. */
     claimReturning: `RETURNING seq, ${MSG_COLS}, attempts, token`,
     /**
@@ -317,6 +330,13 @@ export function buildPlans(namespace: string) {
     /** Settles a claimed command as handled (fenced by the token). */
     ackCommand: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = :now
       WHERE seq = :seq AND token = :token AND state = 'inflight'`,
+    /**
+     * Acknowledges the commands of one claim token: this SQL followed by a list of `?, ?, ...`
+     * in parentheses (and `RETURNING seq`, which names the ones acknowledged). Positional
+     * parameters: now, the token, then the sequence numbers.
+     */
+    ackCommandsIn: `UPDATE ${queue} SET state = 'done', token = NULL, settled_at = ?
+      WHERE token = ? AND state = 'inflight' AND seq IN`,
     /** Puts a claimed command back, due at :at (fenced by the token). */
     nackCommand: `UPDATE ${queue} SET state = 'ready', token = NULL, due_at = :at, available_at = :at, last_error = :error
       WHERE seq = :seq AND token = :token AND state = 'inflight'`,
