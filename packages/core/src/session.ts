@@ -17,6 +17,7 @@ import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './e
 import type { CompiledSql } from './engine/statement-cache.js';
 import { digestPolicy } from './engine/row-digest.js';
 import { heldAgainst } from './concurrent/hold.js';
+import type { Lane } from './lane.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
@@ -51,6 +52,12 @@ export class Session {
   private abortedBySnapshot = false;
   /** Set while a `transaction()` callback runs with its transaction open (see {@link Session.aborted}). */
   inTransactionFn = false;
+  /**
+   * The priority lane of the `transaction()` call running on this handle, when the call may
+   * queue there (a concurrent transaction with retries): its hot statements may be refused
+   * while the lane is in use (see lane.ts).
+   */
+  lane: Lane | undefined = undefined;
   /**
    * The error that ended the transaction of a running `transaction()` callback (a conflict, an
    * `OR ROLLBACK`): the callback may have swallowed it and still believes it is inside its
@@ -401,6 +408,23 @@ export class Session {
     this.abortConcurrent(tx, cause);
   }
 
+  /**
+   * Whether committing this handle's concurrent transaction now would leave every read of
+   * `other` (another handle's open concurrent transaction) showing what it showed; `false` when
+   * that cannot be told (see {@link ConcurrentTransaction.readsSameOnTop}). Brings this
+   * transaction into the engine first, validating it: throws what its COMMIT would.
+   */
+  keepsReadsOf(other: ConcurrentTransaction): boolean {
+    const tx = this.tx;
+    if (tx?.kind !== 'concurrent') return false;
+    return this.withFile(() => {
+      tx.refreshFootprints();
+      if (this.engine.group?.isTop(tx)) return false;
+      if (this.engine.active !== tx) this.bringIn(tx);
+      return other.readsSameOnTop(tx.writes);
+    });
+  }
+
   /** Makes room for this handle's pessimistic transaction, or throws SQLITE_BUSY. */
   private claimForPessimistic(): void {
     const a = this.engine.active;
@@ -595,6 +619,10 @@ export class Session {
         'PRAGMA settings, VACUUM, ATTACH and DETACH are not allowed inside BEGIN CONCURRENT (they change the connection ' +
           'every handle shares); the transaction is still open. Run them outside any transaction.',
       );
+    }
+    if (this.lane !== undefined && this.inTransactionFn) {
+      const refusal = this.lane.refusal(this, c.sql, params);
+      if (refusal) throw refusal;
     }
     tx.refreshFootprints();
     const fp = engine.footprints.of(c.sql);

@@ -7,7 +7,7 @@ import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
 import { joinCommitGroup } from './commit-group.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
-import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
+import { isQueuedRefusal, LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { forgetRefusals, isHeldRefusal } from './concurrent/hold.js';
 import { retry, type RetryOptions } from './retry.js';
 
@@ -141,6 +141,9 @@ export async function runTransaction<T>(
   const grouped = mode === 'concurrent' && options.groupCommit !== false;
   let failures = 0;
   let laneFailures = 0;
+  // A hot statement of an attempt outside the lane was refused (see Lane.refusal): the call
+  // runs in the lane from then on.
+  let queued = false;
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
@@ -150,13 +153,14 @@ export async function runTransaction<T>(
     // Only a transaction that failed LANE_AFTER_FAILURES times queues: sending transactions to the
     // lane earlier (after one failure while it is in use) serialized moderate contention and
     // cost 40% of the throughput at 10% overlap in the concurrent-tx bench.
-    const inLane = kept || (lane !== undefined && failures >= LANE_AFTER_FAILURES);
+    const inLane = kept || (lane !== undefined && (queued || failures >= LANE_AFTER_FAILURES));
     // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
     // holder awaits this very transaction. A holder runs optimistically with priority first,
     // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
     if (kept) lane.keptFor = undefined;
     else if (inLane) await lane.acquire(deadline - performance.now());
     const pessimistic = inLane && laneFailures > 0;
+    if (inLane) lane.holder = session;
     if (inLane && !pessimistic) lane.priority = session;
     try {
       try {
@@ -185,7 +189,8 @@ export async function runTransaction<T>(
         session.endTransactionFn();
       }
     } catch (e) {
-      if (isRetryable(e) && !isHeldRefusal(e)) {
+      if (isQueuedRefusal(e)) queued = true;
+      else if (isRetryable(e) && !isHeldRefusal(e)) {
         if (inLane) laneFailures++;
         else failures++;
       }
@@ -193,9 +198,13 @@ export async function runTransaction<T>(
     } finally {
       if (inLane) {
         if (lane.priority === session) lane.priority = undefined;
+        if (lane.holder === session) lane.holder = undefined;
         lane.release();
       }
     }
+    // Refused at a hot statement before doing any work: wait in the lane now, not after the
+    // retry loop's backoff delay.
+    if (queued && isQueuedRefusal(failed)) return once();
     // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
     // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
     // (one rerun at most: the rerun's own commit never waits in the lane).
@@ -203,6 +212,7 @@ export async function runTransaction<T>(
     throw failed;
   };
   running.add(session);
+  session.lane = lane;
   try {
     if (retryOptions === false) return await once();
     // retry() runs the first attempt directly; its loop starts only after a busy error.
@@ -211,6 +221,7 @@ export async function runTransaction<T>(
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
+    session.lane = undefined;
     forgetRefusals(session);
     // The retry loop ended while this transaction kept its turn in the lane.
     if (lane?.keptFor === session) {
@@ -248,9 +259,9 @@ function begin(conn: Connection, mode: TransactionMode): void {
  */
 function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
   const session = conn.session;
-  // It would change what the lane's priority holder read: let it finish first.
-  if (lane?.blocks(session)) return commitWhenFree(conn, lane, deadline, undefined);
   try {
+    // It would change what the lane's priority holder read: let it finish first.
+    if (lane?.holdsBack(session)) return commitWhenFree(conn, lane, deadline, undefined);
     session.withFile(() => session.commit());
     return undefined;
   } catch (e) {
