@@ -163,29 +163,32 @@ export class Session {
     }
     // Read once: what is checked, logged and bound must be the same values.
     const values = snapshotParams(params);
-    return waitOutSync(this.busyTimeout, () =>
-      this.withFile(() => {
-        this.engine.caller = this.state;
-        this.format = format;
-        try {
-          const state = this.state;
-          const writesRows = c.prepared !== undefined && c.prepared.writesRows;
-          // Marked before it runs: a statement may change rows and then fail (OR FAIL).
-          if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
-            state.totalChangesKnown = false;
-          }
-          const out = this.route(c, values, want);
-          if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
-          if (writesRows) {
-            state.changes = out.changes;
-            state.totalChanges += out.changes;
-          }
-          return out;
-        } finally {
-          this.format = undefined;
-        }
-      }),
-    );
+    // In memory there is no file lock to wait out: no closures per statement.
+    if (this.engine.fileAccess === undefined) return this.runNow(c, values, want, format);
+    return waitOutSync(this.busyTimeout, () => this.withFile(() => this.runNow(c, values, want, format)));
+  }
+
+  /** One attempt of {@link Session.run}, on the engine (inside {@link Session.withFile} on a file). */
+  private runNow(c: CompiledSql, values: BindParams | undefined, want: Want, format: RowFormat | undefined): Outcome {
+    this.engine.caller = this.state;
+    this.format = format;
+    try {
+      const state = this.state;
+      const writesRows = c.prepared !== undefined && c.prepared.writesRows;
+      // Marked before it runs: a statement may change rows and then fail (OR FAIL).
+      if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
+        state.totalChangesKnown = false;
+      }
+      const out = this.route(c, values, want);
+      if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+      if (writesRows) {
+        state.changes = out.changes;
+        state.totalChanges += out.changes;
+      }
+      return out;
+    } finally {
+      this.format = undefined;
+    }
   }
 
   /**
@@ -633,7 +636,7 @@ export class Session {
     }
     const entry: LogEntry = {
       sql: c.sql,
-      params: copyParams(params),
+      params: privateParams(params),
       want,
       format: this.format,
       footprint: fp,
@@ -813,15 +816,28 @@ function snapshotParams(params: BindParams | undefined): BindParams | undefined 
   }
 }
 
-/** A copy of the parameters as they are now (blobs included), for replaying them later. */
-function copyParams(params: BindParams | undefined): BindParams | undefined {
-  const copy = (v: unknown) => (v instanceof Uint8Array ? v.slice() : v);
+/**
+ * The parameters as they are now, for replaying them later, from the private snapshot
+ * {@link Session.run} took ({@link snapshotParams}): only blobs, which the application may still
+ * change in place, are copied (the snapshot itself when it holds none).
+ */
+function privateParams(params: BindParams | undefined): BindParams | undefined {
   if (params instanceof Uint8Array) return params.slice();
-  if (Array.isArray(params)) return (params as unknown[]).map(copy) as BindParams;
+  if (Array.isArray(params)) {
+    const list = params as unknown[];
+    if (!list.some(isBlob)) return params;
+    return list.map((v) => (v instanceof Uint8Array ? v.slice() : v)) as BindParams;
+  }
   if (params !== null && typeof params === 'object') {
+    const values = Object.values(params);
+    if (!values.some(isBlob)) return params;
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(params)) out[k] = copy(v);
+    for (const [k, v] of Object.entries(params)) out[k] = v instanceof Uint8Array ? v.slice() : v;
     return out as BindParams;
   }
   return params;
+}
+
+function isBlob(v: unknown): boolean {
+  return v instanceof Uint8Array;
 }

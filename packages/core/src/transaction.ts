@@ -9,7 +9,7 @@ import { joinCommitGroup } from './commit-group.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
 import { isQueuedRefusal, LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { forgetRefusals, isHeldRefusal } from './concurrent/hold.js';
-import { retry, type RetryOptions } from './retry.js';
+import { retryAfterFirst, startRetries, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
 export interface TransactionOptions {
@@ -174,10 +174,19 @@ export async function runTransaction<T>(
       // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
       session.inTransactionFn = true;
       try {
-        const result = await runScoped(scope, fn, conn);
-        const alone = () => commit(conn, inLane ? undefined : lane, deadline);
+        // runScoped, inlined: one async frame less per attempt.
+        let result: T;
+        try {
+          result = await inside.run(scope, fn, conn);
+        } finally {
+          const children = scope.children?.idle();
+          if (children) await children;
+        }
+        // The closures of a commit group only where the engine groups commits.
         const committing =
-          (grouped && !inLane ? joinCommitGroup(session, () => !lane?.blocks(session), alone) : undefined) ?? alone();
+          grouped && !inLane && session.engine.group !== undefined
+            ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(conn, lane, deadline)) ?? commit(conn, lane, deadline))
+            : commit(conn, inLane ? undefined : lane, deadline);
         if (committing) await committing;
         return result;
       } catch (e) {
@@ -215,8 +224,14 @@ export async function runTransaction<T>(
   session.lane = lane;
   try {
     if (retryOptions === false) return await once();
-    // retry() runs the first attempt directly; its loop starts only after a busy error.
-    return await retry(once, retryOptions);
+    // The first attempt runs here directly (as retry() would, without its async frame); the
+    // retry loop starts only after a busy error.
+    const started = startRetries(retryOptions);
+    try {
+      return await once();
+    } catch (e) {
+      return await retryAfterFirst(once, e, started, retryOptions);
+    }
   } catch (e) {
     throw e instanceof Final ? e.error : e;
   } finally {
