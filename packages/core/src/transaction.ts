@@ -32,6 +32,12 @@ export interface TransactionOptions {
 const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
 let savepoints = 0;
 
+/**
+ * How long a call that a hot statement sent to the priority lane (see lane.ts) waits there
+ * before it runs optimistically instead, in ms.
+ */
+const QUEUED_WAIT_MS = 1000;
+
 /** The options of a call that passed none (shared: a call allocates no option object). */
 export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
 
@@ -150,15 +156,30 @@ export async function runTransaction<T>(
     let failed: unknown;
     // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
     const kept = lane !== undefined && lane.keptFor === session;
-    // Only a transaction that failed LANE_AFTER_FAILURES times queues: sending transactions to the
-    // lane earlier (after one failure while it is in use) serialized moderate contention and
-    // cost 40% of the throughput at 10% overlap in the concurrent-tx bench.
+    // A transaction queues after LANE_AFTER_FAILURES failures, or at once when a hot statement
+    // was refused (see Lane.refusal): sending every transaction to the lane after one failure
+    // while it is in use serialized moderate contention and cost 40% of the throughput at 10%
+    // overlap in the concurrent-tx bench.
     const inLane = kept || (lane !== undefined && (queued || failures >= LANE_AFTER_FAILURES));
     // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
     // holder awaits this very transaction. A holder runs optimistically with priority first,
     // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
     if (kept) lane.keptFor = undefined;
-    else if (inLane) await lane.acquire(deadline - performance.now());
+    else if (inLane) {
+      const budget = deadline - performance.now();
+      if (!queued || failures >= LANE_AFTER_FAILURES || laneFailures > 0 || budget <= QUEUED_WAIT_MS) await lane.acquire(budget);
+      else {
+        // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
+        // awaits this very call; then run optimistically, refused no more.
+        try {
+          await lane.acquire(QUEUED_WAIT_MS);
+        } catch {
+          queued = false;
+          session.lane = undefined;
+          return once();
+        }
+      }
+    }
     const pessimistic = inLane && laneFailures > 0;
     if (inLane) lane.holder = session;
     if (inLane && !pessimistic) lane.priority = session;

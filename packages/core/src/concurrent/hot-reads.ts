@@ -18,6 +18,9 @@ export const HOT_FOR_MS = 1000;
 /** At most this many hot statements are kept per engine (the oldest are forgotten first). */
 const MAX_HOT = 256;
 
+/** A statement with a longer text parameter is not tracked. */
+const MAX_TEXT = 256;
+
 /** The hot statements of one engine. */
 export class HotReads {
   /** Statement key (see {@link statementKey}) to the last time it was seen hot. */
@@ -47,7 +50,8 @@ export class HotReads {
 
 /**
  * A key for a statement and its parameters, or `undefined` when a parameter is not a number,
- * BigInt, string, boolean or null (a blob, for instance): such a statement is never tracked.
+ * BigInt, string (of at most 256 characters), boolean or null (a blob, for instance): such a
+ * statement is never tracked.
  */
 export function statementKey(sql: string, params: BindParams | undefined): string | undefined {
   if (params === undefined || params === null) return sql;
@@ -82,7 +86,8 @@ function valueKey(v: unknown): string | undefined {
     case 'bigint':
       return `\u0000b${v}`;
     case 'string':
-      return `\u0000s${v}`;
+      // A long text is not worth a key (nor the copy of it a key would make).
+      return v.length > MAX_TEXT ? undefined : `\u0000s${v}`;
     case 'boolean':
       return `\u0000n${v ? 1 : 0}`;
     default:
