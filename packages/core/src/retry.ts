@@ -46,6 +46,21 @@ export interface RetryOptions {
  *   signal's reason when aborted.
  */
 export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options: RetryOptions = NO_OPTIONS): Promise<T> {
+  const started = startRetries(options);
+  // The first attempt runs directly: most succeed, and they should cost no more than `fn`.
+  try {
+    return await fn(1);
+  } catch (e) {
+    return retryAfterFirst(fn, e, started, options);
+  }
+}
+
+/**
+ * What {@link retry} does before the first attempt: checks `options` (throws a `RangeError`)
+ * and the signal (throws its reason when aborted). Returns the start time of the budget.
+ * @internal
+ */
+export function startRetries(options: RetryOptions = NO_OPTIONS): number {
   const retries = options.retries ?? 100;
   const minTimeout = options.minTimeout ?? 1;
   const maxTimeout = options.maxTimeout ?? 100;
@@ -54,14 +69,22 @@ export async function retry<T>(fn: (attempt: number) => T | Promise<T>, options:
     throw new RangeError('retry(): retries, minTimeout, maxTimeout and maxElapsedMs must be numbers >= 0');
   }
   options.signal?.throwIfAborted();
-  const started = performance.now();
-  // The first attempt runs directly: most succeed, and they should cost no more than `fn`.
-  try {
-    return await fn(1);
-  } catch (e) {
-    if (retries === 0 || !isRetryable(e)) throw e;
-    return retryAfterFailure(fn, e, started, options);
-  }
+  return performance.now();
+}
+
+/**
+ * What {@link retry} does once the first attempt (begun at `started`) threw `firstError`:
+ * throws it when it is not retryable or no retry is allowed, else runs the retry loop.
+ * @internal
+ */
+export function retryAfterFirst<T>(
+  fn: (attempt: number) => T | Promise<T>,
+  firstError: unknown,
+  started: number,
+  options: RetryOptions = NO_OPTIONS,
+): Promise<T> {
+  if ((options.retries ?? 100) === 0 || !isRetryable(firstError)) throw firstError;
+  return retryAfterFailure(fn, firstError, started, options);
 }
 
 /** The retry loop once the first attempt failed with `firstError` (a retryable error). */

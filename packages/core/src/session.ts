@@ -18,6 +18,7 @@ import type { CompiledSql } from './engine/statement-cache.js';
 import { digestPolicy } from './engine/row-digest.js';
 import { addWrittenRowids } from './engine/rowid-span.js';
 import { heldAgainst } from './concurrent/hold.js';
+import type { Lane } from './lane.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
@@ -53,6 +54,12 @@ export class Session {
   private abortedBySnapshot = false;
   /** Set while a `transaction()` callback runs with its transaction open (see {@link Session.aborted}). */
   inTransactionFn = false;
+  /**
+   * The priority lane of the `transaction()` call running on this handle, when the call may
+   * queue there (a concurrent transaction with retries): its hot statements may be refused
+   * while the lane is in use (see lane.ts).
+   */
+  lane: Lane | undefined = undefined;
   /**
    * The error that ended the transaction of a running `transaction()` callback (a conflict, an
    * `OR ROLLBACK`): the callback may have swallowed it and still believes it is inside its
@@ -158,29 +165,32 @@ export class Session {
     }
     // Read once: what is checked, logged and bound must be the same values.
     const values = snapshotParams(params);
-    return waitOutSync(this.busyTimeout, () =>
-      this.withFile(() => {
-        this.engine.caller = this.state;
-        this.format = format;
-        try {
-          const state = this.state;
-          const writesRows = c.prepared !== undefined && c.prepared.writesRows;
-          // Marked before it runs: a statement may change rows and then fail (OR FAIL).
-          if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
-            state.totalChangesKnown = false;
-          }
-          const out = this.route(c, values, want);
-          if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
-          if (writesRows) {
-            state.changes = out.changes;
-            state.totalChanges += out.changes;
-          }
-          return out;
-        } finally {
-          this.format = undefined;
-        }
-      }),
-    );
+    // In memory there is no file lock to wait out: no closures per statement.
+    if (this.engine.fileAccess === undefined) return this.runNow(c, values, want, format);
+    return waitOutSync(this.busyTimeout, () => this.withFile(() => this.runNow(c, values, want, format)));
+  }
+
+  /** One attempt of {@link Session.run}, on the engine (inside {@link Session.withFile} on a file). */
+  private runNow(c: CompiledSql, values: BindParams | undefined, want: Want, format: RowFormat | undefined): Outcome {
+    this.engine.caller = this.state;
+    this.format = format;
+    try {
+      const state = this.state;
+      const writesRows = c.prepared !== undefined && c.prepared.writesRows;
+      // Marked before it runs: a statement may change rows and then fail (OR FAIL).
+      if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
+        state.totalChangesKnown = false;
+      }
+      const out = this.route(c, values, want);
+      if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+      if (writesRows) {
+        state.changes = out.changes;
+        state.totalChanges += out.changes;
+      }
+      return out;
+    } finally {
+      this.format = undefined;
+    }
   }
 
   /**
@@ -403,6 +413,23 @@ export class Session {
     this.abortConcurrent(tx, cause);
   }
 
+  /**
+   * Whether committing this handle's concurrent transaction now would leave every read of
+   * `other` (another handle's open concurrent transaction) showing what it showed; `false` when
+   * that cannot be told (see {@link ConcurrentTransaction.readsSameOnTop}). Brings this
+   * transaction into the engine first, validating it: throws what its COMMIT would.
+   */
+  keepsReadsOf(other: ConcurrentTransaction): boolean {
+    const tx = this.tx;
+    if (tx?.kind !== 'concurrent') return false;
+    return this.withFile(() => {
+      tx.refreshFootprints();
+      if (this.engine.group?.isTop(tx)) return false;
+      if (this.engine.active !== tx) this.bringIn(tx);
+      return other.readsSameOnTop(tx.writes);
+    });
+  }
+
   /** Makes room for this handle's pessimistic transaction, or throws SQLITE_BUSY. */
   private claimForPessimistic(): void {
     const a = this.engine.active;
@@ -598,6 +625,10 @@ export class Session {
           'every handle shares); the transaction is still open. Run them outside any transaction.',
       );
     }
+    if (this.lane !== undefined && this.inTransactionFn) {
+      const refusal = this.lane.refusal(this, c.sql, params);
+      if (refusal) throw refusal;
+    }
     tx.refreshFootprints();
     const fp = engine.footprints.of(c.sql);
     if (engine.active !== tx) {
@@ -607,7 +638,7 @@ export class Session {
     }
     const entry: LogEntry = {
       sql: c.sql,
-      params: copyParams(params),
+      params: privateParams(params),
       want,
       format: this.format,
       footprint: fp,
@@ -797,15 +828,28 @@ function snapshotParams(params: BindParams | undefined): BindParams | undefined 
   }
 }
 
-/** A copy of the parameters as they are now (blobs included), for replaying them later. */
-function copyParams(params: BindParams | undefined): BindParams | undefined {
-  const copy = (v: unknown) => (v instanceof Uint8Array ? v.slice() : v);
+/**
+ * The parameters as they are now, for replaying them later, from the private snapshot
+ * {@link Session.run} took ({@link snapshotParams}): only blobs, which the application may still
+ * change in place, are copied (the snapshot itself when it holds none).
+ */
+function privateParams(params: BindParams | undefined): BindParams | undefined {
   if (params instanceof Uint8Array) return params.slice();
-  if (Array.isArray(params)) return (params as unknown[]).map(copy) as BindParams;
+  if (Array.isArray(params)) {
+    const list = params as unknown[];
+    if (!list.some(isBlob)) return params;
+    return list.map((v) => (v instanceof Uint8Array ? v.slice() : v)) as BindParams;
+  }
   if (params !== null && typeof params === 'object') {
+    const values = Object.values(params);
+    if (!values.some(isBlob)) return params;
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(params)) out[k] = copy(v);
+    for (const [k, v] of Object.entries(params)) out[k] = v instanceof Uint8Array ? v.slice() : v;
     return out as BindParams;
   }
   return params;
+}
+
+function isBlob(v: unknown): boolean {
+  return v instanceof Uint8Array;
 }

@@ -7,9 +7,9 @@ import { isFileLockBusy, waitOut } from './busy-timeout.js';
 import type { Connection, TransactionMode } from './connection.js';
 import { joinCommitGroup } from './commit-group.js';
 import { errorKind, isRetryable, misuseError } from './errors.js';
-import { LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
+import { isQueuedRefusal, LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { forgetRefusals, isHeldRefusal } from './concurrent/hold.js';
-import { retry, type RetryOptions } from './retry.js';
+import { retryAfterFirst, startRetries, type RetryOptions } from './retry.js';
 
 /** Options of `conn.transaction()`. */
 export interface TransactionOptions {
@@ -31,6 +31,12 @@ export interface TransactionOptions {
 
 const MODES = new Set(['deferred', 'immediate', 'exclusive', 'concurrent']);
 let savepoints = 0;
+
+/**
+ * How long a call that a hot statement sent to the priority lane (see lane.ts) waits there
+ * before it runs optimistically instead, in ms.
+ */
+const QUEUED_WAIT_MS = 1000;
 
 /** The options of a call that passed none (shared: a call allocates no option object). */
 export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
@@ -141,22 +147,41 @@ export async function runTransaction<T>(
   const grouped = mode === 'concurrent' && options.groupCommit !== false;
   let failures = 0;
   let laneFailures = 0;
+  // A hot statement of an attempt outside the lane was refused (see Lane.refusal): the call
+  // runs in the lane from then on.
+  let queued = false;
   const once = async (): Promise<T> => {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     conn.session.assertOpen();
     let failed: unknown;
     // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
     const kept = lane !== undefined && lane.keptFor === session;
-    // Only a transaction that failed LANE_AFTER_FAILURES times queues: sending transactions to the
-    // lane earlier (after one failure while it is in use) serialized moderate contention and
-    // cost 40% of the throughput at 10% overlap in the concurrent-tx bench.
-    const inLane = kept || (lane !== undefined && failures >= LANE_AFTER_FAILURES);
+    // A transaction queues after LANE_AFTER_FAILURES failures, or at once when a hot statement
+    // was refused (see Lane.refusal): sending every transaction to the lane after one failure
+    // while it is in use serialized moderate contention and cost 40% of the throughput at 10%
+    // overlap in the concurrent-tx bench.
+    const inLane = kept || (lane !== undefined && (queued || failures >= LANE_AFTER_FAILURES));
     // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
     // holder awaits this very transaction. A holder runs optimistically with priority first,
     // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
     if (kept) lane.keptFor = undefined;
-    else if (inLane) await lane.acquire(deadline - performance.now());
+    else if (inLane) {
+      const budget = deadline - performance.now();
+      if (!queued || failures >= LANE_AFTER_FAILURES || laneFailures > 0 || budget <= QUEUED_WAIT_MS) await lane.acquire(budget);
+      else {
+        // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
+        // awaits this very call; then run optimistically, refused no more.
+        try {
+          await lane.acquire(QUEUED_WAIT_MS);
+        } catch {
+          queued = false;
+          session.lane = undefined;
+          return once();
+        }
+      }
+    }
     const pessimistic = inLane && laneFailures > 0;
+    if (inLane) lane.holder = session;
     if (inLane && !pessimistic) lane.priority = session;
     try {
       try {
@@ -170,10 +195,19 @@ export async function runTransaction<T>(
       // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
       session.inTransactionFn = true;
       try {
-        const result = await runScoped(scope, fn, conn);
-        const alone = () => commit(conn, inLane ? undefined : lane, deadline);
+        // runScoped, inlined: one async frame less per attempt.
+        let result: T;
+        try {
+          result = await inside.run(scope, fn, conn);
+        } finally {
+          const children = scope.children?.idle();
+          if (children) await children;
+        }
+        // The closures of a commit group only where the engine groups commits.
         const committing =
-          (grouped && !inLane ? joinCommitGroup(session, () => !lane?.blocks(session), alone) : undefined) ?? alone();
+          grouped && !inLane && session.engine.group !== undefined
+            ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(conn, lane, deadline)) ?? commit(conn, lane, deadline))
+            : commit(conn, inLane ? undefined : lane, deadline);
         if (committing) await committing;
         return result;
       } catch (e) {
@@ -185,7 +219,8 @@ export async function runTransaction<T>(
         session.endTransactionFn();
       }
     } catch (e) {
-      if (isRetryable(e) && !isHeldRefusal(e)) {
+      if (isQueuedRefusal(e)) queued = true;
+      else if (isRetryable(e) && !isHeldRefusal(e)) {
         if (inLane) laneFailures++;
         else failures++;
       }
@@ -193,9 +228,13 @@ export async function runTransaction<T>(
     } finally {
       if (inLane) {
         if (lane.priority === session) lane.priority = undefined;
+        if (lane.holder === session) lane.holder = undefined;
         lane.release();
       }
     }
+    // Refused at a hot statement before doing any work: wait in the lane now, not after the
+    // retry loop's backoff delay.
+    if (queued && isQueuedRefusal(failed)) return once();
     // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
     // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
     // (one rerun at most: the rerun's own commit never waits in the lane).
@@ -203,14 +242,22 @@ export async function runTransaction<T>(
     throw failed;
   };
   running.add(session);
+  session.lane = lane;
   try {
     if (retryOptions === false) return await once();
-    // retry() runs the first attempt directly; its loop starts only after a busy error.
-    return await retry(once, retryOptions);
+    // The first attempt runs here directly (as retry() would, without its async frame); the
+    // retry loop starts only after a busy error.
+    const started = startRetries(retryOptions);
+    try {
+      return await once();
+    } catch (e) {
+      return await retryAfterFirst(once, e, started, retryOptions);
+    }
   } catch (e) {
     throw e instanceof Final ? e.error : e;
   } finally {
     running.delete(session);
+    session.lane = undefined;
     forgetRefusals(session);
     // The retry loop ended while this transaction kept its turn in the lane.
     if (lane?.keptFor === session) {
@@ -248,9 +295,9 @@ function begin(conn: Connection, mode: TransactionMode): void {
  */
 function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
   const session = conn.session;
-  // It would change what the lane's priority holder read: let it finish first.
-  if (lane?.blocks(session)) return commitWhenFree(conn, lane, deadline, undefined);
   try {
+    // It would change what the lane's priority holder read: let it finish first.
+    if (lane?.holdsBack(session)) return commitWhenFree(conn, lane, deadline, undefined);
     session.withFile(() => session.commit());
     return undefined;
   } catch (e) {

@@ -6,7 +6,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { BusyError, type Connection } from '../src/index.js';
-import { LANE_AFTER_FAILURES, laneOf } from '../src/lane.js';
+import { isQueuedRefusal, LANE_AFTER_FAILURES, laneOf } from '../src/lane.js';
+import { statementKey } from '../src/concurrent/hot-reads.js';
 import { sleep, useScope } from './helpers.js';
 
 const scope = useScope();
@@ -159,5 +160,126 @@ describe('the priority lane', () => {
     await held;
     expect(db.get<{ c: number }>('SELECT count(*) AS c FROM other')!.c).toBe(1);
     expect(db.get<{ n: number }>('SELECT n FROM hot')!.n).toBe(1);
+  });
+
+  it('while the lane is in use, a callback that runs a statement that conflicted lately is refused at it and runs once, in the lane; other rows of the table are not', async () => {
+    const db = hotRow();
+    db.exec('INSERT INTO hot VALUES (2, 0)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    const c = scope.connect(db);
+    const other = scope.connect(db);
+    // One conflict makes `SELECT n FROM hot WHERE id = ?` with [1] hot.
+    let first = true;
+    await a.transaction(
+      (tx) => {
+        const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
+        if (first) other.run('UPDATE hot SET n = n + 100 WHERE id = 1');
+        first = false;
+        tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
+      },
+      { mode: 'concurrent', retry: { minTimeout: 0, maxTimeout: 0 } },
+    );
+    const lane = laneOf(db.session.engine);
+    await lane.acquire(1000); // the lane is in use
+    const seen: unknown[] = [];
+    let bRuns = 0;
+    const bDone = b.transaction(
+      (tx) => {
+        bRuns++;
+        try {
+          const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
+          tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
+        } catch (e) {
+          seen.push(e);
+          throw e;
+        }
+      },
+      { mode: 'concurrent', retry: { onRetry: () => seen.push('retry') } },
+    );
+    // Another row of the same table, same SQL: not hot, runs and commits at once.
+    await c.transaction((tx) => {
+      const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [2])!;
+      tx.run('UPDATE hot SET n = ? WHERE id = 2', [n + 1]);
+    });
+    expect(db.get<{ n: number }>('SELECT n FROM hot WHERE id = 2')!.n).toBe(1);
+    await sleep(5);
+    expect(seen).toHaveLength(1);
+    expect(isQueuedRefusal(seen[0])).toBe(true);
+    expect(seen[0]).toBeInstanceOf(BusyError);
+    expect(db.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!.n).toBe(101); // b waits in the lane
+    lane.release();
+    await bDone;
+    expect(bRuns).toBe(2); // refused once (no retry counted), then run once in the lane
+    expect(seen).toHaveLength(1);
+    expect(db.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!.n).toBe(102);
+  });
+
+  it('a callback queued by a hot statement waits in the lane a bounded time, then runs optimistically, refused no more', async () => {
+    const db = hotRow();
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    const other = scope.connect(db);
+    let first = true;
+    await a.transaction(
+      (tx) => {
+        const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!;
+        if (first) other.run('UPDATE hot SET n = n + 100');
+        first = false;
+        tx.run('UPDATE hot SET n = ?', [n + 1]);
+      },
+      { mode: 'concurrent', retry: { minTimeout: 0, maxTimeout: 0 } },
+    );
+    const lane = laneOf(db.session.engine);
+    await lane.acquire(1000); // held by "a holder that awaits b", never released while b runs
+    let runs = 0;
+    await b.transaction((tx) => {
+      runs++;
+      const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!;
+      tx.run('UPDATE hot SET n = ?', [n + 1]);
+    });
+    lane.release();
+    expect(runs).toBe(2);
+    expect(db.get<{ n: number }>('SELECT n FROM hot')!.n).toBe(102);
+  });
+
+  it('a priority holder does not hold back a commit to another row of a table it read', async () => {
+    const db = hotRow();
+    db.exec('INSERT INTO hot VALUES (2, 0)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    const other = scope.connect(db);
+    let attempts = 0;
+    await a.transaction(
+      async (tx) => {
+        attempts++;
+        const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!;
+        if (attempts <= LANE_AFTER_FAILURES) {
+          other.run('UPDATE hot SET n = n + 100 WHERE id = 1'); // a conflicts until it takes the lane
+        } else {
+          // a holds priority and has read row 1: b's write of row 2 commits at once.
+          await b.transaction((t) => t.run('UPDATE hot SET n = n + 10 WHERE id = 2'), { mode: 'concurrent' });
+          expect(db.get<{ n: number }>('SELECT n FROM hot WHERE id = 2')!.n).toBe(10);
+        }
+        tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
+      },
+      { mode: 'concurrent', retry: { minTimeout: 0, maxTimeout: 0 } },
+    );
+    expect(attempts).toBe(LANE_AFTER_FAILURES + 1);
+    expect(db.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!.n).toBe(LANE_AFTER_FAILURES * 100 + 1);
+  });
+});
+
+describe('statementKey', () => {
+  it('tells parameter types and values apart, and does not key blobs', () => {
+    const sql = 'SELECT n FROM hot WHERE id = ?';
+    expect(statementKey(sql, [1])).toBe(statementKey(sql, [1]));
+    expect(statementKey(sql, [1])).not.toBe(statementKey(sql, ['1']));
+    expect(statementKey(sql, [1])).not.toBe(statementKey(sql, [1n]));
+    expect(statementKey(sql, [1])).not.toBe(statementKey(sql, [2]));
+    expect(statementKey(sql, [null])).not.toBe(statementKey(sql, ['']));
+    expect(statementKey(sql, { id: 1 })).not.toBe(statementKey(sql, { ID: 1 }));
+    expect(statementKey(sql, [new Uint8Array([1])])).toBeUndefined();
+    expect(statementKey(sql, undefined)).toBe(sql);
   });
 });

@@ -21,6 +21,8 @@ import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engin
 import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 import { DIGEST_BLOCK_ROWS, type RowDigest } from '../engine/row-digest.js';
 import { addWrittenRowids, spanRange } from '../engine/rowid-span.js';
+import { laneOf } from '../lane.js';
+import { statementKey } from './hot-reads.js';
 
 /** One statement the application ran inside the transaction, and what it was shown. */
 export interface LogEntry {
@@ -154,6 +156,42 @@ export class ConcurrentTransaction implements OpenTransaction {
     this.validatedSeq = engine.commitSeq;
   }
 
+  /**
+   * Whether this transaction's logged reads of `tables` would show what they showed if run now,
+   * on top of the engine's active transaction (another handle's, which wrote `tables`): the
+   * priority lane's test of whether that transaction's commit would make this one conflict.
+   * Only reads are run; `false` (unsure) when one of them follows this transaction's own
+   * write of a table it reads, is kept as a digest, failed, or is not deterministic, or when a
+   * write of this transaction reads `tables` (its outcome could change and cannot be re-run there).
+   */
+  readsSameOnTop(tables: ReadonlySet<string>): boolean {
+    const engine = this.engine;
+    const written = new Set<string>();
+    const caller = engine.caller;
+    try {
+      for (const entry of this.log) {
+        if (entry.control) return false;
+        const fp = entry.footprint;
+        if (!intersects(fp.reads, tables)) {
+          for (const t of fp.writes) written.add(t);
+          continue;
+        }
+        if (!fp.readonly || !fp.deterministic || entry.digest || entry.error !== undefined || intersects(fp.reads, written)) return false;
+        if (entry.state) {
+          engine.caller = entry.state;
+          engine.primeLastInsertRowid(fp, entry.state);
+        }
+        const now = engine.statement(entry.sql).execute(engine.db, entry.params, entry.want, entry.format);
+        if (describeDifference(entry.outcome as Outcome, now) !== undefined) return false;
+      }
+      return true;
+    } catch {
+      return false;
+    } finally {
+      engine.caller = caller;
+    }
+  }
+
   /** The tables this transaction read, for deciding whether it may validate in place. */
   readTables(): Set<string> {
     const out = new Set<string>();
@@ -266,6 +304,8 @@ export class ConcurrentTransaction implements OpenTransaction {
   }
 
   private conflict(entry: LogEntry, what: string): SqliteError {
+    const key = statementKey(entry.sql, entry.params);
+    if (key !== undefined) laneOf(this.engine).hot.touch(key, performance.now());
     const tables = [...entry.footprint.reads].map((t) => t.replace(/^main\./, '')).join(', ');
     return sqliteError(
       `BEGIN CONCURRENT transaction of handle #${this.handleId} conflicted with a commit that happened after it began: ` +
