@@ -534,33 +534,16 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     return r.rows[0]?.due ?? null;
   }
 
-  /** Claims up to `limit` commands in one statement (only `names` when given). @internal */
+  /** Claims up to `limit` commands in one round trip (only `names` when given); see `claim_commands` in schema.ts. @internal */
   async claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
     const token = randomUUID();
     const r = await this.pool.query({
       name: `${this.stmt}_claim_commands`,
-      text: (this.claimCommandsSql ??= this.buildClaimCommandsSql()),
-      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
+      text: (this.claimCommandsSql ??= `SELECT r_seq AS seq, ${MSG_COLS.split(', ').map((c) => `r_${c} AS ${c}`).join(', ')}, r_attempts AS attempts
+         FROM ${this.S}.claim_commands($1, $2, $3, $4)`),
+      values: [names, limit, token, Math.ceil(lease)],
     });
     return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
-  }
-
-  /** The text of the command claim (built once: it only depends on the schema). */
-  private buildClaimCommandsSql(): string {
-    const S = this.S;
-    // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
-    // sets synchronous_commit off for this statement's transaction only.
-    return `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
-         SELECT q.seq FROM ${S}.queue q
-         WHERE q.${UNSETTLED} AND q.due_at <= ${S}.now_ms()
-           AND ($1::text[] IS NULL OR q.name = ANY($1::text[]))
-           AND NOT EXISTS (SELECT 1 FROM ${S}.paused p WHERE p.target = 'queue' OR p.target = 'name:' || q.name)
-           AND (q.key IS NULL OR NOT EXISTS (SELECT 1 FROM ${S}.queue o WHERE o.key = q.key AND o.${UNSETTLED} AND o.seq < q.seq))
-         ORDER BY q.priority DESC, q.due_at, q.seq
-         LIMIT $2 FOR UPDATE OF q SKIP LOCKED)
-       UPDATE ${S}.queue q SET state = 'inflight', token = $3, attempts = q.attempts + 1, due_at = ${S}.now_ms() + $4
-       FROM c, s WHERE q.seq = c.seq
-       RETURNING q.seq, ${cols('q')}, q.attempts`;
   }
 
   /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules), in one round trip. @internal */
