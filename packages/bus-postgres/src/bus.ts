@@ -96,6 +96,7 @@ import {
   type Worker,
   type WorkerOptions,
 } from '@siblite/bus';
+import { Lender } from './lender.js';
 import { migrate, quoteSchema } from './schema.js';
 
 /** The handler context on PostgreSQL. */
@@ -183,6 +184,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
   private claimCommandsSql: string | undefined;
+  /** Clients of handler transactions (see `lender.ts`). */
+  private readonly lender: Lender;
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -196,6 +199,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   ) {
     this.S = quoteSchema(schema);
     this.stmt = `sb_${instance}`;
+    this.lender = new Lender(pool);
   }
 
   /**
@@ -764,7 +768,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbandonSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
       if (abandon.aborted) throw abandon.reason;
-      const c = await this.pool.connect();
+      const c = await this.lender.acquire();
       let destroyed = false;
       let onAbandon: (() => void) | undefined;
       const abandoned = new Promise<never>((_, reject) => {
@@ -791,8 +795,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         if (destroyed) throw abandon.reason;
         if (!lazy.begun) {
-          c.release();
-          destroyed = true; // released: nothing to roll back
+          this.lender.giveBack(c);
+          destroyed = true; // given back: nothing to roll back
           settling?.(); // holds no client now: the worker may claim for this slot meanwhile
           await this.ack(claim);
           return { reruns: run - 1 };
@@ -823,7 +827,10 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         lazy.restore();
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         // A query the handler left running keeps pipeline mode on: that client is not reused.
-        if (!destroyed) c.release(lazy.clean ? undefined : new Error('a query of the handler is still running'));
+        if (!destroyed) {
+          if (lazy.clean) this.lender.giveBack(c);
+          else c.release(new Error('a query of the handler is still running'));
+        }
       }
     }
   }
