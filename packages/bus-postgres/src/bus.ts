@@ -183,6 +183,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private schedulerTimer: NodeJS.Timeout | undefined;
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
+  /** Handler transactions committing on a client beyond their slot's (see {@link PgBus.transact}). */
+  private spareCommits = 0;
   private claimCommandsSql: string | undefined;
   /** Clients of handler transactions (see `lender.ts`). */
   private readonly lender: Lender;
@@ -801,12 +803,22 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
           await this.ack(claim);
           return { reruns: run - 1 };
         }
+        // While the pool has clients to spare beyond one per handler slot, the commit holds one
+        // of those, and the worker claims for this slot meanwhile (the next handler gets a
+        // client of its own); otherwise the slot waits for the commit.
+        const spare = settling !== undefined && this.spareCommits < this.poolMax - RESERVED_CLIENTS - this.handlerSlots;
+        if (spare) {
+          this.spareCommits++;
+          settling();
+        }
         try {
           await c.query(
             `SELECT ${this.S}.ack(${claim.group === null ? 'NULL' : c.escapeLiteral(claim.group)}, ${Number(claim.ref)}, ${c.escapeLiteral(claim.token)}, '${marker}', '${this.channelName}'); COMMIT`,
           );
         } catch (e) {
           throw ackError(e, claim);
+        } finally {
+          if (spare) this.spareCommits--;
         }
         return { reruns: run - 1 };
       } catch (e) {

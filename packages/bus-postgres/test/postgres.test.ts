@@ -293,6 +293,58 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     }
   });
 
+  it('with clients to spare, a worker claims for a slot while its handler transaction commits; without, the slot waits', async () => {
+    for (const spare of [true, false]) {
+      const schema = freshSchema();
+      const S = `"${schema}"`;
+      // max 4: one slot leaves one client to spare for a commit; max 3 leaves none.
+      const bus = await PgBus.open({ connection: { connectionString: PG_URL, max: spare ? 4 : 3 }, schema, logger: null });
+      const admin = new pg.Client({ connectionString: PG_URL });
+      await admin.connect();
+      try {
+        await admin.query(`CREATE TABLE ${S}.effects (id text PRIMARY KEY)`);
+        await bus.send('job', 'a', { id: 'a' });
+        await bus.send('job', 'b', { id: 'b' });
+        const handled: string[] = [];
+        let locked!: () => void;
+        const lockTaken = new Promise<void>((r) => (locked = r));
+        const w = bus.listen(
+          {
+            job: async (m, { client }) => {
+              await client.query(`INSERT INTO ${S}.effects (id) VALUES ($1)`, [m.id]);
+              if (m.id === 'a') {
+                // Hold the row of 'a', so that its acknowledgement (and so its commit) waits.
+                await admin.query('BEGIN');
+                await admin.query(`SELECT 1 FROM ${S}.queue WHERE id = 'a' FOR UPDATE`);
+                locked();
+              }
+              handled.push(m.id);
+            },
+          },
+          { concurrency: 1, pollInterval: 10 },
+        );
+        await lockTaken;
+        if (spare) {
+          await until(() => handled.includes('b'), "'b' handled while the commit of 'a' waits", 10_000);
+        } else {
+          await new Promise((r) => setTimeout(r, 300));
+          expect(handled).toEqual(['a']);
+        }
+        await admin.query('COMMIT');
+        await w.drain();
+        await w.stop();
+        expect(handled.sort()).toEqual(['a', 'b']);
+        expect((await admin.query(`SELECT id FROM ${S}.effects ORDER BY id`)).rows.map((r) => r.id)).toEqual(['a', 'b']);
+        expect((await bus.get('a'))?.state).toBe('done');
+      } finally {
+        await admin.query('ROLLBACK').catch(() => {});
+        await admin.end();
+        await bus.close();
+        await dropSchema(schema);
+      }
+    }
+  });
+
   it('a command claim reads the head of a fresh (unanalyzed) backlog, not all of it; a version 2 bus is migrated to it', async () => {
     const schema = freshSchema();
     const S = `"${schema}"`;
