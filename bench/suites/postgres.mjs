@@ -15,8 +15,9 @@ export const title = 'The bus on PostgreSQL, next to pg-boss';
 export const workload =
   '*send*: N commands sent one after another, each its own autocommit statement (`bus.send(name, { i })` / `boss.send(name, { i })`). ' +
   '*consume, W workers*: N commands already queued (inserted in one transaction before the clock starts); time until W concurrent ' +
-  'no-op handlers have emptied the queue. PgBus: `bus.listen(handlers, { concurrency: W })`; every handler runs in its own ' +
-  'transaction (`context.client`) that commits with the acknowledgement (exactly-once effects). pg-boss: its `work()` loop without ' +
+  'no-op handlers have emptied the queue. PgBus: `bus.listen(handlers, { concurrency: W })`; every handler is given `context.client`, ' +
+  'a transaction that commits with the acknowledgement (exactly-once effects), begun with its first query (a no-op handler opens none, and its ' +
+  'acknowledgement is batched with the others that finish together). pg-boss: its `work()` loop without ' +
   'the polling pause (`work()` waits `pollingIntervalSeconds`, at least 0.5 s, after every batch, which would cap it at 2W msg/s): ' +
   '`fetch(name, { batchSize: W })`, the W handlers at once, then `complete(name, ids)` not awaited, as `work()` does. ' +
   '*fan-out*: N events already published; time until 3 consumer groups (PgBus `subscribe`, concurrency 1 each) or 3 queues ' +

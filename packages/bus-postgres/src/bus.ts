@@ -96,6 +96,7 @@ import {
   type Worker,
   type WorkerOptions,
 } from '@siblite/bus';
+import { Lender } from './lender.js';
 import { migrate, quoteSchema } from './schema.js';
 
 /** The handler context on PostgreSQL. */
@@ -182,7 +183,11 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   private schedulerTimer: NodeJS.Timeout | undefined;
   /** Handlers the running workers may run at once (the sum of their concurrency). */
   private handlerSlots = 0;
+  /** Handler transactions committing on a client beyond their slot's (see {@link PgBus.transact}). */
+  private spareCommits = 0;
   private claimCommandsSql: string | undefined;
+  /** Clients of handler transactions (see `lender.ts`). */
+  private readonly lender: Lender;
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -196,6 +201,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   ) {
     this.S = quoteSchema(schema);
     this.stmt = `sb_${instance}`;
+    this.lender = new Lender(pool);
   }
 
   /**
@@ -534,33 +540,16 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
     return r.rows[0]?.due ?? null;
   }
 
-  /** Claims up to `limit` commands in one statement (only `names` when given). @internal */
+  /** Claims up to `limit` commands in one round trip (only `names` when given); see `claim_commands` in schema.ts. @internal */
   async claimCommands(limit: number, lease: number, names: readonly string[] | null): Promise<Claim[]> {
     const token = randomUUID();
     const r = await this.pool.query({
       name: `${this.stmt}_claim_commands`,
-      text: (this.claimCommandsSql ??= this.buildClaimCommandsSql()),
-      values: [names ? [...names] : null, limit, token, Math.ceil(lease)],
+      text: (this.claimCommandsSql ??= `SELECT r_seq AS seq, ${MSG_COLS.split(', ').map((c) => `r_${c} AS ${c}`).join(', ')}, r_attempts AS attempts
+         FROM ${this.S}.claim_commands($1, $2, $3, $4)`),
+      values: [names, limit, token, Math.ceil(lease)],
     });
     return r.rows.sort((a, b) => a.seq - b.seq).map((row) => toClaim(messageRow(row), row.seq, 'command', null, token));
-  }
-
-  /** The text of the command claim (built once: it only depends on the schema). */
-  private buildClaimCommandsSql(): string {
-    const S = this.S;
-    // A claim's commit does not wait for the disk (see schema.ts, claim_events): the CTE s
-    // sets synchronous_commit off for this statement's transaction only.
-    return `WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v), c AS (
-         SELECT q.seq FROM ${S}.queue q
-         WHERE q.${UNSETTLED} AND q.due_at <= ${S}.now_ms()
-           AND ($1::text[] IS NULL OR q.name = ANY($1::text[]))
-           AND NOT EXISTS (SELECT 1 FROM ${S}.paused p WHERE p.target = 'queue' OR p.target = 'name:' || q.name)
-           AND (q.key IS NULL OR NOT EXISTS (SELECT 1 FROM ${S}.queue o WHERE o.key = q.key AND o.${UNSETTLED} AND o.seq < q.seq))
-         ORDER BY q.priority DESC, q.due_at, q.seq
-         LIMIT $2 FOR UPDATE OF q SKIP LOCKED)
-       UPDATE ${S}.queue q SET state = 'inflight', token = $3, attempts = q.attempts + 1, due_at = ${S}.now_ms() + $4
-       FROM c, s WHERE q.seq = c.seq
-       RETURNING q.seq, ${cols('q')}, q.attempts`;
   }
 
   /** Claims up to `limit` events of `group` (see the SQLite transport's claim rules), in one round trip. @internal */
@@ -781,7 +770,7 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
   async transact(claim: Claim, body: (tx: pg.PoolClient, run: number) => Promise<void>, abandon: AbandonSignal, settling?: () => void): Promise<TransactResult> {
     for (let run = 1; ; run++) {
       if (abandon.aborted) throw abandon.reason;
-      const c = await this.pool.connect();
+      const c = await this.lender.acquire();
       let destroyed = false;
       let onAbandon: (() => void) | undefined;
       const abandoned = new Promise<never>((_, reject) => {
@@ -808,11 +797,19 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         if (destroyed) throw abandon.reason;
         if (!lazy.begun) {
-          c.release();
-          destroyed = true; // released: nothing to roll back
+          this.lender.giveBack(c);
+          destroyed = true; // given back: nothing to roll back
           settling?.(); // holds no client now: the worker may claim for this slot meanwhile
           await this.ack(claim);
           return { reruns: run - 1 };
+        }
+        // While the pool has clients to spare beyond one per handler slot, the commit holds one
+        // of those, and the worker claims for this slot meanwhile (the next handler gets a
+        // client of its own); otherwise the slot waits for the commit.
+        const spare = settling !== undefined && this.spareCommits < this.poolMax - RESERVED_CLIENTS - this.handlerSlots;
+        if (spare) {
+          this.spareCommits++;
+          settling();
         }
         try {
           await c.query(
@@ -820,6 +817,8 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
           );
         } catch (e) {
           throw ackError(e, claim);
+        } finally {
+          if (spare) this.spareCommits--;
         }
         return { reruns: run - 1 };
       } catch (e) {
@@ -840,7 +839,10 @@ export class PgBus implements Bus<PgHandlerContext>, Store<pg.PoolClient> {
         lazy.restore();
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
         // A query the handler left running keeps pipeline mode on: that client is not reused.
-        if (!destroyed) c.release(lazy.clean ? undefined : new Error('a query of the handler is still running'));
+        if (!destroyed) {
+          if (lazy.clean) this.lender.giveBack(c);
+          else c.release(new Error('a query of the handler is still running'));
+        }
       }
     }
   }

@@ -293,6 +293,100 @@ suite(`PgBus on PostgreSQL${problem === null ? '' : ` (skipped: ${problem})`}`, 
     }
   });
 
+  it('with clients to spare, a worker claims for a slot while its handler transaction commits; without, the slot waits', async () => {
+    for (const spare of [true, false]) {
+      const schema = freshSchema();
+      const S = `"${schema}"`;
+      // max 4: one slot leaves one client to spare for a commit; max 3 leaves none.
+      const bus = await PgBus.open({ connection: { connectionString: PG_URL, max: spare ? 4 : 3 }, schema, logger: null });
+      const admin = new pg.Client({ connectionString: PG_URL });
+      await admin.connect();
+      try {
+        await admin.query(`CREATE TABLE ${S}.effects (id text PRIMARY KEY)`);
+        await bus.send('job', 'a', { id: 'a' });
+        await bus.send('job', 'b', { id: 'b' });
+        const handled: string[] = [];
+        let locked!: () => void;
+        const lockTaken = new Promise<void>((r) => (locked = r));
+        const w = bus.listen(
+          {
+            job: async (m, { client }) => {
+              await client.query(`INSERT INTO ${S}.effects (id) VALUES ($1)`, [m.id]);
+              if (m.id === 'a') {
+                // Hold the row of 'a', so that its acknowledgement (and so its commit) waits.
+                await admin.query('BEGIN');
+                await admin.query(`SELECT 1 FROM ${S}.queue WHERE id = 'a' FOR UPDATE`);
+                locked();
+              }
+              handled.push(m.id);
+            },
+          },
+          { concurrency: 1, pollInterval: 10 },
+        );
+        await lockTaken;
+        if (spare) {
+          await until(() => handled.includes('b'), "'b' handled while the commit of 'a' waits", 10_000);
+        } else {
+          await new Promise((r) => setTimeout(r, 300));
+          expect(handled).toEqual(['a']);
+        }
+        await admin.query('COMMIT');
+        await w.drain();
+        await w.stop();
+        expect(handled.sort()).toEqual(['a', 'b']);
+        expect((await admin.query(`SELECT id FROM ${S}.effects ORDER BY id`)).rows.map((r) => r.id)).toEqual(['a', 'b']);
+        expect((await bus.get('a'))?.state).toBe('done');
+      } finally {
+        await admin.query('ROLLBACK').catch(() => {});
+        await admin.end();
+        await bus.close();
+        await dropSchema(schema);
+      }
+    }
+  });
+
+  it('a command claim reads the head of a fresh (unanalyzed) backlog, not all of it; a version 2 bus is migrated to it', async () => {
+    const schema = freshSchema();
+    const S = `"${schema}"`;
+    const admin = new pg.Client({ connectionString: PG_URL });
+    await admin.connect();
+    let bus = await PgBus.open({ connection: PG_URL, schema, logger: null });
+    try {
+      // A bus written by schema version 2 has no claim_commands function yet.
+      await admin.query(`DROP FUNCTION ${S}.claim_commands`);
+      await admin.query(`UPDATE ${S}.meta SET value = '2' WHERE key = 'schema_version'`);
+      await bus.close();
+      bus = await PgBus.open({ connection: PG_URL, schema, logger: null });
+      expect((await admin.query(`SELECT value FROM ${S}.meta WHERE key = 'schema_version'`)).rows[0].value).toBe('3');
+      await bus.sendMany(Array.from({ length: 3000 }, (_, i) => (i % 2 === 0 ? { name: 'job', payload: i } : { name: 'job', payload: i, key: `k${i % 7}` })));
+      await bus.pause({ name: 'other' });
+      // Rows of the queue table the claim reads, from this backend's statistics for its transaction.
+      const read = async () => {
+        const r = await admin.query(`SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) AS n FROM pg_stat_xact_user_tables WHERE relid = '${S}.queue'::regclass`);
+        return Number(r.rows[0]?.n ?? 0);
+      };
+      await admin.query('BEGIN');
+      const before = await read();
+      const claimed = await admin.query(`SELECT r_seq FROM ${S}.claim_commands('{job}', 4, 'token', 30000) ORDER BY r_seq`);
+      const rows = (await read()) - before;
+      expect((await admin.query('SHOW synchronous_commit')).rows[0].synchronous_commit).toBe('off');
+      await admin.query('ROLLBACK');
+      expect(claimed.rows.map((r) => Number(r.r_seq))).toEqual([1, 2, 3, 4]);
+      expect(rows).toBeLessThan(100);
+      // The claim still honours pauses and ordering keys.
+      await bus.pause({ name: 'job' });
+      expect(await bus.receive()).toBeUndefined();
+      await bus.resume({ name: 'job' });
+      const got: number[] = [];
+      for (let i = 0; i < 4; i++) got.push((await bus.receive())!.message.payload as number);
+      expect(got).toEqual([0, 1, 2, 3]);
+    } finally {
+      await bus.close();
+      await admin.end();
+      await dropSchema(schema);
+    }
+  });
+
   it('concurrent opens of one schema create it once; a bad schema name is refused', async () => {
     const schema = freshSchema();
     try {
