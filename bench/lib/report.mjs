@@ -27,6 +27,17 @@ export const fmtTarget = (r) => (r.target == null ? '-' : `${r.atMost ? '<=' : '
 
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
+/** An SVG document of `W` x `H` on a white background holding `parts`. */
+function svgDocument(W, H, parts) {
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" fill="#222">`,
+    `<rect x="0" y="0" width="${W}" height="${H}" fill="#ffffff"/>`,
+    ...parts,
+    `</svg>`,
+    '',
+  ].join('\n');
+}
+
 // One colour per peer, stable across charts (colour-blind-friendly Okabe-Ito palette).
 const PALETTE = ['#0072B2', '#E69F00', '#009E73', '#CC79A7', '#56B4E9', '#D55E00', '#F0E442', '#000000'];
 
@@ -89,13 +100,7 @@ export function renderChart(suite) {
     y += 12;
   }
   const H = y + 4;
-  return [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" fill="#222">`,
-    `<rect x="0" y="0" width="${W}" height="${H}" fill="#ffffff"/>`,
-    ...parts,
-    `</svg>`,
-    '',
-  ].join('\n');
+  return svgDocument(W, H, parts);
 }
 
 /** An x value of a curve: a count as written (1,024), else as is. */
@@ -182,13 +187,7 @@ export function renderCurveChart(suite, curve) {
     parts.push(`<rect x="${left + plotW + 16}" y="${ly - 9}" width="12" height="12" fill="${colour}"/>`);
     parts.push(`<text x="${left + plotW + 34}" y="${ly + 1}" font-size="12">${esc(peer)}</text>`);
   });
-  return [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" fill="#222">`,
-    `<rect x="0" y="0" width="${W}" height="${H}" fill="#ffffff"/>`,
-    ...parts,
-    `</svg>`,
-    '',
-  ].join('\n');
+  return svgDocument(W, H, parts);
 }
 
 /** The markdown table of one curve: a row per x, a column per peer (median, min..max). */
