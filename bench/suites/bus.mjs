@@ -124,10 +124,11 @@ export async function run({ quick, log }) {
       return s;
     };
     // The bus's claim procedures take a handle with all/get/run/exec; this one runs them on the
-    // raw connection with cached statements (named parameters get the ':' prefix it wants).
+    // raw connection with cached statements (named parameters get the ':' prefix it wants;
+    // positional ones, an array, pass as they are).
     const cache = new Map();
     const st = (sql) => cache.get(sql) ?? cache.set(sql, prep(sql)).get(sql);
-    const pre = (p) => (p ? Object.fromEntries(Object.entries(p).map(([k, v]) => [`:${k}`, v])) : undefined);
+    const pre = (p) => (!p || Array.isArray(p) ? p : Object.fromEntries(Object.entries(p).map(([k, v]) => [`:${k}`, v])));
     const handle = {
       all: (sql, p) => st(sql).all(pre(p)),
       get: (sql, p) => st(sql).all(pre(p))[0], // to completion: a half-read statement would block COMMIT
