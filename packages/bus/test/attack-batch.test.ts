@@ -1,6 +1,6 @@
 // Attacks on the bus's write batch on a file (src/sqlite/sends.ts, acks.ts, batch.ts).
 import { afterEach, describe, expect, it } from 'vitest';
-import { makeBus } from './helpers.js';
+import { makeBus, until } from './helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -45,5 +45,109 @@ describe('sends of one turn (file): one refused by the database', () => {
     expect(conn.all("SELECT payload FROM bus_queue WHERE id = 'x'").map((x) => String(x.payload))).toEqual(['1']);
     const m = await bus.sendMany([{ name: 'a', payload: 1, id: 'z' }, { name: 'a', payload: 2, id: 'z' }, { name: 'a', payload: 3, id: 'x' }]);
     expect(m.map((x) => x.stored)).toEqual([true, false, false]);
+  });
+});
+
+describe('settling handlers (file)', () => {
+  it('the next command of an ordering key runs only after the previous one\'s ack committed', async () => {
+    const { bus, conn } = await fileBus();
+    conn.exec('CREATE TABLE effects (id TEXT PRIMARY KEY)');
+    const keys = ['k1', 'k2', 'k3'];
+    const order = new Map<string, string[]>();
+    const msgs = Array.from({ length: 60 }, (_, i) => ({ name: i % 3 === 0 ? 'write' : 'noop', payload: i, key: keys[i % keys.length] as string, id: `m${i}` }));
+    await bus.sendMany(msgs);
+    const violations: string[] = [];
+    const lastOf = new Map<string, string>();
+    const check = (id: string, key: string) => {
+      const prev = lastOf.get(key);
+      if (prev) {
+        const st = conn.get<{ state: string }>('SELECT state FROM bus_queue WHERE id = ?', [prev])!.state;
+        if (st !== 'done') violations.push(`${id} ran while ${prev} was ${st}`);
+      }
+      lastOf.set(key, id);
+      const l = order.get(key) ?? [];
+      l.push(id);
+      order.set(key, l);
+    };
+    const w = bus.listen(
+      {
+        noop: async (m) => {
+          check(m.id, m.key as string);
+          await null;
+        },
+        write: async (m, ctx) => {
+          check(m.id, m.key as string);
+          await new Promise((r) => setTimeout(r, 1));
+          ctx.conn.run('INSERT INTO effects (id) VALUES (?)', [m.id]);
+        },
+      },
+      { concurrency: 4, pollInterval: 1_000 },
+    );
+    await w.drain();
+    await w.stop();
+    expect(violations).toEqual([]);
+    for (const k of keys) expect(order.get(k)).toEqual(msgs.filter((m) => m.key === k).map((m) => m.id));
+    expect(conn.get<{ n: number }>('SELECT count(*) AS n FROM effects')!.n).toBe(20);
+  });
+
+  it('stop() at any moment: no handler runs after it resolves, each command handled once, effects once', async () => {
+    for (let round = 0; round < 6; round++) {
+      const { bus, conn } = await fileBus();
+      conn.exec('CREATE TABLE effects (id TEXT PRIMARY KEY, n INT NOT NULL DEFAULT 1)');
+      const N = 120;
+      await bus.sendMany(Array.from({ length: N }, (_, i) => ({ name: i % 4 === 0 ? 'write' : 'noop', payload: i, id: `m${i}` })));
+      const runs = new Map<string, number>();
+      let running = 0;
+      let afterStop = 0;
+      let stopped = false;
+      const body = async (id: string) => {
+        running++;
+        if (stopped) afterStop++;
+        runs.set(id, (runs.get(id) ?? 0) + 1);
+        await null;
+        running--;
+      };
+      const start = () =>
+        bus.listen(
+          {
+            noop: async (m) => body(m.id),
+            write: async (m, ctx) => {
+              await body(m.id);
+              ctx.conn.run('INSERT INTO effects (id) VALUES (?) ON CONFLICT (id) DO UPDATE SET n = n + 1', [m.id]);
+            },
+          },
+          { concurrency: 1 + (round % 4) * 2, pollInterval: 1_000 },
+        );
+      let w = start();
+      await until(() => runs.size >= 10 + round * 13, 20_000);
+      for (let i = round % 3; i > 0; i--) await new Promise<void>((r) => setImmediate(r));
+      await w.stop();
+      stopped = true;
+      expect(running).toBe(0);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(afterStop).toBe(0);
+      stopped = false;
+      expect(conn.get<{ n: number }>("SELECT count(*) AS n FROM bus_queue WHERE state = 'inflight'")!.n).toBe(0);
+      w = start();
+      await w.drain();
+      await w.stop();
+      expect(conn.get<{ n: number }>("SELECT count(*) AS n FROM bus_queue WHERE state = 'done'")!.n).toBe(N);
+      expect([...runs.values()].filter((n) => n !== 1)).toEqual([]);
+      expect(conn.get<{ n: number }>('SELECT count(*) AS n FROM effects WHERE n <> 1')!.n).toBe(0);
+      expect(conn.get<{ n: number }>('SELECT count(*) AS n FROM effects')!.n).toBe(N / 4);
+    }
+  }, 120_000);
+
+  it('the same delivery acknowledged twice in one turn: once, as without the batch', async () => {
+    const { bus } = await fileBus();
+    await bus.send('job', 1);
+    const d = (await bus.receive({ lease: 60_000 }))!;
+    const r = await Promise.allSettled([d.ack(), d.ack()]);
+    const mem = await makeBus('memory');
+    cleanups.push(mem.cleanup);
+    await mem.bus.send('job', 1);
+    const dm = (await mem.bus.receive({ lease: 60_000 }))!;
+    const rm = await Promise.allSettled([dm.ack(), dm.ack()]);
+    expect(r.map((x) => x.status)).toEqual(rm.map((x) => x.status));
   });
 });
