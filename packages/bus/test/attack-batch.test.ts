@@ -1,5 +1,6 @@
 // Attacks on the bus's write batch on a file (src/sqlite/sends.ts, acks.ts, batch.ts).
 import { afterEach, describe, expect, it } from 'vitest';
+import { open } from '@siblite/core';
 import { makeBus, until } from './helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -150,4 +151,36 @@ describe('settling handlers (file)', () => {
     const rm = await Promise.allSettled([dm.ack(), dm.ack()]);
     expect(r.map((x) => x.status)).toEqual(rm.map((x) => x.status));
   });
+});
+
+describe('a write batch that failed before its gathered writes ran (file)', () => {
+  it('later sends and acks are still written, not failed with the old error', async () => {
+    const f = await makeBus('file', { retry: { retries: 1, minTimeout: 1, maxTimeout: 2 } } as never);
+    cleanups.push(f.cleanup);
+    const { bus, path } = f;
+    await bus.send('job', 0, { id: 'first' });
+    // Another engine (as another process would) holds the file's write lock past the bus's retries.
+    const other = open(path, { busyTimeout: 0 } as never);
+    other.exec('BEGIN IMMEDIATE');
+    other.run("UPDATE bus_queue SET priority = priority WHERE id = 'none'");
+    let other2 = other;
+    const failed = await Promise.allSettled([bus.send('job', 1, { id: 'blocked' })]);
+    other.exec('COMMIT');
+    other.close();
+    expect(failed[0]!.status).toBe('rejected');
+    // The lock is gone: a new send must be written.
+    const later = await Promise.allSettled([bus.send('job', 2, { id: 'later' })]);
+    expect(later[0]).toEqual({ status: 'fulfilled', value: { id: 'later', stored: true } });
+    // And acks: a claim's ack after a failed batch of acks.
+    const d1 = (await bus.receive({ lease: 60_000 }))!;
+    other2 = open(path);
+    other2.exec('BEGIN IMMEDIATE');
+    other2.run("UPDATE bus_queue SET priority = priority WHERE id = 'none'");
+    const ackFailed = await Promise.allSettled([d1.ack()]);
+    other2.exec('COMMIT');
+    other2.close();
+    expect(ackFailed[0]!.status).toBe('rejected');
+    const d2 = (await bus.receive({ lease: 60_000 }))!;
+    expect(await Promise.allSettled([d2.ack()])).toEqual([{ status: 'fulfilled', value: undefined }]);
+  }, 60_000);
 });
