@@ -49,6 +49,28 @@ describe('sends of one turn (file): one refused by the database', () => {
   });
 });
 
+describe('duplicate ids inside one 16-row statement and across statements (file)', () => {
+  it.each(['send', 'sendMany'] as const)('%s: the first of each id is stored, the others reported not stored', async (how) => {
+    const { bus, conn } = await fileBus();
+    const ids = Array.from({ length: 40 }, (_, i) => `i${i}`);
+    ids[15] = 'i0'; // same statement
+    ids[16] = 'i3'; // next statement
+    ids[39] = 'i20'; // a single-row statement after two full ones
+    const msgs = ids.map((id, i) => ({ name: 'job', payload: i, id, key: i % 2 ? 'odd' : null }));
+    const r =
+      how === 'send'
+        ? await Promise.all(msgs.map((m) => bus.send(m.name, m.payload, { id: m.id, ...(m.key ? { key: m.key } : {}) })))
+        : await bus.sendMany(msgs.map((m) => ({ name: m.name, payload: m.payload, id: m.id, ...(m.key ? { key: m.key } : {}) })));
+    expect(r.map((x, i) => (x.stored ? i : -1)).filter((i) => i < 0)).toHaveLength(3);
+    expect([r[15]!.stored, r[16]!.stored, r[39]!.stored]).toEqual([false, false, false]);
+    const rows = conn.all<{ id: string; payload: string; head: number }>('SELECT id, payload, head FROM bus_queue ORDER BY seq');
+    expect(rows.map((x) => x.id)).toEqual(ids.filter((_, i) => ![15, 16, 39].includes(i)));
+    expect(rows.find((x) => x.id === 'i0')!.payload).toBe('0');
+    // Ordering key 'odd': exactly one head.
+    expect(conn.get<{ n: number }>("SELECT count(*) AS n FROM bus_queue WHERE key = 'odd' AND head = 1")!.n).toBe(1);
+  });
+});
+
 describe('settling handlers (file)', () => {
   it('the next command of an ordering key runs only after the previous one\'s ack committed', async () => {
     const { bus, conn } = await fileBus();
