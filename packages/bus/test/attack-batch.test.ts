@@ -206,3 +206,34 @@ describe('a write batch that failed before its gathered writes ran (file)', () =
     expect(await Promise.allSettled([d2.ack()])).toEqual([{ status: 'fulfilled', value: undefined }]);
   }, 60_000);
 });
+
+describe('a statement prepared on context.conn and reused by a later handler call (file)', () => {
+  it('cannot write outside that call\'s transaction: effects stay exactly once', async () => {
+    const { bus, conn } = await fileBus();
+    conn.exec('CREATE TABLE effects (id INTEGER PRIMARY KEY, msg TEXT NOT NULL)');
+    await bus.sendMany([{ name: 'job', payload: 0, id: 'a' }, { name: 'job', payload: 1, id: 'b' }]);
+    let stmt: { run(p: unknown[]): unknown } | undefined;
+    const errors: unknown[] = [];
+    const w = bus.listen(
+      {
+        job: async (m, ctx) => {
+          try {
+            stmt ??= ctx.conn.prepare('INSERT INTO effects (msg) VALUES (?)');
+            stmt.run([m.id]);
+          } catch (e) {
+            errors.push(e);
+            throw e;
+          }
+          if (m.id === 'b' && m.attempts === 1) throw new Error('fails after writing, first attempt');
+        },
+      },
+      { concurrency: 1, pollInterval: 20, backoff: 1 },
+    );
+    await w.drain();
+    await w.stop();
+    // Either the reused statement is refused (the handler fails and runs again), or it wrote in
+    // the call's own transaction: never an effect committed by a failed attempt.
+    const effects = conn.all<{ msg: string; n: number }>('SELECT msg, count(*) AS n FROM effects GROUP BY msg ORDER BY msg');
+    expect(effects.filter((e) => e.n !== 1)).toEqual([]);
+  });
+});
