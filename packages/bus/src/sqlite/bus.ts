@@ -708,6 +708,7 @@ export class SqliteBus implements Bus {
         throw e;
       } finally {
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
+        tx.end();
         if (tx.handle) this.release1(tx.handle);
       }
     }
