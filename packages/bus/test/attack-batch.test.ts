@@ -1,6 +1,6 @@
 // Attacks on the bus's write batch on a file (src/sqlite/sends.ts, acks.ts, batch.ts).
 import { afterEach, describe, expect, it } from 'vitest';
-import { open } from '@siblite/core';
+import { open, type Statement } from '@siblite/core';
 import { makeBus, until } from './helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -212,7 +212,7 @@ describe('a statement prepared on context.conn and reused by a later handler cal
     const { bus, conn } = await fileBus();
     conn.exec('CREATE TABLE effects (id INTEGER PRIMARY KEY, msg TEXT NOT NULL)');
     await bus.sendMany([{ name: 'job', payload: 0, id: 'a' }, { name: 'job', payload: 1, id: 'b' }]);
-    let stmt: { run(p: unknown[]): unknown } | undefined;
+    let stmt: Statement | undefined;
     const errors: unknown[] = [];
     const w = bus.listen(
       {
