@@ -237,3 +237,48 @@ describe('a statement prepared on context.conn and reused by a later handler cal
     expect(effects.filter((e) => e.n !== 1)).toEqual([]);
   });
 });
+
+describe('context.conn used after the handler call returned (file)', () => {
+  it('is refused, instead of opening a transaction nobody commits', async () => {
+    const { bus, conn } = await fileBus();
+    conn.exec('CREATE TABLE effects (id INTEGER PRIMARY KEY, msg TEXT NOT NULL)');
+    await bus.sendMany([{ name: 'late', payload: 0, id: 'a' }, { name: 'early', payload: 1, id: 'b' }]);
+    const outcomes: string[] = [];
+    let later: Promise<void> | undefined;
+    const w = bus.listen(
+      {
+        // Reads context.conn only after returning (a promise it did not await).
+        late: async (m, ctx) => {
+          later = new Promise<void>((resolve) => setTimeout(resolve, 20)).then(() => {
+            try {
+              ctx.conn.run('INSERT INTO effects (msg) VALUES (?)', [m.id]);
+              outcomes.push('ran');
+            } catch (e) {
+              outcomes.push((e as { code?: string }).code ?? String(e));
+            }
+          });
+        },
+        // Took context.conn while running, used it after returning.
+        early: async (m, ctx) => {
+          const c = ctx.conn;
+          c.get('SELECT 1');
+          setTimeout(() => {
+            try {
+              c.run('INSERT INTO effects (msg) VALUES (?)', [m.id]);
+              outcomes.push('ran');
+            } catch (e) {
+              outcomes.push((e as { code?: string }).code ?? String(e));
+            }
+          }, 20);
+        },
+      },
+      { concurrency: 1, pollInterval: 20 },
+    );
+    await w.drain();
+    await later;
+    await new Promise((r) => setTimeout(r, 60));
+    await w.stop();
+    expect(outcomes).toEqual(['SIBLITE_BUS_HANDLER_TRANSACTION', 'SIBLITE_BUS_HANDLER_TRANSACTION']);
+    expect(conn.get<{ n: number }>('SELECT count(*) AS n FROM effects')!.n).toBe(0);
+  });
+});
