@@ -247,8 +247,17 @@ describe('context.conn used after the handler call returned (file)', () => {
     let later: Promise<void> | undefined;
     const w = bus.listen(
       {
-        // Reads context.conn only after returning (a promise it did not await).
+        // Reads context.conn only after returning: in the next turn (while its acknowledgement
+        // waits in the write batch) and later.
         late: async (m, ctx) => {
+          setImmediate(() => {
+            try {
+              ctx.conn.get('SELECT 1');
+              outcomes.push('ran');
+            } catch (e) {
+              outcomes.push((e as { code?: string }).code ?? String(e));
+            }
+          });
           later = new Promise<void>((resolve) => setTimeout(resolve, 20)).then(() => {
             try {
               ctx.conn.run('INSERT INTO effects (msg) VALUES (?)', [m.id]);
@@ -278,7 +287,7 @@ describe('context.conn used after the handler call returned (file)', () => {
     await later;
     await new Promise((r) => setTimeout(r, 60));
     await w.stop();
-    expect(outcomes).toEqual(['SIBLITE_BUS_HANDLER_TRANSACTION', 'SIBLITE_BUS_HANDLER_TRANSACTION']);
+    expect(outcomes).toEqual(['SIBLITE_BUS_HANDLER_TRANSACTION', 'SIBLITE_BUS_HANDLER_TRANSACTION', 'SIBLITE_BUS_HANDLER_TRANSACTION']);
     expect(conn.get<{ n: number }>('SELECT count(*) AS n FROM effects')!.n).toBe(0);
   });
 });

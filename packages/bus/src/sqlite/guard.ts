@@ -87,6 +87,8 @@ export function guardHandlerConn(conn: Connection, onUse?: () => void, live: () 
     get(target, prop, receiver) {
       const value = Reflect.get(target, prop, receiver) as unknown;
       if (typeof value !== 'function') return value;
+      // After the handler call: its handle went back to the pool (or to another call).
+      if (!live()) refuse('using context.conn after the handler call returned is not allowed');
       onUse?.();
       switch (prop) {
         case 'run':
@@ -157,6 +159,7 @@ export class HandlerTx {
 
   /** What the handler gets as `context.conn`: the guarded handle of the begun transaction. */
   get conn(): Connection {
+    if (this.ended) refuse('reading context.conn after the handler call returned is not allowed');
     const h = this.begin();
     return (this.guarded ??= guardHandlerConn(
       h,
