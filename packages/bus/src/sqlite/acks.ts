@@ -54,6 +54,7 @@ export function ackCommands(h: Connection, plans: Plans, claims: readonly Claim[
 export function batchedAcks(batch: WriteBatch, plans: Plans, now: () => number): GatheredWrites<Claim, void> {
   return new GatheredWrites<Claim, void>(batch, (h, claims) => {
     const acked = ackCommands(h, plans, claims, now());
-    return claims.map((c) => (acked.has(c) ? { ok: true, value: undefined } : { ok: false, error: new StaleClaimError(c.id) }));
+    // A claim acknowledged twice in one turn: the second is stale, as it is one statement later.
+    return claims.map((c) => (acked.delete(c) ? { ok: true, value: undefined } : { ok: false, error: new StaleClaimError(c.id) }));
   });
 }

@@ -148,6 +148,11 @@ export class GatheredWrites<T, R> {
         if (this.open === fresh) this.open = null;
         return this.runAll(h, fresh.writes);
       });
+      // A batch that failed before the item ran (its BEGIN refused by a lock held too long)
+      // closes the gathering too: later writes would otherwise fail with that error, unattempted.
+      fresh.settled.catch(() => {
+        if (this.open === fresh) this.open = null;
+      });
     } else {
       i = g.writes.push(write) - 1;
     }

@@ -665,6 +665,7 @@ export class SqliteBus implements Bus {
         // In memory the acknowledgement is a statement of the handler's transaction, always.
         if (this.main.memory) tx.begin();
         await Promise.race([body(tx, run), abandoned]);
+        tx.end(); // context.conn is the handler's only while it runs
         const h = tx.handle;
         if (!tx.used && !this.main.memory) {
           // The handler never used context.conn: nothing to commit of its own. The ack joins
@@ -708,6 +709,7 @@ export class SqliteBus implements Bus {
         throw e;
       } finally {
         if (onAbandon) abandon.removeEventListener('abort', onAbandon);
+        tx.end();
         if (tx.handle) this.release1(tx.handle);
       }
     }

@@ -55,14 +55,40 @@ function refuse(what: string): never {
 }
 
 /**
- * Wraps `conn` for a handler (see the module documentation). `onUse` is called whenever a method
- * of the handle is taken (the handler may be about to run SQL in the transaction).
+ * Wraps a statement prepared on a handler's `context.conn`: once that handler call's transaction
+ * is over (`live()` false) the statement is refused, since its handle has gone back to the pool
+ * and a run there would commit on its own (or inside another handler's transaction), outside the
+ * acknowledgement. Methods that return the statement itself (`pluck()`, `raw()`, ...) return
+ * the wrapper, so that a chained statement stays guarded.
  */
-export function guardHandlerConn(conn: Connection, onUse?: () => void): Connection {
+function guardStatement<S extends object>(stmt: S, live: () => boolean): S {
+  const guarded: S = new Proxy(stmt, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => {
+        if (!live()) refuse('running a statement prepared on context.conn by an earlier handler call is not allowed (prepare it again from this call\'s context.conn)');
+        const out = (value as (...a: unknown[]) => unknown).apply(target, args);
+        return out === target ? guarded : out;
+      };
+    },
+  });
+  return guarded;
+}
+
+/**
+ * Wraps `conn` for a handler (see the module documentation). `onUse` is called whenever a method
+ * of the handle is taken (the handler may be about to run SQL in the transaction); `live` says
+ * whether the handler call's transaction is still the one open (statements prepared on the
+ * handle are refused after it, see `guardStatement`).
+ */
+export function guardHandlerConn(conn: Connection, onUse?: () => void, live: () => boolean = () => true): Connection {
   return new Proxy(conn, {
     get(target, prop, receiver) {
       const value = Reflect.get(target, prop, receiver) as unknown;
       if (typeof value !== 'function') return value;
+      // After the handler call: its handle went back to the pool (or to another call).
+      if (!live()) refuse('using context.conn after the handler call returned is not allowed');
       onUse?.();
       switch (prop) {
         case 'run':
@@ -76,7 +102,7 @@ export function guardHandlerConn(conn: Connection, onUse?: () => void): Connecti
         case 'prepare':
           return (sql: string) => {
             if (typeof sql === 'string' && endsTransaction(sql)) refuse(`"${leadingWords(sql).join(' ').trim()}" is not allowed`);
-            return (value as (s: string) => object).call(target, sql);
+            return guardStatement((value as (s: string) => object).call(target, sql), live);
           };
         case 'exec':
           return (sql: string) => {
@@ -86,7 +112,7 @@ export function guardHandlerConn(conn: Connection, onUse?: () => void): Connecti
           };
         case 'transaction':
           return (fn: (c: Connection) => unknown, options?: unknown) =>
-            (value as (f: (c: Connection) => unknown, o?: unknown) => unknown).call(target, (c: Connection) => fn(guardHandlerConn(c, onUse)), options);
+            (value as (f: (c: Connection) => unknown, o?: unknown) => unknown).call(target, (c: Connection) => fn(guardHandlerConn(c, onUse, live)), options);
         case 'close':
           return () => refuse('closing the handle is not allowed');
         default:
@@ -110,6 +136,8 @@ export class HandlerTx {
   private guarded: Connection | null = null;
   /** Whether the handler took a method of `context.conn` (it may have run SQL in the transaction). */
   used = false;
+  /** Set when the handler call is over: statements prepared on `context.conn` are refused after that. */
+  private ended = false;
 
   /** @param acquire - takes a pooled handle (throws when the run was abandoned or the bus closed). */
   constructor(private readonly acquire: () => Connection) {}
@@ -131,9 +159,19 @@ export class HandlerTx {
 
   /** What the handler gets as `context.conn`: the guarded handle of the begun transaction. */
   get conn(): Connection {
+    if (this.ended) refuse('reading context.conn after the handler call returned is not allowed');
     const h = this.begin();
-    return (this.guarded ??= guardHandlerConn(h, () => {
-      this.used = true;
-    }));
+    return (this.guarded ??= guardHandlerConn(
+      h,
+      () => {
+        this.used = true;
+      },
+      () => !this.ended,
+    ));
+  }
+
+  /** The handler call is over (its transaction committed or rolled back). */
+  end(): void {
+    this.ended = true;
   }
 }

@@ -9,6 +9,7 @@
  */
 import { isRetryable, SqliteError, type Connection, type SqlValue } from '@siblite/core';
 import { GatheredWrites, rowChunks, type Outcome, type WriteBatch } from './batch.js';
+import { inSavepoint } from './claims.js';
 import type { Plans } from './plans.js';
 
 /** A checked command, as `send` and `sendMany` store it. */
@@ -72,7 +73,9 @@ export function batchedSends(batch: WriteBatch, plans: Plans, now: () => number)
   return new GatheredWrites<CommandToStore, number>(batch, (h, commands) => {
     const t = now();
     try {
-      return insertCommands(h, plans, commands, t).map((value): Outcome => ({ ok: true, value }));
+      // In a savepoint: a failing statement must undo the ones before it (rows it stored would
+      // otherwise read as duplicates when inserted again one by one below).
+      return inSavepoint(h, () => insertCommands(h, plans, commands, t)).map((value): Outcome => ({ ok: true, value }));
     } catch (e) {
       if (isRetryable(e) || !(e instanceof SqliteError)) throw e;
       return commands.map((c): Outcome => {

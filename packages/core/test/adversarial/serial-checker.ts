@@ -8,7 +8,7 @@
 import { errorKind, open, type Connection } from '../../src/index.js';
 import { rawDatabase } from './oracle.js';
 
-export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic' | 'hot';
+export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic' | 'hot' | 'span';
 
 interface Step {
   sql: string;
@@ -53,11 +53,17 @@ INSERT INTO uniq VALUES (1, 10, 0), (2, 20, 0), (3, 30, 0);
 INSERT INTO gen (id, a) VALUES (1, 1), (2, 2);
 INSERT INTO chain VALUES (1, 0), (2, 0), (3, 0), (4, 0), (5, 0);
 INSERT INTO wr VALUES ('a', 1);
+CREATE TABLE sp (id INTEGER PRIMARY KEY, v INT NOT NULL, u INT UNIQUE);
+CREATE TABLE sn (a INT, b INT);
+CREATE TABLE spc (id INTEGER PRIMARY KEY, pid INT REFERENCES sp(id) ON DELETE CASCADE);
+INSERT INTO sp VALUES (-2, -2, -20), (1, 1, 10), (2, 2, 20), (3, 3, 30), (5, 5, 50), (8, 8, 80), (9, 9, 90);
+INSERT INTO sn (rowid, a, b) VALUES (1, 1, 1), (2, 2, 2), (4, 4, 4), (6, 6, 6);
+INSERT INTO spc VALUES (1, 1), (2, 5), (3, 8);
 CREATE TEMP TABLE tmp (id INTEGER PRIMARY KEY, v INT);
 INSERT INTO tmp VALUES (1, 1);
 `;
 
-const TABLES = ['kv', 'cfg', 'parent', 'child', 'audit', 'uniq', 'gen', 'log', 'chain', 'wr', 'dchild', 'temp.tmp'];
+const TABLES = ['sp', 'sn', 'spc', 'kv', 'cfg', 'parent', 'child', 'audit', 'uniq', 'gen', 'log', 'chain', 'wr', 'dchild', 'temp.tmp'];
 
 /** A small seeded PRNG (mulberry32). */
 function prng(seed: number): () => number {
@@ -127,7 +133,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
         saw = params ? st.all(params as never) : st.all();
       } else if (want === 'run') {
         const r = params ? h.run(sql, params as never) : h.run(sql);
-        saw = CONTROL.test(sql) ? null : /^\s*insert into log/i.test(sql) && r.changes > 0 ? { changes: r.changes, rowid: Number(r.lastInsertRowid) } : { changes: r.changes };
+        saw = CONTROL.test(sql) ? null : /^\s*insert into (log|sp) \(v/i.test(sql) && r.changes > 0 ? { changes: r.changes, rowid: Number(r.lastInsertRowid) } : { changes: r.changes };
       } else if (want === 'get') saw = (params ? h.get(sql, params as never) : h.get(sql)) ?? null;
       else saw = params ? h.all(sql, params as never) : h.all(sql);
     } catch (e) {
@@ -150,6 +156,43 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
   const operation = async (h: Connection, u: Unit, tx: boolean) => {
     const k = kind === 'hot' ? int(1, 2) : int(1, 6); // 'hot': two rows everybody fights over
     const s = (sql: string, params?: unknown[], want: Step['want'] = 'run') => step(h, u, sql, params, want);
+    if (kind === 'span' && rnd() < 0.85) {
+      // Rowid spans (engine/rowid-span.ts): reads that see a rowid range, writes at proven rowids
+      // just inside and outside them, and writes that only look bounded.
+      const key = (): unknown => {
+        const n = int(-3, 11);
+        const r = rnd();
+        return r < 0.7 ? n : r < 0.8 ? BigInt(n) : r < 0.9 ? String(n) : n + 0.5;
+      };
+      switch (int(0, 25)) {
+        case 0: return s('SELECT id, v FROM sp WHERE id >= ?', [key()], 'all');
+        case 1: return s('SELECT id, v FROM sp WHERE id > ? AND id < ?', [key(), key()], 'all');
+        case 2: return s('SELECT count(*) AS n, total(v) AS t FROM sp WHERE id BETWEEN ? AND ?', [key(), key()], 'get');
+        case 3: return s('SELECT id, v FROM sp WHERE id < ? ORDER BY id DESC', [key()], 'all');
+        case 4: return s('SELECT max(id) AS m FROM sp WHERE id <= ?', [key()], 'get');
+        case 5: return s('SELECT v, u FROM sp WHERE id = ?', [key()], 'get');
+        case 6: return s('SELECT rowid, a, b FROM sn WHERE rowid >= ? LIMIT 2 OFFSET 1', [key()], 'all');
+        case 7: return s('SELECT (SELECT v FROM sp WHERE id = ?) AS a, (SELECT count(*) FROM spc) AS c', [key()], 'get');
+        case 8: return s('SELECT sp.id, spc.id AS c FROM spc, sp WHERE sp.id >= ? ORDER BY 1, 2', [key()], 'all');
+        case 9: return s('SELECT min(id) AS m FROM sp WHERE id > ?', [key()], 'get');
+        case 10: return s('UPDATE sp SET v = ? WHERE id = ?', [int(0, 99), key()]);
+        case 11: return s('DELETE FROM sp WHERE id = ?', [key()]);
+        case 12: return s('UPDATE sp SET id = ? WHERE id = ?', [key(), key()]);
+        case 13: return s('UPDATE OR REPLACE sp SET id = ? WHERE id = ?', [key(), key()]);
+        case 14: return s('UPDATE sp SET id = id + ? WHERE id = ?', [int(-2, 2), key()]);
+        case 15: return s('UPDATE OR REPLACE sp SET u = ? WHERE id = ?', [int(0, 9) * 10, key()]);
+        case 16: return s('INSERT OR REPLACE INTO sp (id, v, u) VALUES (?, ?, ?)', [key(), int(0, 9), int(0, 9) * 10]);
+        case 17: return s('INSERT INTO sp (v, u) VALUES (?, ?)', [int(0, 9), int(100, 999)]);
+        case 18: return s('UPDATE sn SET rowid = ? WHERE rowid = ?', [key(), key()]);
+        case 19: return s('DELETE FROM sn WHERE rowid = ?', [key()]);
+        case 20: return s('UPDATE sn SET b = b + 1 WHERE rowid = ?', [key()]);
+        case 21: return s('DELETE FROM sp WHERE id IN (?, ?)', [key(), key()]);
+        case 22: return s('SELECT id, pid FROM spc WHERE id >= ?', [key()], 'all');
+        case 23: return s('INSERT INTO sp (id, v) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET v = v + 1', [key(), int(0, 9)]);
+        case 24: return s('UPDATE sp SET v = (SELECT count(*) FROM sp WHERE id < ?) WHERE id = ?', [key(), key()]);
+        default: return s('SELECT id, v FROM sp WHERE id >= ? LIMIT 3', [key()], 'all');
+      }
+    }
     if (kind === 'exotic' && rnd() < 0.45) {
       switch (int(0, 7)) {
         case 0: return s('UPDATE OR FAIL uniq SET u = u + 10 WHERE id <= ?', [int(1, 5)]);
@@ -392,8 +435,8 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
   (raw as unknown as { function(n: string, f: unknown, o: unknown): void }).function('dbl', dbl, { deterministic: true });
   const committed = units.filter((u) => u.seq !== undefined).sort((a, b) => (a.seq as number) - (b.seq as number));
   const report = (msg: string) => {
-    const trace = committed.map((u) => `#${u.seq} ${u.kind} h${u.handle}: ` + u.steps.map((s) => `${s.sql} ${JSON.stringify(s.params ?? [])} -> ${JSON.stringify(s.saw, big)}`).join(' ; ')).join('\n');
-    const ab = aborted.map((u) => `aborted ${u.kind} h${u.handle}: ` + u.steps.map((s) => `${s.sql} ${JSON.stringify(s.params ?? [])} -> ${JSON.stringify(s.saw, big)}`).join(' ; ')).join('\n');
+    const trace = committed.map((u) => `#${u.seq} ${u.kind} h${u.handle}: ` + u.steps.map((s) => `${s.sql} ${JSON.stringify(s.params ?? [], big)} -> ${JSON.stringify(s.saw, big)}`).join(' ; ')).join('\n');
+    const ab = aborted.map((u) => `aborted ${u.kind} h${u.handle}: ` + u.steps.map((s) => `${s.sql} ${JSON.stringify(s.params ?? [], big)} -> ${JSON.stringify(s.saw, big)}`).join(' ; ')).join('\n');
     return `seed ${seed} (${kind}): ${msg}\n${trace}\n${ab}`;
   };
   for (const u of committed) {
@@ -405,6 +448,9 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
       const told = (st.saw as { rowid?: number } | null)?.rowid;
       if (told !== undefined && /^INSERT INTO log \(v\) VALUES \(\?\)$/.test(sql)) {
         sql = 'INSERT INTO log (id, v) VALUES (?, ?)';
+        params = [told, ...(params ?? [])];
+      } else if (told !== undefined && /^INSERT INTO sp \(v, u\) VALUES \(\?, \?\)$/.test(sql)) {
+        sql = 'INSERT INTO sp (id, v, u) VALUES (?, ?, ?)';
         params = [told, ...(params ?? [])];
       }
       let got: unknown;
@@ -422,7 +468,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
       }
       if (JSON.stringify(got, big) !== JSON.stringify(st.saw, big)) {
         raw.close();
-        return { ok: false, report: report(`unit #${u.seq} (${u.kind}, handle ${u.handle}) saw ${JSON.stringify(st.saw, big)} for ${sql} ${JSON.stringify(params)}; serial execution shows ${JSON.stringify(got, big)}`) };
+        return { ok: false, report: report(`unit #${u.seq} (${u.kind}, handle ${u.handle}) saw ${JSON.stringify(st.saw, big)} for ${sql} ${JSON.stringify(params, big)}; serial execution shows ${JSON.stringify(got, big)}`) };
       }
     }
     if (inTx) raw.exec('COMMIT');
