@@ -115,7 +115,7 @@ function curveSeries(suite, curveId) {
   for (const f of suite.figures) {
     if (f.curve?.id !== curveId) continue;
     if (!series.has(f.peer)) series.set(f.peer, []);
-    series.get(f.peer).push({ x: f.curve.x, median: f.median, min: f.min, max: f.max });
+    series.get(f.peer).push({ x: f.curve.x, median: f.median, min: f.min, max: f.max, rounds: f.rounds ?? f.samples?.length });
   }
   for (const points of series.values()) points.sort((a, b) => a.x - b.x);
   return series;
@@ -127,10 +127,10 @@ function curveSeries(suite, curveId) {
  * a whisker for min..max.
  */
 export function renderCurveChart(suite, curve) {
-  const W = 760;
+  const W = 820;
   const H = 380;
   const left = 70;
-  const right = 200;
+  const right = 250;
   const top = 56;
   const bottom = 50;
   const series = curveSeries(suite, curve.id);
@@ -156,7 +156,7 @@ export function renderCurveChart(suite, curve) {
   const parts = [];
   parts.push(`<text x="12" y="24" font-size="16" font-weight="bold">${esc(curve.title)}</text>`);
   parts.push(
-    `<text x="12" y="42" font-size="11" fill="#555">dot: median of ${suite.rounds ?? '?'} interleaved rounds; whisker: min..max; ${esc(unit)}${curve.higherIsBetter === false ? ' (lower is better)' : ''}${logY ? ', log scale' : ''}</text>`,
+    `<text x="12" y="42" font-size="11" fill="#555">dot: median of ${roundsLabel(points, suite)} interleaved rounds; whisker: min..max; ${esc(unit)}${curve.higherIsBetter === false ? ' (lower is better)' : ''}${logY ? ', log scale' : ''}</text>`,
   );
   parts.push(`<line x1="${left}" y1="${top + plotH}" x2="${left + plotW}" y2="${top + plotH}" stroke="#222"/>`);
   parts.push(`<line x1="${left}" y1="${top}" x2="${left}" y2="${top + plotH}" stroke="#222"/>`);
@@ -188,6 +188,15 @@ export function renderCurveChart(suite, curve) {
     parts.push(`<text x="${left + plotW + 34}" y="${ly + 1}" font-size="12">${esc(peer)}</text>`);
   });
   return svgDocument(W, H, parts);
+}
+
+/** How many rounds the points of a curve had: "5", or "3 to 5". */
+function roundsLabel(points, suite) {
+  const counts = points.map((p) => p.rounds).filter(Number.isFinite);
+  if (counts.length === 0) return String(suite.rounds ?? '?');
+  const lo = Math.min(...counts);
+  const hi = Math.max(...counts);
+  return lo === hi ? String(lo) : `${lo} to ${hi}`;
 }
 
 /** The markdown table of one curve: a row per x, a column per peer (median, min..max). */
