@@ -187,6 +187,48 @@ describe('locks that must not be broken', () => {
   });
 });
 
+describe('fair turns', () => {
+  it("the waiting marker keeps naming the oldest waiter while younger ones keep asking (never read half-written)", async () => {
+    const file = scope.file('fair.db');
+    withDb(file, (c) => c.exec('CREATE TABLE t (x)'));
+    const marker = `${file}.lock-wait`;
+    /** The id named by the marker; null when it is absent or not a whole claim. */
+    const named = (): string | null => {
+      try {
+        return (JSON.parse(readFileSync(marker, 'utf8')) as { id: string }).id;
+      } catch {
+        return null;
+      }
+    };
+    // The oldest waiter asks first and keeps asking until it is killed.
+    const oldest = spawnWorker({ cmd: 'claim', file, ms: 120_000 });
+    const oldestId = `${oldest.proc.pid}.0`;
+    await oldest.next((m) => m.claiming);
+    for (let i = 0; named() !== oldestId; i++) {
+      if (i > 1000) throw new Error(`the marker does not name the only waiter: ${String(named())}`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    // Three younger waiters ask as often as they can meanwhile: every one of their refusals
+    // rings the marker, none may take over the claim, and no read may find it half-written
+    // (such a read made a younger waiter take the claim, or the free lock, out of turn).
+    const younger = [1, 2, 3].map(() => runWorker({ cmd: 'claim', file, ms: 1000 }));
+    let done = false;
+    const all = Promise.all(younger).finally(() => (done = true));
+    const seen = new Map<string | null, number>();
+    try {
+      for (let i = 0; !done; i++) {
+        const id = named();
+        seen.set(id, (seen.get(id) ?? 0) + 1);
+        if (i % 32 === 0) await new Promise((r) => setImmediate(r));
+      }
+      for (const r of await all) expect(r).toMatchObject({ ok: true });
+    } finally {
+      await oldest.kill9();
+    }
+    expect([...seen.keys()]).toEqual([oldestId]);
+  });
+});
+
 describe('concurrent transactions and other processes', () => {
   it('a BEGIN CONCURRENT transaction held across a long await does not keep another process out', async () => {
     const file = scope.file('park.db');
