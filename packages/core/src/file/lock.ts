@@ -382,8 +382,9 @@ const CLAIM_BYTES = 160;
  * Writes this thread's claim into the marker with one `pwrite` at offset 0 of a fixed length,
  * without truncating: `writeFileSync` truncates first, and a reader between its truncation and
  * its write read an empty marker, took it for "nobody waits", and overwrote the oldest waiter's
- * claim (or took the free lock out of turn). With 8 waiters this happened on about a third of
- * the reads. Then touches the marker (a unique, sub-millisecond mtime: mtime granularity alone
+ * claim (or took the free lock out of turn): 130 to 200 times in a 3 s run of 8 writer
+ * processes. When the marker vanished meanwhile (a waiter got in), an empty one is left: it still
+ * means "someone waits", which is true. Then touches the marker (a unique, sub-millisecond mtime: mtime granularity alone
  * could hide a change), which is what the holder watches.
  */
 function writeClaim(marker: string, claim: { id: string; since: number; at: number } | null): void {
