@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { makeBus, sleep } from './helpers.js';
+import { makeBus, sleep, whenFree } from './helpers.js';
 
 const WORKER = fileURLToPath(new URL('./fixtures/proc-keyed-worker.mjs', import.meta.url));
 const spawned = new Set<ChildProcess>();
@@ -39,20 +39,10 @@ describe('ordering keys across processes (file)', () => {
       c.once('exit', () => children.delete(c));
     };
     await Promise.all([1, 2, 3].map(start));
-    const read = async <T>(fn: () => T): Promise<T> => {
-      for (;;) {
-        try {
-          return fn();
-        } catch (e) {
-          if (!(e as { retryable?: boolean }).retryable) throw e;
-          await sleep(5);
-        }
-      }
-    };
     const remaining = () => conn.get<{ n: number }>("SELECT count(*) AS n FROM bus_queue WHERE state IN ('ready', 'inflight')")!.n;
     const deadline = Date.now() + 80_000;
     let kills = 0;
-    while ((await read(remaining)) > N / 3 && kills < 4 && Date.now() < deadline) {
+    while ((await whenFree(remaining)) > N / 3 && kills < 4 && Date.now() < deadline) {
       await sleep(150 + Math.random() * 250);
       const victim = [...children][Math.floor(Math.random() * children.size)];
       if (victim) {
@@ -62,14 +52,14 @@ describe('ordering keys across processes (file)', () => {
         await start();
       }
     }
-    while ((await read(remaining)) > 0 && Date.now() < deadline) await sleep(50);
+    while ((await whenFree(remaining)) > 0 && Date.now() < deadline) await sleep(50);
     for (const c of children) c.kill('SIGTERM');
     await Promise.all([...children].map(exited));
     expect(kills).toBeGreaterThan(0);
-    expect(await read(remaining)).toBe(0);
+    expect(await whenFree(remaining)).toBe(0);
     const lines = readFileSync(calls, 'utf8').trim().split('\n');
     expect(lines.filter((l) => !l.endsWith(' ok'))).toEqual([]);
-    const effects = await read(() => conn.get<{ total: number; uniq: number }>('SELECT count(*) AS total, count(DISTINCT msg) AS uniq FROM effects'));
+    const effects = await whenFree(() => conn.get<{ total: number; uniq: number }>('SELECT count(*) AS total, count(DISTINCT msg) AS uniq FROM effects'));
     expect(effects).toEqual({ total: N / 2, uniq: N / 2 });
     await cleanup();
   }, 120_000);

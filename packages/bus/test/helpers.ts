@@ -29,6 +29,21 @@ export async function makeBus(where: 'memory' | 'file' = 'memory', options: Sqli
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/**
+ * Runs `fn` until it does not throw a retryable error (another process holding the file), 5 ms
+ * apart: for the test process's own reads of a file that worker processes share.
+ */
+export async function whenFree<T>(fn: () => T): Promise<T> {
+  for (;;) {
+    try {
+      return fn();
+    } catch (e) {
+      if (!(e as { retryable?: boolean }).retryable) throw e;
+      await sleep(5);
+    }
+  }
+}
+
 /** Polls `cond` until true or the deadline passes (then throws). */
 export async function until(cond: () => boolean | Promise<boolean>, timeoutMs = 20_000, what = 'condition'): Promise<void> {
   const end = performance.now() + timeoutMs;

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { makeBus, sleep } from './helpers.js';
+import { makeBus, sleep, whenFree } from './helpers.js';
 
 const WORKER = fileURLToPath(new URL('./fixtures/proc-worker.mjs', import.meta.url));
 
@@ -70,21 +70,8 @@ describe('SqliteBus: several processes on one file', () => {
     const deadline = Date.now() + 75_000;
     const remaining = () =>
       conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state IN ('ready', 'inflight')`)?.n ?? -1;
-    const read = async <T>(fn: () => T): Promise<T> => {
-      for (;;) {
-        try {
-          return fn();
-        } catch (e) {
-          if ((e as { retryable?: boolean }).retryable) {
-            await sleep(5);
-            continue;
-          }
-          throw e;
-        }
-      }
-    };
     // kill a random worker every 200-500 ms while a good part of the work remains
-    while ((await read(remaining)) > N / 4 && kills < 5 && Date.now() < deadline) {
+    while ((await whenFree(remaining)) > N / 4 && kills < 5 && Date.now() < deadline) {
       await sleep(200 + Math.random() * 300);
       const victims = [...children];
       const victim = victims[Math.floor(Math.random() * victims.length)];
@@ -97,22 +84,22 @@ describe('SqliteBus: several processes on one file', () => {
     }
     const progress = () => process.env.BUS_TEST_DEBUG && console.log(`t=${Date.now() - t0} ms kills=${kills} remaining=${remaining()}`);
     progress();
-    while ((await read(remaining)) > 0 && Date.now() < deadline) {
+    while ((await whenFree(remaining)) > 0 && Date.now() < deadline) {
       await sleep(50);
-      if (Math.random() < 0.1) await read(progress);
+      if (Math.random() < 0.1) await whenFree(progress);
     }
-    await read(progress);
+    await whenFree(progress);
     for (const c of children) c.kill('SIGTERM');
     await Promise.all([...children].map(exited));
 
     expect(kills).toBeGreaterThan(0);
-    expect(await read(remaining)).toBe(0);
-    const effects = await read(() => conn.get<{ total: number; uniq: number }>('SELECT count(*) AS total, count(DISTINCT msg) AS uniq FROM effects'));
+    expect(await whenFree(remaining)).toBe(0);
+    const effects = await whenFree(() => conn.get<{ total: number; uniq: number }>('SELECT count(*) AS total, count(DISTINCT msg) AS uniq FROM effects'));
     expect(effects).toEqual({ total: N, uniq: N });
-    const handled = await read(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)?.n);
+    const handled = await whenFree(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)?.n);
     expect(handled).toBe(N);
     expect(await bus.deadLetters()).toEqual([]);
-    const pids = await read(() => conn.get<{ n: number }>('SELECT count(DISTINCT pid) AS n FROM effects')?.n ?? 0);
+    const pids = await whenFree(() => conn.get<{ n: number }>('SELECT count(DISTINCT pid) AS n FROM effects')?.n ?? 0);
     expect(pids).toBeGreaterThan(1);
     // Handler calls per message: re-deliveries after a SIGKILL (the lease ran out) and reruns
     // after real conflicts only; a busy lock never runs a handler again.
@@ -131,16 +118,6 @@ describe('SqliteBus: several processes on one file', () => {
     const calls = join(dir!, 'calls.txt');
     conn.exec('CREATE TABLE effects (id INTEGER PRIMARY KEY, msg TEXT NOT NULL, pid INTEGER NOT NULL, grp TEXT)');
     await bus.send('fx', 1, { id: 'paused-1' });
-    const read = async <T>(fn: () => T): Promise<T> => {
-      for (;;) {
-        try {
-          return fn();
-        } catch (e) {
-          if (!(e as { retryable?: boolean }).retryable) throw e;
-          await sleep(5);
-        }
-      }
-    };
     const lines = () => (existsSync(calls) ? readFileSync(calls, 'utf8').trim().split('\n').filter(Boolean) : []);
     // A's handler inserts its row, then awaits 1.5 s (lease renewals included) before it commits.
     const a = await spawnWorker(path, 1_000, 'queue', calls, 1, { SLOW_HANDLER_MS: '1500' });
@@ -163,20 +140,20 @@ describe('SqliteBus: several processes on one file', () => {
       else {
         await bReady; // B starts and takes the message over while A is still paused
         const until = Date.now() + 30_000;
-        while ((await read(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)!.n)) < 1 && Date.now() < until) await sleep(50);
+        while ((await whenFree(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)!.n)) < 1 && Date.now() < until) await sleep(50);
       }
       a.kill('SIGCONT');
       const b = await bReady;
       const deadline = Date.now() + 30_000;
-      while ((await read(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)!.n)) < 1 && Date.now() < deadline) await sleep(50);
+      while ((await whenFree(() => conn.get<{ n: number }>(`SELECT count(*) AS n FROM bus_queue WHERE state = 'done'`)!.n)) < 1 && Date.now() < deadline) await sleep(50);
       await sleep(2_500); // A finishes its handler; if B took the message over, A's acknowledgement is refused
       for (const c of [a, b]) c.kill('SIGTERM');
       await Promise.all([a, b].map(exited));
-      const effects = await read(() => conn.all<{ msg: string; pid: number }>('SELECT msg, pid FROM effects'));
+      const effects = await whenFree(() => conn.all<{ msg: string; pid: number }>('SELECT msg, pid FROM effects'));
       expect(effects).toHaveLength(1);
       expect(effects[0]!.msg).toBe('paused-1');
       if (!holding) expect(effects[0]!.pid).toBe(b.pid);
-      expect(await read(() => conn.get<{ state: string }>(`SELECT state FROM bus_queue WHERE id = 'paused-1'`))).toEqual({ state: 'done' });
+      expect(await whenFree(() => conn.get<{ state: string }>(`SELECT state FROM bus_queue WHERE id = 'paused-1'`))).toEqual({ state: 'done' });
       if (process.env.BUS_TEST_DEBUG) console.log(`holding=${holding}: handled by ${effects[0]!.pid === a.pid ? 'A' : 'B'}, ${lines().length} calls`);
     } finally {
       a.kill('SIGCONT');
@@ -191,24 +168,14 @@ describe('SqliteBus: several processes on one file', () => {
     // Every listening process fires due schedules once a second; this one hammers too.
     const children = await Promise.all([1, 2, 3].map(() => spawnWorker(path, 2_000)));
     const extra = setInterval(() => void bus.fireSchedules().catch(() => {}), 100);
-    const read = async <T>(fn: () => T): Promise<T> => {
-      for (;;) {
-        try {
-          return fn();
-        } catch (e) {
-          if (!(e as { retryable?: boolean }).retryable) throw e;
-          await sleep(5);
-        }
-      }
-    };
     const deadline = Date.now() + 30_000;
-    while ((await read(() => conn.get<{ n: number }>('SELECT count(*) AS n FROM effects')!.n)) < 4 && Date.now() < deadline) await sleep(100);
+    while ((await whenFree(() => conn.get<{ n: number }>('SELECT count(*) AS n FROM effects')!.n)) < 4 && Date.now() < deadline) await sleep(100);
     clearInterval(extra);
     await bus.unschedule('tick');
     for (const c of children) c.kill('SIGTERM');
     await Promise.all(children.map(exited));
-    const fired = await read(() => conn.all<{ id: string }>(`SELECT id FROM bus_queue WHERE id LIKE 'schedule:tick:%' ORDER BY id`));
-    const effects = await read(() => conn.all<{ msg: string; n: number }>('SELECT msg, count(*) AS n FROM effects GROUP BY msg ORDER BY msg'));
+    const fired = await whenFree(() => conn.all<{ id: string }>(`SELECT id FROM bus_queue WHERE id LIKE 'schedule:tick:%' ORDER BY id`));
+    const effects = await whenFree(() => conn.all<{ msg: string; n: number }>('SELECT msg, count(*) AS n FROM effects GROUP BY msg ORDER BY msg'));
     expect(fired.length).toBeGreaterThanOrEqual(4);
     // every slot sent once (its id is the slot) and handled once
     expect(effects.map((e) => e.msg)).toEqual(fired.map((f) => f.id));
@@ -224,18 +191,12 @@ describe('SqliteBus: several processes on one file', () => {
     const children = await Promise.all(['ga', 'ga', 'gb', 'gb'].map((g) => spawnWorker(path, 2_000, g)));
     const N = 80;
     for (let i = 0; i < N; i++) await bus.publish('ev', i, { id: `ev-${i}` });
-    const counts = async () => {
-      for (;;) {
-        try {
-          return conn.all<{ grp: string; total: number; uniq: number }>(
-            'SELECT grp, count(*) AS total, count(DISTINCT msg) AS uniq FROM effects GROUP BY grp ORDER BY grp',
-          );
-        } catch (e) {
-          if (!(e as { retryable?: boolean }).retryable) throw e;
-          await sleep(5);
-        }
-      }
-    };
+    const counts = () =>
+      whenFree(() =>
+        conn.all<{ grp: string; total: number; uniq: number }>(
+          'SELECT grp, count(*) AS total, count(DISTINCT msg) AS uniq FROM effects GROUP BY grp ORDER BY grp',
+        ),
+      );
     const deadline = Date.now() + 40_000;
     while (Date.now() < deadline) {
       const c = await counts();
