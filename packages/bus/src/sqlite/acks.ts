@@ -10,22 +10,14 @@ import type { Connection, SqlValue } from '@siblite/core';
 import { StaleClaimError } from '../errors.js';
 import type { Claim } from '../store.js';
 import { GatheredWrites, fixedInLists, type WriteBatch } from './batch.js';
-import type { Plans } from './plans.js';
+import { placeholders, shapedSql, type Plans } from './plans.js';
 
 /** The commands one acknowledgement statement names (lists padded to it, see `fixedInLists`). */
 const ACK_LIST = 32;
 
-const ackSqls = new Map<string, string>();
-
-/** The statement that acknowledges `n` commands of one token (cached by namespace and count). */
+/** The statement that acknowledges `n` commands of one token. */
 function ackSql(plans: Plans, n: number): string {
-  const k = `${plans.namespace}/${n}`;
-  let sql = ackSqls.get(k);
-  if (sql === undefined) {
-    sql = `${plans.ackCommandsIn} (${Array.from({ length: n }, () => '?').join(', ')}) RETURNING seq`;
-    ackSqls.set(k, sql);
-  }
-  return sql;
+  return shapedSql(plans, `ack/${n}`, () => `${plans.ackCommandsIn} (${placeholders(n)}) RETURNING seq`);
 }
 
 /**

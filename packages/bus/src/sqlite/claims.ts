@@ -10,7 +10,7 @@
 import type { Connection, SqlValue } from '@siblite/core';
 import type { MessageRow } from '../codec.js';
 import { fixedInLists } from './batch.js';
-import type { Plans } from './plans.js';
+import { placeholders, shapedSql, type Plans } from './plans.js';
 
 /** A claimed command row. */
 export interface ClaimedCommandRow extends MessageRow {
@@ -66,36 +66,22 @@ export function inSavepoint<T>(h: Connection, fn: () => T): T {
   }
 }
 
-const candidateSql = new Map<string, string>();
-
-const claimSqls = new Map<string, string>();
-
 /** The commands one claim statement names (lists padded to it, see `fixedInLists`). */
 const CLAIM_LIST = 32;
 
-/** The statement that claims `n` candidates (cached by namespace and count). */
+/** The statement that claims `n` candidates. */
 function claimSql(plans: Plans, n: number): string {
-  const k = `${plans.namespace}/${n}`;
-  let sql = claimSqls.get(k);
-  if (sql === undefined) {
-    sql = `${plans.claimCommandsIn} (${Array.from({ length: n }, () => '?').join(', ')}) ${plans.claimReturning}`;
-    claimSqls.set(k, sql);
-  }
-  return sql;
+  return shapedSql(plans, `claim/${n}`, () => `${plans.claimCommandsIn} (${placeholders(n)}) ${plans.claimReturning}`);
 }
 
-/** The candidate query for a name filter and a set of paused names (cached by shape). */
+/** The candidate query for a name filter and a set of paused names. */
 function candidates(plans: Plans, names: number, paused: number): string {
-  const k = `${plans.namespace}/${names}/${paused}`;
-  let sql = candidateSql.get(k);
-  if (sql === undefined) {
-    sql = plans.candidatesBase;
+  return shapedSql(plans, `candidates/${names}/${paused}`, () => {
+    let sql = plans.candidatesBase;
     if (names > 0) sql += ` AND (name IS NULL OR name IN (${Array.from({ length: names }, (_, i) => `:n${i}`).join(', ')}))`;
     if (paused > 0) sql += ` AND (name IS NULL OR name NOT IN (${Array.from({ length: paused }, (_, i) => `:p${i}`).join(', ')}))`;
-    sql += ' ORDER BY due_at, seq LIMIT :limit';
-    candidateSql.set(k, sql);
-  }
-  return sql;
+    return sql + ' ORDER BY due_at, seq LIMIT :limit';
+  });
 }
 
 /** Paused targets, split by kind. */

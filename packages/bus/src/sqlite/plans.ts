@@ -545,3 +545,22 @@ export function buildPlans(namespace: string) {
 
 /** The plans of one namespace. */
 export type Plans = ReturnType<typeof buildPlans>;
+
+const shapedSqls = new Map<string, string>();
+
+/**
+ * The text of a statement whose shape varies (a list of n values, a filter of n names): built by
+ * `build` once per namespace and `shape` (each caller names its shapes, as `ack/32`), so that a
+ * few texts, each prepared once, serve every call.
+ */
+export function shapedSql(plans: Plans, shape: string, build: () => string): string {
+  const k = `${plans.namespace}/${shape}`;
+  let sql = shapedSqls.get(k);
+  if (sql === undefined) shapedSqls.set(k, (sql = build()));
+  return sql;
+}
+
+/** `?, ?, ..`: `n` positional parameters. */
+export function placeholders(n: number): string {
+  return Array.from({ length: n }, () => '?').join(', ');
+}

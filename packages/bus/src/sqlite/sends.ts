@@ -10,7 +10,7 @@
 import { isRetryable, SqliteError, type Connection, type SqlValue } from '@siblite/core';
 import { GatheredWrites, rowChunks, type Outcome, type WriteBatch } from './batch.js';
 import { inSavepoint } from './claims.js';
-import type { Plans } from './plans.js';
+import { shapedSql, type Plans } from './plans.js';
 
 /** A checked command, as `send` and `sendMany` store it. */
 export interface CommandToStore {
@@ -27,17 +27,9 @@ export interface CommandToStore {
 /** The rows of one insert statement; the rest go one by one (see `rowChunks`). */
 const ROWS = 16;
 
-const sendSqls = new Map<string, string>();
-
-/** The insert of `n` rows (cached by namespace and count). */
+/** The insert of `n` rows. */
 function sendSql(plans: Plans, n: number): string {
-  const k = `${plans.namespace}/${n}`;
-  let sql = sendSqls.get(k);
-  if (sql === undefined) {
-    sql = `${plans.sendRows} ${Array.from({ length: n }, () => plans.sendRow).join(', ')} ${plans.sendRowsEnd}`;
-    sendSqls.set(k, sql);
-  }
-  return sql;
+  return shapedSql(plans, `send/${n}`, () => `${plans.sendRows} ${Array.from({ length: n }, () => plans.sendRow).join(', ')} ${plans.sendRowsEnd}`);
 }
 
 /**
