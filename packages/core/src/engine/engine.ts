@@ -10,6 +10,7 @@ import { fromEngineError } from '../errors.js';
 import { loadSqlite, type WasmDatabase } from '../file/load.js';
 import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
+import { ControlStatements } from './control.js';
 import { settleCursor } from './cursor.js';
 import { engineLastInsertRowid, PreparedSql } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer, intersects, type Footprint } from './footprint.js';
@@ -157,6 +158,8 @@ export class Engine {
   private allSeq = 0;
   private readonly written = new WrittenRowids();
   private readonly internal = new StatementCache(INTERNAL_STATEMENTS);
+  /** BEGIN, COMMIT and ROLLBACK, prepared once (see control.ts). */
+  private readonly control: ControlStatements;
   private readonly rowidPlans = new Map<string, RowidPlan | null>();
   private readonly reservations = new Map<string, TableReservations>();
   private readonly insertTables = new Map<string, InsertTable | null>();
@@ -195,6 +198,7 @@ export class Engine {
       }
     }
     this.footprints = new FootprintAnalyzer(this.db);
+    this.control = new ControlStatements(this.db);
     // Per-handle answers instead of the shared connection's (which would show one handle
     // another's uncommitted insert).
     this.db.function('changes', () => this.caller.changes);
@@ -216,6 +220,7 @@ export class Engine {
     settleCursor();
     this.statements.clear();
     this.internal.clear();
+    this.control.clear();
     this.fileAccess?.close();
     try {
       if (this.db.inTransaction) this.db.exec('ROLLBACK');
@@ -234,7 +239,7 @@ export class Engine {
   exec(sql: string): void {
     settleCursor();
     try {
-      this.db.exec(sql);
+      if (!this.control.run(sql)) this.db.exec(sql);
     } catch (e) {
       throw this.explain(fromEngineError(e));
     }
