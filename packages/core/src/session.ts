@@ -68,6 +68,13 @@ export class Session {
    */
   private aborted: SqliteError | null = null;
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
+  /**
+   * A copy of {@link Session.state} as it is now, shared by the log entries of the statements
+   * that run while it does not change (made again on the first use after a change).
+   */
+  private stateCopy: HandleState | undefined;
+  /** The rowid plan the last {@link Session.executeSteered} call used (a field: no closure per statement). */
+  private steeredBy: RowidPlan | null = null;
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
   /** The row format of the statement being run (raw / safe integers), for execution and the log. */
@@ -180,12 +187,17 @@ export class Session {
       // Marked before it runs: a statement may change rows and then fail (OR FAIL).
       if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
         state.totalChangesKnown = false;
+        this.stateCopy = undefined;
       }
       const out = this.route(c, values, want);
-      if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+      if (out.insertedRowid !== undefined) {
+        state.lastInsertRowid = out.insertedRowid;
+        this.stateCopy = undefined;
+      }
       if (writesRows) {
         state.changes = out.changes;
         state.totalChanges += out.changes;
+        this.stateCopy = undefined;
       }
       return out;
     } finally {
@@ -643,16 +655,16 @@ export class Session {
       format: this.format,
       footprint: fp,
       control: false,
-      state: { ...this.state },
+      state: (this.stateCopy ??= { ...this.state }),
     };
-    let plan: RowidPlan | null = null;
+    this.steeredBy = null;
     try {
-      const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx, (p) => (plan = p));
+      const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx);
+      const plan = this.steeredBy as RowidPlan | null;
       // A private copy: the application may mutate the rows it was given.
       entry.outcome = entry.digest ? DIGESTED : privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
-        const pl = plan as RowidPlan;
-        entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };
+        entry.rowid = { table: plan.table, sql: plan.sql, value: out.insertedRowid };
       }
       tx.record(entry);
       return out;
@@ -692,13 +704,12 @@ export class Session {
     params: BindParams | undefined,
     want: Want,
     owner: object | null,
-    onPlan?: (plan: RowidPlan) => void,
   ): Outcome {
     const engine = this.engine;
     if (c.cls.type === 'dml' && c.cls.verb === 'insert' && (owner instanceof ConcurrentTransaction || engine.hasReservations)) {
       const plan = engine.rowidPlan(c.sql);
       if (plan) {
-        onPlan?.(plan);
+        this.steeredBy = plan;
         // Striped: another process took a rowid this one was told here (see Engine.rowidLost).
         const striped = owner instanceof ConcurrentTransaction && engine.stripes(plan.table);
         if (striped || engine.hasForeignReservations(plan.table, owner)) {

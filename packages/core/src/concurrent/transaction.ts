@@ -45,6 +45,11 @@ export interface LogEntry {
   rowid?: { table: string; sql: string; value: number | bigint };
 }
 
+/** Scratch sets of {@link ConcurrentTransaction.resume} and `writtenRowids()` (synchronous, never nested). */
+const REDERIVED = new Set<string>();
+const UNKNOWN_ROWIDS = new Set<string>();
+const scratch = { rederivedInUse: false };
+
 /** An open `BEGIN CONCURRENT` transaction of one handle. */
 export class ConcurrentTransaction implements OpenTransaction {
   readonly kind = 'concurrent' as const;
@@ -52,7 +57,8 @@ export class ConcurrentTransaction implements OpenTransaction {
   readonly log: LogEntry[] = [];
   /** Every read in the log was valid as of this commit counter. */
   validatedSeq: number;
-  private readonly reserved: Array<[string, number | bigint]> = [];
+  /** Rowids this transaction was told by single-row INSERTs (made on first use: most transactions insert none). */
+  private reserved: Array<[string, number | bigint]> | undefined;
   /** The engine's schema epoch the log's footprints were learned in. */
   private epoch: number;
 
@@ -105,7 +111,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     this.log.push(entry);
     for (const t of entry.footprint.writes) this.writes.add(t);
     if (entry.rowid) {
-      this.reserved.push([entry.rowid.table, entry.rowid.value]);
+      (this.reserved ??= []).push([entry.rowid.table, entry.rowid.value]);
       this.engine.reserve(entry.rowid.table, entry.rowid.value, this);
     }
   }
@@ -123,10 +129,16 @@ export class ConcurrentTransaction implements OpenTransaction {
     if (!within) engine.exec('BEGIN');
     engine.active = this;
     const caller = engine.caller;
+    // One scratch set for every resume, which do not nest (a fresh one if one ever did).
+    const took = !scratch.rederivedInUse;
+    const rederived = took ? REDERIVED : new Set<string>();
+    if (took) {
+      scratch.rederivedInUse = true;
+      rederived.clear();
+    }
     try {
       engine.checkExternalChanges();
       this.refreshFootprints();
-      const rederived = new Set<string>();
       for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
@@ -134,6 +146,7 @@ export class ConcurrentTransaction implements OpenTransaction {
       throw e;
     } finally {
       engine.caller = caller;
+      if (took) scratch.rederivedInUse = false;
     }
     this.validatedSeq = engine.commitSeq;
   }
@@ -205,7 +218,8 @@ export class ConcurrentTransaction implements OpenTransaction {
    */
   writtenRowids(): Map<string, number[]> {
     const into = new Map<string, number[]>();
-    const unknown = new Set<string>();
+    const unknown = UNKNOWN_ROWIDS;
+    unknown.clear();
     for (const e of this.log) {
       if (e.control || e.footprint.readonly) continue;
       // An insert replayed with an explicit rowid runs other SQL: its rows are not proven.
@@ -216,8 +230,10 @@ export class ConcurrentTransaction implements OpenTransaction {
 
   /** Releases the transaction's rowid reservations and its place in the engine's counters. */
   end(): void {
-    for (const [table, rowid] of this.reserved) this.engine.unreserve(table, rowid, this);
-    this.reserved.length = 0;
+    if (this.reserved !== undefined) {
+      for (const [table, rowid] of this.reserved) this.engine.unreserve(table, rowid, this);
+      this.reserved = undefined;
+    }
     if (--this.engine.concurrentOpen === 0) this.engine.forgetCounters();
   }
 
