@@ -193,13 +193,15 @@ export class PreparedSql {
     const ptr = ptrOf(this.stmt);
     try {
       const engineDb = this.bound(values);
+      // Names after the first step, which re-prepares a statement whose schema changed.
+      let more = stepRow(ptr, engineDb);
       const names = this.names.of(ptr);
       const digest = new DigestBuilder(names);
       const n = names.length;
       const rows: Row[] = [];
       const raw = format.raw === true;
       const bigints = format.safeIntegers === true;
-      while (stepRow(ptr, engineDb)) {
+      for (; more; more = stepRow(ptr, engineDb)) {
         rows.push(raw ? (rowArray(ptr, n, bigints) as unknown as Row) : rowObject(ptr, names, bigints));
         digest.addRow(ptr, n);
       }
@@ -222,10 +224,11 @@ export class PreparedSql {
     const ptr = ptrOf(this.stmt);
     try {
       const engineDb = this.bound(values);
+      let more = stepRow(ptr, engineDb);
       const names = this.names.of(ptr);
       const digest = new DigestBuilder(names);
       const n = names.length;
-      while (stepRow(ptr, engineDb)) {
+      for (; more; more = stepRow(ptr, engineDb)) {
         digest.addRow(ptr, n);
         if (!digest.agrees(expected)) return digest.count;
       }
