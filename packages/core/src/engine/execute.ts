@@ -3,7 +3,8 @@
  * included), stepping, and reporting what the application sees. `changes` and
  * `lastInsertRowid` are made deterministic per statement, instead of the connection-wide values
  * SQLite reports, because one engine is shared by many handles: a SELECT reports 0 changes, and
- * only an INSERT that inserted reports a rowid.
+ * only an INSERT that inserted reports a rowid. Binding, stepping and reading go through the
+ * engine's exports directly (direct.ts), converting values exactly as the wrapper does.
  * @module
  */
 import { fromEngineError, sqliteError } from '../errors.js';
