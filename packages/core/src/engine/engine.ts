@@ -198,7 +198,7 @@ export class Engine {
       }
     }
     this.footprints = new FootprintAnalyzer(this.db);
-    this.control = new ControlStatements(this.db);
+    this.control = new ControlStatements((sql) => this.prepare(sql));
     // Per-handle answers instead of the shared connection's (which would show one handle
     // another's uncommitted insert).
     this.db.function('changes', () => this.caller.changes);
