@@ -45,11 +45,6 @@ export interface LogEntry {
   rowid?: { table: string; sql: string; value: number | bigint };
 }
 
-/** Scratch sets of {@link ConcurrentTransaction.resume} and `writtenRowids()` (synchronous, never nested). */
-const REDERIVED = new Set<string>();
-const UNKNOWN_ROWIDS = new Set<string>();
-const scratch = { rederivedInUse: false };
-
 /** An open `BEGIN CONCURRENT` transaction of one handle. */
 export class ConcurrentTransaction implements OpenTransaction {
   readonly kind = 'concurrent' as const;
@@ -129,13 +124,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     if (!within) engine.exec('BEGIN');
     engine.active = this;
     const caller = engine.caller;
-    // One scratch set for every resume, which do not nest (a fresh one if one ever did).
-    const took = !scratch.rederivedInUse;
-    const rederived = took ? REDERIVED : new Set<string>();
-    if (took) {
-      scratch.rederivedInUse = true;
-      rederived.clear();
-    }
+    const rederived = new Set<string>();
     try {
       engine.checkExternalChanges();
       this.refreshFootprints();
@@ -146,7 +135,6 @@ export class ConcurrentTransaction implements OpenTransaction {
       throw e;
     } finally {
       engine.caller = caller;
-      if (took) scratch.rederivedInUse = false;
     }
     this.validatedSeq = engine.commitSeq;
   }
@@ -218,8 +206,7 @@ export class ConcurrentTransaction implements OpenTransaction {
    */
   writtenRowids(): Map<string, number[]> {
     const into = new Map<string, number[]>();
-    const unknown = UNKNOWN_ROWIDS;
-    unknown.clear();
+    const unknown = new Set<string>();
     for (const e of this.log) {
       if (e.control || e.footprint.readonly) continue;
       // An insert replayed with an explicit rowid runs other SQL: its rows are not proven.

@@ -154,7 +154,7 @@ export class Engine {
   /** Locking and durability settings of a file database (see src/file/). */
   readonly fileSettings: FileSettings | undefined;
   private refs = 0;
-  private readonly tableSeq = new Map<string, number>();
+  private tableSeq = new Map<string, number>();
   private allSeq = 0;
   private readonly written = new WrittenRowids();
   private readonly internal = new StatementCache(INTERNAL_STATEMENTS);
@@ -373,7 +373,9 @@ export class Engine {
 
   /** Called when the count of open concurrent transactions drops to zero. */
   forgetCounters(): void {
-    this.tableSeq.clear();
+    // A new map, not clear(): V8's clear() of a long-lived map costs about 0.6 µs, and a
+    // handle that runs one concurrent transaction at a time comes here at every commit.
+    if (this.tableSeq.size > 0) this.tableSeq = new Map();
     this.written.clear();
     this.allSeq = 0;
     this.commitSeq = 0;

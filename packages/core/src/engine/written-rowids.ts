@@ -21,12 +21,12 @@ interface TableLog {
   /** The last commit number at which rows of the table changed that are not known. */
   unknownAt: number;
   /** Rowid to the last commit number that wrote it, oldest commit first (re-writes move to the end). */
-  readonly rowids: Map<number, number>;
+  rowids: Map<number, number>;
 }
 
 /** Per table: which rowids each commit wrote (see the module documentation). */
 export class WrittenRowids {
-  private readonly tables = new Map<string, TableLog>();
+  private tables = new Map<string, TableLog>();
 
   private log(table: string): TableLog {
     let t = this.tables.get(table);
@@ -38,7 +38,9 @@ export class WrittenRowids {
   unknown(table: string, seq: number): void {
     const t = this.log(table);
     t.unknownAt = seq;
-    t.rowids.clear(); // older rowids can no longer decide anything
+    // Older rowids can no longer decide anything. A new map, not clear(): V8's clear() of a
+    // long-lived map costs about 0.6 µs, and every commit with an unbounded write comes here.
+    if (t.rowids.size > 0) t.rowids = new Map();
   }
 
   /** Commit `seq` changed only rows of `table` with these rowids. */
@@ -83,6 +85,6 @@ export class WrittenRowids {
 
   /** Forgets everything (no concurrent transaction is open). */
   clear(): void {
-    this.tables.clear();
+    if (this.tables.size > 0) this.tables = new Map(); // not clear(): see unknown()
   }
 }
