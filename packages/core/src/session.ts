@@ -11,12 +11,12 @@
  *   validates) and are logged with what they showed the application.
  * @module
  */
-import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
+import { ConcurrentTransaction, logEntry, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { digestPolicy } from './engine/row-digest.js';
-import { addWrittenRowids } from './engine/rowid-span.js';
+import { addWrittenRowids, type WrittenRowidMap } from './engine/rowid-span.js';
 import { heldAgainst } from './concurrent/hold.js';
 import type { Lane } from './lane.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
@@ -376,7 +376,7 @@ export class Session {
     }
     if (engine.active !== tx) this.bringIn(tx);
     engine.exec(c.sql);
-    tx.record({ sql: c.sql, params: undefined, want: 'run', footprint: CONTROL_FOOTPRINT, control: true });
+    tx.record(logEntry(c.sql, undefined, 'run', undefined, CONTROL_FOOTPRINT, true, undefined));
   }
 
   /** Commits the real SQLite transaction of `tx` (which is active). */
@@ -648,15 +648,7 @@ export class Session {
       const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !engine.touchesUncommitted(fp.reads, a));
       if (!inPlace) this.bringIn(tx);
     }
-    const entry: LogEntry = {
-      sql: c.sql,
-      params: privateParams(params),
-      want,
-      format: this.format,
-      footprint: fp,
-      control: false,
-      state: (this.stateCopy ??= { ...this.state }),
-    };
+    const entry = logEntry(c.sql, privateParams(params), want, this.format, fp, false, (this.stateCopy ??= { ...this.state }));
     this.steeredBy = null;
     try {
       const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx);
@@ -801,10 +793,10 @@ export class Session {
 }
 
 /** The rowids an autocommit write changed, per table where its bytecode proves them. */
-function writtenRowids(fp: Footprint, params: BindParams | undefined): Map<string, number[]> | undefined {
+function writtenRowids(fp: Footprint, params: BindParams | undefined): WrittenRowidMap | undefined {
   if (fp.rowids?.writes === undefined) return undefined;
-  const into = new Map<string, number[]>();
-  addWrittenRowids(fp.writes, fp.rowids, params, into, new Set());
+  const into: WrittenRowidMap = new Map();
+  addWrittenRowids(fp.writes, fp.rowids, params, into);
   return into;
 }
 

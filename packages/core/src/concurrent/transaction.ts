@@ -20,7 +20,7 @@ import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engine/execute.js';
 import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 import { DIGEST_BLOCK_ROWS, type RowDigest } from '../engine/row-digest.js';
-import { addWrittenRowids, spanRange } from '../engine/rowid-span.js';
+import { addWrittenRowids, spanRange, type WrittenRowidMap } from '../engine/rowid-span.js';
 import { laneOf } from '../lane.js';
 import { statementKey } from './hot-reads.js';
 
@@ -43,6 +43,27 @@ export interface LogEntry {
   error?: string;
   /** For a single-row INSERT that inserted: replay it with this explicit rowid. */
   rowid?: { table: string; sql: string; value: number | bigint };
+}
+
+/**
+ * A log entry with every field in place from the start: fields added later (the outcome, a
+ * digest, an error) would each grow the object's out-of-object property store.
+ */
+export function logEntry(
+  sql: string,
+  params: BindParams | undefined,
+  want: Want,
+  format: RowFormat | undefined,
+  footprint: Footprint,
+  control: boolean,
+  state: HandleState | undefined,
+): LogEntry {
+  return { sql, params, want, format, footprint, state, control, outcome: undefined, digest: undefined, error: undefined, rowid: undefined };
+}
+
+/** The tables re-run writes may have changed differently, during one resume (a set made on first use). */
+interface Rederived {
+  tables: Set<string> | undefined;
 }
 
 /** An open `BEGIN CONCURRENT` transaction of one handle. */
@@ -124,10 +145,10 @@ export class ConcurrentTransaction implements OpenTransaction {
     if (!within) engine.exec('BEGIN');
     engine.active = this;
     const caller = engine.caller;
-    const rederived = new Set<string>();
     try {
       engine.checkExternalChanges();
       this.refreshFootprints();
+      const rederived: Rederived = { tables: undefined };
       for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
@@ -202,15 +223,14 @@ export class ConcurrentTransaction implements OpenTransaction {
 
   /**
    * For the tables this transaction wrote, the rowids of the only rows it changed, where every
-   * write to the table proves them (engine/rowid-span.ts); other tables are left out (any row).
+   * write to the table proves them (engine/rowid-span.ts); other tables map to `null` (any row).
    */
-  writtenRowids(): Map<string, number[]> {
-    const into = new Map<string, number[]>();
-    const unknown = new Set<string>();
+  writtenRowids(): WrittenRowidMap {
+    const into: WrittenRowidMap = new Map();
     for (const e of this.log) {
       if (e.control || e.footprint.readonly) continue;
       // An insert replayed with an explicit rowid runs other SQL: its rows are not proven.
-      addWrittenRowids(e.footprint.writes, e.rowid ? undefined : e.footprint.rowids, e.params, into, unknown);
+      addWrittenRowids(e.footprint.writes, e.rowid ? undefined : e.footprint.rowids, e.params, into);
     }
     return into;
   }
@@ -232,7 +252,7 @@ export class ConcurrentTransaction implements OpenTransaction {
    * re-derived) or that calls a non-deterministic function. A later read of such a table is
    * re-checked even when no commit touched it: the write may have put different values there.
    */
-  private replay(entry: LogEntry, rederived: Set<string> | undefined): void {
+  private replay(entry: LogEntry, rederived: Rederived | undefined): void {
     const engine = this.engine;
     if (entry.control) {
       engine.exec(entry.sql);
@@ -241,12 +261,15 @@ export class ConcurrentTransaction implements OpenTransaction {
     const fp = entry.footprint;
     const inputsChanged =
       (fp.readonly ? this.readChanged(entry) : engine.changedSince(fp.reads, this.validatedSeq)) ||
-      (rederived !== undefined && intersects(fp.reads, rederived));
+      (rederived?.tables !== undefined && intersects(fp.reads, rederived.tables));
     if (fp.readonly) {
       if (!inputsChanged) return;
     } else {
       if (rederived === undefined) return;
-      if (inputsChanged || !fp.deterministic) for (const t of fp.writes) rederived.add(t);
+      if (inputsChanged || !fp.deterministic) {
+        const tables = (rederived.tables ??= new Set());
+        for (const t of fp.writes) tables.add(t);
+      }
     }
     const rowid = entry.rowid;
     if (rowid && engine.changedSince(fp.writes, this.validatedSeq) && engine.rowidTaken(rowid.table, rowid.value)) {

@@ -323,7 +323,7 @@ export class Engine {
    * Records that a commit (or autocommit statement) changed these tables; `rowids`, when given,
    * has for some of them the only rowids it wrote (see engine/written-rowids.ts).
    */
-  noteChanged(tables: Iterable<string>, rowids?: ReadonlyMap<string, readonly number[]>): void {
+  noteChanged(tables: Iterable<string>, rowids?: ReadonlyMap<string, readonly number[] | null>): void {
     if (this.concurrentOpen === 0) return;
     const seq = ++this.commitSeq;
     for (const t of tables) {
@@ -333,7 +333,7 @@ export class Engine {
       }
       this.tableSeq.set(t, seq);
       const ids = rowids?.get(t);
-      if (ids === undefined) this.written.unknown(t, seq);
+      if (ids === undefined || ids === null) this.written.unknown(t, seq);
       else this.written.wrote(t, seq, ids);
     }
   }
