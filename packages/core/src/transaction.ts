@@ -41,8 +41,6 @@ const QUEUED_WAIT_MS = 1000;
 /** The options of a call that passed none (shared: a call allocates no option object). */
 export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
 
-/** Handles with a `transaction()` call in flight (from BEGIN to the end of its retries). */
-const running = new WeakSet<object>();
 /** The handles whose `transaction()` callbacks the current async context runs inside, innermost first. */
 interface Scope {
   readonly session: object;
@@ -116,77 +114,146 @@ class Final {
   constructor(readonly error: unknown) {}
 }
 
+/**
+ * One top-level `transaction()` call: what its attempts share. The first attempt runs in a single
+ * async frame ({@link attempt}), with no closure and no retry machinery: most calls succeed
+ * there, and with `AsyncLocalStorage`'s promise hooks on, every promise and await costs. The
+ * retry loop, and the deadline of the lane, come in only after a failure.
+ */
+class Call<T> {
+  /** Failed attempts (busy or conflict) outside the lane. */
+  failures = 0;
+  /** Failed attempts in the lane. */
+  laneFailures = 0;
+  /**
+   * A hot statement of an attempt outside the lane was refused (see Lane.refusal): the call runs
+   * in the lane from then on.
+   */
+  queued = false;
+
+  constructor(
+    readonly conn: Connection,
+    readonly fn: (conn: Connection) => T | Promise<T>,
+    readonly mode: TransactionMode,
+    readonly options: TransactionOptions,
+    readonly scope: Scope,
+    /**
+     * The engine's priority lane for a concurrent transaction with retries: one that keeps
+     * failing takes it (see lane.ts), so that under contention it degrades to a
+     * first-come-first-served mutex instead of starving.
+     */
+    readonly lane: Lane | undefined,
+    /** When the first attempt began (`performance.now()`): the start of the retry budget. */
+    readonly started: number,
+  ) {}
+
+  /** When the retry budget runs out (`performance.now()` time): no wait in the lane lasts longer. */
+  deadline(): number {
+    const retry = this.options.retry;
+    return this.started + ((retry ? retry.maxElapsedMs : undefined) ?? 30_000);
+  }
+
+  /** The call has ended (its retries too): the handle may run its next `transaction()`. */
+  end(): void {
+    const session = this.conn.session;
+    this.conn.runningTransaction = false;
+    session.lane = undefined;
+    forgetRefusals(session);
+    // The retry loop ended while this transaction kept its turn in the lane.
+    const lane = this.lane;
+    if (lane?.keptFor === session) {
+      lane.keptFor = undefined;
+      lane.release();
+    }
+  }
+}
+
 /** @internal */
-export async function runTransaction<T>(
+export function runTransaction<T>(
   conn: Connection,
   fn: (conn: Connection) => T | Promise<T>,
   options: TransactionOptions,
 ): Promise<T> {
-  const mode = options.mode ?? 'concurrent';
-  if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
-  conn.session.assertOpen();
   const session = conn.session;
-  const within = inside.getStore();
-  if (running.has(session) && !isInside(within, session)) {
-    // A second, overlapping call (not one made from inside the first one's callback) would
-    // otherwise become a SAVEPOINT of the first and commit or roll back with it.
-    throw misuseError(
-      `transaction() is already running on handle #${conn.id}; overlapping transactions need their own handles: ` +
-        'use conn.connect() for each concurrent unit of work (or await the first transaction)',
-    );
+  const mode = options.mode ?? 'concurrent';
+  let call: Call<T>;
+  try {
+    if (mode !== 'concurrent' && !MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
+    session.assertOpen();
+    const within = inside.getStore();
+    const fromInside = within !== undefined && isInside(within, session);
+    if (conn.runningTransaction && !fromInside) {
+      // A second, overlapping call (not one made from inside the first one's callback) would
+      // otherwise become a SAVEPOINT of the first and commit or roll back with it.
+      throw misuseError(
+        `transaction() is already running on handle #${conn.id}; overlapping transactions need their own handles: ` +
+          'use conn.connect() for each concurrent unit of work (or await the first transaction)',
+      );
+    }
+    // Called from inside a callback of this handle: a nested scope, even when the enclosing
+    // transaction has ended (aborted by a conflict): never a new top-level transaction.
+    if (conn.inTransaction || fromInside) return nested(conn, fn);
+    const retry = options.retry;
+    const lane = mode === 'concurrent' && retry !== false ? laneOf(session.engine) : undefined;
+    // startRetries checks the retry options (and the signal) before the first attempt, as retry() does.
+    call = new Call(conn, fn, mode, options, { session, outer: within }, lane, retry === false ? 0 : startRetries(retry));
+  } catch (e) {
+    return Promise.reject(e);
   }
-  // Called from inside a callback of this handle: a nested scope, even when the enclosing
-  // transaction has ended (aborted by a conflict): never a new top-level transaction.
-  if (conn.inTransaction || isInside(within, session)) return nested(conn, fn);
-  const scope: Scope = { session, outer: within };
-  const retryOptions = options.retry;
-  // A concurrent transaction that keeps failing takes the engine's priority lane (see lane.ts),
-  // so that under contention it degrades to a first-come-first-served mutex instead of starving.
-  const lane = mode === 'concurrent' && retryOptions !== false ? laneOf(session.engine) : undefined;
-  const deadline = lane ? performance.now() + ((retryOptions ? retryOptions.maxElapsedMs : undefined) ?? 30_000) : 0;
-  const grouped = mode === 'concurrent' && options.groupCommit !== false;
-  let failures = 0;
-  let laneFailures = 0;
-  // A hot statement of an attempt outside the lane was refused (see Lane.refusal): the call
-  // runs in the lane from then on.
-  let queued = false;
-  const once = async (): Promise<T> => {
+  conn.runningTransaction = true;
+  session.lane = call.lane;
+  return attempt(call, true);
+}
+
+/**
+ * One attempt of `call`: BEGIN, `fn`, COMMIT, in the priority lane when the call queues there.
+ * A failure is thrown to the retry loop, except from the `outermost` attempt (the first one, or a
+ * rerun it started at once), which runs the retry loop itself ({@link retryAfter}); the outermost
+ * attempt ends the call when it succeeds.
+ */
+async function attempt<T>(call: Call<T>, outermost: boolean): Promise<T> {
+  const { conn, lane } = call;
+  const session = conn.session;
+  let result!: T;
+  try {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
-    conn.session.assertOpen();
-    let failed: unknown;
+    session.assertOpen();
     // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
     const kept = lane !== undefined && lane.keptFor === session;
     // A transaction queues after LANE_AFTER_FAILURES failures, or at once when a hot statement
     // was refused (see Lane.refusal): sending every transaction to the lane after one failure
     // while it is in use serialized moderate contention and cost 40% of the throughput at 10%
     // overlap in the concurrent-tx bench.
-    const inLane = kept || (lane !== undefined && (queued || failures >= LANE_AFTER_FAILURES));
+    const inLane = kept || (lane !== undefined && (call.queued || call.failures >= LANE_AFTER_FAILURES));
     // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
     // holder awaits this very transaction. A holder runs optimistically with priority first,
     // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
     if (kept) lane.keptFor = undefined;
     else if (inLane) {
-      const budget = deadline - performance.now();
-      if (!queued || failures >= LANE_AFTER_FAILURES || laneFailures > 0 || budget <= QUEUED_WAIT_MS) await lane.acquire(budget);
-      else {
+      const budget = call.deadline() - performance.now();
+      if (!call.queued || call.failures >= LANE_AFTER_FAILURES || call.laneFailures > 0 || budget <= QUEUED_WAIT_MS) {
+        await lane.acquire(budget);
+      } else {
         // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
         // awaits this very call; then run optimistically, refused no more.
         try {
           await lane.acquire(QUEUED_WAIT_MS);
         } catch {
-          queued = false;
+          call.queued = false;
           session.lane = undefined;
-          return once();
+          return attempt(call, outermost);
         }
       }
     }
-    const pessimistic = inLane && laneFailures > 0;
+    const pessimistic = inLane && call.laneFailures > 0;
     if (inLane) lane.holder = session;
     if (inLane && !pessimistic) lane.priority = session;
+    let failed: unknown;
+    let succeeded = false;
     try {
       try {
         // Awaited only when a lock is in the way: no promise for the common case.
-        const waiting = now(conn.session.busyTimeout, begin, conn, pessimistic ? 'immediate' : mode);
+        const waiting = now(session.busyTimeout, begin, conn, pessimistic ? 'immediate' : call.mode);
         if (waiting) await waiting;
       } catch (e) {
         throw errorKind(e) === 'busy' ? new Final(e) : e;
@@ -195,23 +262,23 @@ export async function runTransaction<T>(
       // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
       session.inTransactionFn = true;
       try {
-        // runScoped, inlined: one async frame less per attempt.
-        let result: T;
+        // runScoped, inlined: no async frame of its own.
+        const scope = call.scope;
         try {
-          result = await inside.run(scope, fn, conn);
+          result = await inside.run(scope, call.fn, conn);
         } finally {
           const children = scope.children?.idle();
           if (children) await children;
         }
         // The closures of a commit group only where the engine groups commits.
         const committing =
-          grouped && !inLane && session.engine.group !== undefined
-            ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(conn, lane, deadline)) ?? commit(conn, lane, deadline))
-            : commit(conn, inLane ? undefined : lane, deadline);
+          call.mode === 'concurrent' && call.options.groupCommit !== false && !inLane && session.engine.group !== undefined
+            ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(call, lane)) ?? commit(call, lane))
+            : commit(call, inLane ? undefined : lane);
         if (committing) await committing;
-        return result;
+        succeeded = true;
       } catch (e) {
-        if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+        if (conn.isOpen && conn.inTransaction) session.rollback();
         // The file lock of another process, already waited out for the busy timeout by the
         // statement that threw it: running fn again would only wait again.
         throw isFileLockBusy(e) ? new Final(e) : e;
@@ -219,10 +286,10 @@ export async function runTransaction<T>(
         session.endTransactionFn();
       }
     } catch (e) {
-      if (isQueuedRefusal(e)) queued = true;
+      if (isQueuedRefusal(e)) call.queued = true;
       else if (isRetryable(e) && !isHeldRefusal(e)) {
-        if (inLane) laneFailures++;
-        else failures++;
+        if (inLane) call.laneFailures++;
+        else call.failures++;
       }
       failed = e;
     } finally {
@@ -232,38 +299,37 @@ export async function runTransaction<T>(
         lane.release();
       }
     }
-    // Refused at a hot statement before doing any work: wait in the lane now, not after the
-    // retry loop's backoff delay.
-    if (queued && isQueuedRefusal(failed)) return once();
-    // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
-    // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
-    // (one rerun at most: the rerun's own commit never waits in the lane).
-    if (lane !== undefined && lane.keptFor === session && isRetryable(failed)) return once();
-    throw failed;
-  };
-  running.add(session);
-  session.lane = lane;
-  try {
-    if (retryOptions === false) return await once();
-    // The first attempt runs here directly (as retry() would, without its async frame); the
-    // retry loop starts only after a busy error.
-    const started = startRetries(retryOptions);
-    try {
-      return await once();
-    } catch (e) {
-      return await retryAfterFirst(once, e, started, retryOptions);
+    if (!succeeded) {
+      // Refused at a hot statement before doing any work: wait in the lane now, not after the
+      // retry loop's backoff delay.
+      if (call.queued && isQueuedRefusal(failed)) return attempt(call, outermost);
+      // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
+      // it now. The retry loop's backoff delay would idle the lane that every waiter queues
+      // behind (one rerun at most: the rerun's own commit never waits in the lane).
+      if (lane !== undefined && lane.keptFor === session && isRetryable(failed)) return attempt(call, outermost);
+      throw failed;
     }
+  } catch (e) {
+    if (outermost) return retryAfter(call, e);
+    throw e;
+  }
+  if (outermost) call.end();
+  return result;
+}
+
+/**
+ * The rest of `call` once its outermost attempt failed with `error`: the retry loop (the first
+ * attempt ran as retry() would run it, without its async frame), then the end of the call.
+ */
+async function retryAfter<T>(call: Call<T>, error: unknown): Promise<T> {
+  try {
+    const retry = call.options.retry;
+    if (retry === false) throw error;
+    return await retryAfterFirst(() => attempt(call, false), error, call.started, retry);
   } catch (e) {
     throw e instanceof Final ? e.error : e;
   } finally {
-    running.delete(session);
-    session.lane = undefined;
-    forgetRefusals(session);
-    // The retry loop ended while this transaction kept its turn in the lane.
-    if (lane?.keptFor === session) {
-      lane.keptFor = undefined;
-      lane.release();
-    }
+    call.end();
   }
 }
 
@@ -274,6 +340,12 @@ export async function runTransaction<T>(
  */
 function begin(conn: Connection, mode: TransactionMode): void {
   const session = conn.session;
+  // Without a file lock to manage (an in-memory database), withFile would only call its step:
+  // no closure for it.
+  if (session.engine.fileAccess === undefined && (mode === 'concurrent' || !session.engine.isFile)) {
+    session.begin(mode);
+    return;
+  }
   session.withFile(() => {
     session.begin(mode);
     if (mode === 'concurrent' || !session.engine.isFile) return;
@@ -293,16 +365,19 @@ function begin(conn: Connection, mode: TransactionMode): void {
  * timeout; `fn` is never run again for it. A conflict (`SQLITE_BUSY_SNAPSHOT`) has already
  * ended the transaction and is thrown to the retry loop.
  */
-function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
+function commit(call: Call<unknown>, lane: Lane | undefined): Promise<void> | undefined {
+  const conn = call.conn;
   const session = conn.session;
   try {
     // It would change what the lane's priority holder read: let it finish first.
-    if (lane?.holdsBack(session)) return commitWhenFree(conn, lane, deadline, undefined);
-    session.withFile(() => session.commit());
+    if (lane?.holdsBack(session)) return commitWhenFree(call, lane, undefined);
+    // Without a file lock to manage, withFile would only call its step: no closure for it.
+    if (session.engine.fileAccess === undefined) session.commit();
+    else session.withFile(() => session.commit());
     return undefined;
   } catch (e) {
     if (errorKind(e) !== 'busy' || !conn.inTransaction) throw commitFailed(conn, e);
-    return commitWhenFree(conn, lane, deadline, e);
+    return commitWhenFree(call, lane, e);
   }
 }
 
@@ -311,14 +386,15 @@ function commit(conn: Connection, lane: Lane | undefined, deadline: number): Pro
  * holder holds the engine, or a priority holder read what this commit changes), else after
  * waiting out the lock that refused it.
  */
-async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline: number, refusal: unknown): Promise<void> {
+async function commitWhenFree(call: Call<unknown>, lane: Lane | undefined, refusal: unknown): Promise<void> {
+  const conn = call.conn;
   const session = conn.session;
   const once = () => session.withFile(() => session.commit());
   try {
     if (lane?.inUse && !isFileLockBusy(refusal)) {
       // The lane hands over to its next holder at once: wait in it rather than poll for a gap
       // that never comes.
-      await lane.acquire(deadline - performance.now());
+      await lane.acquire(call.deadline() - performance.now());
       try {
         await waitOut(session.busyTimeout, once);
       } catch (e) {
@@ -346,21 +422,21 @@ function commitFailed(conn: Connection, e: unknown): unknown {
 }
 
 /**
- * Runs `attempt(conn, mode)` now. Only when a lock (`busy`) refuses it, returns the promise of
+ * Runs `step(conn, mode)` now. Only when a lock (`busy`) refuses it, returns the promise of
  * {@link waitOut} trying it again for up to `timeoutMs`; other errors are thrown.
  */
 function now(
   timeoutMs: number,
-  attempt: (conn: Connection, mode: TransactionMode) => void,
+  step: (conn: Connection, mode: TransactionMode) => void,
   conn: Connection,
   mode: TransactionMode,
 ): Promise<void> | undefined {
   try {
-    attempt(conn, mode);
+    step(conn, mode);
     return undefined;
   } catch (e) {
     if (errorKind(e) !== 'busy' || timeoutMs <= 0) throw e;
-    return waitOut(timeoutMs, () => attempt(conn, mode));
+    return waitOut(timeoutMs, () => step(conn, mode));
   }
 }
 
