@@ -115,10 +115,10 @@ class Final {
 }
 
 /**
- * One top-level `transaction()` call: what its attempts share. The first attempt runs in a single
- * async frame ({@link attempt}), with no closure and no retry machinery: most calls succeed
- * there, and with `AsyncLocalStorage`'s promise hooks on, every promise and await costs. The
- * retry loop, and the deadline of the lane, come in only after a failure.
+ * One top-level `transaction()` call: what its attempts share (they never overlap). Most calls
+ * succeed at their first attempt, and with `AsyncLocalStorage`'s promise hooks on, every promise
+ * and await costs: the first attempt makes no async frame ({@link attempt}), and the retry loop,
+ * and the deadline of the lane, come in only after a failure.
  */
 class Call<T> {
   /** Failed attempts (busy or conflict) outside the lane. */
@@ -130,6 +130,13 @@ class Call<T> {
    * in the lane from then on.
    */
   queued = false;
+  /** Whether the current attempt runs in the lane (from its turn there to {@link leaveLane}). */
+  inLane = false;
+  /**
+   * Whether the current attempt is outermost: not run by the retry loop, it runs the retry loop
+   * itself after a failure, and ends the call after a success.
+   */
+  outermost = true;
 
   constructor(
     readonly conn: Connection,
@@ -207,114 +214,198 @@ export function runTransaction<T>(
 
 /**
  * One attempt of `call`: BEGIN, `fn`, COMMIT, in the priority lane when the call queues there.
- * A failure is thrown to the retry loop, except from the `outermost` attempt (the first one, or a
- * rerun it started at once), which runs the retry loop itself ({@link retryAfter}); the outermost
- * attempt ends the call when it succeeds.
+ * Written with then() instead of an async frame: in the common case (no lane, no lock in the way)
+ * BEGIN and COMMIT run synchronously, and the attempt makes one promise, the one that waits for
+ * fn's. A failure rejects to the retry loop, except in the `outermost` attempt (the first one, or
+ * a rerun it started at once), which runs the retry loop itself ({@link retryAfter}); the
+ * outermost attempt ends the call when it succeeds. Never throws: it returns a promise.
  */
-async function attempt<T>(call: Call<T>, outermost: boolean): Promise<T> {
+function attempt<T>(call: Call<T>, outermost: boolean): Promise<T> {
   const { conn, lane } = call;
   const session = conn.session;
-  let result!: T;
+  call.outermost = outermost;
+  call.inLane = false;
   try {
     // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
     session.assertOpen();
-    // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
-    const kept = lane !== undefined && lane.keptFor === session;
+  } catch (e) {
+    return gaveUp(call, e);
+  }
+  // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
+  if (lane !== undefined && lane.keptFor === session) {
+    lane.keptFor = undefined;
+    call.inLane = true;
+  } else if (lane !== undefined && (call.queued || call.failures >= LANE_AFTER_FAILURES)) {
     // A transaction queues after LANE_AFTER_FAILURES failures, or at once when a hot statement
     // was refused (see Lane.refusal): sending every transaction to the lane after one failure
     // while it is in use serialized moderate contention and cost 40% of the throughput at 10%
     // overlap in the concurrent-tx bench.
-    const inLane = kept || (lane !== undefined && (call.queued || call.failures >= LANE_AFTER_FAILURES));
-    // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
-    // holder awaits this very transaction. A holder runs optimistically with priority first,
-    // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
-    if (kept) lane.keptFor = undefined;
-    else if (inLane) {
-      const budget = call.deadline() - performance.now();
-      if (!call.queued || call.failures >= LANE_AFTER_FAILURES || call.laneFailures > 0 || budget <= QUEUED_WAIT_MS) {
-        await lane.acquire(budget);
-      } else {
-        // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
-        // awaits this very call; then run optimistically, refused no more.
-        try {
-          await lane.acquire(QUEUED_WAIT_MS);
-        } catch {
-          call.queued = false;
-          session.lane = undefined;
-          return attempt(call, outermost);
-        }
-      }
-    }
-    const pessimistic = inLane && call.laneFailures > 0;
-    if (inLane) lane.holder = session;
-    if (inLane && !pessimistic) lane.priority = session;
-    let failed: unknown;
-    let succeeded = false;
-    try {
+    return queue(call, lane);
+  }
+  return transact(call);
+}
+
+/**
+ * Waits for the lane, then runs the attempt there. In the lane, holders go one at a time. The
+ * wait ends at the retry budget, in case a holder awaits this very transaction.
+ */
+async function queue<T>(call: Call<T>, lane: Lane): Promise<T> {
+  try {
+    const budget = call.deadline() - performance.now();
+    if (!call.queued || call.failures >= LANE_AFTER_FAILURES || call.laneFailures > 0 || budget <= QUEUED_WAIT_MS) {
+      await lane.acquire(budget);
+    } else {
+      // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
+      // awaits this very call; then run optimistically, refused no more.
       try {
-        // Awaited only when a lock is in the way: no promise for the common case.
-        const waiting = now(session.busyTimeout, begin, conn, pessimistic ? 'immediate' : call.mode);
-        if (waiting) await waiting;
-      } catch (e) {
-        throw errorKind(e) === 'busy' ? new Final(e) : e;
+        await lane.acquire(QUEUED_WAIT_MS);
+      } catch {
+        call.queued = false;
+        call.conn.session.lane = undefined;
+        return attempt(call, call.outermost);
       }
-      // Until this attempt ends, a transaction ended by an error (a conflict the callback may
-      // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
-      session.inTransactionFn = true;
-      try {
-        // runScoped, inlined: no async frame of its own.
-        const scope = call.scope;
-        try {
-          result = await inside.run(scope, call.fn, conn);
-        } finally {
-          const children = scope.children?.idle();
-          if (children) await children;
-        }
-        // The closures of a commit group only where the engine groups commits.
-        const committing =
-          call.mode === 'concurrent' && call.options.groupCommit !== false && !inLane && session.engine.group !== undefined
-            ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(call, lane)) ?? commit(call, lane))
-            : commit(call, inLane ? undefined : lane);
-        if (committing) await committing;
-        succeeded = true;
-      } catch (e) {
-        if (conn.isOpen && conn.inTransaction) session.rollback();
-        // The file lock of another process, already waited out for the busy timeout by the
-        // statement that threw it: running fn again would only wait again.
-        throw isFileLockBusy(e) ? new Final(e) : e;
-      } finally {
-        session.endTransactionFn();
-      }
-    } catch (e) {
-      if (isQueuedRefusal(e)) call.queued = true;
-      else if (isRetryable(e) && !isHeldRefusal(e)) {
-        if (inLane) call.laneFailures++;
-        else call.failures++;
-      }
-      failed = e;
-    } finally {
-      if (inLane) {
-        if (lane.priority === session) lane.priority = undefined;
-        if (lane.holder === session) lane.holder = undefined;
-        lane.release();
-      }
-    }
-    if (!succeeded) {
-      // Refused at a hot statement before doing any work: wait in the lane now, not after the
-      // retry loop's backoff delay.
-      if (call.queued && isQueuedRefusal(failed)) return attempt(call, outermost);
-      // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
-      // it now. The retry loop's backoff delay would idle the lane that every waiter queues
-      // behind (one rerun at most: the rerun's own commit never waits in the lane).
-      if (lane !== undefined && lane.keptFor === session && isRetryable(failed)) return attempt(call, outermost);
-      throw failed;
     }
   } catch (e) {
-    if (outermost) return retryAfter(call, e);
-    throw e;
+    return gaveUp(call, e);
   }
-  if (outermost) call.end();
+  call.inLane = true;
+  return transact(call);
+}
+
+/**
+ * The attempt from BEGIN on. A holder of the lane runs optimistically with priority first, then,
+ * if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
+ */
+function transact<T>(call: Call<T>): Promise<T> {
+  const { conn, lane } = call;
+  const session = conn.session;
+  const pessimistic = call.inLane && call.laneFailures > 0;
+  if (call.inLane && lane !== undefined) {
+    lane.holder = session;
+    if (!pessimistic) lane.priority = session;
+  }
+  let waiting: Promise<void> | undefined;
+  try {
+    // Awaited only when a lock is in the way: no promise for the common case.
+    waiting = now(session.busyTimeout, begin, conn, pessimistic ? 'immediate' : call.mode);
+  } catch (e) {
+    return failed(call, beginFailure(e));
+  }
+  if (waiting) return waiting.then(() => run(call), (e: unknown) => failed(call, beginFailure(e)));
+  return run(call);
+}
+
+/** What a BEGIN that failed fails the attempt with: a lock that stayed busy for the busy timeout is final. */
+function beginFailure(e: unknown): unknown {
+  return errorKind(e) === 'busy' ? new Final(e) : e;
+}
+
+/** Runs fn in the attempt's open transaction (and in the call's scope), then COMMIT. */
+function run<T>(call: Call<T>): Promise<T> {
+  // Until this attempt ends, a transaction ended by an error (a conflict the callback may
+  // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
+  call.conn.session.inTransactionFn = true;
+  let out: T | Promise<T>;
+  try {
+    out = inside.run(call.scope, call.fn, call.conn);
+  } catch (e) {
+    return fnFailed(call, e);
+  }
+  return Promise.resolve(out).then(
+    (result) => fnDone(call, result),
+    (e: unknown) => fnFailed(call, e),
+  );
+}
+
+/** fn returned: COMMIT once the nested calls it started (awaited or not) have ended. */
+function fnDone<T>(call: Call<T>, result: T): T | Promise<T> {
+  const children = call.scope.children?.idle();
+  if (children) return children.then(() => commitAttempt(call, result));
+  return commitAttempt(call, result);
+}
+
+/** fn threw: the attempt fails once the nested calls it started (awaited or not) have ended. */
+function fnFailed<T>(call: Call<T>, e: unknown): Promise<T> {
+  const children = call.scope.children?.idle();
+  if (children) return children.then(() => abandon(call, e));
+  return abandon(call, e);
+}
+
+/** COMMIT, awaited only when a lock, the lane or a commit group is in the way. */
+function commitAttempt<T>(call: Call<T>, result: T): T | Promise<T> {
+  const { lane, inLane } = call;
+  const session = call.conn.session;
+  let committing: Promise<void> | undefined;
+  try {
+    // The closures of a commit group only where the engine groups commits.
+    committing =
+      call.mode === 'concurrent' && call.options.groupCommit !== false && !inLane && session.engine.group !== undefined
+        ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(call, lane)) ?? commit(call, lane))
+        : commit(call, inLane ? undefined : lane);
+  } catch (e) {
+    return abandon(call, e);
+  }
+  if (committing) return committing.then(() => succeeded(call, result), (e: unknown) => abandon(call, e));
+  return succeeded(call, result);
+}
+
+/** The attempt committed. */
+function succeeded<T>(call: Call<T>, result: T): T {
+  call.conn.session.endTransactionFn();
+  leaveLane(call);
+  if (call.outermost) call.end();
   return result;
+}
+
+/** fn or COMMIT failed with `e`: roll back what is left of the transaction, and fail the attempt. */
+function abandon<T>(call: Call<T>, e: unknown): Promise<T> {
+  const conn = call.conn;
+  let failure: unknown;
+  try {
+    if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+    // The file lock of another process, already waited out for the busy timeout by the
+    // statement that threw it: running fn again would only wait again.
+    failure = isFileLockBusy(e) ? new Final(e) : e;
+  } catch (rollbackError) {
+    failure = rollbackError;
+  }
+  conn.session.endTransactionFn();
+  return failed(call, failure);
+}
+
+/** The attempt failed with `e` after it began: count it, leave the lane, and rerun or give up. */
+function failed<T>(call: Call<T>, e: unknown): Promise<T> {
+  if (isQueuedRefusal(e)) call.queued = true;
+  else if (isRetryable(e) && !isHeldRefusal(e)) {
+    if (call.inLane) call.laneFailures++;
+    else call.failures++;
+  }
+  leaveLane(call);
+  // Refused at a hot statement before doing any work: wait in the lane now, not after the
+  // retry loop's backoff delay.
+  if (call.queued && isQueuedRefusal(e)) return attempt(call, call.outermost);
+  // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
+  // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
+  // (one rerun at most: the rerun's own commit never waits in the lane).
+  const lane = call.lane;
+  if (lane !== undefined && lane.keptFor === call.conn.session && isRetryable(e)) return attempt(call, call.outermost);
+  return gaveUp(call, e);
+}
+
+/** The attempt's end in the lane, if it ran there: the next holder's turn. */
+function leaveLane(call: Call<unknown>): void {
+  const lane = call.lane;
+  if (!call.inLane || lane === undefined) return;
+  call.inLane = false;
+  const session = call.conn.session;
+  if (lane.priority === session) lane.priority = undefined;
+  if (lane.holder === session) lane.holder = undefined;
+  lane.release();
+}
+
+/** The attempt failed with `e` for good: the outermost one runs the retry loop, any other rejects to it. */
+function gaveUp<T>(call: Call<T>, e: unknown): Promise<T> {
+  return call.outermost ? retryAfter(call, e) : Promise.reject(e);
 }
 
 /**
