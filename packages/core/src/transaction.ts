@@ -10,6 +10,7 @@ import { errorKind, isRetryable, misuseError } from './errors.js';
 import { isQueuedRefusal, LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { forgetRefusals, isHeldRefusal } from './concurrent/hold.js';
 import { retryAfterFirst, startRetries, type RetryOptions } from './retry.js';
+import type { Session } from './session.js';
 
 /** Options of `conn.transaction()`. */
 export interface TransactionOptions {
@@ -291,8 +292,18 @@ function transact<T>(call: Call<T>): Promise<T> {
   } catch (e) {
     return failed(call, beginFailure(e));
   }
-  if (waiting) return waiting.then(() => run(call), (e: unknown) => failed(call, beginFailure(e)));
-  return run(call);
+  return waiting ? afterBegin(call, waiting) : run(call);
+}
+
+// The closures that wait for a promise are made in functions of their own, only when there is
+// one: a closure in a branch of a function makes V8 allocate its context at every call.
+
+/** The attempt once BEGIN, which waited for a lock, is through. */
+function afterBegin<T>(call: Call<T>, waiting: Promise<void>): Promise<T> {
+  return waiting.then(
+    () => run(call),
+    (e: unknown) => failed(call, beginFailure(e)),
+  );
 }
 
 /** What a BEGIN that failed fails the attempt with: a lock that stayed busy for the busy timeout is final. */
@@ -320,15 +331,23 @@ function run<T>(call: Call<T>): Promise<T> {
 /** fn returned: COMMIT once the nested calls it started (awaited or not) have ended. */
 function fnDone<T>(call: Call<T>, result: T): T | Promise<T> {
   const children = call.scope.children?.idle();
-  if (children) return children.then(() => commitAttempt(call, result));
-  return commitAttempt(call, result);
+  return children ? whenIdle(children, call, result, commitAttempt) : commitAttempt(call, result);
 }
 
 /** fn threw: the attempt fails once the nested calls it started (awaited or not) have ended. */
 function fnFailed<T>(call: Call<T>, e: unknown): Promise<T> {
   const children = call.scope.children?.idle();
-  if (children) return children.then(() => abandon(call, e));
-  return abandon(call, e);
+  return children ? whenIdle(children, call, e, abandon) : abandon(call, e);
+}
+
+/** `next(call, value)` once the nested calls of the callback (`children`) have ended. */
+function whenIdle<T, V>(
+  children: Promise<void>,
+  call: Call<T>,
+  value: V,
+  next: (call: Call<T>, value: V) => T | Promise<T>,
+): Promise<T> {
+  return children.then(() => next(call, value));
 }
 
 /** COMMIT, awaited only when a lock, the lane or a commit group is in the way. */
@@ -337,16 +356,28 @@ function commitAttempt<T>(call: Call<T>, result: T): T | Promise<T> {
   const session = call.conn.session;
   let committing: Promise<void> | undefined;
   try {
-    // The closures of a commit group only where the engine groups commits.
     committing =
       call.mode === 'concurrent' && call.options.groupCommit !== false && !inLane && session.engine.group !== undefined
-        ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(call, lane)) ?? commit(call, lane))
+        ? joinGroup(call, lane)
         : commit(call, inLane ? undefined : lane);
   } catch (e) {
     return abandon(call, e);
   }
-  if (committing) return committing.then(() => succeeded(call, result), (e: unknown) => abandon(call, e));
-  return succeeded(call, result);
+  return committing ? whenCommitted(call, committing, result) : succeeded(call, result);
+}
+
+/** COMMIT in the engine's commit group (the closures of a group only where the engine groups commits). */
+function joinGroup(call: Call<unknown>, lane: Lane | undefined): Promise<void> | undefined {
+  const session = call.conn.session;
+  return joinCommitGroup(session, () => !lane?.blocks(session), () => commit(call, lane)) ?? commit(call, lane);
+}
+
+/** The attempt once the COMMIT that waited (for a lock, the lane or a commit group) is through. */
+function whenCommitted<T>(call: Call<T>, committing: Promise<void>, result: T): Promise<T> {
+  return committing.then(
+    () => succeeded(call, result),
+    (e: unknown) => abandon(call, e),
+  );
 }
 
 /** The attempt committed. */
@@ -433,10 +464,12 @@ function begin(conn: Connection, mode: TransactionMode): void {
   const session = conn.session;
   // Without a file lock to manage (an in-memory database), withFile would only call its step:
   // no closure for it.
-  if (session.engine.fileAccess === undefined && (mode === 'concurrent' || !session.engine.isFile)) {
-    session.begin(mode);
-    return;
-  }
+  if (session.engine.fileAccess === undefined && (mode === 'concurrent' || !session.engine.isFile)) session.begin(mode);
+  else beginWithFile(session, mode);
+}
+
+/** {@link begin} where a file lock is to be managed. */
+function beginWithFile(session: Session, mode: TransactionMode): void {
   session.withFile(() => {
     session.begin(mode);
     if (mode === 'concurrent' || !session.engine.isFile) return;
@@ -464,7 +497,7 @@ function commit(call: Call<unknown>, lane: Lane | undefined): Promise<void> | un
     if (lane?.holdsBack(session)) return commitWhenFree(call, lane, undefined);
     // Without a file lock to manage, withFile would only call its step: no closure for it.
     if (session.engine.fileAccess === undefined) session.commit();
-    else session.withFile(() => session.commit());
+    else commitWithFile(session);
     return undefined;
   } catch (e) {
     if (errorKind(e) !== 'busy' || !conn.inTransaction) throw commitFailed(conn, e);
@@ -480,7 +513,7 @@ function commit(call: Call<unknown>, lane: Lane | undefined): Promise<void> | un
 async function commitWhenFree(call: Call<unknown>, lane: Lane | undefined, refusal: unknown): Promise<void> {
   const conn = call.conn;
   const session = conn.session;
-  const once = () => session.withFile(() => session.commit());
+  const once = () => commitWithFile(session);
   try {
     if (lane?.inUse && !isFileLockBusy(refusal)) {
       // The lane hands over to its next holder at once: wait in it rather than poll for a gap
@@ -506,6 +539,11 @@ async function commitWhenFree(call: Call<unknown>, lane: Lane | undefined, refus
   }
 }
 
+/** COMMIT inside withFile. */
+function commitWithFile(session: Session): void {
+  session.withFile(() => session.commit());
+}
+
 /** Ends the transaction after a failed COMMIT; what to throw (a lock that stayed busy is final). */
 function commitFailed(conn: Connection, e: unknown): unknown {
   if (conn.inTransaction) conn.session.rollback();
@@ -527,8 +565,18 @@ function now(
     return undefined;
   } catch (e) {
     if (errorKind(e) !== 'busy' || timeoutMs <= 0) throw e;
-    return waitOut(timeoutMs, () => step(conn, mode));
+    return stepLater(timeoutMs, step, conn, mode);
   }
+}
+
+/** {@link waitOut} of `step(conn, mode)` (its closure made only when a lock is in the way). */
+function stepLater(
+  timeoutMs: number,
+  step: (conn: Connection, mode: TransactionMode) => void,
+  conn: Connection,
+  mode: TransactionMode,
+): Promise<void> {
+  return waitOut(timeoutMs, () => step(conn, mode));
 }
 
 /**
