@@ -269,11 +269,17 @@ export function busConformance(make: () => Promise<BusFixture>, label = 'transpo
       await withBus(make, async (bus) => {
         await bus.send('n', 1);
         const d = await bus.receive();
-        await d!.nack({ delay: 50 });
+        // A delay far above a loaded CI machine's pauses, so that the first checks run within it.
+        const nacked = Date.now();
+        await d!.nack({ delay: 1000 });
         expect(await bus.receive()).toBeUndefined();
         expect((await bus.stats()).queue.n?.delayed).toBe(1);
-        await sleep(70);
-        const again = await bus.receive();
+        let again = await bus.receive();
+        while (again === undefined && Date.now() - nacked < 10_000) {
+          await sleep(25);
+          again = await bus.receive();
+        }
+        expect(Date.now() - nacked).toBeGreaterThanOrEqual(900);
         expect(again?.message.attempts).toBe(2);
         await again!.ack();
       });
@@ -351,7 +357,8 @@ export function busConformance(make: () => Promise<BusFixture>, label = 'transpo
 
     it('delayed commands are not claimable before their time', async () => {
       await withBus(make, async (bus) => {
-        await bus.send('later', 'b', { delay: 80 });
+        // A delay far above a loaded CI machine's pauses: 'a' is handled well before 'b' is due.
+        await bus.send('later', 'b', { delay: 1000 });
         await bus.send('later', 'a');
         const seen: string[] = [];
         const w = bus.listen({ later: (m) => void seen.push(m.payload as string) }, { pollInterval: 10 });
