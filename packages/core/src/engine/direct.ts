@@ -103,6 +103,11 @@ function release(p: number): void {
   if (p !== scratch) engine()._free(p);
 }
 
+/** Whether `s` has no lone surrogate (`String.prototype.isWellFormed`, Node 20, not yet in the ES2023 lib). */
+function isWellFormed(s: string): boolean {
+  return (s as unknown as { isWellFormed(): boolean }).isWellFormed();
+}
+
 /** Binds one value at `position` (1-based), converting it as the wrapper's `_bindValue` does. */
 function bindValue(stmt: number, db: number, value: unknown, position: number): void {
   const e = engine();
@@ -110,7 +115,10 @@ function bindValue(stmt: number, db: number, value: unknown, position: number): 
   switch (typeof value) {
     case 'string': {
       const t = e.__sibliteText;
-      const size = t.lengthBytesUTF8(value) + 1;
+      // The engine's lengthBytesUTF8 counts any surrogate as half of a 4-byte pair and skips the
+      // next unit, so a lone surrogate before a 2- or 3-byte character under-counts and
+      // stringToUTF8 silently cuts the end off. Each UTF-16 unit takes at most 3 bytes.
+      const size = (isWellFormed(value) ? t.lengthBytesUTF8(value) : value.length * 3) + 1;
       const p = heapBuffer(size);
       t.stringToUTF8(value, p, size);
       rc = e._sqlite3_bind_text(stmt, position, p, -1, SQLITE_TRANSIENT);
