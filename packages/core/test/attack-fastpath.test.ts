@@ -177,3 +177,257 @@ describe('direct: RETURNING and errors mid-step', () => {
     expect(db.get('SELECT 1 AS v')).toEqual({ v: 1 });
   });
 });
+
+/** After anything, the handle runs a plain transaction and is in autocommit. */
+async function usable(h: Connection): Promise<void> {
+  expect(h.inTransaction).toBe(false);
+  expect(await h.transaction((c) => c.get<{ v: number }>('SELECT 41 + 1 AS v')?.v)).toBe(42);
+  expect(h.inTransaction).toBe(false);
+}
+
+function counter(): Connection {
+  const db = mem();
+  db.exec('CREATE TABLE c (id INTEGER PRIMARY KEY, n INT NOT NULL); INSERT INTO c VALUES (1, 0), (2, 0)');
+  return db;
+}
+const n = (h: Connection, id = 1) => h.get<{ n: number }>('SELECT n FROM c WHERE id = ?', [id])?.n;
+
+describe('transaction(): the then() chain', () => {
+  it('the callback receives the handle itself, in every mode, also on reruns', async () => {
+    const db = counter();
+    const h = db.connect();
+    for (const mode of ['concurrent', 'immediate', 'deferred', 'exclusive'] as const) {
+      expect(await h.transaction((c) => c === h, { mode })).toBe(true);
+    }
+    const other = db.connect();
+    const seen: unknown[] = [];
+    await h.transaction(async (c) => {
+      seen.push(c);
+      c.get('SELECT n FROM c WHERE id = 1');
+      if (seen.length === 1) other.run('UPDATE c SET n = n + 1 WHERE id = 1');
+      c.run('UPDATE c SET n = n + 10 WHERE id = 1');
+    });
+    expect(seen).toEqual([h, h]);
+    expect(seen[1]).toBe(h);
+  });
+
+  it('thrown non-errors (null, undefined, strings, numbers) reject with that value and wedge nothing', async () => {
+    const db = counter();
+    const h = db.connect();
+    for (const v of [null, undefined, 'boom', 0, false, { code: 42 }]) {
+      await expect(h.transaction(() => { h.run('UPDATE c SET n = 99'); throw v; })).rejects.toBe(v);
+      await usable(h);
+      await expect(h.transaction(async () => { h.run('UPDATE c SET n = 99'); await tick(); throw v; })).rejects.toBe(v);
+      await usable(h);
+      await expect(h.transaction(() => Promise.reject(v), { retry: false })).rejects.toBe(v);
+      await usable(h);
+      await expect(h.transaction(() => { h.run('UPDATE c SET n = 99'); throw v; }, { mode: 'immediate' })).rejects.toBe(v);
+      await usable(h);
+    }
+    expect(n(db)).toBe(0);
+  });
+
+  it('thenables and plain values', async () => {
+    const db = counter();
+    const h = db.connect();
+    expect(await h.transaction(() => ({ then: (res: (v: number) => void) => res(5) }) as unknown as Promise<number>)).toBe(5);
+    await expect(h.transaction(() => ({ then: (_res: unknown, rej: (e: unknown) => void) => rej('no') }) as unknown as Promise<number>)).rejects.toBe('no');
+    await usable(h);
+    await expect(h.transaction(() => ({ then: () => { throw new Error('then threw'); } }) as unknown as Promise<number>)).rejects.toThrow('then threw');
+    await usable(h);
+    // a thenable that writes in its then(): still inside the transaction
+    const r = await h.transaction(() => ({ then: (res: (v: number) => void) => { h.run('UPDATE c SET n = 7 WHERE id = 1'); res(1); } }) as unknown as Promise<number>);
+    expect(r).toBe(1);
+    expect(n(db)).toBe(7);
+    await usable(h);
+    expect(await h.transaction(() => undefined)).toBeUndefined();
+    expect(await h.transaction(() => null)).toBeNull();
+    const p = Promise.resolve(3);
+    expect(await h.transaction(() => [p])).toEqual([p]);
+  });
+
+  it('a thenable whose then() calls transaction() on the handle nests (it runs before COMMIT)', async () => {
+    const db = counter();
+    const h = db.connect();
+    const r = await h.transaction(
+      () =>
+        ({
+          then: (res: (v: unknown) => void, rej: (e: unknown) => void) => {
+            h.transaction((c) => c.run('UPDATE c SET n = 5 WHERE id = 1')).then(res, rej);
+          },
+        }) as unknown as Promise<unknown>,
+    ).catch((e: unknown) => e);
+    // Either it nests (a savepoint, committed with the outer) or it is refused as misuse; never half-done.
+    if (r instanceof Error) expect(errorKind(r)).toBe('misuse');
+    await usable(h);
+  });
+
+  it('nested calls after awaits, in timers and Promise.all branches are savepoints', async () => {
+    const db = counter();
+    const h = db.connect();
+    await h.transaction(async (c) => {
+      c.run('UPDATE c SET n = 1 WHERE id = 1');
+      await tick();
+      await c.transaction(async () => {
+        c.run('UPDATE c SET n = n + 1 WHERE id = 1');
+        await new Promise((r) => setTimeout(r, 1));
+      });
+      await new Promise<void>((resolve, reject) =>
+        setTimeout(() => {
+          c.transaction(() => {
+            c.run('UPDATE c SET n = n + 100 WHERE id = 1');
+            throw new Error('inner');
+          }).then(() => reject(new Error('should fail')), () => resolve());
+        }, 1),
+      );
+      await Promise.all([
+        c.transaction(async () => { await tick(); c.run('UPDATE c SET n = n + 10 WHERE id = 2'); }),
+        c.transaction(async () => { c.run('UPDATE c SET n = n + 20 WHERE id = 2'); await tick(); throw new Error('b'); }).catch(() => undefined),
+        c.transaction(() => c.run('UPDATE c SET n = n + 30 WHERE id = 2')),
+      ]);
+    });
+    expect(n(db, 1)).toBe(2);
+    expect(n(db, 2)).toBe(40);
+    await usable(h);
+  });
+
+  it('an overlapping call from unrelated code is misuse and changes nothing, at every stage of the first', async () => {
+    const db = counter();
+    const h = db.connect();
+    const other = db.connect();
+    let attempts = 0;
+    const errors: unknown[] = [];
+    let done = false;
+    const tryOverlap = async (where = '') => {
+      if (done) return;
+      try {
+        await h.transaction((c) => c.run('UPDATE c SET n = 1000 WHERE id = 2'));
+        errors.push(`ran ${where}`);
+      } catch (e) {
+        errors.push(errorKind(e));
+      }
+    };
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const first = h.transaction(async (c) => {
+      await tick();
+      attempts++;
+      c.get('SELECT n FROM c WHERE id = 1');
+      if (attempts === 1) {
+        await gate;
+        other.run('UPDATE c SET n = n + 1 WHERE id = 1'); // conflict: a rerun after backoff
+      }
+      c.run('UPDATE c SET n = n + 10 WHERE id = 1');
+    });
+    void first.then(() => (done = true), () => (done = true));
+    // from a plain context (queueMicrotask/setImmediate leave no scope), during fn
+    await tryOverlap('plain');
+    await new Promise<void>((r) => setImmediate(() => void tryOverlap('immediate').then(r)));
+    // from another handle's transaction callback
+    await other.transaction(async () => { await tryOverlap('other tx'); });
+    release();
+    // during the retry backoff / rerun
+    for (let i = 0; i < 5; i++) { await tryOverlap(`loop ${i} attempts ${attempts}`); await new Promise((r) => setTimeout(r, 1)); }
+    await first;
+    expect(errors.length).toBeGreaterThanOrEqual(3);
+    expect(errors.filter((e) => e !== 'misuse')).toEqual([]);
+    expect(attempts).toBe(2);
+    expect(n(db, 1)).toBe(11);
+    expect(n(db, 2)).toBe(0);
+    await usable(h);
+  });
+
+  it('a callback that closes its handle; a handle closed between retries', async () => {
+    const db = counter();
+    const h = db.connect();
+    const r = await h.transaction((c) => { c.run('UPDATE c SET n = 5 WHERE id = 1'); c.close(); return 1; }).catch((e: unknown) => e);
+    expect(r).toBeInstanceOf(Error);
+    expect(n(db)).toBe(0);
+    const h2 = db.connect();
+    const other = db.connect();
+    let attempts = 0;
+    const r2 = await h2.transaction(async (c) => {
+      attempts++;
+      if (attempts === 1) setImmediate(() => h2.close());
+      c.get('SELECT n FROM c WHERE id = 1');
+      other.run('UPDATE c SET n = n + 1 WHERE id = 1');
+      c.run('UPDATE c SET n = n + 10 WHERE id = 1');
+    }).catch((e: unknown) => e);
+    expect(r2).toBeInstanceOf(Error);
+    // each attempt's other.run committed; none of h2's writes did
+    expect(n(db)).toBe(attempts);
+    const h3 = db.connect();
+    const r3 = await h3.transaction(async (c) => { c.run('UPDATE c SET n = 5 WHERE id = 1'); await tick(); c.close(); }).catch((e: unknown) => e);
+    expect(r3).toBeInstanceOf(Error);
+    expect(n(db)).toBe(attempts);
+    await usable(db.connect());
+  });
+
+  it('retry: false surfaces the conflict once; retry budgets', async () => {
+    const db = counter();
+    const h = db.connect();
+    const other = db.connect();
+    let attempts = 0;
+    const e = await h.transaction((c) => {
+      attempts++;
+      c.get('SELECT n FROM c WHERE id = 1');
+      other.run('UPDATE c SET n = n + 1 WHERE id = 1');
+      c.run('UPDATE c SET n = n + 10 WHERE id = 1');
+    }, { retry: false }).catch((x: unknown) => x);
+    expect(errorKind(e), String(e)).toBe('busy_snapshot');
+    expect(attempts).toBe(1);
+    await usable(h);
+    attempts = 0;
+    const e2 = await h.transaction((c) => {
+      attempts++;
+      c.get('SELECT n FROM c WHERE id = 1');
+      other.run('UPDATE c SET n = n + 1 WHERE id = 1');
+      c.run('UPDATE c SET n = n + 10 WHERE id = 1');
+    }, { retry: { retries: 1, minTimeout: 0, maxTimeout: 0 } }).catch((x: unknown) => x);
+    expect(errorKind(e2)).toBe('busy_snapshot');
+    expect(attempts).toBe(2);
+    await usable(h);
+    // a budget that runs out while the lane (pessimistic) holds: the other handle's write is refused in fn
+    attempts = 0;
+    const e3 = await h.transaction((c) => {
+      attempts++;
+      c.get('SELECT n FROM c WHERE id = 1');
+      other.run('UPDATE c SET n = n + 1 WHERE id = 1');
+      c.run('UPDATE c SET n = n + 10 WHERE id = 1');
+    }, { retry: { retries: 6, minTimeout: 0, maxTimeout: 1 } }).catch((x: unknown) => x);
+    expect(['busy', 'busy_snapshot']).toContain(errorKind(e3));
+    expect(attempts).toBe(7);
+    await usable(h);
+    await usable(other);
+    const ac = new AbortController();
+    ac.abort();
+    await expect(h.transaction(() => 1, { retry: { signal: ac.signal } })).rejects.toThrow();
+    await usable(h);
+    await expect(h.transaction(() => 1, { retry: { retries: -1 } })).rejects.toThrow();
+    await usable(h);
+    await expect(h.transaction(() => 1, { mode: 'bogus' as never })).rejects.toThrow();
+    await usable(h);
+  });
+
+  it('the callback ends the transaction itself (COMMIT / ROLLBACK in fn)', async () => {
+    const db = counter();
+    const h = db.connect();
+    const r1 = await h.transaction((c) => { c.run('UPDATE c SET n = 3 WHERE id = 1'); c.exec('COMMIT'); return 1; }).catch((e: unknown) => e);
+    const r2 = await h.transaction((c) => { c.run('UPDATE c SET n = 4 WHERE id = 1'); c.exec('ROLLBACK'); return 2; }).catch((e: unknown) => e);
+    expect([r1 instanceof Error || r1 === 1, r2 instanceof Error || r2 === 2]).toEqual([true, true]);
+    await usable(h);
+  });
+
+  it('conflicts rerun the callback: many handles increment one row', async () => {
+    const db = counter();
+    const hs = Array.from({ length: 40 }, () => db.connect());
+    await Promise.all(hs.map(async (h, i) => h.transaction(async (c) => {
+      const v = c.get<{ n: number }>('SELECT n FROM c WHERE id = 1')?.n ?? 0;
+      if (i % 3 === 0) await tick();
+      if (i % 5 === 0) await new Promise((r) => setTimeout(r, 1));
+      c.run('UPDATE c SET n = ? WHERE id = 1', [v + 1]);
+    })));
+    expect(n(db)).toBe(40);
+    for (const h of hs) await usable(h);
+  });
+});
