@@ -3,6 +3,9 @@
  * engine's exports directly, cached control statements, the written-rowid record.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { errorKind, open, type Connection } from '../src/index.js';
 
 const handles: Connection[] = [];
@@ -430,4 +433,90 @@ describe('transaction(): the then() chain', () => {
     expect(n(db)).toBe(40);
     for (const h of hs) await usable(h);
   });
+});
+
+describe('cached control statements on file databases', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const file = () => {
+    const d = mkdtempSync(join(tmpdir(), 'siblite-attack2-'));
+    dirs.push(d);
+    return join(d, 'db.sqlite');
+  };
+
+  it('a deferred foreign-key failure at COMMIT rolls back, for transaction() and a hand-written BEGIN', async () => {
+    const path = file();
+    const db = open(path);
+    handles.push(db);
+    db.exec('PRAGMA foreign_keys = ON');
+    db.exec('CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE ch (id INTEGER PRIMARY KEY, pid INT REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED); INSERT INTO p VALUES (1)');
+    const h = db.connect();
+    for (const mode of ['concurrent', 'immediate', 'deferred', 'exclusive'] as const) {
+      const e = await h.transaction((c) => { c.run('INSERT INTO ch VALUES (?, 99)', [mode.length]); return 'ok'; }, { mode }).catch((x: unknown) => x);
+      expect(e, mode).toBeInstanceOf(Error);
+      expect(errorKind(e), mode).toBe('constraint');
+      expect(h.inTransaction).toBe(false);
+      expect(db.all('SELECT * FROM ch')).toEqual([]);
+      await usable(h);
+      // the same cached COMMIT works next time
+      expect(await h.transaction((c) => c.run('INSERT INTO ch VALUES (?, 1)', [mode.length + 10]).changes, { mode })).toBe(1);
+      h.run('DELETE FROM ch');
+    }
+    h.exec('BEGIN');
+    h.run('INSERT INTO ch VALUES (50, 99)');
+    expect(() => h.exec('COMMIT')).toThrow();
+    // SQLite keeps the transaction open after a refused COMMIT: it can be fixed and committed
+    if (h.inTransaction) {
+      h.run('INSERT INTO p VALUES (99)');
+      h.exec('COMMIT');
+      expect(db.all('SELECT id, pid FROM ch')).toEqual([{ id: 50, pid: 99 }]);
+    }
+    expect(h.inTransaction).toBe(false);
+    await usable(h);
+  });
+
+  it('a transaction that finds another process holding the file waits it out, or gives up and changes nothing', async () => {
+    const path = file();
+    const db = open(path, { busyTimeout: 1000 });
+    handles.push(db);
+    db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v INT)');
+    const h = db.connect();
+    const lock = `${path}.lock`;
+    // (A concurrent transaction on a file holds its lock while it awaits: another process can
+    // only get in before it begins.)
+    const released = async () => {
+      for (let i = 0; i < 400 && existsSync(lock); i++) await new Promise((r) => setTimeout(r, 5));
+      expect(existsSync(lock)).toBe(false);
+    };
+    for (const mode of ['concurrent', 'immediate', 'deferred'] as const) {
+      await released();
+      mkdirSync(lock); // a plain node-sqlite3-wasm process holds the file
+      setTimeout(() => rmSync(lock, { recursive: true, force: true }), 200);
+      const r = await h.transaction(async (c) => {
+        c.run('INSERT INTO t (v) VALUES (1)');
+        await tick();
+        return 'done';
+      }, { mode });
+      expect(r).toBe('done');
+    }
+    expect(db.get('SELECT count(*) AS n FROM t')).toEqual({ n: 3 });
+    for (const mode of ['concurrent', 'immediate'] as const) {
+      await released();
+      mkdirSync(lock);
+      let runs = 0;
+      const e = await h.transaction(async (c) => {
+        runs++;
+        c.run('INSERT INTO t (v) VALUES (2)');
+        await tick();
+      }, { mode }).catch((x: unknown) => x);
+      rmSync(lock, { recursive: true, force: true });
+      expect(errorKind(e), mode).toBe('busy');
+      expect(runs).toBeLessThanOrEqual(1);
+      expect(h.inTransaction).toBe(false);
+      expect(db.get('SELECT count(*) AS n FROM t')).toEqual({ n: 3 });
+      await usable(h);
+    }
+  }, 30_000);
 });
