@@ -519,4 +519,37 @@ describe('cached control statements on file databases', () => {
       await usable(h);
     }
   }, 30_000);
+
+  it('commit groups: a member failing its deferred foreign key, a member closing its handle, a hot row', async () => {
+    const path = file();
+    const db = open(path, { groupCommit: { window: 5, cap: 64 } });
+    handles.push(db);
+    db.exec('PRAGMA foreign_keys = ON');
+    db.exec('CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE ch (id INTEGER PRIMARY KEY, pid INT REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED); INSERT INTO p VALUES (1)');
+    db.exec('CREATE TABLE c (id INTEGER PRIMARY KEY, n INT NOT NULL); INSERT INTO c VALUES (1, 0)');
+    const hs = Array.from({ length: 24 }, () => db.connect());
+    const results = await Promise.allSettled(
+      hs.map((h, i) =>
+        h.transaction(async (c) => {
+          const v = c.get<{ n: number }>('SELECT n FROM c WHERE id = 1')?.n ?? 0;
+          await tick();
+          c.run('UPDATE c SET n = ? WHERE id = 1', [v + 1]);
+          c.run('INSERT INTO ch VALUES (?, ?)', [i + 1, i % 6 === 5 ? 99 : 1]);
+          if (i % 8 === 7) c.close();
+          return i;
+        }),
+      ),
+    );
+    const ok = results.map((r, i) => (r.status === 'fulfilled' ? i : -1)).filter((i) => i >= 0);
+    for (const [i, r] of results.entries()) {
+      if (i % 8 === 7) expect(r.status, `closing member ${i}`).toBe('rejected');
+      else if (i % 6 === 5) {
+        expect(r.status, `bad member ${i}`).toBe('rejected');
+        if (r.status === 'rejected') expect(errorKind(r.reason)).toBe('constraint');
+      } else expect(r.status, `member ${i}: ${r.status === 'rejected' ? String(r.reason) : ''}`).toBe('fulfilled');
+    }
+    expect(db.get('SELECT n FROM c WHERE id = 1')).toEqual({ n: ok.length });
+    expect(db.all('SELECT id FROM ch ORDER BY id').map((r) => (r as { id: number }).id)).toEqual(ok.map((i) => i + 1));
+    for (const [i, h] of hs.entries()) if (i % 8 !== 7) await usable(h);
+  }, 30_000);
 });
