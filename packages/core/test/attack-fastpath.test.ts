@@ -553,3 +553,41 @@ describe('cached control statements on file databases', () => {
     for (const [i, h] of hs.entries()) if (i % 8 !== 7) await usable(h);
   }, 30_000);
 });
+
+describe('written-rowid record: eviction while transactions wait', () => {
+  it('write skew across an eviction of the written rowid is still caught (points, short and wide spans)', async () => {
+    for (const read of ['point', 'short', 'wide'] as const) {
+      const db = mem();
+      db.exec('CREATE TABLE ev (id INTEGER PRIMARY KEY, v INT NOT NULL); INSERT INTO ev VALUES (1, 1), (2, 1)');
+      const [h1, h2, flood] = [db.connect(), db.connect(), db.connect()];
+      const onCall = (c: Connection): number =>
+        read === 'point'
+          ? (c.get<{ v: number }>('SELECT v FROM ev WHERE id = ?', [1])?.v ?? 0) + (c.get<{ v: number }>('SELECT v FROM ev WHERE id = ?', [2])?.v ?? 0)
+          : (c.get<{ s: number }>('SELECT total(v) AS s FROM ev WHERE id BETWEEN ? AND ?', [1, read === 'short' ? 2 : 500])?.s ?? 0);
+      let gate!: () => void;
+      const opened = new Promise<void>((r) => (gate = r));
+      let proceed!: () => void;
+      const go = new Promise<void>((r) => (proceed = r));
+      let runs1 = 0;
+      const t1 = h1.transaction(async (c) => {
+        runs1++;
+        const total = onCall(c);
+        if (runs1 === 1) {
+          gate();
+          await go;
+        }
+        if (total >= 2) c.run('UPDATE ev SET v = 0 WHERE id = ?', [2]);
+      });
+      await opened;
+      await h2.transaction((c) => {
+        if (onCall(c) >= 2) c.run('UPDATE ev SET v = 0 WHERE id = ?', [1]);
+      });
+      // Far more distinct rowids than the record keeps, each a proven write point, while h1 waits.
+      for (let i = 0; i < 20_000; i++) flood.run('UPDATE ev SET v = 5 WHERE id = ?', [10_000 + i]);
+      proceed();
+      await t1;
+      expect(db.get<{ s: number }>('SELECT sum(v) AS s FROM ev')?.s, read).toBe(1);
+      expect(runs1, read).toBe(2);
+    }
+  }, 60_000);
+});
