@@ -591,3 +591,43 @@ describe('written-rowid record: eviction while transactions wait', () => {
     }
   }, 60_000);
 });
+
+describe('statement cache: LRU by clock stamps', () => {
+  it('an open cursor survives the eviction of its statement; hot statements stay cached', () => {
+    const db = mem();
+    db.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3), (4)');
+    const it = db.iterate<{ x: number }>('SELECT x FROM t ORDER BY x');
+    expect(it.next().value).toEqual({ x: 1 });
+    const hot = 'SELECT count(*) AS n FROM t';
+    for (let i = 0; i < 1500; i++) {
+      expect(db.get(`SELECT ${i} AS v`)).toEqual({ v: i });
+      if (i % 7 === 0) expect(db.get(hot)).toEqual({ n: 4 });
+    }
+    expect([...it]).toEqual([{ x: 2 }, { x: 3 }, { x: 4 }]);
+    const it2 = db.iterate<{ x: number }>('SELECT x FROM t ORDER BY x');
+    expect(it2.next().value).toEqual({ x: 1 });
+    // the same SQL evicted and prepared again while it2 is open
+    for (let i = 0; i < 600; i++) db.get(`SELECT ${i} + 1 AS v`);
+    expect(db.all('SELECT x FROM t ORDER BY x')).toHaveLength(4);
+    expect([...it2]).toEqual([{ x: 2 }, { x: 3 }, { x: 4 }]);
+  });
+
+  it('statements evicted under a concurrent transaction that re-checks them at commit', async () => {
+    const db = mem();
+    db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 0), (2, 0)');
+    const h = db.connect();
+    const other = db.connect();
+    let runs = 0;
+    await h.transaction(async (c) => {
+      runs++;
+      const v = c.get<{ v: number }>('SELECT v FROM t WHERE id = ?', [1])?.v ?? 0;
+      for (let i = 0; i < 700; i++) c.get(`SELECT ${i} AS q, v FROM t WHERE id = 2`);
+      await tick();
+      for (let i = 0; i < 700; i++) other.get(`SELECT ${i} AS z`);
+      if (runs === 1) other.run('UPDATE t SET v = 10 WHERE id = 1');
+      c.run('UPDATE t SET v = ? WHERE id = 2', [v + 1]);
+    });
+    expect(runs).toBe(2);
+    expect(db.all('SELECT v FROM t ORDER BY id')).toEqual([{ v: 10 }, { v: 11 }]);
+  }, 30_000);
+});
