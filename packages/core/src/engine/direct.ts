@@ -188,6 +188,28 @@ export function resetStatement(stmt: number): void {
   engine()._sqlite3_reset(stmt);
 }
 
+/** Text up to this many bytes is decoded by the engine's UTF8ToString by hand (longer: TextDecoder). */
+const SHORT_TEXT = 16;
+const utf8 = new TextDecoder();
+
+/**
+ * Whether the engine's hand decoder would read past the end of the `n` bytes of text at `p`: it
+ * takes a lead byte's continuation bytes without looking, so invalid UTF-8 that ends in a
+ * truncated sequence (`'a' || x'F9'`) reads the heap bytes after the terminator, and the value
+ * then changes from call to call (a concurrent transaction's re-check would see a difference
+ * that is not there). Mirrors that decoder's steps.
+ */
+function overreads(heap: Uint8Array, p: number, n: number): boolean {
+  const end = p + n;
+  for (let i = p; i < end; ) {
+    const b = heap[i] as number;
+    if (b === 0) return false; // the decoder stops at a NUL
+    i += b < 0x80 ? 1 : (b & 0xe0) === 0xc0 ? 2 : (b & 0xf0) === 0xe0 ? 3 : 4;
+    if (i > end) return true;
+  }
+  return false;
+}
+
 /**
  * Column `i` of the current row: an INTEGER as a number when it is safe and a bigint beyond (or
  * always a bigint with `bigints`), a REAL as a number, TEXT as a string, a BLOB as a new
@@ -207,8 +229,12 @@ export function columnValue(stmt: number, i: number, bigints: boolean): unknown 
     }
     case SQLITE_FLOAT:
       return e._sqlite3_column_double(stmt, i);
-    case SQLITE_TEXT:
-      return e.__sibliteText.UTF8ToString(e._sqlite3_column_text(stmt, i));
+    case SQLITE_TEXT: {
+      const p = e._sqlite3_column_text(stmt, i);
+      const n = e._sqlite3_column_bytes(stmt, i);
+      if (n <= SHORT_TEXT && overreads(e.__sibliteHeap(), p, n)) return utf8.decode(e.__sibliteHeap().subarray(p, p + n));
+      return e.__sibliteText.UTF8ToString(p);
+    }
     case SQLITE_BLOB: {
       const p = e._sqlite3_column_blob(stmt, i);
       if (p === 0) return new Uint8Array();
