@@ -694,3 +694,56 @@ describe('direct binding: parity with the wrapper on random values', () => {
     expect(db.get('SELECT ? AS s', ['\uD800x'])).toEqual({ s: '\uD800x' });
   });
 });
+
+describe('transaction(): a conflict the callback swallows', () => {
+  it('is still a conflict: the callback runs again, and its writes before the conflict are not kept', async () => {
+    const db = counter();
+    const h = db.connect();
+    const other = db.connect();
+    let runs = 0;
+    const out = await h.transaction(async (c) => {
+      runs++;
+      c.run('UPDATE c SET n = n + 100 WHERE id = 2');
+      const v = c.get<{ n: number }>('SELECT n FROM c WHERE id = 1')?.n ?? 0;
+      await tick();
+      if (runs === 1) other.run('UPDATE c SET n = 5 WHERE id = 1');
+      try {
+        c.run('UPDATE c SET n = ? WHERE id = 1', [v + 1]);
+      } catch {
+        // swallowed
+      }
+      try {
+        c.run('UPDATE c SET n = n + 1000 WHERE id = 2');
+      } catch {
+        // swallowed too
+      }
+      return runs;
+    });
+    expect(out).toBe(2);
+    expect(n(db, 1)).toBe(6);
+    expect(n(db, 2)).toBe(1100);
+    await usable(h);
+  });
+
+  it('nested savepoint swallowing a conflict does not let the outer commit', async () => {
+    const db = counter();
+    const h = db.connect();
+    const other = db.connect();
+    let runs = 0;
+    await h.transaction(async (c) => {
+      runs++;
+      const v = c.get<{ n: number }>('SELECT n FROM c WHERE id = 1')?.n ?? 0;
+      await tick();
+      if (runs === 1) other.run('UPDATE c SET n = 5 WHERE id = 1');
+      await c.transaction(async () => {
+        await tick();
+        c.run('UPDATE c SET n = ? WHERE id = 1', [v + 1]);
+      }).catch(() => undefined);
+      await c.transaction(() => c.run('UPDATE c SET n = n + 1 WHERE id = 2')).catch(() => undefined);
+    });
+    expect(runs).toBe(2);
+    expect(n(db, 1)).toBe(6);
+    expect(n(db, 2)).toBe(1);
+    await usable(h);
+  });
+});
