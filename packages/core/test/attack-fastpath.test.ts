@@ -747,3 +747,31 @@ describe('transaction(): a conflict the callback swallows', () => {
     await usable(h);
   });
 });
+
+describe('the priority lane under a hot row', () => {
+  it('a lane holder that closes its handle, or throws, does not wedge the lane', async () => {
+    const db = counter();
+    const hs = Array.from({ length: 16 }, () => db.connect());
+    const attempts = new Array<number>(hs.length).fill(0);
+    const started = performance.now();
+    const results = await Promise.allSettled(
+      hs.map((h, i) =>
+        h.transaction(async (c) => {
+          attempts[i]!++;
+          const v = c.get<{ n: number }>('SELECT n FROM c WHERE id = 1')?.n ?? 0;
+          await tick();
+          c.run('UPDATE c SET n = ? WHERE id = 1', [v + 1]);
+          // late attempts run in the lane: leave it by closing or throwing there
+          if (i === 3 && attempts[i]! >= 3) c.close();
+          if (i === 5 && attempts[i]! >= 3) throw new Error('holder gives up');
+          await tick();
+        }),
+      ),
+    );
+    expect(performance.now() - started).toBeLessThan(10_000);
+    const ok = results.filter((r) => r.status === 'fulfilled').length;
+    expect(n(db)).toBe(ok);
+    for (const [i, r] of results.entries()) if (i !== 3 && i !== 5) expect(r.status, `handle ${i}`).toBe('fulfilled');
+    await usable(hs[0] as Connection);
+  }, 30_000);
+});
