@@ -775,3 +775,37 @@ describe('the priority lane under a hot row', () => {
     await usable(hs[0] as Connection);
   }, 30_000);
 });
+
+describe('prepared statements across schema changes', () => {
+  it('prepare()d SELECT * sees the new columns, in object and raw form, also in a concurrent transaction', async () => {
+    const db = mem();
+    db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, a); INSERT INTO t VALUES (1, 1)');
+    const st = db.prepare('SELECT * FROM t');
+    expect(st.all()).toEqual([{ id: 1, a: 1 }]);
+    db.exec('ALTER TABLE t ADD COLUMN b DEFAULT 2');
+    expect(st.all()).toEqual([{ id: 1, a: 1, b: 2 }]);
+    expect(st.raw(true).all()).toEqual([[1, 1, 2]]);
+    st.raw(false);
+    db.exec('ALTER TABLE t DROP COLUMN a');
+    expect(st.get()).toEqual({ id: 1, b: 2 });
+    const h = db.connect();
+    const got = await h.transaction((c) => c.all('SELECT * FROM t'));
+    expect(got).toEqual([{ id: 1, b: 2 }]);
+  });
+});
+
+describe('direct binding: blob views', () => {
+  it('Buffers from the pool, subarrays and offsets bind their own bytes only', () => {
+    const db = mem();
+    const pooled = Buffer.from('hello');
+    const big = new Uint8Array(100_000).map((_v, i) => i % 251);
+    const view = big.subarray(70_000, 70_010);
+    const offset = new Uint8Array(big.buffer, 5, 3);
+    expect(db.get('SELECT hex(?) AS a, hex(?) AS b, hex(?) AS c, length(?) AS d', [pooled, view, offset, big.subarray(1)])).toEqual({
+      a: '68656C6C6F',
+      b: Buffer.from(view).toString('hex').toUpperCase(),
+      c: '050607',
+      d: 99_999,
+    });
+  });
+});
