@@ -809,3 +809,33 @@ describe('direct binding: blob views', () => {
     });
   });
 });
+
+describe('commit groups: a handle closed while its commit waits in the group', () => {
+  it('the promise and the database agree (committed and resolved, or rolled back and rejected)', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'siblite-attack2-'));
+    try {
+      const db = open(join(d, 'db.sqlite'), { groupCommit: { window: 30, cap: 64 } });
+      handles.push(db);
+      db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, who INT)');
+      const hs = Array.from({ length: 6 }, () => db.connect());
+      const results = await Promise.allSettled(
+        hs.map((h, i) =>
+          h.transaction((c) => {
+            c.run('INSERT INTO t (who) VALUES (?)', [i]);
+            if (i % 2 === 1) setTimeout(() => h.close(), 5); // after joining the group, before its flush
+            return i;
+          }),
+        ),
+      );
+      const rows = db.all<{ who: number }>('SELECT who FROM t ORDER BY who').map((r) => r.who);
+      const resolved = results.map((r, i) => (r.status === 'fulfilled' ? i : -1)).filter((i) => i >= 0);
+      expect(rows).toEqual(resolved);
+      for (const i of [0, 2, 4]) expect(results[i]?.status).toBe('fulfilled');
+      await usable(hs[0] as Connection);
+      expect(db.get('SELECT count(*) AS n FROM t')).toEqual({ n: resolved.length });
+    } finally {
+      for (const h of handles.splice(0).reverse()) h.close();
+      rmSync(d, { recursive: true, force: true });
+    }
+  }, 30_000);
+});
