@@ -839,3 +839,24 @@ describe('commit groups: a handle closed while its commit waits in the group', (
     }
   }, 30_000);
 });
+
+describe('RETURNING statements that fail part-way', () => {
+  it('change nothing, report the error, and run again from the cache', async () => {
+    const db = mem();
+    db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v INT CHECK (v < 10))');
+    const q = 'INSERT INTO t (id, v) VALUES (?, ?), (?, ?) RETURNING id, v';
+    for (const want of ['run', 'get', 'all'] as const) {
+      const call = () => (want === 'run' ? db.run(q, [1, 1, 1, 2]) : want === 'get' ? db.get(q, [1, 1, 1, 2]) : db.all(q, [1, 1, 1, 2]));
+      expect(call, want).toThrow(/UNIQUE/);
+      expect(db.all('SELECT * FROM t'), want).toEqual([]);
+      expect(() => db.all(q, [1, 1, 2, 20]), want).toThrow(/CHECK/);
+      expect(db.all('SELECT * FROM t'), want).toEqual([]);
+    }
+    expect(db.all(q, [1, 1, 2, 2])).toEqual([{ id: 1, v: 1 }, { id: 2, v: 2 }]);
+    const h = db.connect();
+    const e = await h.transaction((c) => c.all(q, [3, 3, 3, 4])).catch((x: unknown) => x);
+    expect(errorKind(e)).toBe('constraint');
+    expect(await h.transaction((c) => c.all(q, [3, 3, 4, 4]))).toEqual([{ id: 3, v: 3 }, { id: 4, v: 4 }]);
+    expect(db.get('SELECT count(*) AS n FROM t')).toEqual({ n: 4 });
+  });
+});

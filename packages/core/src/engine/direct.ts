@@ -6,6 +6,9 @@
  * and go through a generator per result. Every conversion here is the wrapper's own (0.8.60:
  * `Statement._bindValue`, `_step`, `_getRow`, its string helpers) and every engine failure is
  * its `SQLite3Error` with the engine's message, so what the application sees does not change.
+ * Two deliberate differences, where the wrapper's helpers lose or invent data: a string with a
+ * lone surrogate gets a buffer large enough for all of it, and short text that is not valid
+ * UTF-8 is decoded from its own bytes only (see {@link columnValue}).
  * @module
  */
 import { loadSqlite } from '../file/load.js';
