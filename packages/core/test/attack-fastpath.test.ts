@@ -860,3 +860,29 @@ describe('RETURNING statements that fail part-way', () => {
     expect(db.get('SELECT count(*) AS n FROM t')).toEqual({ n: 4 });
   });
 });
+
+describe('iterate() cursors inside concurrent transactions', () => {
+  it('a cursor read across another handle\'s commit is consistent and re-checked at commit', async () => {
+    const db = mem();
+    db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2), (3, 3)');
+    db.exec('CREATE TABLE out (run INT, s INT)');
+    const h = db.connect();
+    const other = db.connect();
+    let runs = 0;
+    const seen: number[][] = [];
+    await h.transaction(async (c) => {
+      runs++;
+      const it = c.iterate<{ v: number }>('SELECT v FROM t ORDER BY id');
+      const vs = [it.next().value?.v as number];
+      if (runs === 1) other.run('UPDATE t SET v = 20 WHERE id = 2');
+      await tick();
+      for (const r of it) vs.push(r.v);
+      seen.push(vs);
+      c.run('INSERT INTO out VALUES (?, ?)', [runs, vs.reduce((a, b) => a + b, 0)]);
+    });
+    expect(seen[0]).toEqual([1, 2, 3]);
+    expect(runs).toBe(2);
+    expect(seen[1]).toEqual([1, 20, 3]);
+    expect(db.all('SELECT run, s FROM out')).toEqual([{ run: 2, s: 24 }]);
+  });
+});
