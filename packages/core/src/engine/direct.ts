@@ -6,6 +6,9 @@
  * and go through a generator per result. Every conversion here is the wrapper's own (0.8.60:
  * `Statement._bindValue`, `_step`, `_getRow`, its string helpers) and every engine failure is
  * its `SQLite3Error` with the engine's message, so what the application sees does not change.
+ * Two deliberate differences, where the wrapper's helpers lose or invent data: a string with a
+ * lone surrogate gets a buffer large enough for all of it, and short text that is not valid
+ * UTF-8 is decoded from its own bytes only (see {@link columnValue}).
  * @module
  */
 import { loadSqlite } from '../file/load.js';
@@ -103,6 +106,11 @@ function release(p: number): void {
   if (p !== scratch) engine()._free(p);
 }
 
+/** Whether `s` has no lone surrogate (`String.prototype.isWellFormed`, Node 20, not yet in the ES2023 lib). */
+function isWellFormed(s: string): boolean {
+  return (s as unknown as { isWellFormed(): boolean }).isWellFormed();
+}
+
 /** Binds one value at `position` (1-based), converting it as the wrapper's `_bindValue` does. */
 function bindValue(stmt: number, db: number, value: unknown, position: number): void {
   const e = engine();
@@ -110,7 +118,10 @@ function bindValue(stmt: number, db: number, value: unknown, position: number): 
   switch (typeof value) {
     case 'string': {
       const t = e.__sibliteText;
-      const size = t.lengthBytesUTF8(value) + 1;
+      // The engine's lengthBytesUTF8 counts any surrogate as half of a 4-byte pair and skips the
+      // next unit, so a lone surrogate before a 2- or 3-byte character under-counts and
+      // stringToUTF8 silently cuts the end off. Each UTF-16 unit takes at most 3 bytes.
+      const size = (isWellFormed(value) ? t.lengthBytesUTF8(value) : value.length * 3) + 1;
       const p = heapBuffer(size);
       t.stringToUTF8(value, p, size);
       rc = e._sqlite3_bind_text(stmt, position, p, -1, SQLITE_TRANSIENT);
@@ -180,6 +191,28 @@ export function resetStatement(stmt: number): void {
   engine()._sqlite3_reset(stmt);
 }
 
+/** Text up to this many bytes is decoded by the engine's UTF8ToString by hand (longer: TextDecoder). */
+const SHORT_TEXT = 16;
+const utf8 = new TextDecoder();
+
+/**
+ * Whether the engine's hand decoder would read past the end of the `n` bytes of text at `p`: it
+ * takes a lead byte's continuation bytes without looking, so invalid UTF-8 that ends in a
+ * truncated sequence (`'a' || x'F9'`) reads the heap bytes after the terminator, and the value
+ * then changes from call to call (a concurrent transaction's re-check would see a difference
+ * that is not there). Mirrors that decoder's steps.
+ */
+function overreads(heap: Uint8Array, p: number, n: number): boolean {
+  const end = p + n;
+  for (let i = p; i < end; ) {
+    const b = heap[i] as number;
+    if (b === 0) return false; // the decoder stops at a NUL
+    i += b < 0x80 ? 1 : (b & 0xe0) === 0xc0 ? 2 : (b & 0xf0) === 0xe0 ? 3 : 4;
+    if (i > end) return true;
+  }
+  return false;
+}
+
 /**
  * Column `i` of the current row: an INTEGER as a number when it is safe and a bigint beyond (or
  * always a bigint with `bigints`), a REAL as a number, TEXT as a string, a BLOB as a new
@@ -199,8 +232,12 @@ export function columnValue(stmt: number, i: number, bigints: boolean): unknown 
     }
     case SQLITE_FLOAT:
       return e._sqlite3_column_double(stmt, i);
-    case SQLITE_TEXT:
-      return e.__sibliteText.UTF8ToString(e._sqlite3_column_text(stmt, i));
+    case SQLITE_TEXT: {
+      const p = e._sqlite3_column_text(stmt, i);
+      const n = e._sqlite3_column_bytes(stmt, i);
+      if (n <= SHORT_TEXT && overreads(e.__sibliteHeap(), p, n)) return utf8.decode(e.__sibliteHeap().subarray(p, p + n));
+      return e.__sibliteText.UTF8ToString(p);
+    }
     case SQLITE_BLOB: {
       const p = e._sqlite3_column_blob(stmt, i);
       if (p === 0) return new Uint8Array();
