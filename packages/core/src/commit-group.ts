@@ -116,7 +116,7 @@ class CommitGroup implements GroupHooks {
   /** The concurrent transaction running on top of {@link CommitGroup.applied}, in savepoint TOP. */
   private top: ConcurrentTransaction | null = null;
   /** The tables the applied members wrote. */
-  pendingWrites = new Set<string>();
+  readonly pendingWrites = new Set<string>();
   readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 };
 
   constructor(
@@ -343,8 +343,7 @@ class CommitGroup implements GroupHooks {
   private forgetApplied(): void {
     this.applied = [];
     this.top = null;
-    // A new set, not clear(): V8's clear() of a long-lived set costs about 0.6 µs.
-    if (this.pendingWrites.size > 0) this.pendingWrites = new Set();
+    this.pendingWrites.clear();
   }
 
   private lastApplied(): ConcurrentTransaction | null {
