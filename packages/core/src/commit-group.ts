@@ -116,7 +116,7 @@ class CommitGroup implements GroupHooks {
   /** The concurrent transaction running on top of {@link CommitGroup.applied}, in savepoint TOP. */
   private top: ConcurrentTransaction | null = null;
   /** The tables the applied members wrote. */
-  readonly pendingWrites = new Set<string>();
+  pendingWrites = new Set<string>();
   readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 };
 
   constructor(
@@ -343,7 +343,8 @@ class CommitGroup implements GroupHooks {
   private forgetApplied(): void {
     this.applied = [];
     this.top = null;
-    this.pendingWrites.clear();
+    // A new set, not clear(): V8's clear() of a long-lived set costs about 0.6 µs.
+    if (this.pendingWrites.size > 0) this.pendingWrites = new Set();
   }
 
   private lastApplied(): ConcurrentTransaction | null {

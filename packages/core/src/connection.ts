@@ -68,6 +68,8 @@ export class Connection {
   /** @internal */
   readonly session: Session;
   private safe = false;
+  /** Whether a `transaction()` call of this handle is in flight, from BEGIN to the end of its retries. @internal */
+  runningTransaction = false;
   private readonly closeHooks: Array<() => void> = [];
 
   /** @internal */

@@ -11,12 +11,12 @@
  *   validates) and are logged with what they showed the application.
  * @module
  */
-import { ConcurrentTransaction, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
+import { ConcurrentTransaction, logEntry, privateCopy, withRowid, type LogEntry } from './concurrent/transaction.js';
 import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } from './engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { digestPolicy } from './engine/row-digest.js';
-import { addWrittenRowids } from './engine/rowid-span.js';
+import { addWrittenRowids, type WrittenRowidMap } from './engine/rowid-span.js';
 import { heldAgainst } from './concurrent/hold.js';
 import type { Lane } from './lane.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
@@ -68,6 +68,13 @@ export class Session {
    */
   private aborted: SqliteError | null = null;
   private readonly owned = new Set<{ finalizeFromSession(): void }>();
+  /**
+   * A copy of {@link Session.state} as it is now, shared by the log entries of the statements
+   * that run while it does not change (made again on the first use after a change).
+   */
+  private stateCopy: HandleState | undefined;
+  /** The rowid plan the last {@link Session.executeSteered} call used (a field: no closure per statement). */
+  private steeredBy: RowidPlan | null = null;
   /** Inside {@link Session.withFile}: the file lock is already managed. */
   private usingFile = false;
   /** The row format of the statement being run (raw / safe integers), for execution and the log. */
@@ -180,12 +187,17 @@ export class Session {
       // Marked before it runs: a statement may change rows and then fail (OR FAIL).
       if (writesRows && state.totalChangesKnown && this.engine.footprints.of(c.sql).subPrograms === true) {
         state.totalChangesKnown = false;
+        this.stateCopy = undefined;
       }
       const out = this.route(c, values, want);
-      if (out.insertedRowid !== undefined) state.lastInsertRowid = out.insertedRowid;
+      if (out.insertedRowid !== undefined) {
+        state.lastInsertRowid = out.insertedRowid;
+        this.stateCopy = undefined;
+      }
       if (writesRows) {
         state.changes = out.changes;
         state.totalChanges += out.changes;
+        this.stateCopy = undefined;
       }
       return out;
     } finally {
@@ -364,7 +376,7 @@ export class Session {
     }
     if (engine.active !== tx) this.bringIn(tx);
     engine.exec(c.sql);
-    tx.record({ sql: c.sql, params: undefined, want: 'run', footprint: CONTROL_FOOTPRINT, control: true });
+    tx.record(logEntry(c.sql, undefined, 'run', undefined, CONTROL_FOOTPRINT, true, undefined));
   }
 
   /** Commits the real SQLite transaction of `tx` (which is active). */
@@ -636,23 +648,15 @@ export class Session {
       const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !engine.touchesUncommitted(fp.reads, a));
       if (!inPlace) this.bringIn(tx);
     }
-    const entry: LogEntry = {
-      sql: c.sql,
-      params: privateParams(params),
-      want,
-      format: this.format,
-      footprint: fp,
-      control: false,
-      state: { ...this.state },
-    };
-    let plan: RowidPlan | null = null;
+    const entry = logEntry(c.sql, privateParams(params), want, this.format, fp, false, (this.stateCopy ??= { ...this.state }));
+    this.steeredBy = null;
     try {
-      const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx, (p) => (plan = p));
+      const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx);
+      const plan = this.steeredBy as RowidPlan | null;
       // A private copy: the application may mutate the rows it was given.
       entry.outcome = entry.digest ? DIGESTED : privateCopy(out);
       if (plan !== null && out.insertedRowid !== undefined) {
-        const pl = plan as RowidPlan;
-        entry.rowid = { table: pl.table, sql: pl.sql, value: out.insertedRowid };
+        entry.rowid = { table: plan.table, sql: plan.sql, value: out.insertedRowid };
       }
       tx.record(entry);
       return out;
@@ -692,13 +696,12 @@ export class Session {
     params: BindParams | undefined,
     want: Want,
     owner: object | null,
-    onPlan?: (plan: RowidPlan) => void,
   ): Outcome {
     const engine = this.engine;
     if (c.cls.type === 'dml' && c.cls.verb === 'insert' && (owner instanceof ConcurrentTransaction || engine.hasReservations)) {
       const plan = engine.rowidPlan(c.sql);
       if (plan) {
-        onPlan?.(plan);
+        this.steeredBy = plan;
         // Striped: another process took a rowid this one was told here (see Engine.rowidLost).
         const striped = owner instanceof ConcurrentTransaction && engine.stripes(plan.table);
         if (striped || engine.hasForeignReservations(plan.table, owner)) {
@@ -790,10 +793,10 @@ export class Session {
 }
 
 /** The rowids an autocommit write changed, per table where its bytecode proves them. */
-function writtenRowids(fp: Footprint, params: BindParams | undefined): Map<string, number[]> | undefined {
+function writtenRowids(fp: Footprint, params: BindParams | undefined): WrittenRowidMap | undefined {
   if (fp.rowids?.writes === undefined) return undefined;
-  const into = new Map<string, number[]>();
-  addWrittenRowids(fp.writes, fp.rowids, params, into, new Set());
+  const into: WrittenRowidMap = new Map();
+  addWrittenRowids(fp.writes, fp.rowids, params, into);
   return into;
 }
 

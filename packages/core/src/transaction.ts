@@ -10,6 +10,7 @@ import { errorKind, isRetryable, misuseError } from './errors.js';
 import { isQueuedRefusal, LANE_AFTER_FAILURES, laneOf, type Lane } from './lane.js';
 import { forgetRefusals, isHeldRefusal } from './concurrent/hold.js';
 import { retryAfterFirst, startRetries, type RetryOptions } from './retry.js';
+import type { Session } from './session.js';
 
 /** Options of `conn.transaction()`. */
 export interface TransactionOptions {
@@ -41,8 +42,6 @@ const QUEUED_WAIT_MS = 1000;
 /** The options of a call that passed none (shared: a call allocates no option object). */
 export const NO_TRANSACTION_OPTIONS: TransactionOptions = Object.freeze({});
 
-/** Handles with a `transaction()` call in flight (from BEGIN to the end of its retries). */
-const running = new WeakSet<object>();
 /** The handles whose `transaction()` callbacks the current async context runs inside, innermost first. */
 interface Scope {
   readonly session: object;
@@ -116,154 +115,343 @@ class Final {
   constructor(readonly error: unknown) {}
 }
 
-/** @internal */
-export async function runTransaction<T>(
-  conn: Connection,
-  fn: (conn: Connection) => T | Promise<T>,
-  options: TransactionOptions,
-): Promise<T> {
-  const mode = options.mode ?? 'concurrent';
-  if (!MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
-  conn.session.assertOpen();
-  const session = conn.session;
-  const within = inside.getStore();
-  if (running.has(session) && !isInside(within, session)) {
-    // A second, overlapping call (not one made from inside the first one's callback) would
-    // otherwise become a SAVEPOINT of the first and commit or roll back with it.
-    throw misuseError(
-      `transaction() is already running on handle #${conn.id}; overlapping transactions need their own handles: ` +
-        'use conn.connect() for each concurrent unit of work (or await the first transaction)',
-    );
+/**
+ * One top-level `transaction()` call: what its attempts share (they never overlap). Most calls
+ * succeed at their first attempt, and with `AsyncLocalStorage`'s promise hooks on, every promise
+ * and await costs: the first attempt makes no async frame ({@link attempt}), and the retry loop,
+ * and the deadline of the lane, come in only after a failure.
+ */
+class Call<T> {
+  /** Failed attempts (busy or conflict) outside the lane. */
+  failures = 0;
+  /** Failed attempts in the lane. */
+  laneFailures = 0;
+  /**
+   * A hot statement of an attempt outside the lane was refused (see Lane.refusal): the call runs
+   * in the lane from then on.
+   */
+  queued = false;
+  /** Whether the current attempt runs in the lane (from its turn there to {@link leaveLane}). */
+  inLane = false;
+  /**
+   * Whether the current attempt is outermost: not run by the retry loop, it runs the retry loop
+   * itself after a failure, and ends the call after a success.
+   */
+  outermost = true;
+
+  constructor(
+    readonly conn: Connection,
+    readonly fn: (conn: Connection) => T | Promise<T>,
+    readonly mode: TransactionMode,
+    readonly options: TransactionOptions,
+    readonly scope: Scope,
+    /**
+     * The engine's priority lane for a concurrent transaction with retries: one that keeps
+     * failing takes it (see lane.ts), so that under contention it degrades to a
+     * first-come-first-served mutex instead of starving.
+     */
+    readonly lane: Lane | undefined,
+    /** When the first attempt began (`performance.now()`): the start of the retry budget. */
+    readonly started: number,
+  ) {}
+
+  /** When the retry budget runs out (`performance.now()` time): no wait in the lane lasts longer. */
+  deadline(): number {
+    const retry = this.options.retry;
+    return this.started + ((retry ? retry.maxElapsedMs : undefined) ?? 30_000);
   }
-  // Called from inside a callback of this handle: a nested scope, even when the enclosing
-  // transaction has ended (aborted by a conflict): never a new top-level transaction.
-  if (conn.inTransaction || isInside(within, session)) return nested(conn, fn);
-  const scope: Scope = { session, outer: within };
-  const retryOptions = options.retry;
-  // A concurrent transaction that keeps failing takes the engine's priority lane (see lane.ts),
-  // so that under contention it degrades to a first-come-first-served mutex instead of starving.
-  const lane = mode === 'concurrent' && retryOptions !== false ? laneOf(session.engine) : undefined;
-  const deadline = lane ? performance.now() + ((retryOptions ? retryOptions.maxElapsedMs : undefined) ?? 30_000) : 0;
-  const grouped = mode === 'concurrent' && options.groupCommit !== false;
-  let failures = 0;
-  let laneFailures = 0;
-  // A hot statement of an attempt outside the lane was refused (see Lane.refusal): the call
-  // runs in the lane from then on.
-  let queued = false;
-  const once = async (): Promise<T> => {
-    // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
-    conn.session.assertOpen();
-    let failed: unknown;
-    // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
-    const kept = lane !== undefined && lane.keptFor === session;
-    // A transaction queues after LANE_AFTER_FAILURES failures, or at once when a hot statement
-    // was refused (see Lane.refusal): sending every transaction to the lane after one failure
-    // while it is in use serialized moderate contention and cost 40% of the throughput at 10%
-    // overlap in the concurrent-tx bench.
-    const inLane = kept || (lane !== undefined && (queued || failures >= LANE_AFTER_FAILURES));
-    // In the lane, holders go one at a time. The wait ends at the retry budget, in case a
-    // holder awaits this very transaction. A holder runs optimistically with priority first,
-    // then, if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
-    if (kept) lane.keptFor = undefined;
-    else if (inLane) {
-      const budget = deadline - performance.now();
-      if (!queued || failures >= LANE_AFTER_FAILURES || laneFailures > 0 || budget <= QUEUED_WAIT_MS) await lane.acquire(budget);
-      else {
-        // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
-        // awaits this very call; then run optimistically, refused no more.
-        try {
-          await lane.acquire(QUEUED_WAIT_MS);
-        } catch {
-          queued = false;
-          session.lane = undefined;
-          return once();
-        }
-      }
-    }
-    const pessimistic = inLane && laneFailures > 0;
-    if (inLane) lane.holder = session;
-    if (inLane && !pessimistic) lane.priority = session;
-    try {
-      try {
-        // Awaited only when a lock is in the way: no promise for the common case.
-        const waiting = now(conn.session.busyTimeout, begin, conn, pessimistic ? 'immediate' : mode);
-        if (waiting) await waiting;
-      } catch (e) {
-        throw errorKind(e) === 'busy' ? new Final(e) : e;
-      }
-      // Until this attempt ends, a transaction ended by an error (a conflict the callback may
-      // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
-      session.inTransactionFn = true;
-      try {
-        // runScoped, inlined: one async frame less per attempt.
-        let result: T;
-        try {
-          result = await inside.run(scope, fn, conn);
-        } finally {
-          const children = scope.children?.idle();
-          if (children) await children;
-        }
-        // The closures of a commit group only where the engine groups commits.
-        const committing =
-          grouped && !inLane && session.engine.group !== undefined
-            ? (joinCommitGroup(session, () => !lane?.blocks(session), () => commit(conn, lane, deadline)) ?? commit(conn, lane, deadline))
-            : commit(conn, inLane ? undefined : lane, deadline);
-        if (committing) await committing;
-        return result;
-      } catch (e) {
-        if (conn.isOpen && conn.inTransaction) conn.session.rollback();
-        // The file lock of another process, already waited out for the busy timeout by the
-        // statement that threw it: running fn again would only wait again.
-        throw isFileLockBusy(e) ? new Final(e) : e;
-      } finally {
-        session.endTransactionFn();
-      }
-    } catch (e) {
-      if (isQueuedRefusal(e)) queued = true;
-      else if (isRetryable(e) && !isHeldRefusal(e)) {
-        if (inLane) laneFailures++;
-        else failures++;
-      }
-      failed = e;
-    } finally {
-      if (inLane) {
-        if (lane.priority === session) lane.priority = undefined;
-        if (lane.holder === session) lane.holder = undefined;
-        lane.release();
-      }
-    }
-    // Refused at a hot statement before doing any work: wait in the lane now, not after the
-    // retry loop's backoff delay.
-    if (queued && isQueuedRefusal(failed)) return once();
-    // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
-    // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
-    // (one rerun at most: the rerun's own commit never waits in the lane).
-    if (lane !== undefined && lane.keptFor === session && isRetryable(failed)) return once();
-    throw failed;
-  };
-  running.add(session);
-  session.lane = lane;
-  try {
-    if (retryOptions === false) return await once();
-    // The first attempt runs here directly (as retry() would, without its async frame); the
-    // retry loop starts only after a busy error.
-    const started = startRetries(retryOptions);
-    try {
-      return await once();
-    } catch (e) {
-      return await retryAfterFirst(once, e, started, retryOptions);
-    }
-  } catch (e) {
-    throw e instanceof Final ? e.error : e;
-  } finally {
-    running.delete(session);
+
+  /** The call has ended (its retries too): the handle may run its next `transaction()`. */
+  end(): void {
+    const session = this.conn.session;
+    this.conn.runningTransaction = false;
     session.lane = undefined;
     forgetRefusals(session);
     // The retry loop ended while this transaction kept its turn in the lane.
+    const lane = this.lane;
     if (lane?.keptFor === session) {
       lane.keptFor = undefined;
       lane.release();
     }
+  }
+}
+
+/** @internal */
+export function runTransaction<T>(
+  conn: Connection,
+  fn: (conn: Connection) => T | Promise<T>,
+  options: TransactionOptions,
+): Promise<T> {
+  const session = conn.session;
+  const mode = options.mode ?? 'concurrent';
+  let call: Call<T>;
+  try {
+    if (mode !== 'concurrent' && !MODES.has(mode)) throw misuseError(`Unknown transaction mode "${String(mode)}"`);
+    session.assertOpen();
+    const within = inside.getStore();
+    const fromInside = within !== undefined && isInside(within, session);
+    if (conn.runningTransaction && !fromInside) {
+      // A second, overlapping call (not one made from inside the first one's callback) would
+      // otherwise become a SAVEPOINT of the first and commit or roll back with it.
+      throw misuseError(
+        `transaction() is already running on handle #${conn.id}; overlapping transactions need their own handles: ` +
+          'use conn.connect() for each concurrent unit of work (or await the first transaction)',
+      );
+    }
+    // Called from inside a callback of this handle: a nested scope, even when the enclosing
+    // transaction has ended (aborted by a conflict): never a new top-level transaction.
+    if (conn.inTransaction || fromInside) return nested(conn, fn);
+    const retry = options.retry;
+    const lane = mode === 'concurrent' && retry !== false ? laneOf(session.engine) : undefined;
+    // startRetries checks the retry options (and the signal) before the first attempt, as retry() does.
+    call = new Call(conn, fn, mode, options, { session, outer: within }, lane, retry === false ? 0 : startRetries(retry));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  conn.runningTransaction = true;
+  session.lane = call.lane;
+  return attempt(call, true);
+}
+
+/**
+ * One attempt of `call`: BEGIN, `fn`, COMMIT, in the priority lane when the call queues there.
+ * Written with then() instead of an async frame: in the common case (no lane, no lock in the way)
+ * BEGIN and COMMIT run synchronously, and the attempt makes one promise, the one that waits for
+ * fn's. A failure rejects to the retry loop, except in the `outermost` attempt (the first one, or
+ * a rerun it started at once), which runs the retry loop itself ({@link retryAfter}); the
+ * outermost attempt ends the call when it succeeds. Never throws: it returns a promise.
+ */
+function attempt<T>(call: Call<T>, outermost: boolean): Promise<T> {
+  const { conn, lane } = call;
+  const session = conn.session;
+  call.outermost = outermost;
+  call.inLane = false;
+  try {
+    // The handle may have been closed between attempts; BEGIN must never run for a closed handle.
+    session.assertOpen();
+  } catch (e) {
+    return gaveUp(call, e);
+  }
+  // A commit that waited its turn in the lane and then conflicted kept the lane: rerun there.
+  if (lane !== undefined && lane.keptFor === session) {
+    lane.keptFor = undefined;
+    call.inLane = true;
+  } else if (lane !== undefined && (call.queued || call.failures >= LANE_AFTER_FAILURES)) {
+    // A transaction queues after LANE_AFTER_FAILURES failures, or at once when a hot statement
+    // was refused (see Lane.refusal): sending every transaction to the lane after one failure
+    // while it is in use serialized moderate contention and cost 40% of the throughput at 10%
+    // overlap in the concurrent-tx bench.
+    return queue(call, lane);
+  }
+  return transact(call);
+}
+
+/**
+ * Waits for the lane, then runs the attempt there. In the lane, holders go one at a time. The
+ * wait ends at the retry budget, in case a holder awaits this very transaction.
+ */
+async function queue<T>(call: Call<T>, lane: Lane): Promise<T> {
+  try {
+    const budget = call.deadline() - performance.now();
+    if (!call.queued || call.failures >= LANE_AFTER_FAILURES || call.laneFailures > 0 || budget <= QUEUED_WAIT_MS) {
+      await lane.acquire(budget);
+    } else {
+      // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
+      // awaits this very call; then run optimistically, refused no more.
+      try {
+        await lane.acquire(QUEUED_WAIT_MS);
+      } catch {
+        call.queued = false;
+        call.conn.session.lane = undefined;
+        return attempt(call, call.outermost);
+      }
+    }
+  } catch (e) {
+    return gaveUp(call, e);
+  }
+  call.inLane = true;
+  return transact(call);
+}
+
+/**
+ * The attempt from BEGIN on. A holder of the lane runs optimistically with priority first, then,
+ * if it still conflicted, as BEGIN IMMEDIATE, which cannot conflict.
+ */
+function transact<T>(call: Call<T>): Promise<T> {
+  const { conn, lane } = call;
+  const session = conn.session;
+  const pessimistic = call.inLane && call.laneFailures > 0;
+  if (call.inLane && lane !== undefined) {
+    lane.holder = session;
+    if (!pessimistic) lane.priority = session;
+  }
+  let waiting: Promise<void> | undefined;
+  try {
+    // Awaited only when a lock is in the way: no promise for the common case.
+    waiting = now(session.busyTimeout, begin, conn, pessimistic ? 'immediate' : call.mode);
+  } catch (e) {
+    return failed(call, beginFailure(e));
+  }
+  return waiting ? afterBegin(call, waiting) : run(call);
+}
+
+// The closures that wait for a promise are made in functions of their own, only when there is
+// one: a closure in a branch of a function makes V8 allocate its context at every call.
+
+/** The attempt once BEGIN, which waited for a lock, is through. */
+function afterBegin<T>(call: Call<T>, waiting: Promise<void>): Promise<T> {
+  return waiting.then(
+    () => run(call),
+    (e: unknown) => failed(call, beginFailure(e)),
+  );
+}
+
+/** What a BEGIN that failed fails the attempt with: a lock that stayed busy for the busy timeout is final. */
+function beginFailure(e: unknown): unknown {
+  return errorKind(e) === 'busy' ? new Final(e) : e;
+}
+
+/** Runs fn in the attempt's open transaction (and in the call's scope), then COMMIT. */
+function run<T>(call: Call<T>): Promise<T> {
+  // Until this attempt ends, a transaction ended by an error (a conflict the callback may
+  // swallow) leaves the handle aborted rather than in autocommit (see Session.aborted).
+  call.conn.session.inTransactionFn = true;
+  let out: T | Promise<T>;
+  try {
+    out = inside.run(call.scope, call.fn, call.conn);
+  } catch (e) {
+    return fnFailed(call, e);
+  }
+  return Promise.resolve(out).then(
+    (result) => fnDone(call, result),
+    (e: unknown) => fnFailed(call, e),
+  );
+}
+
+/** fn returned: COMMIT once the nested calls it started (awaited or not) have ended. */
+function fnDone<T>(call: Call<T>, result: T): T | Promise<T> {
+  const children = call.scope.children?.idle();
+  return children ? whenIdle(children, call, result, commitAttempt) : commitAttempt(call, result);
+}
+
+/** fn threw: the attempt fails once the nested calls it started (awaited or not) have ended. */
+function fnFailed<T>(call: Call<T>, e: unknown): Promise<T> {
+  const children = call.scope.children?.idle();
+  return children ? whenIdle(children, call, e, abandon) : abandon(call, e);
+}
+
+/** `next(call, value)` once the nested calls of the callback (`children`) have ended. */
+function whenIdle<T, V>(
+  children: Promise<void>,
+  call: Call<T>,
+  value: V,
+  next: (call: Call<T>, value: V) => T | Promise<T>,
+): Promise<T> {
+  return children.then(() => next(call, value));
+}
+
+/** COMMIT, awaited only when a lock, the lane or a commit group is in the way. */
+function commitAttempt<T>(call: Call<T>, result: T): T | Promise<T> {
+  const { lane, inLane } = call;
+  const session = call.conn.session;
+  let committing: Promise<void> | undefined;
+  try {
+    committing =
+      call.mode === 'concurrent' && call.options.groupCommit !== false && !inLane && session.engine.group !== undefined
+        ? joinGroup(call, lane)
+        : commit(call, inLane ? undefined : lane);
+  } catch (e) {
+    return abandon(call, e);
+  }
+  return committing ? whenCommitted(call, committing, result) : succeeded(call, result);
+}
+
+/** COMMIT in the engine's commit group (the closures of a group only where the engine groups commits). */
+function joinGroup(call: Call<unknown>, lane: Lane | undefined): Promise<void> | undefined {
+  const session = call.conn.session;
+  return joinCommitGroup(session, () => !lane?.blocks(session), () => commit(call, lane)) ?? commit(call, lane);
+}
+
+/** The attempt once the COMMIT that waited (for a lock, the lane or a commit group) is through. */
+function whenCommitted<T>(call: Call<T>, committing: Promise<void>, result: T): Promise<T> {
+  return committing.then(
+    () => succeeded(call, result),
+    (e: unknown) => abandon(call, e),
+  );
+}
+
+/** The attempt committed. */
+function succeeded<T>(call: Call<T>, result: T): T {
+  call.conn.session.endTransactionFn();
+  leaveLane(call);
+  if (call.outermost) call.end();
+  return result;
+}
+
+/** fn or COMMIT failed with `e`: roll back what is left of the transaction, and fail the attempt. */
+function abandon<T>(call: Call<T>, e: unknown): Promise<T> {
+  const conn = call.conn;
+  let failure: unknown;
+  try {
+    if (conn.isOpen && conn.inTransaction) conn.session.rollback();
+    // The file lock of another process, already waited out for the busy timeout by the
+    // statement that threw it: running fn again would only wait again.
+    failure = isFileLockBusy(e) ? new Final(e) : e;
+  } catch (rollbackError) {
+    failure = rollbackError;
+  }
+  conn.session.endTransactionFn();
+  return failed(call, failure);
+}
+
+/** The attempt failed with `e` after it began: count it, leave the lane, and rerun or give up. */
+function failed<T>(call: Call<T>, e: unknown): Promise<T> {
+  if (isQueuedRefusal(e)) call.queued = true;
+  else if (isRetryable(e) && !isHeldRefusal(e)) {
+    if (call.inLane) call.laneFailures++;
+    else call.failures++;
+  }
+  leaveLane(call);
+  // Refused at a hot statement before doing any work: wait in the lane now, not after the
+  // retry loop's backoff delay.
+  if (call.queued && isQueuedRefusal(e)) return attempt(call, call.outermost);
+  // A commit that waited its turn in the lane and conflicted kept the lane for its rerun: run
+  // it now. The retry loop's backoff delay would idle the lane that every waiter queues behind
+  // (one rerun at most: the rerun's own commit never waits in the lane).
+  const lane = call.lane;
+  if (lane !== undefined && lane.keptFor === call.conn.session && isRetryable(e)) return attempt(call, call.outermost);
+  return gaveUp(call, e);
+}
+
+/** The attempt's end in the lane, if it ran there: the next holder's turn. */
+function leaveLane(call: Call<unknown>): void {
+  const lane = call.lane;
+  if (!call.inLane || lane === undefined) return;
+  call.inLane = false;
+  const session = call.conn.session;
+  if (lane.priority === session) lane.priority = undefined;
+  if (lane.holder === session) lane.holder = undefined;
+  lane.release();
+}
+
+/** The attempt failed with `e` for good: the outermost one runs the retry loop, any other rejects to it. */
+function gaveUp<T>(call: Call<T>, e: unknown): Promise<T> {
+  return call.outermost ? retryAfter(call, e) : Promise.reject(e);
+}
+
+/**
+ * The rest of `call` once its outermost attempt failed with `error`: the retry loop (the first
+ * attempt ran as retry() would run it, without its async frame), then the end of the call.
+ */
+async function retryAfter<T>(call: Call<T>, error: unknown): Promise<T> {
+  try {
+    const retry = call.options.retry;
+    if (retry === false) throw error;
+    return await retryAfterFirst(() => attempt(call, false), error, call.started, retry);
+  } catch (e) {
+    throw e instanceof Final ? e.error : e;
+  } finally {
+    call.end();
   }
 }
 
@@ -274,6 +462,14 @@ export async function runTransaction<T>(
  */
 function begin(conn: Connection, mode: TransactionMode): void {
   const session = conn.session;
+  // Without a file lock to manage (an in-memory database), withFile would only call its step:
+  // no closure for it.
+  if (session.engine.fileAccess === undefined && (mode === 'concurrent' || !session.engine.isFile)) session.begin(mode);
+  else beginWithFile(session, mode);
+}
+
+/** {@link begin} where a file lock is to be managed. */
+function beginWithFile(session: Session, mode: TransactionMode): void {
   session.withFile(() => {
     session.begin(mode);
     if (mode === 'concurrent' || !session.engine.isFile) return;
@@ -293,16 +489,19 @@ function begin(conn: Connection, mode: TransactionMode): void {
  * timeout; `fn` is never run again for it. A conflict (`SQLITE_BUSY_SNAPSHOT`) has already
  * ended the transaction and is thrown to the retry loop.
  */
-function commit(conn: Connection, lane: Lane | undefined, deadline: number): Promise<void> | undefined {
+function commit(call: Call<unknown>, lane: Lane | undefined): Promise<void> | undefined {
+  const conn = call.conn;
   const session = conn.session;
   try {
     // It would change what the lane's priority holder read: let it finish first.
-    if (lane?.holdsBack(session)) return commitWhenFree(conn, lane, deadline, undefined);
-    session.withFile(() => session.commit());
+    if (lane?.holdsBack(session)) return commitWhenFree(call, lane, undefined);
+    // Without a file lock to manage, withFile would only call its step: no closure for it.
+    if (session.engine.fileAccess === undefined) session.commit();
+    else commitWithFile(session);
     return undefined;
   } catch (e) {
     if (errorKind(e) !== 'busy' || !conn.inTransaction) throw commitFailed(conn, e);
-    return commitWhenFree(conn, lane, deadline, e);
+    return commitWhenFree(call, lane, e);
   }
 }
 
@@ -311,14 +510,15 @@ function commit(conn: Connection, lane: Lane | undefined, deadline: number): Pro
  * holder holds the engine, or a priority holder read what this commit changes), else after
  * waiting out the lock that refused it.
  */
-async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline: number, refusal: unknown): Promise<void> {
+async function commitWhenFree(call: Call<unknown>, lane: Lane | undefined, refusal: unknown): Promise<void> {
+  const conn = call.conn;
   const session = conn.session;
-  const once = () => session.withFile(() => session.commit());
+  const once = () => commitWithFile(session);
   try {
     if (lane?.inUse && !isFileLockBusy(refusal)) {
       // The lane hands over to its next holder at once: wait in it rather than poll for a gap
       // that never comes.
-      await lane.acquire(deadline - performance.now());
+      await lane.acquire(call.deadline() - performance.now());
       try {
         await waitOut(session.busyTimeout, once);
       } catch (e) {
@@ -339,6 +539,11 @@ async function commitWhenFree(conn: Connection, lane: Lane | undefined, deadline
   }
 }
 
+/** COMMIT inside withFile. */
+function commitWithFile(session: Session): void {
+  session.withFile(() => session.commit());
+}
+
 /** Ends the transaction after a failed COMMIT; what to throw (a lock that stayed busy is final). */
 function commitFailed(conn: Connection, e: unknown): unknown {
   if (conn.inTransaction) conn.session.rollback();
@@ -346,22 +551,32 @@ function commitFailed(conn: Connection, e: unknown): unknown {
 }
 
 /**
- * Runs `attempt(conn, mode)` now. Only when a lock (`busy`) refuses it, returns the promise of
+ * Runs `step(conn, mode)` now. Only when a lock (`busy`) refuses it, returns the promise of
  * {@link waitOut} trying it again for up to `timeoutMs`; other errors are thrown.
  */
 function now(
   timeoutMs: number,
-  attempt: (conn: Connection, mode: TransactionMode) => void,
+  step: (conn: Connection, mode: TransactionMode) => void,
   conn: Connection,
   mode: TransactionMode,
 ): Promise<void> | undefined {
   try {
-    attempt(conn, mode);
+    step(conn, mode);
     return undefined;
   } catch (e) {
     if (errorKind(e) !== 'busy' || timeoutMs <= 0) throw e;
-    return waitOut(timeoutMs, () => attempt(conn, mode));
+    return stepLater(timeoutMs, step, conn, mode);
   }
+}
+
+/** {@link waitOut} of `step(conn, mode)` (its closure made only when a lock is in the way). */
+function stepLater(
+  timeoutMs: number,
+  step: (conn: Connection, mode: TransactionMode) => void,
+  conn: Connection,
+  mode: TransactionMode,
+): Promise<void> {
+  return waitOut(timeoutMs, () => step(conn, mode));
 }
 
 /**

@@ -237,6 +237,24 @@ describe('parameters and values', () => {
   });
 });
 
+describe('result columns follow the schema', () => {
+  it('a cached or prepared SELECT * shows the columns of the schema it runs on, after ALTER or a re-created table', () => {
+    const db = memory();
+    db.exec("CREATE TABLE t (a, b); INSERT INTO t VALUES (1, 'x')");
+    const stmt = db.prepare('SELECT * FROM t');
+    expect(db.all('SELECT * FROM t')).toEqual([{ a: 1, b: 'x' }]);
+    expect(stmt.get()).toEqual({ a: 1, b: 'x' });
+    db.exec('ALTER TABLE t ADD COLUMN c DEFAULT 3');
+    expect(db.all('SELECT * FROM t')).toEqual([{ a: 1, b: 'x', c: 3 }]);
+    expect(stmt.get()).toEqual({ a: 1, b: 'x', c: 3 });
+    // Same column count, other names: the names are checked, not only their number.
+    db.exec('DROP TABLE t; CREATE TABLE t (p, q, r); INSERT INTO t VALUES (7, 8, 9)');
+    expect(db.get('SELECT * FROM t')).toEqual({ p: 7, q: 8, r: 9 });
+    expect([...stmt.iterate()]).toEqual([{ p: 7, q: 8, r: 9 }]);
+    expect(stmt.raw().all()).toEqual([[7, 8, 9]]);
+  });
+});
+
 describe('parameter values are taken at the call', () => {
   // A BEGIN CONCURRENT transaction logs its statements' parameters to replay them when it resumes
   // after being parked: blobs the caller reuses after the call must be replayed as they were.

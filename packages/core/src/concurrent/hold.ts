@@ -30,6 +30,11 @@ export const HOLD_AT_MOST_MS = 250;
 
 /** Per handle running a `transaction()` call: when a holder first refused it. */
 const firstRefusal = new WeakMap<object, number>();
+/**
+ * How many entries of {@link firstRefusal} may be there (set and not yet forgotten): while none,
+ * the end of a `transaction()` call need not look (the common case, no long transaction).
+ */
+let recorded = 0;
 
 /**
  * The error for `claimant`'s statement when the active transaction `active` holds the engine
@@ -47,7 +52,10 @@ export function heldAgainst(
   if (length < HOLD_AFTER_STATEMENTS || length <= claimant.log.length) return undefined;
   const now = performance.now();
   const first = firstRefusal.get(handle);
-  if (first === undefined) firstRefusal.set(handle, now);
+  if (first === undefined) {
+    firstRefusal.set(handle, now);
+    recorded++;
+  }
   else if (now - first > HOLD_AT_MOST_MS) return undefined;
   const error = sqliteError(
     `database is locked: handle #${active.handleId} has a long BEGIN CONCURRENT transaction (${length} statements) in the engine, ` +
@@ -71,5 +79,5 @@ export function isHeldRefusal(e: unknown): boolean {
 
 /** The `transaction()` call on `handle` has ended: its next one may be refused afresh. */
 export function forgetRefusals(handle: object): void {
-  firstRefusal.delete(handle);
+  if (recorded > 0 && firstRefusal.delete(handle)) recorded--;
 }

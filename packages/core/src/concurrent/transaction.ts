@@ -20,7 +20,7 @@ import { ROWID_PARAM } from '../engine/engine.js';
 import type { BindParams, Outcome, PreparedSql, RowFormat, Want } from '../engine/execute.js';
 import { intersects, UNKNOWN_FOOTPRINT, type Footprint } from '../engine/footprint.js';
 import { DIGEST_BLOCK_ROWS, type RowDigest } from '../engine/row-digest.js';
-import { addWrittenRowids, spanRange } from '../engine/rowid-span.js';
+import { addWrittenRowids, spanRange, type WrittenRowidMap } from '../engine/rowid-span.js';
 import { laneOf } from '../lane.js';
 import { statementKey } from './hot-reads.js';
 
@@ -45,6 +45,27 @@ export interface LogEntry {
   rowid?: { table: string; sql: string; value: number | bigint };
 }
 
+/**
+ * A log entry with every field in place from the start: fields added later (the outcome, a
+ * digest, an error) would each grow the object's out-of-object property store.
+ */
+export function logEntry(
+  sql: string,
+  params: BindParams | undefined,
+  want: Want,
+  format: RowFormat | undefined,
+  footprint: Footprint,
+  control: boolean,
+  state: HandleState | undefined,
+): LogEntry {
+  return { sql, params, want, format, footprint, state, control, outcome: undefined, digest: undefined, error: undefined, rowid: undefined };
+}
+
+/** The tables re-run writes may have changed differently, during one resume (a set made on first use). */
+interface Rederived {
+  tables: Set<string> | undefined;
+}
+
 /** An open `BEGIN CONCURRENT` transaction of one handle. */
 export class ConcurrentTransaction implements OpenTransaction {
   readonly kind = 'concurrent' as const;
@@ -52,7 +73,8 @@ export class ConcurrentTransaction implements OpenTransaction {
   readonly log: LogEntry[] = [];
   /** Every read in the log was valid as of this commit counter. */
   validatedSeq: number;
-  private readonly reserved: Array<[string, number | bigint]> = [];
+  /** Rowids this transaction was told by single-row INSERTs (made on first use: most transactions insert none). */
+  private reserved: Array<[string, number | bigint]> | undefined;
   /** The engine's schema epoch the log's footprints were learned in. */
   private epoch: number;
 
@@ -105,7 +127,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     this.log.push(entry);
     for (const t of entry.footprint.writes) this.writes.add(t);
     if (entry.rowid) {
-      this.reserved.push([entry.rowid.table, entry.rowid.value]);
+      (this.reserved ??= []).push([entry.rowid.table, entry.rowid.value]);
       this.engine.reserve(entry.rowid.table, entry.rowid.value, this);
     }
   }
@@ -126,7 +148,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     try {
       engine.checkExternalChanges();
       this.refreshFootprints();
-      const rederived = new Set<string>();
+      const rederived: Rederived = { tables: undefined };
       for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
@@ -201,23 +223,24 @@ export class ConcurrentTransaction implements OpenTransaction {
 
   /**
    * For the tables this transaction wrote, the rowids of the only rows it changed, where every
-   * write to the table proves them (engine/rowid-span.ts); other tables are left out (any row).
+   * write to the table proves them (engine/rowid-span.ts); other tables map to `null` (any row).
    */
-  writtenRowids(): Map<string, number[]> {
-    const into = new Map<string, number[]>();
-    const unknown = new Set<string>();
+  writtenRowids(): WrittenRowidMap {
+    const into: WrittenRowidMap = new Map();
     for (const e of this.log) {
       if (e.control || e.footprint.readonly) continue;
       // An insert replayed with an explicit rowid runs other SQL: its rows are not proven.
-      addWrittenRowids(e.footprint.writes, e.rowid ? undefined : e.footprint.rowids, e.params, into, unknown);
+      addWrittenRowids(e.footprint.writes, e.rowid ? undefined : e.footprint.rowids, e.params, into);
     }
     return into;
   }
 
   /** Releases the transaction's rowid reservations and its place in the engine's counters. */
   end(): void {
-    for (const [table, rowid] of this.reserved) this.engine.unreserve(table, rowid, this);
-    this.reserved.length = 0;
+    if (this.reserved !== undefined) {
+      for (const [table, rowid] of this.reserved) this.engine.unreserve(table, rowid, this);
+      this.reserved = undefined;
+    }
     if (--this.engine.concurrentOpen === 0) this.engine.forgetCounters();
   }
 
@@ -229,7 +252,7 @@ export class ConcurrentTransaction implements OpenTransaction {
    * re-derived) or that calls a non-deterministic function. A later read of such a table is
    * re-checked even when no commit touched it: the write may have put different values there.
    */
-  private replay(entry: LogEntry, rederived: Set<string> | undefined): void {
+  private replay(entry: LogEntry, rederived: Rederived | undefined): void {
     const engine = this.engine;
     if (entry.control) {
       engine.exec(entry.sql);
@@ -238,12 +261,15 @@ export class ConcurrentTransaction implements OpenTransaction {
     const fp = entry.footprint;
     const inputsChanged =
       (fp.readonly ? this.readChanged(entry) : engine.changedSince(fp.reads, this.validatedSeq)) ||
-      (rederived !== undefined && intersects(fp.reads, rederived));
+      (rederived?.tables !== undefined && intersects(fp.reads, rederived.tables));
     if (fp.readonly) {
       if (!inputsChanged) return;
     } else {
       if (rederived === undefined) return;
-      if (inputsChanged || !fp.deterministic) for (const t of fp.writes) rederived.add(t);
+      if (inputsChanged || !fp.deterministic) {
+        const tables = (rederived.tables ??= new Set());
+        for (const t of fp.writes) tables.add(t);
+      }
     }
     const rowid = entry.rowid;
     if (rowid && engine.changedSince(fp.writes, this.validatedSeq) && engine.rowidTaken(rowid.table, rowid.value)) {

@@ -3,13 +3,15 @@
  * included), stepping, and reporting what the application sees. `changes` and
  * `lastInsertRowid` are made deterministic per statement, instead of the connection-wide values
  * SQLite reports, because one engine is shared by many handles: a SELECT reports 0 changes, and
- * only an INSERT that inserted reports a rowid.
+ * only an INSERT that inserted reports a rowid. Binding, stepping and reading go through the
+ * engine's exports directly (direct.ts), converting values exactly as the wrapper does.
  * @module
  */
 import { fromEngineError, sqliteError } from '../errors.js';
 import { finalizeStatement, loadSqlite, type WasmStatement } from '../file/load.js';
 import { parameterCount, tokenize, type StatementClass } from '../sql/lexer.js';
 import { checkCount, checkValue } from './params.js';
+import { bindValues, ColumnNames, resetStatement, rowArray, rowObject, stepRow, wrapperError } from './direct.js';
 import { RowCursor, settleCursor } from './cursor.js';
 import { DigestBuilder, type RowDigest } from './row-digest.js';
 
@@ -75,14 +77,11 @@ export function engineLastInsertRowid(db: unknown): bigint {
   return BigInt(lowLevel()._sqlite3_last_insert_rowid(ptrOf(db)));
 }
 
-/** The wrapper's private row helpers (node-sqlite3-wasm 0.8.60), used for formatted rows. */
-interface RowHelpers {
-  _bind(values: unknown): void;
-  _step(): boolean;
-  _getColumnNames(): string[];
-  _getRow(columns: string[], expand: boolean): Record<string, unknown>;
+/** The wrapper's statement fields: its pointer (null once finalized) and its connection's. */
+interface WrapperStatement {
+  _ptr: number | null;
+  _db: { _ptr: number | null };
 }
-const SQLITE_INTEGER = 1;
 const SQLITE_NULL = 5;
 
 /** A prepared engine statement with what siblite knows about it. */
@@ -102,6 +101,8 @@ export class PreparedSql {
   rowidExists: ((rowid: bigint) => boolean) | undefined;
   /** How many parameter slots the SQL has (counted once, on first use). */
   private slots: number | undefined;
+  /** The result column names, decoded once (see {@link ColumnNames}). */
+  private readonly names = new ColumnNames();
 
   constructor(
     readonly sql: string,
@@ -131,44 +132,56 @@ export class PreparedSql {
     const ll = lowLevel();
     const values = this.normalize(params);
     const writesRows = this.writesRows;
+    const dbPtr = ptrOf(db);
     let rows: Row[] | undefined;
     let changes = 0;
     let rowid: number | bigint | undefined;
     // An upsert that only updated leaves SQLite's connection-wide last_insert_rowid alone, and on
     // a shared engine that value may be another handle's insert: report a rowid only if it moved.
-    const rowidBefore = this.upsert && this.rowidTarget ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    const rowidBefore = this.upsert && this.rowidTarget ? ll._sqlite3_last_insert_rowid(dbPtr) : undefined;
     // If a row with that rowid exists already, an insert cannot take it: an unmoved value then
     // means the upsert only updated. If none exists, an unmoved value may be a real insert.
     const staleTaken = rowidBefore !== undefined && (this.rowidExists?.(rowidBefore) ?? true);
+    const ptr = ptrOf(this.stmt);
     try {
+      const engineDb = this.bound(values);
       if (want === 'run') {
-        const r = this.stmt.run(values);
-        if (this.returnsRows) {
-          ll._sqlite3_reset(ptrOf(this.stmt));
-          if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
-        } else if (writesRows) changes = r.changes;
-      } else if (format && (format.raw || format.safeIntegers)) {
-        rows = this.formattedRows(values, want === 'get' ? 1 : Infinity, format);
-        if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
-      } else if (want === 'get') {
-        const row = this.stmt.get(values);
-        rows = row === null ? [] : [row];
-        if (row !== null) ll._sqlite3_reset(ptrOf(this.stmt));
-        if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
+        // One step, as the wrapper's run(): a RETURNING statement writes everything on its first.
+        stepRow(ptr, engineDb);
+        if (this.returnsRows) resetStatement(ptr);
       } else {
-        rows = this.stmt.all(values);
-        if (writesRows) changes = ll._sqlite3_changes(ptrOf(db));
+        rows = this.readRows(engineDb, want === 'get' ? 1 : Infinity, format);
       }
+      // After the reset: a statement stopped at a row (get, RETURNING) sets its changes when it halts.
+      if (writesRows) changes = ll._sqlite3_changes(dbPtr);
     } catch (e) {
       // Leave the statement reset so it holds no engine state.
-      ll._sqlite3_reset(ptrOf(this.stmt));
+      ll._sqlite3_reset(ptr);
       throw fromEngineError(e);
     }
-    const big = this.verb === 'insert' && this.rowidTarget && changes > 0 ? ll._sqlite3_last_insert_rowid(ptrOf(db)) : undefined;
+    const big = this.verb === 'insert' && this.rowidTarget && changes > 0 ? ll._sqlite3_last_insert_rowid(dbPtr) : undefined;
     if (big !== undefined && (big !== rowidBefore || (!staleTaken && this.rowidExists?.(big) === true))) {
       rowid = big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
     }
     return { rows, changes, insertedRowid: rowid };
+  }
+
+  /**
+   * Runs a statement without parameters or result rows, such as `BEGIN`, `COMMIT` or `ROLLBACK`
+   * prepared once: cheaper than the engine's `exec()`, which parses its text on every call.
+   * Throws what `exec()` would (the engine's message, mapped by {@link fromEngineError}) and
+   * leaves the statement reset.
+   */
+  runControl(): void {
+    settleCursor();
+    const ptr = ptrOf(this.stmt);
+    try {
+      stepRow(ptr, this.bound(undefined));
+    } catch (e) {
+      throw fromEngineError(e);
+    } finally {
+      resetStatement(ptr);
+    }
   }
 
   /**
@@ -180,19 +193,24 @@ export class PreparedSql {
     const values = this.normalize(params);
     const ptr = ptrOf(this.stmt);
     try {
-      const read = this.rowReader(values, format);
-      const digest = new DigestBuilder((this.stmt as unknown as RowHelpers)._getColumnNames());
-      const n = lowLevel()._sqlite3_column_count(ptr);
+      const engineDb = this.bound(values);
+      // Names after the first step, which re-prepares a statement whose schema changed.
+      let more = stepRow(ptr, engineDb);
+      const names = this.names.of(ptr);
+      const digest = new DigestBuilder(names);
+      const n = names.length;
       const rows: Row[] = [];
-      for (let row = read(); row !== undefined; row = read()) {
-        rows.push(row);
+      const raw = format.raw === true;
+      const bigints = format.safeIntegers === true;
+      for (; more; more = stepRow(ptr, engineDb)) {
+        rows.push(raw ? (rowArray(ptr, n, bigints) as unknown as Row) : rowObject(ptr, names, bigints));
         digest.addRow(ptr, n);
       }
       return { rows, digest: digest.finish() };
     } catch (e) {
       throw fromEngineError(e);
     } finally {
-      lowLevel()._sqlite3_reset(ptr);
+      resetStatement(ptr);
     }
   }
 
@@ -204,13 +222,14 @@ export class PreparedSql {
   matchesDigest(params: BindParams | undefined, expected: RowDigest): number {
     settleCursor();
     const values = this.normalize(params);
-    const st = this.stmt as unknown as RowHelpers;
     const ptr = ptrOf(this.stmt);
     try {
-      st._bind(values);
-      const digest = new DigestBuilder(st._getColumnNames());
-      const n = lowLevel()._sqlite3_column_count(ptr);
-      while (st._step()) {
+      const engineDb = this.bound(values);
+      let more = stepRow(ptr, engineDb);
+      const names = this.names.of(ptr);
+      const digest = new DigestBuilder(names);
+      const n = names.length;
+      for (; more; more = stepRow(ptr, engineDb)) {
         digest.addRow(ptr, n);
         if (!digest.agrees(expected)) return digest.count;
       }
@@ -218,7 +237,7 @@ export class PreparedSql {
     } catch (e) {
       throw fromEngineError(e);
     } finally {
-      lowLevel()._sqlite3_reset(ptr);
+      resetStatement(ptr);
     }
   }
 
@@ -229,12 +248,12 @@ export class PreparedSql {
   integer(params?: BindParams): bigint | null {
     settleCursor();
     const values = params === undefined ? undefined : this.normalize(params);
-    const st = this.stmt as unknown as RowHelpers;
     const ll = lowLevel();
     const ptr = ptrOf(this.stmt);
     try {
-      if (values !== undefined) st._bind(values);
-      if (!st._step() || ll._sqlite3_column_type(ptr, 0) === SQLITE_NULL) return null;
+      // Without parameters nothing is bound: the statement was reset after its last use.
+      const engineDb = values === undefined ? this.ready() : this.bound(values);
+      if (!stepRow(ptr, engineDb) || ll._sqlite3_column_type(ptr, 0) === SQLITE_NULL) return null;
       return ll._sqlite3_column_int64(ptr, 0);
     } catch (e) {
       throw fromEngineError(e);
@@ -243,41 +262,51 @@ export class PreparedSql {
     }
   }
 
-  /** Up to `limit` rows in `format`, then leaves the statement reset. */
-  private formattedRows(values: unknown, limit: number, format: RowFormat): Row[] {
-    const read = this.rowReader(values, format);
+  /**
+   * The engine connection's pointer, after checking what the wrapper checks before each use:
+   * the statement is not finalized and its connection is open.
+   */
+  private ready(): number {
+    const st = this.stmt as unknown as WrapperStatement;
+    if (st._ptr === null) throw wrapperError('Statement already finalized');
+    if (st._db._ptr === null) throw wrapperError('Database is closed');
+    return st._db._ptr;
+  }
+
+  /** {@link PreparedSql.ready}, then binds `values` (as normalized); returns the connection's pointer. */
+  private bound(values: unknown): number {
+    const db = this.ready();
+    bindValues(ptrOf(this.stmt), db, values);
+    return db;
+  }
+
+  /** Up to `limit` rows of the bound statement in `format`, then leaves it reset. */
+  private readRows(engineDb: number, limit: number, format: RowFormat | undefined): Row[] {
+    const ptr = ptrOf(this.stmt);
     const rows: Row[] = [];
-    while (rows.length < limit) {
-      const row = read();
-      if (row === undefined) break;
-      rows.push(row);
+    if (stepRow(ptr, engineDb)) {
+      // Read after the first step: a statement re-prepared by it may have other columns.
+      const names = this.names.of(ptr);
+      const raw = format?.raw === true;
+      const bigints = format?.safeIntegers === true;
+      do rows.push(raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints));
+      while (rows.length < limit && stepRow(ptr, engineDb));
     }
-    lowLevel()._sqlite3_reset(ptrOf(this.stmt));
+    resetStatement(ptr);
     return rows;
   }
 
   /** Binds `values` and returns a function that reads the next row in `format` (undefined at the end). */
   private rowReader(values: unknown, format: RowFormat): () => Row | undefined {
-    const st = this.stmt as unknown as RowHelpers;
-    const ll = lowLevel();
     const ptr = ptrOf(this.stmt);
-    st._bind(values);
-    const names = st._getColumnNames();
-    // Index keys make the wrapper keep every column, same-named ones included.
-    const keys = format.raw ? names.map((_n, i) => String(i)) : names;
+    const engineDb = this.bound(values);
+    const raw = format.raw === true;
+    const bigints = format.safeIntegers === true;
+    let names: readonly string[] | undefined;
     return () => {
-      if (!st._step()) return undefined;
-      const o = st._getRow(keys, false);
-      if (format.safeIntegers) {
-        for (let i = 0; i < keys.length; i++) {
-          const k = keys[i] as string;
-          if (typeof o[k] === 'number' && ll._sqlite3_column_type(ptr, i) === SQLITE_INTEGER) o[k] = BigInt(o[k] as number);
-        }
-      }
-      if (!format.raw) return o;
-      const arr = new Array<unknown>(keys.length);
-      for (let i = 0; i < keys.length; i++) arr[i] = o[i];
-      return arr as unknown as Row;
+      if (!stepRow(ptr, engineDb)) return undefined;
+      names ??= this.names.of(ptr);
+      return raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints);
     };
   }
 
@@ -331,12 +360,12 @@ export class PreparedSql {
     }
     // A single blob is one value; the engine would take it for an object of named parameters.
     if (params === null || typeof params !== 'object' || params instanceof Uint8Array) {
-      checkValue(params, '1');
+      checkValue(params, 1);
       checkCount(1, expected, this.sql);
       return params instanceof Uint8Array ? [params] : params;
     }
     if (Array.isArray(params)) {
-      for (let i = 0; i < params.length; i++) checkValue(params[i], String(i + 1));
+      for (let i = 0; i < params.length; i++) checkValue(params[i], i + 1);
       checkCount(params.length, expected, this.sql);
       return params;
     }
@@ -351,7 +380,7 @@ export class PreparedSql {
         this.named.set(key, index);
       }
       const value = (params as Record<string, unknown>)[key];
-      checkValue(value, `"${key}"`);
+      checkValue(value, key);
       while (out.length < index - 1) out.push(undefined);
       if (out[index - 1] === undefined) bound++;
       out[index - 1] = value;

@@ -13,21 +13,25 @@ export function parameterError(message: string, code: 'SQLITE_RANGE' | 'SQLITE_M
   return sqliteError(message, code, undefined, 'misuse');
 }
 
-/** Checks one value: a type the engine stores as given, a BigInt within 64 bits, text without NUL. */
-export function checkValue(v: unknown, where: string): void {
+/**
+ * Checks one value: a type the engine stores as given, a BigInt within 64 bits, text without NUL.
+ * `at` is the 1-based position or the name the application gave (described only in an error,
+ * so checking builds no string).
+ */
+export function checkValue(v: unknown, at: number | string): void {
   switch (typeof v) {
     case 'number':
     case 'boolean':
       return;
     case 'bigint':
       if (v < INT64_MIN || v > INT64_MAX) {
-        throw parameterError(`The BigInt ${v} of parameter ${where} is outside the 64-bit signed integer range SQLite stores`);
+        throw parameterError(`The BigInt ${v} of parameter ${where(at)} is outside the 64-bit signed integer range SQLite stores`);
       }
       return;
     case 'string':
       if (v.includes('\0')) {
         throw parameterError(
-          `A string parameter (${where}) contains a NUL character, which the engine would silently truncate; pass it as a Uint8Array (blob) instead`,
+          `A string parameter (${where(at)}) contains a NUL character, which the engine would silently truncate; pass it as a Uint8Array (blob) instead`,
           'SQLITE_MISMATCH',
         );
       }
@@ -39,10 +43,14 @@ export function checkValue(v: unknown, where: string): void {
       break;
   }
   throw parameterError(
-    `Parameter ${where} is ${v === undefined ? 'undefined' : `a ${typeof v === 'object' && v !== null ? (v.constructor?.name ?? 'object') : typeof v}`}; ` +
+    `Parameter ${where(at)} is ${v === undefined ? 'undefined' : `a ${typeof v === 'object' && v !== null ? (v.constructor?.name ?? 'object') : typeof v}`}; ` +
       'SQLite stores numbers, BigInts, strings, booleans, Uint8Arrays and null',
     'SQLITE_MISMATCH',
   );
+}
+
+function where(at: number | string): string {
+  return typeof at === 'number' ? String(at) : `"${at}"`;
 }
 
 /** Checks that `given` values fill exactly the statement's `expected` slots. */

@@ -368,21 +368,27 @@ export function spanRange(span: ReadSpan, params: BindParams | undefined): Rowid
 }
 
 /**
+ * The rowids written per table: a list, or `null` for a table whose changed rows are not known
+ * (any row).
+ */
+export type WrittenRowidMap = Map<string, number[] | null>;
+
+/**
  * Adds the rowids a write statement changes, with these parameters, to `into` (per table), for
- * each of the tables it `writes`; a table whose rows it may change are not known goes to
- * `unknown` instead (and out of `into`). Several statements accumulate: a transaction's rowids.
+ * each of the tables it `writes`; a table whose rows it may change are not known is set to
+ * `null` (for good). Several statements accumulate: a transaction's rowids.
  */
 export function addWrittenRowids(
   writes: ReadonlySet<string>,
   access: RowidAccess | undefined,
   params: BindParams | undefined,
-  into: Map<string, number[]>,
-  unknown: Set<string>,
+  into: WrittenRowidMap,
 ): void {
   for (const t of writes) {
-    if (unknown.has(t)) continue;
+    const before = into.get(t);
+    if (before === null) continue;
     const keys = access?.writes?.get(t);
-    let list = keys === undefined ? undefined : into.get(t) ?? [];
+    let list = keys === undefined ? undefined : before ?? [];
     if (keys !== undefined && list !== undefined) {
       for (const k of keys) {
         const v = keyValue(k, params);
@@ -393,9 +399,6 @@ export function addWrittenRowids(
         list.push(v);
       }
     }
-    if (list === undefined) {
-      unknown.add(t);
-      into.delete(t);
-    } else into.set(t, list);
+    into.set(t, list ?? null);
   }
 }

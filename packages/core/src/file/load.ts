@@ -115,9 +115,13 @@ export function loadSqlite(): SqliteModule {
   const fsForEngine = lockingFs();
   const engineRequire = (id: string): unknown => (id === 'node:fs' || id === 'fs' ? fsForEngine : pkgRequire(id));
   const mod: { exports: Record<string, unknown> } = { exports: {} };
-  // One line appended: the current heap view (replaced when memory grows), so result digests
-  // can hash text and blobs in place (engine/row-digest.ts).
-  const exposed = `${source}\n;module.exports.__sibliteHeap = () => HEAPU8;`;
+  // Lines appended: the current heap view (replaced when memory grows), so result digests can
+  // hash text and blobs in place (engine/row-digest.ts), and the wrapper's own string helpers, so
+  // statements that bind and read through the `_sqlite3_*` exports directly (engine/direct.ts)
+  // convert text exactly as the wrapper does.
+  const exposed =
+    `${source}\n;module.exports.__sibliteHeap = () => HEAPU8;` +
+    '\nmodule.exports.__sibliteText = { UTF8ToString, stringToUTF8, lengthBytesUTF8 };';
   const fn = vm.compileFunction(exposed, ['exports', 'require', 'module', '__filename', '__dirname'], { filename });
   fn.call(mod.exports, mod.exports, engineRequire, mod, filename, path.dirname(filename));
   const m = mod.exports as unknown as Partial<SqliteModule>;

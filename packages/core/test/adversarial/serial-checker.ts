@@ -8,7 +8,7 @@
 import { errorKind, open, type Connection } from '../../src/index.js';
 import { rawDatabase } from './oracle.js';
 
-export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic' | 'hot' | 'span';
+export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic' | 'hot' | 'span' | 'evict';
 
 interface Step {
   sql: string;
@@ -59,11 +59,13 @@ CREATE TABLE spc (id INTEGER PRIMARY KEY, pid INT REFERENCES sp(id) ON DELETE CA
 INSERT INTO sp VALUES (-2, -2, -20), (1, 1, 10), (2, 2, 20), (3, 3, 30), (5, 5, 50), (8, 8, 80), (9, 9, 90);
 INSERT INTO sn (rowid, a, b) VALUES (1, 1, 1), (2, 2, 2), (4, 4, 4), (6, 6, 6);
 INSERT INTO spc VALUES (1, 1), (2, 5), (3, 8);
+CREATE TABLE ev (id INTEGER PRIMARY KEY, v INT NOT NULL);
+WITH RECURSIVE r(x) AS (SELECT 1000 UNION ALL SELECT x + 7 FROM r WHERE x < 21000) INSERT INTO ev SELECT x, x % 10 FROM r;
 CREATE TEMP TABLE tmp (id INTEGER PRIMARY KEY, v INT);
 INSERT INTO tmp VALUES (1, 1);
 `;
 
-const TABLES = ['sp', 'sn', 'spc', 'kv', 'cfg', 'parent', 'child', 'audit', 'uniq', 'gen', 'log', 'chain', 'wr', 'dchild', 'temp.tmp'];
+const TABLES = ['ev', 'sp', 'sn', 'spc', 'kv', 'cfg', 'parent', 'child', 'audit', 'uniq', 'gen', 'log', 'chain', 'wr', 'dchild', 'temp.tmp'];
 
 /** A small seeded PRNG (mulberry32). */
 function prng(seed: number): () => number {
@@ -78,6 +80,9 @@ function prng(seed: number): () => number {
 }
 
 class Abort extends Error {}
+
+/** How wide the rowid range of the 'evict' histories' floods is. */
+const FLOOD_SPREAD = 30_000;
 
 // Histories no longer steer around the findings of FINDINGS.md (all fixed); `ADV_REPORT_KNOWN`
 // is accepted and changes nothing.
@@ -98,7 +103,7 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
   db.function('dbl', dbl as never, { deterministic: true });
   let seq = 0;
   const units: Unit[] = [];
-  const nHandles = int(2, 5);
+  const nHandles = kind === 'evict' ? int(3, 6) : int(2, 5);
   const handles: Connection[] = [];
   const makeHandle = () => {
     const h = db.connect();
@@ -156,7 +161,42 @@ export async function runHistory(seed: number, kind: HistoryKind): Promise<{ ok:
   const operation = async (h: Connection, u: Unit, tx: boolean) => {
     const k = kind === 'hot' ? int(1, 2) : int(1, 6); // 'hot': two rows everybody fights over
     const s = (sql: string, params?: unknown[], want: Step['want'] = 'run') => step(h, u, sql, params, want);
-    if (kind === 'span' && rnd() < 0.85) {
+    if (kind === 'evict' && rnd() < 0.4) {
+      // The written-rowid record (engine/written-rowids.ts) keeps 8,192 rowids per table and then
+      // forgets those of the older half of the commits: floods of distinct point writes make it
+      // evict while other transactions' logged reads (points and spans, inside and outside the
+      // flooded range) wait to be re-checked.
+      const far = (): number => (rnd() < 0.5 ? int(-3, 11) : int(1000, 1000 + FLOOD_SPREAD));
+      switch (int(-3, 9)) {
+        case -3:
+        case -2:
+        case -1:
+        case 0: {
+          const base = int(1000, 1000 + FLOOD_SPREAD);
+          const n = int(5000, 12000);
+          const stride = int(1, 2);
+          // One step per rowid: each statement is a proven write point.
+          for (let i = 0; i < n; i++) s('UPDATE ev SET v = ? WHERE id = ?', [i % 9, base + i * stride]);
+          return;
+        }
+        case 1: return s('INSERT OR IGNORE INTO ev (id, v) VALUES (?, ?)', [far(), int(0, 9)]);
+        case 2: return s('SELECT v FROM ev WHERE id = ?', [far()], 'get');
+        case 3: {
+          const lo = far();
+          return s('SELECT id, v FROM ev WHERE id >= ? AND id <= ?', [lo, lo + int(0, 40)], 'all');
+        }
+        case 4: {
+          const lo = far();
+          return s('SELECT count(*) AS n, total(v) AS t FROM ev WHERE id BETWEEN ? AND ?', [lo, lo + int(50, 5000)], 'get');
+        }
+        case 5: return s('SELECT max(id) AS m FROM ev WHERE id <= ?', [far()], 'get');
+        case 6: return s('UPDATE ev SET v = v + 1 WHERE id = ?', [far()]);
+        case 7: return s('DELETE FROM ev WHERE id = ?', [far()]);
+        case 8: return s('SELECT id, v FROM ev WHERE id > ? LIMIT 2', [far()], 'all');
+        default: return s('UPDATE ev SET id = ? WHERE id = ?', [far(), far()]);
+      }
+    }
+    if ((kind === 'span' || kind === 'evict') && rnd() < 0.85) {
       // Rowid spans (engine/rowid-span.ts): reads that see a rowid range, writes at proven rowids
       // just inside and outside them, and writes that only look bounded.
       const key = (): unknown => {
