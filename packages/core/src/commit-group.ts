@@ -167,6 +167,9 @@ class CommitGroup implements GroupHooks {
     const members = this.pending;
     if (members.length === 0) return;
     this.pending = [];
+    // The real transaction may have ended since the members were applied (see checkAlive):
+    // without this, dropping the top savepoint below threw 'no such savepoint' out of the timer.
+    this.checkAlive();
     const ready: Member[] = [];
     const alone: Member[] = [];
     for (const m of members) (m.session.tx === m.tx && m.mayGroup() ? ready : alone).push(m);
