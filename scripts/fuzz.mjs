@@ -8,6 +8,9 @@
 //   pnpm fuzz --seeds 3000         fewer histories (and 3000/100 with a second process)
 //   pnpm fuzz --seed 42 [--path 3:1:2]   reproduce one failure
 //   pnpm fuzz --processes 0        skip the two-process property
+//   pnpm fuzz --stress 50          50 rounds of three processes running transaction()s on one
+//                                  file (adversarial/processes.test.ts: every call committed
+//                                  exactly once, no lost update or write skew); default 10
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,18 +23,20 @@ const { values } = parseArgs({
     path: { type: 'string' },
     processes: { type: 'string' },
     group: { type: 'string' },
+    stress: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('usage: pnpm fuzz [--seeds N] [--processes N] [--group N] [--seed S [--path P] [--processes 1 | --group 1]]');
+  console.log('usage: pnpm fuzz [--seeds N] [--processes N] [--group N] [--stress N] [--seed S [--path P] [--processes 1 | --group 1]]');
   process.exit(0);
 }
 const seeds = Number(values.seeds);
 const processes = values.processes === undefined ? Math.max(1, Math.round(seeds / 100)) : Number(values.processes);
 const group = values.group === undefined ? Math.max(1, Math.round(seeds / 20)) : Number(values.group);
-if (!Number.isInteger(seeds) || seeds < 0 || !Number.isInteger(processes) || processes < 0 || !Number.isInteger(group) || group < 0) {
-  console.error('--seeds, --processes and --group take a whole number');
+const stress = values.seed !== undefined ? 0 : values.stress === undefined ? 10 : Number(values.stress);
+if ([seeds, processes, group, stress].some((n) => !Number.isInteger(n) || n < 0)) {
+  console.error('--seeds, --processes, --group and --stress take a whole number');
   process.exit(2);
 }
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -42,6 +47,7 @@ const env = {
   SIBLITE_FUZZ_GROUP_RUNS: String(values.seed === undefined ? group : 0),
   // About 0.1 s per history on a loaded 2-core machine: leave room.
   SIBLITE_FUZZ_TIMEOUT_MS: String(Math.max(240_000, seeds * 200 + processes * 5_000 + group * 1_000)),
+  SIBLITE_STRESS_RUNS: String(stress),
 };
 if (values.seed !== undefined) {
   env.SIBLITE_FUZZ_SEED = values.seed;
@@ -58,13 +64,19 @@ if (values.seed !== undefined) {
 }
 console.log(
   values.seed === undefined
-    ? `fuzz: ${seeds} histories in memory, ${processes} with a second process, ${group} on a file with group commit`
+    ? `fuzz: ${seeds} histories in memory, ${processes} with a second process, ${group} on a file with group commit, ` +
+        `${stress} rounds of three processes on one file`
     : `fuzz: replaying seed ${values.seed}${values.path ? ` path ${values.path}` : ''}`,
 );
 const started = Date.now();
 const r = spawnSync(
   process.execPath,
-  [join(root, 'node_modules', 'vitest', 'vitest.mjs'), 'run', 'packages/core/test/concurrent-property.test.ts'],
+  [
+    join(root, 'node_modules', 'vitest', 'vitest.mjs'),
+    'run',
+    'packages/core/test/concurrent-property.test.ts',
+    ...(stress > 0 ? ['packages/core/test/adversarial/processes.test.ts'] : []),
+  ],
   { cwd: root, env, stdio: 'inherit' },
 );
 console.log(`fuzz: ${r.status === 0 ? 'no violation found' : 'FAILED (seed, path and minimal history above)'} in ${((Date.now() - started) / 1000).toFixed(0)} s`);

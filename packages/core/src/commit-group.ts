@@ -21,7 +21,7 @@
 import type { ConcurrentTransaction } from './concurrent/transaction.js';
 import type { Connection } from './connection.js';
 import type { Engine, GroupHooks } from './engine/engine.js';
-import { errorKind, misuseError, type SqliteError } from './errors.js';
+import { errorKind, misuseError, sqliteError, type SqliteError } from './errors.js';
 import type { Session } from './session.js';
 
 /** Options of group commit (`open(path, { groupCommit })`). */
@@ -91,6 +91,12 @@ export interface GroupCommitStats {
   alone: number;
   /** Times a transaction was brought in on top of a pending group's members (no fsync to move it out). */
   stacked: number;
+  /**
+   * Times the real transaction holding applied members was committed by something other than
+   * the group (they were then resolved as committed, not replayed). 0 unless there is a bug:
+   * tests assert it.
+   */
+  outside: number;
 }
 
 const SAVEPOINT = 'siblite_group_member';
@@ -117,7 +123,9 @@ class CommitGroup implements GroupHooks {
   private top: ConcurrentTransaction | null = null;
   /** The tables the applied members wrote. */
   pendingWrites = new Set<string>();
-  readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 };
+  /** The engine's {@link Engine.realSerial} of the real transaction the members are applied in. */
+  private appliedIn = 0;
+  readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0, outside: 0 };
 
   constructor(
     private readonly engine: Engine,
@@ -128,11 +136,24 @@ class CommitGroup implements GroupHooks {
 
   join(m: Omit<Member, 'resolve' | 'reject'>): Promise<void> {
     let member: Member | undefined;
+    const session = m.session;
     const promise = new Promise<void>((resolve, reject) => {
-      member = { ...m, resolve, reject };
-      this.pending.push(member);
+      // Until the member settles, its handle refuses statements (see Session.commitPending).
+      member = {
+        ...m,
+        resolve: () => {
+          session.commitPending = false;
+          resolve();
+        },
+        reject: (e: unknown) => {
+          session.commitPending = false;
+          reject(e);
+        },
+      };
     });
     this.keepApplied(member as Member);
+    this.pending.push(member as Member);
+    session.commitPending = true;
     if (this.pending.length >= this.settings.cap) this.flush();
     else if (!this.scheduled) {
       this.scheduled = true;
@@ -155,6 +176,7 @@ class CommitGroup implements GroupHooks {
       this.top = null;
     }
     m.tx.refreshFootprints();
+    if (this.applied.length === 0) this.appliedIn = engine.realSerial;
     this.applied.push(m);
     for (const t of m.tx.writes) this.pendingWrites.add(t);
     // Transactions validated before must re-check what they read of these tables.
@@ -164,12 +186,12 @@ class CommitGroup implements GroupHooks {
   /** Commits the pending members (see the module documentation). Never throws. */
   flush(): void {
     this.scheduled = false;
-    const members = this.pending;
-    if (members.length === 0) return;
-    this.pending = [];
     // The real transaction may have ended since the members were applied (see checkAlive):
     // without this, dropping the top savepoint below threw 'no such savepoint' out of the timer.
     this.checkAlive();
+    const members = this.pending;
+    if (members.length === 0) return;
+    this.pending = [];
     const ready: Member[] = [];
     const alone: Member[] = [];
     for (const m of members) (m.session.tx === m.tx && m.mayGroup() ? ready : alone).push(m);
@@ -293,8 +315,15 @@ class CommitGroup implements GroupHooks {
   }
 
   release(tx: ConcurrentTransaction): void {
+    this.checkAlive();
     if (this.top === tx) this.dropTop();
     else if (this.applied.some((m) => m.tx === tx)) this.undoApplied();
+    // A pending member's transaction ends before its commit (its handle was closed).
+    const i = this.pending.findIndex((m) => m.tx === tx);
+    if (i >= 0) {
+      const [m] = this.pending.splice(i, 1) as [Member];
+      m.reject(sqliteError(`Handle #${m.session.id} was closed before its group commit: its transaction was rolled back`, 'SIBLITE_CLOSED'));
+    }
   }
 
   isTop(tx: ConcurrentTransaction): boolean {
@@ -331,16 +360,33 @@ class CommitGroup implements GroupHooks {
   }
 
   /**
-   * A statement of the transaction on top ended the whole real transaction (`OR ROLLBACK`): the
-   * applied members are no longer in the engine; they are parked and replayed at the flush.
+   * Makes the group's state match the engine when the real transaction its members were applied
+   * in is no longer the one open (checked by the engine's serials, see Engine.realSerial). A
+   * statement of the transaction on top may have ended it (`OR ROLLBACK`): the members are parked
+   * and replayed at the flush. If a COMMIT ended it (nothing but the group should, but a member
+   * must never be replayed onto a commit that already holds it: that would commit it twice), the
+   * members are durable: they are ended as committed and resolved now.
    */
   private checkAlive(): void {
-    if (this.applied.length > 0 && !this.engine.inRealTransaction) {
-      const writes = [...this.pendingWrites];
-      this.forgetApplied();
-      if (this.engine.active !== null && this.engine.active.kind === 'concurrent') this.engine.active = null;
-      this.engine.noteChanged(writes);
+    if (this.applied.length === 0) return;
+    const engine = this.engine;
+    if (engine.inRealTransaction && engine.realSerial === this.appliedIn) return;
+    const applied = this.applied;
+    const writes = [...this.pendingWrites];
+    this.forgetApplied();
+    if (engine.active !== null && engine.active.kind === 'concurrent' && !engine.inRealTransaction) engine.active = null;
+    if (engine.committedSerial === this.appliedIn) {
+      this.stats.outside++;
+      for (const m of applied) {
+        const i = this.pending.indexOf(m);
+        if (i < 0) continue;
+        this.pending.splice(i, 1);
+        if (m.session.tx === m.tx) m.session.endGroupMember(m.tx);
+        this.stats.committed++;
+        m.resolve();
+      }
     }
+    engine.noteChanged(writes);
   }
 
   private forgetApplied(): void {
@@ -358,7 +404,11 @@ class CommitGroup implements GroupHooks {
     for (const m of members) {
       this.stats.alone++;
       Promise.resolve()
-        .then(m.alone)
+        .then(() => {
+          // The member's own COMMIT path runs its handle's COMMIT: no longer refused.
+          m.session.commitPending = false;
+          return m.alone();
+        })
         .then(m.resolve, m.reject);
     }
   }
@@ -382,7 +432,7 @@ export function groupCommitSettings(engine: Engine): Settings {
  * group commits), for tests and monitoring.
  */
 export function groupCommitStats(conn: Connection): GroupCommitStats {
-  return { ...(groups.get(conn.session.engine)?.stats ?? { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 }) };
+  return { ...(groups.get(conn.session.engine)?.stats ?? { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0, outside: 0 }) };
 }
 
 /**
@@ -410,8 +460,10 @@ export function joinCommitGroup(
  * the same turn of the event loop (group commit, see `open()`'s `groupCommit`); anything else
  * commits at once, exactly as `conn.exec('COMMIT')`. Rejects as COMMIT throws: `BusyError`
  * `SQLITE_BUSY_SNAPSHOT` after a conflict (the transaction is then rolled back), `SQLITE_BUSY`
- * when a lock is in the way (the transaction stays open: commit again later). Use it where a
- * hand-written `BEGIN CONCURRENT` ends; `transaction()` does this by itself.
+ * when a lock is in the way (the transaction stays open: commit again later). Until the promise
+ * settles, `conn` refuses every statement with kind `misuse` (changing nothing), `COMMIT` and
+ * `ROLLBACK` included; closing it rolls the transaction back and rejects with kind `closed`. Use
+ * it where a hand-written `BEGIN CONCURRENT` ends; `transaction()` does this by itself.
  */
 export function commitAsync(conn: Connection): Promise<void> {
   const alone = (): undefined => {

@@ -55,6 +55,14 @@ export class Session {
   /** Set while a `transaction()` callback runs with its transaction open (see {@link Session.aborted}). */
   inTransactionFn = false;
   /**
+   * Set while this handle's transaction waits in a commit group (commit-group.ts): its COMMIT is
+   * under way, so every statement of the handle is refused (kind `misuse`, nothing changed) until
+   * it settles. A `COMMIT` there would commit the other members applied below it before the
+   * group does (and the group would then commit them again), and a statement would join a
+   * transaction whose COMMIT was already asked for.
+   */
+  commitPending = false;
+  /**
    * The priority lane of the `transaction()` call running on this handle, when the call may
    * queue there (a concurrent transaction with retries): its hot statements may be refused
    * while the lane is in use (see lane.ts).
@@ -163,6 +171,7 @@ export class Session {
    */
   run(c: CompiledSql, params: BindParams | undefined, want: Want, format?: RowFormat): Outcome {
     this.assertOpen();
+    if (this.commitPending) throw commitPendingError(this.id);
     if (this.aborted !== null) {
       if (c.cls.type === 'rollback') {
         this.aborted = null;
@@ -809,6 +818,14 @@ function isDigestable(c: CompiledSql, fp: Footprint, want: Want): boolean {
 }
 
 const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true, deterministic: true };
+
+/** The refusal of a statement on a handle whose transaction waits in a commit group. */
+function commitPendingError(id: number): SqliteError {
+  return misuseError(
+    `handle #${id} is committing its transaction (commitAsync() or transaction() has not settled yet); ` +
+      'await that commit before running statements on this handle',
+  );
+}
 
 function lockedBy(a: OpenTransaction): SqliteError {
   const what = a instanceof PessimisticTransaction ? `a BEGIN ${a.mode.toUpperCase()}` : 'a';

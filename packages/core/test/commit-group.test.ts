@@ -175,7 +175,7 @@ describe('group commit', () => {
         }),
       ),
     );
-    expect(groupCommitStats(db)).toEqual({ groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0 });
+    expect(groupCommitStats(db)).toEqual({ groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0, outside: 0 });
     const db2 = fileDb();
     await Promise.all(
       Array.from({ length: 4 }, (_, i) =>
@@ -248,5 +248,67 @@ describe('group commit', () => {
     db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, n INT)');
     await Promise.all(Array.from({ length: 4 }, (_, i) => scope.connect(db).transaction((tx) => void tx.run('INSERT INTO t (n) VALUES (?)', [i]))));
     expect(groupCommitStats(db).groups).toBe(0);
+  });
+  // A handle whose transaction waits in a group must not end it itself: before, a synchronous
+  // COMMIT of the last applied member committed the members below it, and the flush then
+  // replayed them onto that commit (each of their blind INSERTs twice).
+  it('a handle refuses statements while its transaction waits in a group: COMMIT, ROLLBACK and reads change nothing', async () => {
+    const db = fileDb();
+    const [a, b] = [scope.connect(db), scope.connect(db)];
+    a.exec('BEGIN CONCURRENT');
+    a.run("INSERT INTO other (v) VALUES ('a')");
+    const pa = commitAsync(a); // a stays applied in the engine until the flush
+    b.exec('BEGIN CONCURRENT');
+    b.run("INSERT INTO other (v) VALUES ('b')"); // runs on top of a
+    const pb = commitAsync(b); // b is applied above a
+    for (const sql of ['COMMIT', 'ROLLBACK', 'SELECT 1', "INSERT INTO other (v) VALUES ('late')"]) {
+      for (const h of [a, b]) {
+        expect(() => h.exec(sql), sql).toThrow(expect.objectContaining({ kind: 'misuse', message: expect.stringContaining('is committing its transaction') }));
+      }
+    }
+    expect(() => b.get('SELECT count(*) FROM other')).toThrow(expect.objectContaining({ kind: 'misuse' }));
+    await Promise.all([pa, pb]);
+    expect(db.all('SELECT v FROM other ORDER BY id')).toEqual([{ v: 'a' }, { v: 'b' }]);
+    expect(groupCommitStats(db).outside).toBe(0);
+    // Settled: the handles work again.
+    expect(a.get<{ n: number }>('SELECT count(*) AS n FROM other')!.n).toBe(2);
+    b.run("INSERT INTO other (v) VALUES ('after')");
+    expect(db.all('SELECT v FROM other ORDER BY id')).toEqual([{ v: 'a' }, { v: 'b' }, { v: 'after' }]);
+  });
+
+  it('closing a handle whose transaction waits in a group rejects its commit (SIBLITE_CLOSED), the others commit once', async () => {
+    const db = fileDb();
+    const hs = [scope.connect(db), scope.connect(db), scope.connect(db)];
+    const commits = hs.map((h, i) => {
+      h.exec('BEGIN CONCURRENT');
+      h.run('INSERT INTO other (v) VALUES (?)', [`h${i}`]);
+      return commitAsync(h);
+    });
+    hs[1]!.close();
+    const outcomes = await Promise.allSettled(commits);
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    checkSqliteError((outcomes[1] as PromiseRejectedResult).reason, 'closed', 'SIBLITE_CLOSED');
+    expect(db.all('SELECT v FROM other ORDER BY v')).toEqual([{ v: 'h0' }, { v: 'h2' }]);
+  });
+
+  // The safety net behind the refusal above: whatever ends the group's real transaction with a
+  // COMMIT, the members applied in it are durable and must be resolved, never replayed again.
+  it('members whose real transaction something else committed resolve as committed, each once', async () => {
+    const db = fileDb();
+    const hs = [scope.connect(db), scope.connect(db), scope.connect(db)];
+    const commits = hs.map((h, i) => {
+      h.exec('BEGIN CONCURRENT');
+      h.run('INSERT INTO other (v) VALUES (?)', [`h${i}`]);
+      return commitAsync(h);
+    });
+    const engine = hs[0]!.session.engine;
+    expect(engine.inRealTransaction).toBe(true);
+    engine.exec('COMMIT'); // not the group's own COMMIT
+    engine.exec('BEGIN'); // and a new real transaction opened in its place
+    engine.exec('ROLLBACK');
+    await Promise.all(commits);
+    expect(db.all('SELECT v FROM other ORDER BY v')).toEqual([{ v: 'h0' }, { v: 'h1' }, { v: 'h2' }]);
+    expect(groupCommitStats(db).outside).toBe(1);
+    for (const h of hs) expect(h.inTransaction).toBe(false);
   });
 });

@@ -138,6 +138,14 @@ export class Engine {
   readonly statements = new StatementCache();
   /** The transaction that lives in the real SQLite transaction now, if any. */
   active: OpenTransaction | null = null;
+  /**
+   * Counts the real SQLite transactions begun on the connection, so that the one open now can be
+   * told from an earlier one (the commit group checks that its members' transaction is still
+   * the one open, see commit-group.ts).
+   */
+  realSerial = 0;
+  /** The {@link Engine.realSerial} of the last real transaction that a COMMIT (or RELEASE) ended. */
+  committedSerial = 0;
   /** Open `BEGIN CONCURRENT` transactions (commit counters are kept only while > 0). */
   concurrentOpen = 0;
   /** Moves whenever footprints learned before may be stale (see {@link Engine.schemaChanged}). */
@@ -235,13 +243,26 @@ export class Engine {
     return this.db.isOpen;
   }
 
-  /** Runs SQL without results on the engine, mapping errors. */
+  /**
+   * Runs SQL without results on the engine, mapping errors. Keeps {@link Engine.realSerial} and
+   * {@link Engine.committedSerial}: only SQL run here begins or commits a real transaction (a
+   * prepared statement can only end one by rolling it back, with `OR ROLLBACK`).
+   */
   exec(sql: string): void {
     settleCursor();
+    const db = this.db;
+    const before = db.inTransaction;
     try {
-      if (!this.control.run(sql)) this.db.exec(sql);
+      if (!this.control.run(sql)) db.exec(sql);
     } catch (e) {
+      // A failed script may have begun a transaction. A COMMIT that failed and ended its
+      // transaction counts as rolled back, as its caller treats it.
+      if (!before && db.inTransaction) this.realSerial++;
       throw this.explain(fromEngineError(e));
+    }
+    if (before !== db.inTransaction) {
+      if (!before) this.realSerial++;
+      else if (/^\s*(COMMIT|END|RELEASE)\b/i.test(sql)) this.committedSerial = this.realSerial;
     }
   }
 
