@@ -330,6 +330,10 @@ class CommitGroup implements GroupHooks {
     return this.top === tx;
   }
 
+  reconcile(): void {
+    this.checkAlive();
+  }
+
   // ---- helpers --------------------------------------------------------------------------------
 
   /** Moves the transaction on top out of the engine (`ROLLBACK TO`, no fsync): it is parked. */

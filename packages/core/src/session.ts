@@ -326,7 +326,9 @@ export class Session {
     }
     const engine = this.engine;
     tx.refreshFootprints();
-    // A synchronous COMMIT on top of a commit group's applied members: they step out first.
+    // This COMMIT ends the whole real transaction: never with a commit group's applied members
+    // below it (it would commit them behind the group's back). They step out first, whether
+    // this transaction runs on top of them or is brought in now (not on top: bringIn(tx, false)).
     if (engine.group?.isTop(tx)) engine.park();
     if (engine.active !== tx) {
       if (tx.readOnly) {
@@ -334,7 +336,7 @@ export class Session {
         this.endConcurrent(tx, true);
         return;
       }
-      this.bringIn(tx);
+      this.bringIn(tx, false);
     }
     this.finishRealCommit(tx);
   }
@@ -459,15 +461,18 @@ export class Session {
     this.engine.park();
   }
 
-  /** Moves the concurrent transaction `tx` into the engine, validating it. */
-  private bringIn(tx: ConcurrentTransaction): void {
+  /**
+   * Moves the concurrent transaction `tx` into the engine, validating it: on top of a commit
+   * group's applied members when there are and `stack` allows it, else alone (they step out).
+   */
+  private bringIn(tx: ConcurrentTransaction, stack = true): void {
     const a = this.engine.active;
     if (a && a.kind === 'pessimistic') throw lockedBy(a);
     const held = heldAgainst(a, tx, this, this.inTransactionFn);
     if (held) throw held;
     try {
       // On top of a commit group's applied members when there are (see commit-group.ts).
-      if (this.engine.group?.stack(tx)) return;
+      if (stack && this.engine.group?.stack(tx)) return;
       this.engine.park();
       tx.resume();
     } catch (e) {

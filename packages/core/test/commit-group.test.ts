@@ -311,4 +311,58 @@ describe('group commit', () => {
     expect(groupCommitStats(db).outside).toBe(1);
     for (const h of hs) expect(h.inTransaction).toBe(false);
   });
+
+  // The root cause of a double commit seen in the three-process stress loop: a synchronous
+  // COMMIT (exec('COMMIT'), and transaction()'s commits in the priority lane and alone) brought
+  // its parked transaction in on top of a group's applied members and so committed them behind
+  // the group's back. A pessimistic transaction committed before the flush then moved the
+  // engine's committedSerial on, the group took its members for rolled back and replayed them:
+  // the call's retry committed it a second time (a#1 and a#2, the counter bumped twice).
+  it('a synchronous COMMIT of a parked transaction never commits the applied members below it', async () => {
+    for (const pessimisticAfter of [false, true]) {
+      const db = scope.open(scope.file(), { groupCommit: { window: 20 } });
+      db.exec('CREATE TABLE counter (id INTEGER PRIMARY KEY, v INT NOT NULL); INSERT INTO counter VALUES (1, 0); CREATE TABLE ledger (id INTEGER PRIMARY KEY, who TEXT)');
+      const [a, b, c] = [scope.connect(db), scope.connect(db), scope.connect(db)];
+      b.exec('BEGIN CONCURRENT');
+      b.run("INSERT INTO ledger (who) VALUES ('b')");
+      let attempts = 0;
+      const pa = a.transaction((tx) => {
+        attempts++;
+        const { v } = tx.get<{ v: number }>('SELECT v FROM counter WHERE id = 1')!;
+        tx.run('UPDATE counter SET v = ? WHERE id = 1', [v + 1]);
+        tx.run('INSERT INTO ledger (who) VALUES (?)', [`a#${attempts}`]);
+      });
+      await Promise.resolve(); // a's callback returned: a is applied in the engine, b is parked
+      b.exec('COMMIT');
+      if (pessimisticAfter) c.exec("BEGIN IMMEDIATE; INSERT INTO ledger (who) VALUES ('c'); COMMIT");
+      await pa;
+      const who = db.all<{ who: string }>('SELECT who FROM ledger').map((r) => r.who).sort();
+      expect({ pessimisticAfter, who, counter: db.get('SELECT v FROM counter')!.v, outside: groupCommitStats(db).outside }).toEqual({
+        pessimisticAfter,
+        who: pessimisticAfter ? ['a#1', 'b', 'c'] : ['a#1', 'b'],
+        counter: 1,
+        outside: 0,
+      });
+    }
+  });
+
+  // The safety net must hold even when another real transaction begins and commits before the
+  // group looks again: it checks before any real transaction begins (Engine.exec), while the
+  // engine's committedSerial still names its members' transaction.
+  it('members whose real transaction something else committed resolve once, even after a later commit', async () => {
+    const db = fileDb();
+    const hs = [scope.connect(db), scope.connect(db)];
+    const commits = hs.map((h, i) => {
+      h.exec('BEGIN CONCURRENT');
+      h.run('INSERT INTO other (v) VALUES (?)', [`h${i}`]);
+      return commitAsync(h);
+    });
+    const engine = hs[0]!.session.engine;
+    engine.exec('COMMIT'); // not the group's own COMMIT
+    engine.exec('BEGIN'); // a later real transaction, committed too
+    engine.exec('COMMIT');
+    await Promise.all(commits);
+    expect(db.all('SELECT v FROM other ORDER BY v')).toEqual([{ v: 'h0' }, { v: 'h1' }]);
+    expect(groupCommitStats(db).outside).toBe(1);
+  });
 });

@@ -58,6 +58,13 @@ export interface GroupHooks {
   release(tx: object): void;
   /** Whether `tx` runs on top of the applied members. */
   isTop(tx: object): boolean;
+  /**
+   * The engine is about to run SQL outside any real transaction, which may begin one: the group
+   * makes its state match the engine first, while {@link Engine.committedSerial} still tells
+   * whether its members' transaction was committed (a later COMMIT overwrites it, and the
+   * members would then be taken for rolled back and committed a second time).
+   */
+  reconcile(): void;
 }
 
 /** A plan to give a single-row INSERT an explicit rowid (see {@link Engine.rowidPlan}). */
@@ -252,6 +259,7 @@ export class Engine {
     settleCursor();
     const db = this.db;
     const before = db.inTransaction;
+    if (!before) this.group?.reconcile();
     try {
       if (!this.control.run(sql)) db.exec(sql);
     } catch (e) {
