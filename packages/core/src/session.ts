@@ -299,6 +299,10 @@ export class Session {
   // ---- transaction control -------------------------------------------------------------------
 
   begin(mode: BeginMode): void {
+    // transaction() calls this after awaits (a lock waited out, a turn in the priority lane):
+    // a transaction begun for a handle closed meanwhile would never end (a pessimistic one would
+    // hold the engine, and the file, for good).
+    this.assertOpen();
     if (this.tx) throw misuseError('cannot start a transaction within a transaction');
     this.abortedBySnapshot = false;
     if (mode === 'concurrent') {

@@ -22,11 +22,14 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { commitAsync, errorKind, groupCommitStats, open, type Connection } from '../src/index.js';
+import { laneOf } from '../src/lane.js';
 import { ensureBuilt } from './fixtures/harness.js';
 
 const RUNS = Number(process.env.SIBLITE_ATTACK_GROUP_RUNS ?? 4);
 const FIRST_SEED = process.env.SIBLITE_ATTACK_GROUP_SEED;
 const HANDLES = 7;
+/** A history that runs longer than this hangs (they take about a second). */
+const HISTORY_MS = 40_000;
 const OPS_PER_HANDLE = 14;
 const RETRY = { retries: 1000, minTimeout: 1, maxTimeout: 10, maxElapsedMs: 30_000 };
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'attack-group-child.mjs');
@@ -76,18 +79,40 @@ interface History {
   /** Calls whose outcome cannot be known (none in this process; kept for the child). */
   unknown: Set<string>;
   log: string[];
+  /** The calls under way, with what they are doing (a history that hangs reports them). */
+  inFlight: Map<string, string>;
+  /** The state of the engine, its lane, group and handles, for the report of a history that hangs. */
+  dump?: () => string;
 }
 
 /** Runs one random history on a fresh file; returns what the checks need. */
-async function history(seed: number): Promise<{ h: History; file: string; dir: string; child: ChildProcess; childDone: Promise<any> }> {
+async function history(seed: number, started: (h: History) => void): Promise<{ h: History; file: string; dir: string; child: ChildProcess; childDone: Promise<any> }> {
   const random = rng(seed);
   const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)] as T;
   const window = pick([0, 0, 1, 3]);
   const dir = mkdtempSync(join(tmpdir(), 'siblite-attack-group-'));
   const file = join(dir, 'db.sqlite');
-  const h: History = { seed, window, outcomes: new Map(), unknown: new Set(), log: [] };
+  const h: History = { seed, window, outcomes: new Map(), unknown: new Set(), log: [], inFlight: new Map() };
+  started(h);
   const db = open(file, { groupCommit: { window } });
   db.exec(SCHEMA);
+  const live = new Map<number, Connection>();
+  h.dump = () => {
+    const engine = db.session.engine as any;
+    const group = engine.group as any;
+    const lane = laneOf(engine) as any;
+    const conns = [...live.entries()].map(([hi, c]) => {
+      const s = c.session as any;
+      return `h${hi}#${s.id}:tx=${s.tx?.kind ?? '-'}${s.tx && engine.active === s.tx ? '(active)' : ''} pending=${s.commitPending} open=${s.isOpen} running=${(c as any).runningTransaction}`;
+    });
+    return JSON.stringify({
+      active: engine.active ? `${engine.active.kind} #${engine.active.handleId}` : null,
+      inReal: engine.inRealTransaction,
+      group: group && { pending: group.pending.length, applied: group.applied.length, top: group.top?.handleId ?? null, scheduled: group.scheduled },
+      lane: { held: lane.held, waiting: lane.waiting.length, holder: lane.holder?.id, priority: lane.priority?.id, keptFor: lane.keptFor?.id },
+      conns,
+    });
+  };
 
   const child = fork(CHILD, [JSON.stringify({ file, window, pauseMs: 2 + Math.floor(random() * 8) })], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
@@ -119,9 +144,12 @@ async function history(seed: number): Promise<{ h: History; file: string; dir: s
     const kind = random();
     const cid = hotId();
     const note = (o: Outcome, why = '') => {
+      h.inFlight.delete(id);
       h.outcomes.set(id, o);
       h.log.push(`${id} ${o}${why ? ` (${why})` : ''}`);
     };
+    const doing = (what: string) => void h.inFlight.set(id, what);
+    doing(`kind ${kind.toFixed(2)}`);
     // Close the handle at a random moment during this call, now and then.
     const closeLater = random() < 0.05;
     if (closeLater) {
@@ -139,6 +167,7 @@ async function history(seed: number): Promise<{ h: History; file: string; dir: s
         await conn.transaction(
           async (tx) => {
             attempt++;
+            doing(`transaction() attempt ${attempt}${immediate ? ' immediate' : ''}`);
             const { v } = tx.get<{ v: number }>('SELECT v FROM counter WHERE id = ?', [cid])!;
             await pause();
             tx.run('UPDATE counter SET v = ? WHERE id = ?', [v + 1, cid]);
@@ -167,6 +196,7 @@ async function history(seed: number): Promise<{ h: History; file: string; dir: s
             if (random() < 0.3) tx.get('SELECT count(*) AS n FROM other');
             if (orRollback) tx.run('INSERT OR ROLLBACK INTO uniq (k) VALUES (1)');
             if (throws) throw new Error('callback throws');
+            doing(`transaction() attempt ${attempt} committing`);
           },
           { mode: immediate ? 'immediate' : 'concurrent', retry: RETRY },
         );
@@ -189,6 +219,7 @@ async function history(seed: number): Promise<{ h: History; file: string; dir: s
           conn.run('INSERT INTO ledger (who, cid, seen) VALUES (?, ?, ?)', [`${id}#1`, cid, v]);
           await pause();
           if (random() < 0.05) conn.run('INSERT OR ROLLBACK INTO uniq (k) VALUES (1)');
+          doing(sync ? 'sync COMMIT' : 'commitAsync');
           if (sync) conn.exec('COMMIT');
           else await commitAsync(conn);
           note('resolved', sync ? 'sync' : 'async');
@@ -223,6 +254,7 @@ async function history(seed: number): Promise<{ h: History; file: string; dir: s
     } catch (e) {
       note('rejected', `${errorKind(e)}: ${(e as Error).message}`.slice(0, 160));
     }
+    h.inFlight.delete(id);
     if (!state.conn.isOpen) state.conn = db.connect();
   }
 
@@ -230,12 +262,13 @@ async function history(seed: number): Promise<{ h: History; file: string; dir: s
     Array.from({ length: HANDLES }, async (_, hi) => {
       const state = { conn: db.connect() };
       for (let k = 0; k < OPS_PER_HANDLE; k++) {
+        live.set(hi, state.conn);
         await op(state, hi);
         await pause();
       }
       state.conn.close();
     }),
-  );
+  ).then(() => h.inFlight.clear());
   const outside = groupCommitStats(db).outside;
   db.close();
   if (outside !== 0) h.log.push(`outside ${outside}`);
@@ -294,10 +327,16 @@ describe('attack: group commit under random interleavings, a second process on t
     const base = FIRST_SEED !== undefined ? Number(FIRST_SEED) : (Date.now() ^ (process.pid << 8)) >>> 0;
     for (let i = 0; i < RUNS; i++) {
       const seed = (base + i * 7919) >>> 0;
-      const run = await history(seed);
+      let hung: History | undefined;
+      const running = history(seed, (x) => (hung = x));
+      const timeout = new Promise<never>((_r, reject) =>
+        setTimeout(() => reject(new Error(`seed ${seed}: the history did not end within ${HISTORY_MS} ms; under way: ${JSON.stringify([...(hung?.inFlight ?? [])])}; ${hung?.dump?.()}`)), HISTORY_MS).unref(),
+      );
+      process.stderr.write(`attack-group: history ${i} seed ${seed}\n`);
+      const run = await Promise.race([running, timeout]);
       let problems: string[];
       try {
-        problems = await check(run);
+        problems = await Promise.race([check(run), timeout]);
       } finally {
         run.child.kill();
         rmSync(run.dir, { recursive: true, force: true });

@@ -365,4 +365,21 @@ describe('group commit', () => {
     expect(db.all('SELECT v FROM other ORDER BY v')).toEqual([{ v: 'h0' }, { v: 'h1' }]);
     expect(groupCommitStats(db).outside).toBe(1);
   });
+
+  // Found by attack-group.test.ts (a history that hung): a transaction() whose BEGIN IMMEDIATE
+  // waited (a lock, its turn in the priority lane) while its handle was closed began anyway, for
+  // the closed handle, and nothing ever ended it: every other handle was locked out for good.
+  it('a BEGIN that waited while its handle was closed does not begin (the engine is not wedged)', async () => {
+    const db = fileDb();
+    const [h, x] = [db.connect(), scope.connect(db)];
+    x.exec('BEGIN IMMEDIATE');
+    const p = h.transaction((tx) => void tx.run("INSERT INTO other (v) VALUES ('h')"), { mode: 'immediate' });
+    await sleep(20); // h's BEGIN waits for x
+    h.close();
+    x.exec('COMMIT');
+    await expect(p).rejects.toMatchObject({ kind: 'closed' });
+    await sleep(50);
+    db.run("INSERT INTO other (v) VALUES ('after')");
+    expect(db.all('SELECT v FROM other')).toEqual([{ v: 'after' }]);
+  });
 });
