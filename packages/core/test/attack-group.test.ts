@@ -75,6 +75,7 @@ const SCHEMA = `
 interface History {
   seed: number;
   window: number;
+  cap: number;
   outcomes: Map<string, Outcome>;
   /** Calls whose outcome cannot be known (none in this process; kept for the child). */
   unknown: Set<string>;
@@ -90,11 +91,13 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
   const random = rng(seed);
   const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)] as T;
   const window = pick([0, 0, 1, 3]);
+  // A small cap flushes a full group at once, inside the joining commit.
+  const cap = pick([64, 64, 2, 3]);
   const dir = mkdtempSync(join(tmpdir(), 'siblite-attack-group-'));
   const file = join(dir, 'db.sqlite');
-  const h: History = { seed, window, outcomes: new Map(), unknown: new Set(), log: [], inFlight: new Map() };
+  const h: History = { seed, window, cap, outcomes: new Map(), unknown: new Set(), log: [], inFlight: new Map() };
   started(h);
-  const db = open(file, { groupCommit: { window } });
+  const db = open(file, { groupCommit: { window, cap } });
   db.exec(SCHEMA);
   const live = new Map<number, Connection>();
   h.dump = () => {
@@ -345,7 +348,7 @@ describe('attack: group commit under random interleavings, a second process on t
         // The calls the problems name, then the last calls of the history.
         const named = run.h.log.filter((l) => problems.some((p) => p.includes(`call ${l.split(' ')[0]} `)));
         const tail = [...named, '...', ...run.h.log.slice(-25)].join('\n');
-        throw new Error(`seed ${seed} (SIBLITE_ATTACK_GROUP_SEED=${seed}, window ${run.h.window}):\n${problems.join('\n')}\n-- last calls:\n${tail}`);
+        throw new Error(`seed ${seed} (SIBLITE_ATTACK_GROUP_SEED=${seed}, window ${run.h.window}, cap ${run.h.cap}):\n${problems.join('\n')}\n-- last calls:\n${tail}`);
       }
     }
     expect(true).toBe(true);
