@@ -93,6 +93,12 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
   const window = pick([0, 0, 1, 3]);
   // A small cap flushes a full group at once, inside the joining commit.
   const cap = pick([64, 64, 2, 3]);
+  // The upper bounds of the kinds of call (transaction(), read-only, hand-written, autocommit;
+  // the rest pessimistic): a mixed history, or one of mostly concurrent commits (bigger groups).
+  const mix = pick([
+    [0.4, 0.5, 0.7, 0.85],
+    [0.65, 0.72, 0.92, 0.97],
+  ]) as [number, number, number, number];
   const dir = mkdtempSync(join(tmpdir(), 'siblite-attack-group-'));
   const file = join(dir, 'db.sqlite');
   const h: History = { seed, window, cap, outcomes: new Map(), unknown: new Set(), log: [], inFlight: new Map() };
@@ -140,6 +146,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
   };
   const hotId = () => (random() < 0.5 ? 1 : 1 + Math.floor(random() * 4));
   let seq = 0;
+  let maxAttempt = 0;
 
   async function op(state: { conn: Connection }, hi: number): Promise<void> {
     const conn = state.conn;
@@ -160,7 +167,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
       setTimeout(() => conn.close(), delay);
     }
     try {
-      if (kind < 0.4) {
+      if (kind < mix[0]) {
         // transaction(): read-modify-write with awaits; some nested calls, some throw at the end.
         const throws = random() < 0.1;
         const nestedMode = random();
@@ -170,6 +177,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
         await conn.transaction(
           async (tx) => {
             attempt++;
+            maxAttempt = Math.max(maxAttempt, attempt);
             doing(`transaction() attempt ${attempt}${immediate ? ' immediate' : ''}`);
             const { v } = tx.get<{ v: number }>('SELECT v FROM counter WHERE id = ?', [cid])!;
             await pause();
@@ -204,14 +212,14 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
           { mode: immediate ? 'immediate' : 'concurrent', retry: RETRY },
         );
         note('resolved');
-      } else if (kind < 0.5) {
+      } else if (kind < mix[1]) {
         // A read-only transaction(): commits nothing, logs nothing.
         await conn.transaction(async (tx) => {
           tx.all('SELECT * FROM counter');
           await pause();
           tx.get('SELECT count(*) FROM ledger');
         }, { retry: RETRY });
-      } else if (kind < 0.7) {
+      } else if (kind < mix[2]) {
         // Hand-written BEGIN CONCURRENT, ended by commitAsync() or a synchronous COMMIT.
         const sync = random() < 0.4;
         try {
@@ -230,7 +238,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
           if (conn.isOpen && conn.inTransaction) conn.exec('ROLLBACK');
           throw e;
         }
-      } else if (kind < 0.85) {
+      } else if (kind < mix[3]) {
         // Autocommit: a write that logs and bumps in one statement, or a read.
         if (random() < 0.6) {
           conn.run('INSERT INTO ledger (who, cid, seen, bump) SELECT ?, id, v, 1 FROM counter WHERE id = ?', [`${id}#1`, cid]);
@@ -272,7 +280,9 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
       state.conn.close();
     }),
   ).then(() => h.inFlight.clear());
-  const outside = groupCommitStats(db).outside;
+  const stats = groupCommitStats(db);
+  const outside = stats.outside;
+  h.log.push(`stats ${JSON.stringify(stats)} most attempts ${maxAttempt}`);
   db.close();
   if (outside !== 0) h.log.push(`outside ${outside}`);
   (h as History & { outside?: number }).outside = outside;
@@ -337,6 +347,7 @@ describe('attack: group commit under random interleavings, a second process on t
       );
       process.stderr.write(`attack-group: history ${i} seed ${seed}\n`);
       const run = await Promise.race([running, timeout]);
+      if (process.env.SIBLITE_ATTACK_GROUP_VERBOSE) process.stderr.write(`${run.h.log.at(-1)}\n`);
       let problems: string[];
       try {
         problems = await Promise.race([check(run), timeout]);
