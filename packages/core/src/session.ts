@@ -308,7 +308,7 @@ export class Session {
     if (mode === 'concurrent') {
       // The baseline of other processes' commits is taken now, so that a commit by another
       // process after this point counts as a change at the first validation.
-      this.withFile(() => this.engine.checkExternalChanges());
+      if (this.engine.isFile) this.withFile(() => this.engine.checkExternalChanges());
       this.tx = new ConcurrentTransaction(this.engine, this.id);
       return;
     }

@@ -61,6 +61,9 @@ export function logEntry(
   return { sql, params, want, format, footprint, state, control, outcome: undefined, digest: undefined, error: undefined, rowid: undefined };
 }
 
+/** No tables (shared; never changed). */
+const NO_TABLES: ReadonlySet<string> = new Set();
+
 /** The tables re-run writes may have changed differently, during one resume (a set made on first use). */
 interface Rederived {
   tables: Set<string> | undefined;
@@ -69,7 +72,11 @@ interface Rederived {
 /** An open `BEGIN CONCURRENT` transaction of one handle. */
 export class ConcurrentTransaction implements OpenTransaction {
   readonly kind = 'concurrent' as const;
-  readonly writes = new Set<string>();
+  /**
+   * The tables written, made at the first write: a transaction that reads and then awaits (the
+   * common shape) keeps no empty set alive across its await.
+   */
+  private written: Set<string> | undefined;
   readonly log: LogEntry[] = [];
   /** Every read in the log was valid as of this commit counter. */
   validatedSeq: number;
@@ -87,9 +94,21 @@ export class ConcurrentTransaction implements OpenTransaction {
     this.epoch = engine.schemaEpoch;
   }
 
+  /** The tables this transaction has written (so far). */
+  get writes(): ReadonlySet<string> {
+    return this.written ?? NO_TABLES;
+  }
+
   /** True when the transaction has written nothing (so far). */
   get readOnly(): boolean {
-    return this.writes.size === 0;
+    return this.written === undefined;
+  }
+
+  /** Adds the tables a logged statement writes to {@link ConcurrentTransaction.writes}. */
+  private noteWrites(tables: ReadonlySet<string>): void {
+    if (tables.size === 0) return;
+    const written = (this.written ??= new Set());
+    for (const t of tables) written.add(t);
   }
 
   /**
@@ -117,7 +136,7 @@ export class ConcurrentTransaction implements OpenTransaction {
     // Tables written before stay written: the real transaction may hold their changes now.
     this.log.forEach((entry, i) => {
       entry.footprint = learned[i] as Footprint;
-      for (const t of entry.footprint.writes) this.writes.add(t);
+      this.noteWrites(entry.footprint.writes);
     });
     this.epoch = engine.schemaEpoch;
   }
@@ -125,7 +144,7 @@ export class ConcurrentTransaction implements OpenTransaction {
   /** Records a statement the application saw the result of. */
   record(entry: LogEntry): void {
     this.log.push(entry);
-    for (const t of entry.footprint.writes) this.writes.add(t);
+    this.noteWrites(entry.footprint.writes);
     if (entry.rowid) {
       (this.reserved ??= []).push([entry.rowid.table, entry.rowid.value]);
       this.engine.reserve(entry.rowid.table, entry.rowid.value, this);

@@ -24,7 +24,7 @@ export interface OpenTransaction {
   /** The id of the handle that owns it, for messages. */
   readonly handleId: number;
   /** Tables written so far ({@link ALL_TABLES} after DDL). */
-  readonly writes: Set<string>;
+  readonly writes: ReadonlySet<string>;
 }
 
 /**
