@@ -78,9 +78,14 @@ export class HandlePool {
   /**
    * Takes a handle back; a transaction left open on it is rolled back first.
    * @throws SqliteError of kind `misuse` when the handle is not out of this open pool (released
-   * twice, or acquired elsewhere): nothing changes.
+   * twice, or acquired elsewhere), or when its transaction's `commitAsync()` has not settled
+   * yet: nothing changes.
    */
   release(pooled: PooledHandle): void {
+    // Its commit is under way in a commit group: rolling back now is refused (see commitAsync).
+    if (pooled.handle.isOpen && pooled.handle.session.commitPending) {
+      throw misuseError('This handle is committing its transaction (commitAsync() has not settled): await the commit before releasing it');
+    }
     // After close() every handle is closed and none is out: a late release changes nothing.
     if (!this.out.delete(pooled) && !this.closed) {
       throw misuseError('This handle is not out of the pool (released twice, or never acquired from it)');

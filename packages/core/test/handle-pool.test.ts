@@ -2,7 +2,7 @@
  * HandlePool: the sibling handles the Kysely and Drizzle adapters hand out.
  */
 import { describe, expect, it } from 'vitest';
-import { HandlePool } from '../src/index.js';
+import { commitAsync, HandlePool } from '../src/index.js';
 import { useScope } from './helpers.js';
 
 const scope = useScope();
@@ -45,5 +45,20 @@ describe('HandlePool', () => {
     // The engine closed with its last handle: a new open() sees only committed data.
     const again = scope.open(file);
     expect(again.get('SELECT count(*) AS n FROM t')).toEqual({ n: 0 });
+  });
+
+  it('refuses to release a handle whose commitAsync() has not settled (nothing changes); after it settles, release works', async () => {
+    const root = scope.open(scope.file());
+    root.exec('CREATE TABLE t (x)');
+    const pool = new HandlePool(root);
+    const a = pool.acquire();
+    a.handle.exec('BEGIN CONCURRENT');
+    a.handle.run('INSERT INTO t VALUES (1)');
+    const committing = commitAsync(a.handle);
+    expect(() => pool.release(a)).toThrow(expect.objectContaining({ kind: 'misuse', message: expect.stringContaining('commitAsync() has not settled') }));
+    await committing;
+    expect(root.get('SELECT count(*) AS n FROM t')).toEqual({ n: 1 });
+    pool.release(a); // still out of the pool: released now
+    expect(pool.acquire()).toBe(a);
   });
 });
