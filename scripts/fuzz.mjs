@@ -11,6 +11,8 @@
 //   pnpm fuzz --stress 50          50 rounds of three processes running transaction()s on one
 //                                  file (adversarial/processes.test.ts: every call committed
 //                                  exactly once, no lost update or write skew); default 10
+//   pnpm fuzz --attack 500         500 random histories of the group-commit attack
+//                                  (attack-group.test.ts); default 100
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,19 +26,21 @@ const { values } = parseArgs({
     processes: { type: 'string' },
     group: { type: 'string' },
     stress: { type: 'string' },
+    attack: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('usage: pnpm fuzz [--seeds N] [--processes N] [--group N] [--stress N] [--seed S [--path P] [--processes 1 | --group 1]]');
+  console.log('usage: pnpm fuzz [--seeds N] [--processes N] [--group N] [--stress N] [--attack N] [--seed S [--path P] [--processes 1 | --group 1]]');
   process.exit(0);
 }
 const seeds = Number(values.seeds);
 const processes = values.processes === undefined ? Math.max(1, Math.round(seeds / 100)) : Number(values.processes);
 const group = values.group === undefined ? Math.max(1, Math.round(seeds / 20)) : Number(values.group);
 const stress = values.seed !== undefined ? 0 : values.stress === undefined ? 10 : Number(values.stress);
-if ([seeds, processes, group, stress].some((n) => !Number.isInteger(n) || n < 0)) {
-  console.error('--seeds, --processes, --group and --stress take a whole number');
+const attack = values.seed !== undefined ? 0 : values.attack === undefined ? 100 : Number(values.attack);
+if ([seeds, processes, group, stress, attack].some((n) => !Number.isInteger(n) || n < 0)) {
+  console.error('--seeds, --processes, --group, --stress and --attack take a whole number');
   process.exit(2);
 }
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -48,6 +52,7 @@ const env = {
   // About 0.1 s per history on a loaded 2-core machine: leave room.
   SIBLITE_FUZZ_TIMEOUT_MS: String(Math.max(240_000, seeds * 200 + processes * 5_000 + group * 1_000)),
   SIBLITE_STRESS_RUNS: String(stress),
+  SIBLITE_ATTACK_GROUP_RUNS: String(attack),
 };
 if (values.seed !== undefined) {
   env.SIBLITE_FUZZ_SEED = values.seed;
@@ -65,7 +70,7 @@ if (values.seed !== undefined) {
 console.log(
   values.seed === undefined
     ? `fuzz: ${seeds} histories in memory, ${processes} with a second process, ${group} on a file with group commit, ` +
-        `${stress} rounds of three processes on one file`
+        `${stress} rounds of three processes on one file, ${attack} group-commit attack histories`
     : `fuzz: replaying seed ${values.seed}${values.path ? ` path ${values.path}` : ''}`,
 );
 const started = Date.now();
@@ -76,6 +81,7 @@ const r = spawnSync(
     'run',
     'packages/core/test/concurrent-property.test.ts',
     ...(stress > 0 ? ['packages/core/test/adversarial/processes.test.ts'] : []),
+    ...(attack > 0 ? ['packages/core/test/attack-group.test.ts'] : []),
   ],
   { cwd: root, env, stdio: 'inherit' },
 );

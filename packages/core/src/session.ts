@@ -373,6 +373,10 @@ export class Session {
   private savepoint(c: CompiledSql): void {
     const engine = this.engine;
     const tx = this.tx;
+    const name = (c.cls as { name: string }).name;
+    // The engine's own savepoints (commit group, rowid checks) live in the real transaction that
+    // other handles' work shares: a RELEASE or ROLLBACK TO of one would end that work.
+    if (RESERVED_SAVEPOINT.test(name)) throw misuseError(`savepoint name ${name} is reserved by siblite; choose another name`);
     if (!tx) {
       if (c.cls.type !== 'savepoint') {
         throw misuseError(`no such savepoint: ${(c.cls as { name: string }).name}`);
@@ -827,6 +831,9 @@ function isDigestable(c: CompiledSql, fp: Footprint, want: Want): boolean {
 }
 
 const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), readonly: true, deterministic: true };
+
+/** The savepoints siblite runs itself in the shared real transaction (see commit-group.ts, insertAboveReservations). */
+const RESERVED_SAVEPOINT = /^siblite_(group_|rowids$)/i;
 
 /** The refusal of a statement on a handle whose transaction waits in a commit group. */
 function commitPendingError(id: number): SqliteError {

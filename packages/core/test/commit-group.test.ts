@@ -382,4 +382,23 @@ describe('group commit', () => {
     db.run("INSERT INTO other (v) VALUES ('after')");
     expect(db.all('SELECT v FROM other')).toEqual([{ v: 'after' }]);
   });
+
+  it("refuses the engine's own savepoint names in user SQL (misuse, the transaction stays open)", async () => {
+    const db = fileDb();
+    const [a, b] = [scope.connect(db), scope.connect(db)];
+    a.exec('BEGIN CONCURRENT');
+    a.run("INSERT INTO other (v) VALUES ('a')");
+    const pa = commitAsync(a); // a is applied: b runs on top of it in siblite_group_top
+    b.exec('BEGIN CONCURRENT');
+    b.run("INSERT INTO other (v) VALUES ('b')");
+    for (const sql of ['RELEASE siblite_group_top', 'ROLLBACK TO "SIBLITE_GROUP_TOP"', 'SAVEPOINT siblite_group_member', 'RELEASE SAVEPOINT siblite_rowids']) {
+      expect(() => b.exec(sql), sql).toThrow(expect.objectContaining({ kind: 'misuse', message: expect.stringContaining('reserved by siblite') }));
+    }
+    expect(b.inTransaction).toBe(true);
+    await Promise.all([pa, commitAsync(b)]);
+    expect(db.all('SELECT v FROM other ORDER BY id')).toEqual([{ v: 'a' }, { v: 'b' }]);
+    expect(() => db.exec('SAVEPOINT siblite_group_top')).toThrow(expect.objectContaining({ kind: 'misuse' }));
+    expect(db.inTransaction).toBe(false);
+    expect(groupCommitStats(db).outside).toBe(0);
+  });
 });

@@ -7,8 +7,18 @@
  */
 import type { PreparedSql } from './execute.js';
 
+/** What a control statement does to the real transaction. */
+export type ControlKind = 'begin' | 'commit' | 'rollback';
+
 /** The control statements kept prepared; any other SQL goes through `sqlite3_exec`. */
-const CONTROL_SQL = new Set(['BEGIN', 'COMMIT', 'ROLLBACK', 'BEGIN DEFERRED', 'BEGIN IMMEDIATE', 'BEGIN EXCLUSIVE']);
+const CONTROL_SQL = new Map<string, ControlKind>([
+  ['BEGIN', 'begin'],
+  ['BEGIN DEFERRED', 'begin'],
+  ['BEGIN IMMEDIATE', 'begin'],
+  ['BEGIN EXCLUSIVE', 'begin'],
+  ['COMMIT', 'commit'],
+  ['ROLLBACK', 'rollback'],
+]);
 
 /** The prepared control statements of one engine connection. */
 export class ControlStatements {
@@ -16,16 +26,19 @@ export class ControlStatements {
 
   constructor(private readonly prepare: (sql: string) => PreparedSql) {}
 
+  /** What `sql` does when it is a control statement kept prepared, else `undefined`. */
+  kindOf(sql: string): ControlKind | undefined {
+    return CONTROL_SQL.get(sql);
+  }
+
   /**
-   * Runs `sql` when it is a control statement and returns true; false (nothing run) for other
-   * SQL. Throws what `sqlite3_exec` would have thrown on failure.
+   * Runs `sql`, a control statement ({@link ControlStatements.kindOf} knows it). Throws what
+   * `sqlite3_exec` would have thrown on failure.
    */
-  run(sql: string): boolean {
-    if (!CONTROL_SQL.has(sql)) return false;
+  run(sql: string): void {
     let stmt = this.prepared.get(sql);
     if (stmt === undefined) this.prepared.set(sql, (stmt = this.prepare(sql)));
     stmt.runControl();
-    return true;
   }
 
   /** Finalizes the statements (before the connection closes). */

@@ -253,18 +253,34 @@ export class Engine {
   /**
    * Runs SQL without results on the engine, mapping errors. Keeps {@link Engine.realSerial} and
    * {@link Engine.committedSerial}: only SQL run here begins or commits a real transaction (a
-   * prepared statement can only end one by rolling it back, with `OR ROLLBACK`).
+   * prepared statement can only end one by rolling it back, with `OR ROLLBACK`). Before anything
+   * that may begin one, the commit group checks its state against them (see GroupHooks.reconcile).
    */
   exec(sql: string): void {
     settleCursor();
+    const kind = this.control.kindOf(sql);
+    if (kind === undefined) return this.execScript(sql);
+    if (kind === 'begin') this.group?.reconcile();
+    try {
+      this.control.run(sql);
+    } catch (e) {
+      throw this.explain(fromEngineError(e));
+    }
+    // A COMMIT that failed, even one that ended its transaction, counts as rolled back, as its
+    // caller treats it.
+    if (kind === 'begin') this.realSerial++;
+    else if (kind === 'commit') this.committedSerial = this.realSerial;
+  }
+
+  /** {@link Engine.exec} of any other SQL (savepoints, settings, scripts): the serials by what changed. */
+  private execScript(sql: string): void {
     const db = this.db;
     const before = db.inTransaction;
     if (!before) this.group?.reconcile();
     try {
-      if (!this.control.run(sql)) db.exec(sql);
+      db.exec(sql);
     } catch (e) {
-      // A failed script may have begun a transaction. A COMMIT that failed and ended its
-      // transaction counts as rolled back, as its caller treats it.
+      // A failed script may have begun a transaction.
       if (!before && db.inTransaction) this.realSerial++;
       throw this.explain(fromEngineError(e));
     }
