@@ -24,6 +24,7 @@ import { afterAll, beforeAll, describe, it } from 'vitest';
 import { commitAsync, errorKind, groupCommitStats, open, type Connection } from '../src/index.js';
 import { laneOf } from '../src/lane.js';
 import { ensureBuilt } from './fixtures/harness.js';
+import { prng } from './helpers.js';
 
 const RUNS = Number(process.env.SIBLITE_ATTACK_GROUP_RUNS ?? 4);
 const FIRST_SEED = process.env.SIBLITE_ATTACK_GROUP_SEED;
@@ -34,17 +35,6 @@ const OPS_PER_HANDLE = 14;
 const RETRY = { retries: 1000, minTimeout: 1, maxTimeout: 10, maxElapsedMs: 30_000 };
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'attack-group-child.mjs');
 
-/** mulberry32: a small seeded generator. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Uncaught exceptions and unhandled rejections seen while the histories run. */
 const stray: unknown[] = [];
@@ -88,7 +78,7 @@ interface History {
 
 /** Runs one random history on a fresh file; returns what the checks need. */
 async function history(seed: number, started: (h: History) => void): Promise<{ h: History; file: string; dir: string; child: ChildProcess; childDone: Promise<any> }> {
-  const random = rng(seed);
+  const random = prng(seed);
   const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)] as T;
   const window = pick([0, 0, 1, 3]);
   // A small cap flushes a full group at once, inside the joining commit.

@@ -6,6 +6,7 @@
  * tables, must be identical.
  */
 import { errorKind, open, type Connection } from '../../src/index.js';
+import { prng } from '../helpers.js';
 import { rawDatabase } from './oracle.js';
 
 export type HistoryKind = 'mixed' | 'settings' | 'lane' | 'exotic' | 'hot' | 'span' | 'evict';
@@ -67,17 +68,6 @@ INSERT INTO tmp VALUES (1, 1);
 
 const TABLES = ['ev', 'sp', 'sn', 'spc', 'kv', 'cfg', 'parent', 'child', 'audit', 'uniq', 'gen', 'log', 'chain', 'wr', 'dchild', 'temp.tmp'];
 
-/** A small seeded PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class Abort extends Error {}
 
