@@ -166,7 +166,7 @@ class CommitGroup implements GroupHooks {
   /** A member that is in the engine now stays applied there until the flush. */
   private keepApplied(m: Member): void {
     const engine = this.engine;
-    this.checkAlive();
+    this.reconcile();
     if (engine.active !== m.tx || !engine.inRealTransaction) return;
     if (this.applied.length === 0) {
       if (this.top !== null) return; // cannot happen: a top needs applied members below it
@@ -186,9 +186,9 @@ class CommitGroup implements GroupHooks {
   /** Commits the pending members (see the module documentation). Never throws. */
   flush(): void {
     this.scheduled = false;
-    // The real transaction may have ended since the members were applied (see checkAlive):
+    // The real transaction may have ended since the members were applied (see reconcile):
     // without this, dropping the top savepoint below threw 'no such savepoint' out of the timer.
-    this.checkAlive();
+    this.reconcile();
     const members = this.pending;
     if (members.length === 0) return;
     this.pending = [];
@@ -228,7 +228,7 @@ class CommitGroup implements GroupHooks {
    */
   private applyAll(ready: Member[]): Member[] {
     const engine = this.engine;
-    this.checkAlive();
+    this.reconcile();
     const ok: Member[] = [...this.applied];
     try {
       if (this.applied.length > 0) {
@@ -279,7 +279,7 @@ class CommitGroup implements GroupHooks {
   // ---- GroupHooks: what the engine and the sessions call --------------------------------------
 
   settle(): boolean {
-    this.checkAlive();
+    this.reconcile();
     if (this.applied.length === 0) return false;
     // Something outside the group needs the engine: the applied members step out (they stay
     // pending and are replayed at the flush). Committing them here, inside another handle's
@@ -290,7 +290,7 @@ class CommitGroup implements GroupHooks {
 
   stack(tx: ConcurrentTransaction): boolean {
     const engine = this.engine;
-    this.checkAlive();
+    this.reconcile();
     if (this.applied.length === 0) return false;
     if (this.applied.some((m) => m.tx === tx)) {
       // A pending member's own handle runs a statement again: undo the group (its members come
@@ -315,7 +315,7 @@ class CommitGroup implements GroupHooks {
   }
 
   release(tx: ConcurrentTransaction): void {
-    this.checkAlive();
+    this.reconcile();
     if (this.top === tx) this.dropTop();
     else if (this.applied.some((m) => m.tx === tx)) this.undoApplied();
     // A pending member's transaction ends before its commit (its handle was closed).
@@ -328,10 +328,6 @@ class CommitGroup implements GroupHooks {
 
   isTop(tx: ConcurrentTransaction): boolean {
     return this.top === tx;
-  }
-
-  reconcile(): void {
-    this.checkAlive();
   }
 
   // ---- helpers --------------------------------------------------------------------------------
@@ -371,7 +367,7 @@ class CommitGroup implements GroupHooks {
    * must never be replayed onto a commit that already holds it: that would commit it twice), the
    * members are durable: they are ended as committed and resolved now.
    */
-  private checkAlive(): void {
+  reconcile(): void {
     if (this.applied.length === 0) return;
     const engine = this.engine;
     if (engine.inRealTransaction && engine.realSerial === this.appliedIn) return;

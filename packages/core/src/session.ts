@@ -379,7 +379,7 @@ export class Session {
     if (RESERVED_SAVEPOINT.test(name)) throw misuseError(`savepoint name ${name} is reserved by siblite; choose another name`);
     if (!tx) {
       if (c.cls.type !== 'savepoint') {
-        throw misuseError(`no such savepoint: ${(c.cls as { name: string }).name}`);
+        throw misuseError(`no such savepoint: ${name}`);
       }
       // An outermost SAVEPOINT starts a deferred transaction, as in SQLite.
       this.claimForPessimistic();

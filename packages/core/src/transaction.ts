@@ -122,8 +122,6 @@ class Final {
  * and the deadline of the lane, come in only after a failure.
  */
 class Call<T> implements Scope {
-  /** The handle's session: the call is the scope its callback runs in (see {@link Scope}). */
-  readonly session: Session;
   /** The nested `transaction()` calls made directly inside the callback (made on first use). */
   children?: Turns;
   /** Failed attempts (busy or conflict) outside the lane. */
@@ -158,8 +156,11 @@ class Call<T> implements Scope {
     readonly lane: Lane | undefined,
     /** When the first attempt began (`performance.now()`): the start of the retry budget. */
     readonly started: number,
-  ) {
-    this.session = conn.session;
+  ) {}
+
+  /** The handle's session: the call is the scope its callback runs in (see {@link Scope}). */
+  get session(): Session {
+    return this.conn.session;
   }
 
   /** When the retry budget runs out (`performance.now()` time): no wait in the lane lasts longer. */

@@ -16,6 +16,17 @@ function fileDb(options: Parameters<typeof open>[1] = {}): Connection {
   return db;
 }
 
+/** `n` handles, each with a BEGIN CONCURRENT that inserted 'h<i>' into `other`, committing through commitAsync(). */
+function pendingInserts(db: Connection, n: number): { hs: Connection[]; commits: Promise<void>[] } {
+  const hs = Array.from({ length: n }, () => scope.connect(db));
+  const commits = hs.map((h, i) => {
+    h.exec('BEGIN CONCURRENT');
+    h.run('INSERT INTO other (v) VALUES (?)', [`h${i}`]);
+    return commitAsync(h);
+  });
+  return { hs, commits };
+}
+
 describe('group commit', () => {
   it('commits 32 handlers that read, await and write their own row in shared commits, totals exact', async () => {
     const db = fileDb();
@@ -278,12 +289,7 @@ describe('group commit', () => {
 
   it('closing a handle whose transaction waits in a group rejects its commit (SIBLITE_CLOSED), the others commit once', async () => {
     const db = fileDb();
-    const hs = [scope.connect(db), scope.connect(db), scope.connect(db)];
-    const commits = hs.map((h, i) => {
-      h.exec('BEGIN CONCURRENT');
-      h.run('INSERT INTO other (v) VALUES (?)', [`h${i}`]);
-      return commitAsync(h);
-    });
+    const { hs, commits } = pendingInserts(db, 3);
     hs[1]!.close();
     const outcomes = await Promise.allSettled(commits);
     expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
@@ -295,12 +301,7 @@ describe('group commit', () => {
   // COMMIT, the members applied in it are durable and must be resolved, never replayed again.
   it('members whose real transaction something else committed resolve as committed, each once', async () => {
     const db = fileDb();
-    const hs = [scope.connect(db), scope.connect(db), scope.connect(db)];
-    const commits = hs.map((h, i) => {
-      h.exec('BEGIN CONCURRENT');
-      h.run('INSERT INTO other (v) VALUES (?)', [`h${i}`]);
-      return commitAsync(h);
-    });
+    const { hs, commits } = pendingInserts(db, 3);
     const engine = hs[0]!.session.engine;
     expect(engine.inRealTransaction).toBe(true);
     engine.exec('COMMIT'); // not the group's own COMMIT
@@ -351,12 +352,7 @@ describe('group commit', () => {
   // engine's committedSerial still names its members' transaction.
   it('members whose real transaction something else committed resolve once, even after a later commit', async () => {
     const db = fileDb();
-    const hs = [scope.connect(db), scope.connect(db)];
-    const commits = hs.map((h, i) => {
-      h.exec('BEGIN CONCURRENT');
-      h.run('INSERT INTO other (v) VALUES (?)', [`h${i}`]);
-      return commitAsync(h);
-    });
+    const { hs, commits } = pendingInserts(db, 2);
     const engine = hs[0]!.session.engine;
     engine.exec('COMMIT'); // not the group's own COMMIT
     engine.exec('BEGIN'); // a later real transaction, committed too
