@@ -16,7 +16,6 @@ import type { Engine, HandleState, InsertTable, OpenTransaction, RowidPlan } fro
 import type { BindParams, Outcome, PreparedSql, Row, RowFormat, Want } from './engine/execute.js';
 import type { CompiledSql } from './engine/statement-cache.js';
 import { digestPolicy } from './engine/row-digest.js';
-import { addWrittenRowids, type WrittenRowidMap } from './engine/rowid-span.js';
 import { heldAgainst } from './concurrent/hold.js';
 import type { Lane } from './lane.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
@@ -426,7 +425,7 @@ export class Session {
 
   private endConcurrent(tx: ConcurrentTransaction, committed: boolean): void {
     if (this.engine.active === tx) this.engine.active = null;
-    if (committed && tx.writes.size > 0) this.engine.noteChanged(tx.writes, tx.writtenRowids());
+    if (committed && tx.writes.size > 0) tx.noteCommitted();
     tx.end();
     this.tx = null;
   }
@@ -601,7 +600,7 @@ export class Session {
       if (c.cls.type === 'ddl' || c.cls.type === 'setting') engine.schemaChanged();
       else if (engine.concurrentOpen > 0 && !(c.cls.type === 'dml' && c.cls.verb === 'select')) {
         const fp = engine.footprints.of(c.sql);
-        if (!fp.readonly) engine.noteChanged(fp.writes, writtenRowids(fp, params));
+        if (!fp.readonly) engine.noteWrite(fp, params);
       }
     }
   }
@@ -670,7 +669,9 @@ export class Session {
       const inPlace = fp.readonly && !intersects(fp.reads, tx.writes) && (a === null || !engine.touchesUncommitted(fp.reads, a));
       if (!inPlace) this.bringIn(tx);
     }
-    const entry = logEntry(c.sql, privateParams(params), want, this.format, fp, false, (this.stateCopy ??= { ...this.state }));
+    // The handle's state only where a replay needs it (see Footprint.handleState).
+    const state = fp.handleState === true ? (this.stateCopy ??= { ...this.state }) : undefined;
+    const entry = logEntry(c.sql, privateParams(params), want, this.format, fp, false, state);
     this.steeredBy = null;
     try {
       const out = isDigestable(c, fp, want) ? this.allDigested(c, params, entry) : this.executeSteered(c, params, want, tx);
@@ -814,14 +815,6 @@ export class Session {
   }
 }
 
-/** The rowids an autocommit write changed, per table where its bytecode proves them. */
-function writtenRowids(fp: Footprint, params: BindParams | undefined): WrittenRowidMap | undefined {
-  if (fp.rowids?.writes === undefined) return undefined;
-  const into: WrittenRowidMap = new Map();
-  addWrittenRowids(fp.writes, fp.rowids, params, into);
-  return into;
-}
-
 /** The logged outcome of a read kept as a digest. */
 const DIGESTED: Outcome = { rows: undefined, changes: 0, insertedRowid: undefined };
 
@@ -873,7 +866,9 @@ function privateParams(params: BindParams | undefined): BindParams | undefined {
   if (params instanceof Uint8Array) return params.slice();
   if (Array.isArray(params)) {
     const list = params as unknown[];
-    if (!list.some(isBlob)) return params;
+    let blobs = false;
+    for (let i = 0; i < list.length; i++) if (list[i] instanceof Uint8Array) blobs = true;
+    if (!blobs) return params;
     return list.map((v) => (v instanceof Uint8Array ? v.slice() : v)) as BindParams;
   }
   if (params !== null && typeof params === 'object') {

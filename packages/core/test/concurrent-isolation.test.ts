@@ -197,6 +197,34 @@ describe("class 2: last_insert_rowid(), changes(), total_changes() answer the ca
   });
 });
 
+describe("class 2b: a statement logged without the handle's state, that a schema change makes depend on it", () => {
+  // The log keeps a handle's changes()/last_insert_rowid() values only for statements that call
+  // them. A trigger created later can make a logged statement call them on replay: that replay
+  // could not answer the handle's values, so the transaction conflicts instead (and reruns).
+  it('a trigger calling changes() created while the transaction is parked: the replay conflicts, nothing of it stays', async () => {
+    const db = memory('CREATE TABLE t (v); CREATE TABLE audit (c)');
+    const a = scope.connect(db);
+    const b = scope.connect(db);
+    b.run('DELETE FROM t'); // b's changes() is 0; a's will be 1
+    a.exec('BEGIN CONCURRENT');
+    a.run('INSERT INTO t VALUES (1)'); // logged without a's state: it calls nothing that needs it
+    await tick();
+    b.exec('CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (changes()); END'); // parks a
+    const e = thrown(() => a.run('INSERT INTO t VALUES (2)')); // resumes a: the replay would fire tr
+    expect(errorKind(e)).toBe('busy_snapshot');
+    expect(String((e as Error).message)).toMatch(/handle state/);
+    expect(a.inTransaction).toBe(false);
+    expect(db.all('SELECT v FROM t')).toEqual([]);
+    expect(db.all('SELECT c FROM audit')).toEqual([]);
+    // A rerun logs the statement with a's state and commits it, the trigger seeing a's changes().
+    await a.transaction((tx) => {
+      tx.run('INSERT INTO t VALUES (1)');
+      tx.run('INSERT INTO t VALUES (2)');
+    });
+    expect(db.all('SELECT c FROM audit')).toEqual([{ c: 1 }, { c: 1 }]);
+  });
+});
+
 describe('class 3: footprints follow the settings and the schema that decide what a statement touches', () => {
   const SCHEMA =
     'CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (id INTEGER PRIMARY KEY, pid REFERENCES parent ON DELETE CASCADE);' +

@@ -33,8 +33,11 @@ export interface LogEntry {
   readonly format?: RowFormat | undefined;
   /** Refreshed when the schema or a setting changes (see {@link ConcurrentTransaction.refreshFootprints}). */
   footprint: Footprint;
-  /** What the connection-state SQL functions answered when it ran (replays answer the same). */
-  readonly state?: HandleState;
+  /**
+   * What the connection-state SQL functions answered when it ran (replays answer the same); kept
+   * only when its footprint calls them ({@link Footprint.handleState}).
+   */
+  readonly state?: HandleState | undefined;
   /** Savepoint statements are replayed but show nothing to compare. */
   readonly control: boolean;
   outcome?: Outcome;
@@ -61,6 +64,9 @@ export function logEntry(
   return { sql, params, want, format, footprint, state, control, outcome: undefined, digest: undefined, error: undefined, rowid: undefined };
 }
 
+/** No log entries (shared; never changed: {@link ConcurrentTransaction.record} replaces it). */
+const NO_ENTRIES: LogEntry[] = [];
+
 /** No tables (shared; never changed). */
 const NO_TABLES: ReadonlySet<string> = new Set();
 
@@ -73,11 +79,19 @@ interface Rederived {
 export class ConcurrentTransaction implements OpenTransaction {
   readonly kind = 'concurrent' as const;
   /**
-   * The tables written, made at the first write: a transaction that reads and then awaits (the
-   * common shape) keeps no empty set alive across its await.
+   * The tables written, set at the first write: a transaction that reads and then awaits (the
+   * common shape) keeps no empty set alive across its await. Until a write adds a table the
+   * first one did not, this is that statement's footprint set itself (shared, never changed
+   * here: {@link ConcurrentTransaction.ownsWritten} is false), so most transactions make no set.
    */
-  private written: Set<string> | undefined;
-  readonly log: LogEntry[] = [];
+  private written: ReadonlySet<string> | undefined;
+  /** Whether {@link ConcurrentTransaction.written} is this transaction's own set (else a footprint's). */
+  private ownsWritten = false;
+  /**
+   * The statements run so far, in order. Replaced, not pushed to, for the first two entries: a
+   * push onto an empty array reserves 17 slots, and most transactions log one or two statements.
+   */
+  private entries: LogEntry[] = NO_ENTRIES;
   /** Every read in the log was valid as of this commit counter. */
   validatedSeq: number;
   /** Rowids this transaction was told by single-row INSERTs (made on first use: most transactions insert none). */
@@ -94,6 +108,11 @@ export class ConcurrentTransaction implements OpenTransaction {
     this.epoch = engine.schemaEpoch;
   }
 
+  /** The statements run so far, in order (never changed by the caller). */
+  get log(): readonly LogEntry[] {
+    return this.entries;
+  }
+
   /** The tables this transaction has written (so far). */
   get writes(): ReadonlySet<string> {
     return this.written ?? NO_TABLES;
@@ -107,8 +126,23 @@ export class ConcurrentTransaction implements OpenTransaction {
   /** Adds the tables a logged statement writes to {@link ConcurrentTransaction.writes}. */
   private noteWrites(tables: ReadonlySet<string>): void {
     if (tables.size === 0) return;
-    const written = (this.written ??= new Set());
-    for (const t of tables) written.add(t);
+    const written = this.written;
+    if (written === undefined) {
+      this.written = tables;
+      return;
+    }
+    if (written === tables) return;
+    let own: Set<string>;
+    if (this.ownsWritten) own = written as Set<string>;
+    else {
+      let added = false;
+      for (const t of tables) if (!written.has(t)) added = true;
+      if (!added) return;
+      own = new Set(written);
+      this.written = own;
+      this.ownsWritten = true;
+    }
+    for (const t of tables) own.add(t);
   }
 
   /**
@@ -143,7 +177,10 @@ export class ConcurrentTransaction implements OpenTransaction {
 
   /** Records a statement the application saw the result of. */
   record(entry: LogEntry): void {
-    this.log.push(entry);
+    const log = this.entries;
+    if (log.length === 0) this.entries = [entry];
+    else if (log.length === 1) this.entries = [log[0] as LogEntry, entry];
+    else log.push(entry);
     this.noteWrites(entry.footprint.writes);
     if (entry.rowid) {
       (this.reserved ??= []).push([entry.rowid.table, entry.rowid.value]);
@@ -218,6 +255,7 @@ export class ConcurrentTransaction implements OpenTransaction {
           continue;
         }
         if (!fp.readonly || !fp.deterministic || entry.digest || entry.error !== undefined || intersects(fp.reads, written)) return false;
+        if (fp.handleState === true && !entry.state) return false; // its state was not kept (see replay)
         if (entry.state) {
           engine.caller = entry.state;
           engine.primeLastInsertRowid(fp, entry.state);
@@ -252,6 +290,25 @@ export class ConcurrentTransaction implements OpenTransaction {
       addWrittenRowids(e.footprint.writes, e.rowid ? undefined : e.footprint.rowids, e.params, into);
     }
     return into;
+  }
+
+  /**
+   * Tells the engine what this transaction's commit changed (see Engine.noteChanged): when one
+   * statement made every write (the common case), straight from its parameters.
+   */
+  noteCommitted(): void {
+    let only: LogEntry | undefined;
+    for (const e of this.log) {
+      if (e.control || e.footprint.readonly) continue;
+      if (only !== undefined || e.rowid) {
+        this.engine.noteChanged(this.writes, this.writtenRowids());
+        return;
+      }
+      only = e;
+    }
+    // Only when its tables are all the transaction wrote (refreshed footprints may have moved).
+    if (only !== undefined && this.written === only.footprint.writes) this.engine.noteWrite(only.footprint, only.params);
+    else this.engine.noteChanged(this.writes, this.writtenRowids());
   }
 
   /** Releases the transaction's rowid reservations and its place in the engine's counters. */
@@ -300,6 +357,11 @@ export class ConcurrentTransaction implements OpenTransaction {
     let outcome: Outcome | undefined;
     let differsAt = -1;
     if (entry.state) engine.caller = entry.state;
+    else if (fp.handleState === true) {
+      // Logged before a schema change made it call changes() or last_insert_rowid() (a new
+      // trigger): the handle's state then was not kept, so it cannot be re-run faithfully.
+      throw this.conflict(entry, 'now depends on the handle state (changes(), last_insert_rowid()) after a schema change');
+    }
     try {
       // Preparing can fail too, when a schema change removed what the statement used.
       let stmt: PreparedSql;
@@ -338,9 +400,10 @@ export class ConcurrentTransaction implements OpenTransaction {
   private readChanged(entry: LogEntry): boolean {
     const engine = this.engine;
     const fp = entry.footprint;
-    if (!engine.changedSince(fp.reads, this.validatedSeq)) return false;
     const spans = fp.rowids?.reads;
-    if (spans === undefined) return true;
+    if (spans === undefined) return engine.changedSince(fp.reads, this.validatedSeq);
+    // Spans are only learned where every table read is known (no ALL_TABLES): each table's own
+    // counter is checked first by rowsChangedSince.
     for (const t of fp.reads) {
       const span = spans.get(t);
       if (engine.rowsChangedSince(t, this.validatedSeq, span && spanRange(span, entry.params))) return true;

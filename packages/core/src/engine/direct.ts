@@ -170,7 +170,8 @@ function bindValue(stmt: number, db: number, value: unknown, position: number): 
  */
 export function bindValues(stmt: number, db: number, values: unknown): void {
   const e = engine();
-  if (e._sqlite3_clear_bindings(stmt) !== SQLITE_OK || e._sqlite3_reset(stmt) !== SQLITE_OK) {
+  // No sqlite3_clear_bindings: every caller binds every slot (PreparedSql.normalize counts them).
+  if (e._sqlite3_reset(stmt) !== SQLITE_OK) {
     throw wrapperError('Could not reset statement prior to binding new values');
   }
   if (Array.isArray(values)) {

@@ -12,11 +12,11 @@ import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/d
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
 import { ControlStatements } from './control.js';
 import { settleCursor } from './cursor.js';
-import { engineLastInsertRowid, PreparedSql } from './execute.js';
+import { engineLastInsertRowid, PreparedSql, type BindParams } from './execute.js';
 import { ALL_TABLES, FootprintAnalyzer, intersects, type Footprint } from './footprint.js';
 import { StatementCache } from './statement-cache.js';
 import { WrittenRowids } from './written-rowids.js';
-import type { RowidRange } from './rowid-span.js';
+import { keyValues, type RowidRange } from './rowid-span.js';
 
 /** What every open transaction tells the engine. */
 export interface OpenTransaction {
@@ -371,16 +371,33 @@ export class Engine {
   noteChanged(tables: Iterable<string>, rowids?: ReadonlyMap<string, readonly number[] | null>): void {
     if (this.concurrentOpen === 0) return;
     const seq = ++this.commitSeq;
-    for (const t of tables) {
-      if (t === ALL_TABLES) {
-        this.allSeq = seq;
-        continue;
-      }
-      this.tableSeq.set(t, seq);
-      const ids = rowids?.get(t);
-      if (ids === undefined || ids === null) this.written.unknown(t, seq);
-      else this.written.wrote(t, seq, ids);
+    for (const t of tables) this.noteTable(t, seq, rowids?.get(t));
+  }
+
+  /**
+   * {@link Engine.noteChanged} for what one write statement with footprint `fp` and these
+   * parameters changed (an autocommit write, or a transaction whose only write it was): its
+   * rowids are read off its parameters without building a map per commit.
+   */
+  noteWrite(fp: Footprint, params: BindParams | undefined): void {
+    if (this.concurrentOpen === 0) return;
+    const seq = ++this.commitSeq;
+    const keys = fp.rowids?.writes;
+    for (const t of fp.writes) {
+      const tableKeys = keys?.get(t);
+      this.noteTable(t, seq, tableKeys === undefined ? null : keyValues(tableKeys, params));
     }
+  }
+
+  /** Commit `seq` changed `table`: the rows `ids` only, or any row (`null`, `undefined`). */
+  private noteTable(table: string, seq: number, ids: readonly number[] | null | undefined): void {
+    if (table === ALL_TABLES) {
+      this.allSeq = seq;
+      return;
+    }
+    this.tableSeq.set(table, seq);
+    if (ids === undefined || ids === null) this.written.unknown(table, seq);
+    else this.written.wrote(table, seq, ids);
   }
 
   /**

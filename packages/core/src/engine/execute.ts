@@ -83,6 +83,8 @@ interface WrapperStatement {
   _db: { _ptr: number | null };
 }
 const SQLITE_NULL = 5;
+/** Marks "no row read yet" in {@link PreparedSql.readRows} (never returned: callers may change their rows). */
+const NO_ROWS: Row[] = [];
 
 /** A prepared engine statement with what siblite knows about it. */
 export class PreparedSql {
@@ -110,18 +112,16 @@ export class PreparedSql {
     readonly cls: StatementClass,
   ) {
     this.returnsRows = lowLevel()._sqlite3_column_count(ptrOf(stmt)) > 0;
-    this.upsert = this.verb === 'insert' && /\bdo\s+update\b/i.test(sql);
+    const verb = cls.type === 'dml' ? cls.verb : 'other';
+    this.verb = verb;
+    this.writesRows = verb === 'insert' || verb === 'update' || verb === 'delete';
+    this.upsert = verb === 'insert' && /\bdo\s+update\b/i.test(sql);
   }
 
+  /** The DML verb (`select`, `insert`, ...), or `other`. Fixed at construction: read per statement run. */
+  readonly verb: string;
   /** An INSERT, UPDATE or DELETE: sets what `changes()` answers. */
-  get writesRows(): boolean {
-    const v = this.verb;
-    return v === 'insert' || v === 'update' || v === 'delete';
-  }
-
-  get verb(): string {
-    return this.cls.type === 'dml' ? this.cls.verb : 'other';
-  }
+  readonly writesRows: boolean;
 
   /**
    * Runs the statement on `db` (the engine connection it was prepared on). `format` shapes the
@@ -176,7 +176,8 @@ export class PreparedSql {
     settleCursor();
     const ptr = ptrOf(this.stmt);
     try {
-      stepRow(ptr, this.bound(undefined));
+      // Nothing to bind, and the statement was reset after its last run (below): step at once.
+      stepRow(ptr, this.ready());
     } catch (e) {
       throw fromEngineError(e);
     } finally {
@@ -283,17 +284,21 @@ export class PreparedSql {
   /** Up to `limit` rows of the bound statement in `format`, then leaves it reset. */
   private readRows(engineDb: number, limit: number, format: RowFormat | undefined): Row[] {
     const ptr = ptrOf(this.stmt);
-    const rows: Row[] = [];
+    let rows: Row[] = NO_ROWS;
     if (stepRow(ptr, engineDb)) {
       // Read after the first step: a statement re-prepared by it may have other columns.
       const names = this.names.of(ptr);
       const raw = format?.raw === true;
       const bigints = format?.safeIntegers === true;
-      do rows.push(raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints));
-      while (rows.length < limit && stepRow(ptr, engineDb));
+      // The first row as a one-element array: a push onto an empty array reserves 17 slots,
+      // and get() reads one row.
+      rows = [raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints)];
+      while (rows.length < limit && stepRow(ptr, engineDb)) {
+        rows.push(raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints));
+      }
     }
     resetStatement(ptr);
-    return rows;
+    return rows === NO_ROWS ? [] : rows;
   }
 
   /** Binds `values` and returns a function that reads the next row in `format` (undefined at the end). */

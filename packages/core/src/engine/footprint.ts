@@ -32,6 +32,12 @@ export interface Footprint {
    * value must then be the calling handle's when it starts (see Engine.primeLastInsertRowid).
    */
   readonly lastInsertRowid?: boolean;
+  /**
+   * True when the statement (its triggers included) calls `last_insert_rowid()`, `changes()` or
+   * `total_changes()`: what it does depends on the calling handle's state, which a replay must
+   * restore (a concurrent transaction's log keeps that state only for such statements).
+   */
+  readonly handleState?: boolean;
   /** True when the statement may run trigger or foreign-key-action programs (`OP_Program`). */
   readonly subPrograms?: boolean;
   /**
@@ -122,6 +128,7 @@ export class FootprintAnalyzer {
     let deterministic = true;
     let opensDatabase = false;
     let lastInsertRowid = false;
+    let handleState = false;
     let subPrograms = false;
     for (const r of rows) {
       const op = r.opcode as string;
@@ -156,6 +163,7 @@ export class FootprintAnalyzer {
           const name = (paren > 0 ? p4.slice(0, paren) : p4).toLowerCase();
           if (!DETERMINISTIC_FUNCTIONS.has(name)) deterministic = false;
           if (name === 'last_insert_rowid') lastInsertRowid = true;
+          if (name === 'last_insert_rowid' || name === 'changes' || name === 'total_changes') handleState = true;
           break;
         }
         case 'Program':
@@ -193,7 +201,7 @@ export class FootprintAnalyzer {
       const only = fp.writes.size === 1 ? (fp.writes.values().next().value as string) : undefined;
       rowids = analyzeRowids(rows as unknown as ExplainRow[], (db, page) => this.rootInfo(db, page), fp.readonly, fp.readonly ? undefined : only);
     }
-    return lastInsertRowid || subPrograms || rowids ? { ...fp, lastInsertRowid, subPrograms, rowids } : fp;
+    return lastInsertRowid || handleState || subPrograms || rowids ? { ...fp, lastInsertRowid, handleState, subPrograms, rowids } : fp;
   }
 
   private table(db: number, root: number): string {

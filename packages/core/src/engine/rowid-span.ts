@@ -388,17 +388,22 @@ export function addWrittenRowids(
     const before = into.get(t);
     if (before === null) continue;
     const keys = access?.writes?.get(t);
-    let list = keys === undefined ? undefined : before ?? [];
-    if (keys !== undefined && list !== undefined) {
-      for (const k of keys) {
-        const v = keyValue(k, params);
-        if (v === undefined) {
-          list = undefined;
-          break;
-        }
-        list.push(v);
-      }
-    }
-    into.set(t, list ?? null);
+    into.set(t, keys === undefined ? null : keyValues(keys, params, before));
   }
+}
+
+/**
+ * The rowids `keys` stand for with these parameters, appended to `into` (returned), or `null`
+ * when one of them is not a safe integer (the rows changed are then not known).
+ */
+export function keyValues(keys: readonly RowidKey[], params: BindParams | undefined, into?: number[]): number[] | null {
+  // Sized exactly when new: a push onto an empty array reserves 17 slots (one write: one key).
+  const out = into ?? new Array<number>(keys.length);
+  let at = into === undefined ? 0 : into.length;
+  for (const k of keys) {
+    const v = keyValue(k, params);
+    if (v === undefined) return null;
+    out[at++] = v;
+  }
+  return out;
 }
