@@ -109,23 +109,36 @@ export class Lane {
 
   /**
    * Resolves once the caller holds the lane; call {@link Lane.release} exactly once after.
-   * Rejects with a `BusyError` when the lane is not free within `timeoutMs`.
+   * Rejects with a `BusyError` when the lane is not free within `timeoutMs`, and with the
+   * signal's reason as soon as `signal` is aborted (the caller then does not hold the lane).
    */
-  acquire(timeoutMs: number): Promise<void> {
+  acquire(timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
     if (!this.held) {
       this.held = true;
       return Promise.resolve();
     }
     return new Promise((resolve, reject) => {
-      const granted = () => {
+      const leave = () => {
         clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(() => {
+        signal?.removeEventListener('abort', aborted);
         const i = this.waiting.indexOf(granted);
         if (i >= 0) this.waiting.splice(i, 1);
+      };
+      const granted = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', aborted);
+        resolve();
+      };
+      const aborted = () => {
+        leave();
+        reject(signal?.reason);
+      };
+      const timer = setTimeout(() => {
+        leave();
         reject(sqliteError('database is locked: waited too long for the transactions ahead in the priority lane', 'SQLITE_BUSY'));
       }, Math.max(0, timeoutMs));
+      signal?.addEventListener('abort', aborted, { once: true });
       this.waiting.push(granted);
     });
   }

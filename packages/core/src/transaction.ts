@@ -163,6 +163,12 @@ class Call<T> implements Scope {
     return this.conn.session;
   }
 
+  /** The retry options' abort signal, if any: it also ends a wait in the lane. */
+  signal(): AbortSignal | undefined {
+    const retry = this.options.retry;
+    return retry ? retry.signal : undefined;
+  }
+
   /** When the retry budget runs out (`performance.now()` time): no wait in the lane lasts longer. */
   deadline(): number {
     const retry = this.options.retry;
@@ -259,16 +265,18 @@ function attempt<T>(call: Call<T>, outermost: boolean): Promise<T> {
  * wait ends at the retry budget, in case a holder awaits this very transaction.
  */
 async function queue<T>(call: Call<T>, lane: Lane): Promise<T> {
+  const signal = call.signal();
   try {
     const budget = call.deadline() - performance.now();
     if (!call.queued || call.failures >= LANE_AFTER_FAILURES || call.laneFailures > 0 || budget <= QUEUED_WAIT_MS) {
-      await lane.acquire(budget);
+      await lane.acquire(budget, signal);
     } else {
       // Queued by a refusal, not by failures: wait a bounded time only, in case the holder
       // awaits this very call; then run optimistically, refused no more.
       try {
-        await lane.acquire(QUEUED_WAIT_MS);
-      } catch {
+        await lane.acquire(QUEUED_WAIT_MS, signal);
+      } catch (e) {
+        if (signal?.aborted) throw e; // stopped by the caller, not by the bounded wait
         call.queued = false;
         call.conn.session.lane = undefined;
         return attempt(call, call.outermost);
@@ -545,7 +553,7 @@ async function commitWhenFree(call: Call<unknown>, lane: Lane | undefined, refus
     if (lane?.inUse && !isFileLockBusy(refusal)) {
       // The lane hands over to its next holder at once: wait in it rather than poll for a gap
       // that never comes.
-      await lane.acquire(call.deadline() - performance.now());
+      await lane.acquire(call.deadline() - performance.now(), call.signal());
       try {
         await waitOut(session.busyTimeout, once);
       } catch (e) {

@@ -243,6 +243,70 @@ describe('the priority lane', () => {
     expect(db.get<{ n: number }>('SELECT n FROM hot')!.n).toBe(102);
   });
 
+  // The retry options' signal stops waiting in the lane too, in both of its waits: the bounded one
+  // of a callback queued by a hot statement, and the one bounded by the retry budget.
+  for (const [what, retry] of [
+    ['queued by a hot statement (bounded wait)', {}],
+    ['waiting up to its retry budget', { maxElapsedMs: 800 }],
+  ] as const) {
+    it(`a transaction waiting in the lane, ${what}, stops when its retry signal is aborted: it rejects with the reason, changes nothing, and the lane goes on`, async () => {
+      const db = hotRow();
+      const a = scope.connect(db);
+      const b = scope.connect(db);
+      const d = scope.connect(db);
+      const other = scope.connect(db);
+      let first = true; // one conflict makes `SELECT n FROM hot WHERE id = ?` with [1] hot
+      await a.transaction(
+        (tx) => {
+          const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
+          if (first) other.run('UPDATE hot SET n = n + 100 WHERE id = 1');
+          first = false;
+          tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
+        },
+        { mode: 'concurrent', retry: { minTimeout: 0, maxTimeout: 0 } },
+      );
+      const lane = laneOf(db.session.engine);
+      await lane.acquire(1000); // held by the test until the end: b can only wait
+      const ctl = new AbortController();
+      const reason = new Error('the caller gave up');
+      let runs = 0;
+      const bDone = b.transaction(
+        (tx) => {
+          runs++;
+          const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
+          tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
+        },
+        { mode: 'concurrent', retry: { ...retry, signal: ctl.signal } },
+      );
+      await sleep(20); // b was refused at its hot read and waits in the lane
+      expect(runs).toBe(1);
+      let outcome: unknown = 'pending';
+      bDone.then(
+        () => (outcome = 'resolved'),
+        (e: unknown) => (outcome = e),
+      );
+      ctl.abort(reason);
+      // Settled in the microtasks that follow the abort, while the lane is still held: b stopped
+      // waiting (it used to wait out its bounded wait or its budget first).
+      await sleep(0);
+      expect(outcome).toBe(reason);
+      expect(runs).toBe(1);
+      expect(b.inTransaction).toBe(false);
+      expect(db.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!.n).toBe(101);
+      // b left the queue: releasing frees the lane (a stale waiter would keep it held for good).
+      lane.release();
+      expect(lane.inUse).toBe(false);
+      await d.transaction((tx) => {
+        const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
+        tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
+      });
+      expect(db.get<{ n: number }>('SELECT n FROM hot WHERE id = 1')!.n).toBe(102);
+      // An already aborted signal: no attempt at all.
+      await expect(b.transaction(() => runs++, { retry: { signal: ctl.signal } })).rejects.toBe(reason);
+      expect(runs).toBe(1);
+    });
+  }
+
   it('a priority holder does not hold back a commit to another row of a table it read', async () => {
     const db = hotRow();
     db.exec('INSERT INTO hot VALUES (2, 0)');
