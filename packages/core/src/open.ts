@@ -4,6 +4,7 @@
  */
 import { Connection } from './connection.js';
 import { Engine } from './engine/engine.js';
+import { isWellFormed } from './engine/direct.js';
 import { misuseError } from './errors.js';
 import type { LockingMode } from './file/access.js';
 import { busyTimeoutOption } from './busy-timeout.js';
@@ -71,6 +72,9 @@ const engines = new Map<string, Engine>();
  */
 export function open(path: string, options: OpenOptions = {}): Connection {
   if (typeof path !== 'string') throw misuseError('open(path): path must be a string');
+  // The engine wrapper and Node's fs encode a lone surrogate differently (one cuts the path, the
+  // other writes U+FFFD): the database and its lock files would not be the same file's.
+  if (!isWellFormed(path)) throw misuseError('open(path): the path has a lone UTF-16 surrogate, which has no UTF-8 file name');
   if (options === null || typeof options !== 'object') throw misuseError('open(path, options): options must be an object');
   const readonly = options.readonly === true;
   const settings = fileSettings(options); // validates (rejects journalMode 'wal')

@@ -22,6 +22,7 @@ import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
 import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
 import { walRefused } from './file/database.js';
+import { isWellFormed } from './engine/direct.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
 
 /** A pessimistic transaction (`BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE]`, or an outer SAVEPOINT). */
@@ -123,6 +124,7 @@ export class Session {
   compileOne(sql: string): CompiledSql {
     this.assertOpen();
     if (typeof sql !== 'string') throw misuseError('SQL must be a string');
+    assertEncodable(sql);
     const parts = splitStatements(sql);
     if (parts.length === 0) throw misuseError('The SQL contains no statement');
     if (parts.length > 1) throw misuseError('Only one statement is allowed here; use exec() for scripts');
@@ -153,6 +155,8 @@ export class Session {
   /** Runs a script of statements without parameters, one by one, stopping at the first error. */
   execScript(script: string): void {
     this.assertOpen();
+    if (typeof script !== 'string') throw misuseError('SQL must be a string');
+    assertEncodable(script);
     for (const part of splitStatements(script)) {
       const c = this.compileTokens(part.sql, classify(part.tokens));
       try {
@@ -827,6 +831,21 @@ const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), read
 
 /** The savepoints siblite runs itself in the shared real transaction (see commit-group.ts, insertAboveReservations). */
 const RESERVED_SAVEPOINT = /^siblite_(group_|rowids$)/i;
+
+/**
+ * Refuses SQL text with a lone UTF-16 surrogate (kind `misuse`, nothing run): the engine
+ * wrapper's encoder under-counts such text and silently cuts the end of the statement off,
+ * which could run a different statement (`... WHERE id = 10` becoming `... WHERE id = 1`).
+ * Parameters are not affected: pass such a value as a parameter.
+ */
+function assertEncodable(sql: string): void {
+  if (isWellFormed(sql)) return;
+  const at = sql.search(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/);
+  throw misuseError(
+    `The SQL text has a lone UTF-16 surrogate (at index ${at}), which cannot be encoded as UTF-8 for the engine; ` +
+      'nothing was run. Pass such a string as a parameter instead.',
+  );
+}
 
 /** The refusal of a statement on a handle whose transaction waits in a commit group. */
 function commitPendingError(id: number): SqliteError {

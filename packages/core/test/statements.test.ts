@@ -276,6 +276,26 @@ describe('parameter values are taken at the call', () => {
   });
 });
 
+describe('SQL text with a lone UTF-16 surrogate', () => {
+  // The engine wrapper's encoder under-counts such text and cut the statement's end off: this
+  // UPDATE ran as `... WHERE id = 1` and changed the wrong row.
+  it('is refused with kind misuse before anything runs; the same value as a parameter is stored and read back', () => {
+    const db = memory();
+    db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT); INSERT INTO t VALUES (1, 'one'), (10, 'ten')");
+    const e = expectSqliteError(() => db.run("UPDATE t SET a = '\uD800\u00e9' WHERE id = 10"), 'misuse');
+    expect(e.message).toMatch(/lone UTF-16 surrogate \(at index 18\)/);
+    expect(db.all('SELECT id, a FROM t ORDER BY id')).toEqual([{ id: 1, a: 'one' }, { id: 10, a: 'ten' }]);
+    db.run('UPDATE t SET a = ? WHERE id = ?', ['\uD800\u00e9', 10]);
+    expect(db.all('SELECT id, a FROM t ORDER BY id')).toEqual([{ id: 1, a: 'one' }, { id: 10, a: '\uD800\u00e9' }]);
+    // A well-formed pair is fine anywhere.
+    expect(db.get("SELECT '\uD83D\uDE00' AS s")).toEqual({ s: '\uD83D\uDE00' });
+  });
+
+  it('as a file path is refused by open() with kind misuse, creating nothing', () => {
+    expectSqliteError(() => open('/tmp/siblite-\uD800\u00e9.db'), 'misuse');
+  });
+});
+
 describe('bad input gives a typed error, changes nothing and leaves the handle usable', () => {
   type Bad = { name: string; kind: 'misuse' | 'sql' | 'closed'; act: (db: Connection) => unknown };
   const bads: Bad[] = [
@@ -298,6 +318,9 @@ describe('bad input gives a typed error, changes nothing and leaves the handle u
     { name: 'prepare of two statements', kind: 'misuse', act: (db) => db.prepare('INSERT INTO t (v) VALUES (1); INSERT INTO t (v) VALUES (2)') },
     { name: 'run of two statements', kind: 'misuse', act: (db) => db.run('INSERT INTO t (v) VALUES (1); INSERT INTO t (v) VALUES (2)') },
     { name: 'empty SQL to prepare', kind: 'misuse', act: (db) => db.prepare('') },
+    { name: 'lone surrogate in run SQL', kind: 'misuse', act: (db) => db.run("INSERT INTO t (v) VALUES ('\uD800\u00e9')") },
+    { name: 'lone surrogate in exec SQL', kind: 'misuse', act: (db) => db.exec("INSERT INTO t (v) VALUES (1); INSERT INTO t (v) VALUES ('\uDC00')") },
+    { name: 'lone surrogate in prepare SQL', kind: 'misuse', act: (db) => db.prepare("SELECT '\uD800' || v FROM t") },
     { name: 'blank SQL to run', kind: 'misuse', act: (db) => db.run('   ') },
     { name: 'comment-only SQL to get', kind: 'misuse', act: (db) => db.get('-- nothing') },
     { name: 'non-string SQL', kind: 'misuse', act: (db) => db.run(42 as never) },

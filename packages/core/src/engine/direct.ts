@@ -107,7 +107,7 @@ function release(p: number): void {
 }
 
 /** Whether `s` has no lone surrogate (`String.prototype.isWellFormed`, Node 20, not yet in the ES2023 lib). */
-function isWellFormed(s: string): boolean {
+export function isWellFormed(s: string): boolean {
   return (s as unknown as { isWellFormed(): boolean }).isWellFormed();
 }
 
