@@ -10,6 +10,7 @@ import type { BindParams, Row, RowFormat, SqlValue } from './engine/execute.js';
 import { extraArguments, fromEngineError, misuseError, sqliteError } from './errors.js';
 import { Session } from './session.js';
 import { settleCursor } from './engine/cursor.js';
+import { isWellFormed } from './engine/direct.js';
 import { iterable } from './iterable.js';
 import { Statement, type RunResult } from './statement.js';
 import { NO_TRANSACTION_OPTIONS, runTransaction, type TransactionOptions } from './transaction.js';
@@ -226,15 +227,17 @@ export class Connection {
    * transaction is validated by re-running its statements, so a read that calls it is called
    * again at resume and commit (a different result there is a conflict, and the transaction is
    * rerun; never a silent difference), and a write that calls it is re-evaluated. Keep it free
-   * of side effects; declare `deterministic: true` when it is.
+   * of side effects; declare `deterministic: true` when it is. Text it returns must be
+   * well-formed UTF-16: a lone surrogate fails the statement (it has no UTF-8 encoding).
    */
   function(name: string, fn: (...args: SqlValue[]) => SqlValue | undefined, options: FunctionOptions = {}): this {
     if (typeof name !== 'string' || name === '') throw misuseError('function(name, fn): name must be a non-empty string');
     if (typeof fn !== 'function') throw misuseError('function(name, fn): fn must be a function');
+    if (!isWellFormed(name)) throw misuseError('function(name, fn): the name has a lone UTF-16 surrogate, which has no UTF-8 encoding');
     this.session.assertOpen();
     settleCursor(); // SQLite refuses to replace a function while a statement is active
     try {
-      this.session.engine.db.function(name, fn as (...args: unknown[]) => unknown, { deterministic: options.deterministic === true });
+      this.session.engine.db.function(name, textChecked(name, fn) as (...args: unknown[]) => unknown, { deterministic: options.deterministic === true });
     } catch (e) {
       throw fromEngineError(e);
     }
@@ -327,4 +330,20 @@ export class Connection {
     if (!this.session.isOpen) fn();
     else this.closeHooks.push(fn);
   }
+}
+
+/**
+ * `fn`, failing its statement when it returns text with a lone UTF-16 surrogate: the engine
+ * wrapper's encoder under-counts such text and would store it with its end cut off.
+ */
+function textChecked(name: string, fn: (...args: SqlValue[]) => SqlValue | undefined): (...args: SqlValue[]) => SqlValue | undefined {
+  const checked = (...args: SqlValue[]): SqlValue | undefined => {
+    const out = fn(...args);
+    if (typeof out === 'string' && !isWellFormed(out)) {
+      throw new Error(`${name}() returned text with a lone UTF-16 surrogate, which has no UTF-8 encoding (return well-formed text or bytes)`);
+    }
+    return out;
+  };
+  // The engine registers the function with as many arguments as `fn.length` declares.
+  return Object.defineProperty(checked, 'length', { value: fn.length });
 }

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { open, SqliteError, type Connection } from '../src/index.js';
-import { expectSqliteError, useScope } from './helpers.js';
+import { expectSqliteError, thrown, useScope } from './helpers.js';
 
 const scope = useScope();
 
@@ -289,6 +289,20 @@ describe('SQL text with a lone UTF-16 surrogate', () => {
     expect(db.all('SELECT id, a FROM t ORDER BY id')).toEqual([{ id: 1, a: 'one' }, { id: 10, a: '\uD800\u00e9' }]);
     // A well-formed pair is fine anywhere.
     expect(db.get("SELECT '\uD83D\uDE00' AS s")).toEqual({ s: '\uD83D\uDE00' });
+  });
+
+  it('returned by a user function fails its statement instead of being stored cut short; a name with one is refused', () => {
+    const db = memory();
+    db.exec('CREATE TABLE t (v TEXT)');
+    db.function('lone', () => '\uD800\u00e9xyz'); // stored as '\uD800\u00e9xy' before
+    const e = thrown(() => db.run('INSERT INTO t VALUES (lone())'));
+    expect(e).toBeInstanceOf(SqliteError);
+    expect(String((e as Error).message)).toMatch(/lone\(\) returned text with a lone UTF-16 surrogate/);
+    expect(db.all('SELECT v FROM t')).toEqual([]);
+    db.function('echo', (x) => x);
+    expect(() => db.get('SELECT echo(?) AS v', ['\uD800\u00e9xyz'])).toThrow(/lone UTF-16 surrogate/);
+    expect(db.get('SELECT echo(?) AS v', ['\uD83D\uDE00xyz'])).toEqual({ v: '\uD83D\uDE00xyz' });
+    expectSqliteError(() => db.function('f\uD800', () => 1), 'misuse');
   });
 
   it('as a file path is refused by open() with kind misuse, creating nothing', () => {
