@@ -119,15 +119,17 @@ export class Lane {
       return Promise.resolve();
     }
     return new Promise((resolve, reject) => {
-      const leave = () => {
+      const stopWaiting = () => {
         clearTimeout(timer);
         signal?.removeEventListener('abort', aborted);
+      };
+      const leave = () => {
+        stopWaiting();
         const i = this.waiting.indexOf(granted);
         if (i >= 0) this.waiting.splice(i, 1);
       };
       const granted = () => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', aborted);
+        stopWaiting();
         resolve();
       };
       const aborted = () => {

@@ -123,8 +123,7 @@ export class Session {
   /** Compiles exactly one statement (uncached): the caller owns and finalizes it. */
   compileOne(sql: string): CompiledSql {
     this.assertOpen();
-    if (typeof sql !== 'string') throw misuseError('SQL must be a string');
-    assertEncodable(sql);
+    assertSqlText(sql);
     const parts = splitStatements(sql);
     if (parts.length === 0) throw misuseError('The SQL contains no statement');
     if (parts.length > 1) throw misuseError('Only one statement is allowed here; use exec() for scripts');
@@ -155,8 +154,7 @@ export class Session {
   /** Runs a script of statements without parameters, one by one, stopping at the first error. */
   execScript(script: string): void {
     this.assertOpen();
-    if (typeof script !== 'string') throw misuseError('SQL must be a string');
-    assertEncodable(script);
+    assertSqlText(script);
     for (const part of splitStatements(script)) {
       const c = this.compileTokens(part.sql, classify(part.tokens));
       try {
@@ -833,12 +831,13 @@ const CONTROL_FOOTPRINT: Footprint = { reads: new Set(), writes: new Set(), read
 const RESERVED_SAVEPOINT = /^siblite_(group_|rowids$)/i;
 
 /**
- * Refuses SQL text with a lone UTF-16 surrogate (kind `misuse`, nothing run): the engine
- * wrapper's encoder under-counts such text and silently cuts the end of the statement off,
- * which could run a different statement (`... WHERE id = 10` becoming `... WHERE id = 1`).
- * Parameters are not affected: pass such a value as a parameter.
+ * Refuses what is not a string, and SQL text with a lone UTF-16 surrogate (kind `misuse`,
+ * nothing run): the engine wrapper's encoder under-counts such text and silently cuts the end
+ * of the statement off, which could run a different statement (`... WHERE id = 10` becoming
+ * `... WHERE id = 1`). Parameters are not affected: pass such a value as a parameter.
  */
-function assertEncodable(sql: string): void {
+function assertSqlText(sql: unknown): asserts sql is string {
+  if (typeof sql !== 'string') throw misuseError('SQL must be a string');
   if (isWellFormed(sql)) return;
   const at = sql.search(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/);
   throw misuseError(
@@ -885,9 +884,7 @@ function privateParams(params: BindParams | undefined): BindParams | undefined {
   if (params instanceof Uint8Array) return params.slice();
   if (Array.isArray(params)) {
     const list = params as unknown[];
-    let blobs = false;
-    for (let i = 0; i < list.length; i++) if (list[i] instanceof Uint8Array) blobs = true;
-    if (!blobs) return params;
+    if (!list.some(isBlob)) return params;
     return list.map((v) => (v instanceof Uint8Array ? v.slice() : v)) as BindParams;
   }
   if (params !== null && typeof params === 'object') {

@@ -18,6 +18,25 @@ function hotRow(): Connection {
   return db;
 }
 
+/**
+ * Makes `SELECT n FROM hot WHERE id = ?` with [1] hot: one transaction conflicts on it (another
+ * handle adds 100 to row 1 under it), then reruns and adds 1. Row 1 ends at 101.
+ */
+async function makeRowOneHot(db: Connection): Promise<void> {
+  const a = scope.connect(db);
+  const other = scope.connect(db);
+  let first = true;
+  await a.transaction(
+    (tx) => {
+      const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
+      if (first) other.run('UPDATE hot SET n = n + 100 WHERE id = 1');
+      first = false;
+      tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
+    },
+    { mode: 'concurrent', retry: { minTimeout: 0, maxTimeout: 0 } },
+  );
+}
+
 describe('the priority lane', () => {
   it('32 handlers on one hot row with a small retry budget: nobody gives up, every increment lands, no transaction needs more than the lane allows', async () => {
     const db = hotRow();
@@ -165,21 +184,9 @@ describe('the priority lane', () => {
   it('while the lane is in use, a callback that runs a statement that conflicted lately is refused at it and runs once, in the lane; other rows of the table are not', async () => {
     const db = hotRow();
     db.exec('INSERT INTO hot VALUES (2, 0)');
-    const a = scope.connect(db);
     const b = scope.connect(db);
     const c = scope.connect(db);
-    const other = scope.connect(db);
-    // One conflict makes `SELECT n FROM hot WHERE id = ?` with [1] hot.
-    let first = true;
-    await a.transaction(
-      (tx) => {
-        const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
-        if (first) other.run('UPDATE hot SET n = n + 100 WHERE id = 1');
-        first = false;
-        tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
-      },
-      { mode: 'concurrent', retry: { minTimeout: 0, maxTimeout: 0 } },
-    );
+    await makeRowOneHot(db);
     const lane = laneOf(db.session.engine);
     await lane.acquire(1000); // the lane is in use
     const seen: unknown[] = [];
@@ -251,20 +258,9 @@ describe('the priority lane', () => {
   ] as const) {
     it(`a transaction waiting in the lane, ${what}, stops when its retry signal is aborted: it rejects with the reason, changes nothing, and the lane goes on`, async () => {
       const db = hotRow();
-      const a = scope.connect(db);
       const b = scope.connect(db);
       const d = scope.connect(db);
-      const other = scope.connect(db);
-      let first = true; // one conflict makes `SELECT n FROM hot WHERE id = ?` with [1] hot
-      await a.transaction(
-        (tx) => {
-          const { n } = tx.get<{ n: number }>('SELECT n FROM hot WHERE id = ?', [1])!;
-          if (first) other.run('UPDATE hot SET n = n + 100 WHERE id = 1');
-          first = false;
-          tx.run('UPDATE hot SET n = ? WHERE id = 1', [n + 1]);
-        },
-        { mode: 'concurrent', retry: { minTimeout: 0, maxTimeout: 0 } },
-      );
+      await makeRowOneHot(db);
       const lane = laneOf(db.session.engine);
       await lane.acquire(1000); // held by the test until the end: b can only wait
       const ctl = new AbortController();

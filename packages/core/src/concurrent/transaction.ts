@@ -297,18 +297,21 @@ export class ConcurrentTransaction implements OpenTransaction {
    * statement made every write (the common case), straight from its parameters.
    */
   noteCommitted(): void {
-    let only: LogEntry | undefined;
-    for (const e of this.log) {
-      if (e.control || e.footprint.readonly) continue;
-      if (only !== undefined || e.rowid) {
-        this.engine.noteChanged(this.writes, this.writtenRowids());
-        return;
-      }
-      only = e;
-    }
+    const only = this.onlyWrite();
     // Only when its tables are all the transaction wrote (refreshed footprints may have moved).
     if (only !== undefined && this.written === only.footprint.writes) this.engine.noteWrite(only.footprint, only.params);
     else this.engine.noteChanged(this.writes, this.writtenRowids());
+  }
+
+  /** The one write statement of the log, when there is exactly one and it was not replayed with an explicit rowid. */
+  private onlyWrite(): LogEntry | undefined {
+    let only: LogEntry | undefined;
+    for (const e of this.log) {
+      if (e.control || e.footprint.readonly) continue;
+      if (only !== undefined || e.rowid) return undefined;
+      only = e;
+    }
+    return only;
   }
 
   /** Releases the transaction's rowid reservations and its place in the engine's counters. */

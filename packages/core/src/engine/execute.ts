@@ -83,8 +83,11 @@ interface WrapperStatement {
   _db: { _ptr: number | null };
 }
 const SQLITE_NULL = 5;
-/** Marks "no row read yet" in {@link PreparedSql.readRows} (never returned: callers may change their rows). */
-const NO_ROWS: Row[] = [];
+
+/** The current row of `stmt` as an array of values (`raw`) or an object of `names`. */
+function formattedRow(ptr: number, names: readonly string[], raw: boolean, bigints: boolean): Row {
+  return raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints);
+}
 
 /** A prepared engine statement with what siblite knows about it. */
 export class PreparedSql {
@@ -204,7 +207,7 @@ export class PreparedSql {
       const raw = format.raw === true;
       const bigints = format.safeIntegers === true;
       for (; more; more = stepRow(ptr, engineDb)) {
-        rows.push(raw ? (rowArray(ptr, n, bigints) as unknown as Row) : rowObject(ptr, names, bigints));
+        rows.push(formattedRow(ptr, names, raw, bigints));
         digest.addRow(ptr, n);
       }
       return { rows, digest: digest.finish() };
@@ -284,21 +287,20 @@ export class PreparedSql {
   /** Up to `limit` rows of the bound statement in `format`, then leaves it reset. */
   private readRows(engineDb: number, limit: number, format: RowFormat | undefined): Row[] {
     const ptr = ptrOf(this.stmt);
-    let rows: Row[] = NO_ROWS;
-    if (stepRow(ptr, engineDb)) {
-      // Read after the first step: a statement re-prepared by it may have other columns.
-      const names = this.names.of(ptr);
-      const raw = format?.raw === true;
-      const bigints = format?.safeIntegers === true;
-      // The first row as a one-element array: a push onto an empty array reserves 17 slots,
-      // and get() reads one row.
-      rows = [raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints)];
-      while (rows.length < limit && stepRow(ptr, engineDb)) {
-        rows.push(raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints));
-      }
+    if (!stepRow(ptr, engineDb)) {
+      resetStatement(ptr);
+      return [];
     }
+    // Read after the first step: a statement re-prepared by it may have other columns.
+    const names = this.names.of(ptr);
+    const raw = format?.raw === true;
+    const bigints = format?.safeIntegers === true;
+    // The first row as a one-element array: a push onto an empty array reserves 17 slots, and
+    // get() reads one row.
+    const rows = [formattedRow(ptr, names, raw, bigints)];
+    while (rows.length < limit && stepRow(ptr, engineDb)) rows.push(formattedRow(ptr, names, raw, bigints));
     resetStatement(ptr);
-    return rows === NO_ROWS ? [] : rows;
+    return rows;
   }
 
   /** Binds `values` and returns a function that reads the next row in `format` (undefined at the end). */
@@ -311,7 +313,7 @@ export class PreparedSql {
     return () => {
       if (!stepRow(ptr, engineDb)) return undefined;
       names ??= this.names.of(ptr);
-      return raw ? (rowArray(ptr, names.length, bigints) as unknown as Row) : rowObject(ptr, names, bigints);
+      return formattedRow(ptr, names, raw, bigints);
     };
   }
 
