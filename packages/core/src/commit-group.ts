@@ -172,8 +172,14 @@ class CommitGroup implements GroupHooks {
       if (this.top !== null) return; // cannot happen: a top needs applied members below it
     } else {
       if (this.top !== m.tx) return;
-      engine.exec(`RELEASE ${TOP}`);
       this.top = null;
+      try {
+        engine.exec(`RELEASE ${TOP}`);
+      } catch (e) {
+        // Part of the group's state may be gone: end it all, the members are pending and replayed at the flush.
+        engine.abandonRealTransaction();
+        throw e;
+      }
     }
     m.tx.refreshFootprints();
     if (this.applied.length === 0) this.appliedIn = engine.realSerial;
@@ -229,11 +235,12 @@ class CommitGroup implements GroupHooks {
   private applyAll(ready: Member[]): Member[] {
     const engine = this.engine;
     this.reconcile();
-    const ok: Member[] = [...this.applied];
+    let ok: Member[] = [];
     try {
-      if (this.applied.length > 0) {
-        this.dropTop();
-      } else {
+      // Dropping the top may fail and end the real transaction, members applied below it included.
+      this.dropTop();
+      ok = [...this.applied];
+      if (ok.length === 0) {
         // A lone member in the engine is valid as it stands: it goes first.
         const lead = ready.find((m) => engine.active === m.tx);
         if (lead) {
@@ -252,7 +259,8 @@ class CommitGroup implements GroupHooks {
           m.tx.resume(true);
         } catch (e) {
           if (errorKind(e) !== 'busy_snapshot' || !engine.inRealTransaction) throw e;
-          engine.exec(`ROLLBACK TO ${SAVEPOINT}; RELEASE ${SAVEPOINT}`);
+          // If the undo fails, the members before this one went with the real transaction.
+          if (!engine.undoOrAbandon(`ROLLBACK TO ${SAVEPOINT}; RELEASE ${SAVEPOINT}`)) throw e;
           this.stats.conflicts++;
           m.session.abortGroupMember(m.tx, e as SqliteError);
           m.reject(e);
@@ -264,11 +272,11 @@ class CommitGroup implements GroupHooks {
       }
       engine.active = null;
       if (ok.length > 0) engine.exec('COMMIT');
-      else engine.exec('ROLLBACK');
+      else engine.abandonRealTransaction();
     } catch (e) {
       engine.active = null;
       this.forgetApplied();
-      if (engine.inRealTransaction) engine.exec('ROLLBACK');
+      engine.abandonRealTransaction();
       throw e;
     }
     this.forgetApplied();
@@ -299,13 +307,15 @@ class CommitGroup implements GroupHooks {
       return false;
     }
     this.dropTop();
+    // Dropping the top failed and ended the real transaction: nothing to stack on.
+    if (this.applied.length === 0) return false;
     engine.exec(`SAVEPOINT ${TOP}`);
     try {
       tx.resume(true);
     } catch (e) {
       if (engine.inRealTransaction) {
-        engine.exec(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
         engine.active = this.lastApplied();
+        engine.undoOrAbandon(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
       } else this.forgetApplied(); // the replay ended the whole transaction (OR ROLLBACK)
       throw e;
     }
@@ -336,9 +346,10 @@ class CommitGroup implements GroupHooks {
   private dropTop(): void {
     if (this.top === null) return;
     const engine = this.engine;
+    // Parked before the undo runs: should it fail half way, the top must not be taken for active.
     this.top = null;
-    engine.exec(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
     engine.active = this.lastApplied();
+    engine.undoOrAbandon(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
   }
 
   /** Rolls the applied members back (they stay pending, parked, and are replayed at the flush). */
@@ -347,8 +358,12 @@ class CommitGroup implements GroupHooks {
     engine.active = null;
     const writes = [...this.pendingWrites];
     this.forgetApplied();
-    if (engine.inRealTransaction) engine.exec('ROLLBACK');
-    engine.noteChanged(writes);
+    try {
+      engine.abandonRealTransaction();
+    } finally {
+      // The rows they wrote are back as they were: whoever validated on top of them re-checks.
+      engine.noteChanged(writes);
+    }
   }
 
   /** Before members commit alone: a lone applied member stays active (its own COMMIT commits it). */

@@ -103,6 +103,8 @@ export class Session {
 
   assertOpen(): void {
     if (!this.open) throw closedError(`Handle #${this.id}`);
+    const failure = this.engine.failure;
+    if (failure !== undefined) throw sqliteError(failure.message, failure.code, failure, failure.kind);
   }
 
   // ---- compiling ----------------------------------------------------------------------------
@@ -362,13 +364,17 @@ export class Session {
   private rollbackTx(tx: PessimisticTransaction | ConcurrentTransaction): void {
     const engine = this.engine;
     if (tx.kind === 'concurrent') engine.group?.release(tx);
-    if (engine.active === tx) {
-      engine.active = null;
-      if (engine.inRealTransaction) engine.exec('ROLLBACK');
-      if (tx.writes.has(ALL_TABLES) && tx.kind === 'pessimistic') engine.schemaChanged();
+    try {
+      if (engine.active === tx) {
+        engine.active = null;
+        if (tx.writes.has(ALL_TABLES) && tx.kind === 'pessimistic') engine.schemaChanged();
+        engine.abandonRealTransaction();
+      }
+    } finally {
+      // Ended here even if the engine failed: it refuses everything from then on.
+      if (tx.kind === 'concurrent') tx.end();
+      this.tx = null;
     }
-    if (tx.kind === 'concurrent') tx.end();
-    this.tx = null;
   }
 
   private savepoint(c: CompiledSql): void {
@@ -390,12 +396,28 @@ export class Session {
       return;
     }
     if (tx.kind === 'pessimistic') {
-      engine.exec(c.sql);
+      try {
+        engine.exec(c.sql);
+      } catch (e) {
+        // It ended the transaction (an I/O error rolls it all back): as after OR ROLLBACK.
+        if (!engine.inRealTransaction) {
+          this.endPessimistic(tx, false);
+          this.noteAborted(e);
+        }
+        throw e;
+      }
       if (!engine.inRealTransaction) this.endPessimistic(tx, true); // RELEASE of the outermost
       return;
     }
     if (engine.active !== tx) this.bringIn(tx);
-    engine.exec(c.sql);
+    try {
+      engine.exec(c.sql);
+    } catch (e) {
+      // Whatever part of it ran, the transaction is parked and rebuilt from its log, which does
+      // not have this statement: as if it had not run.
+      engine.abandonRealTransaction();
+      throw e;
+    }
     tx.record(logEntry(c.sql, undefined, 'run', undefined, CONTROL_FOOTPRINT, true, undefined));
   }
 
@@ -507,7 +529,7 @@ export class Session {
       if ((e as SqliteError).kind === 'busy_snapshot') this.abortConcurrent(tx, e as SqliteError);
       throw e;
     } finally {
-      if (own && engine.inRealTransaction) engine.exec('ROLLBACK');
+      if (own) engine.abandonRealTransaction();
     }
   }
 
@@ -780,7 +802,8 @@ export class Session {
     }
     if (!engine.inRealTransaction) throw failure; // OR ROLLBACK ended everything
     if (engine.reservedBetween(target.key, before, engine.usedRowid(target), owner)) {
-      engine.exec('ROLLBACK TO siblite_rowids; RELEASE siblite_rowids');
+      // If the undo fails, the whole real transaction ends: the caller handles that as after OR ROLLBACK.
+      engine.undoOrAbandon('ROLLBACK TO siblite_rowids; RELEASE siblite_rowids');
       throw sqliteError(
         `database is locked: this INSERT would take rowids of ${target.key.replace(/^main\./, '')} that an open BEGIN CONCURRENT ` +
           'transaction of another handle was told; retry when it ends (or insert one row per statement, which gets a free rowid)',

@@ -10,7 +10,9 @@
  * promise resolved (or whose synchronous statement returned) is there exactly once, a rejected
  * one is not there; each counter equals its log and no two committed calls read the same value
  * (no lost update); `groupCommitStats().outside` is 0; no uncaught exception or unhandled
- * rejection; integrity_check ok; a fresh open can write.
+ * rejection; integrity_check ok; a fresh open can write. In half of the histories, now and then
+ * an undo the engine runs (`ROLLBACK`, `ROLLBACK TO`, `RELEASE`) fails in one of the shapes of
+ * an I/O error (helpers.ts, injectExecFaults): the same checks must hold.
  *
  * SIBLITE_ATTACK_GROUP_RUNS=N runs N histories (default 4), SIBLITE_ATTACK_GROUP_SEED=S runs
  * the history of seed S first. A failure prints its seed.
@@ -24,7 +26,7 @@ import { afterAll, beforeAll, describe, it } from 'vitest';
 import { commitAsync, errorKind, groupCommitStats, open, type Connection } from '../src/index.js';
 import { laneOf } from '../src/lane.js';
 import { ensureBuilt } from './fixtures/harness.js';
-import { prng } from './helpers.js';
+import { FAULT_SHAPES, injectExecFaults, prng } from './helpers.js';
 
 const RUNS = Number(process.env.SIBLITE_ATTACK_GROUP_RUNS ?? 4);
 const FIRST_SEED = process.env.SIBLITE_ATTACK_GROUP_SEED;
@@ -66,6 +68,8 @@ interface History {
   seed: number;
   window: number;
   cap: number;
+  /** How many undos were made to fail (undefined: no faults in this history). */
+  faults?: number;
   outcomes: Map<string, Outcome>;
   /** Calls whose outcome cannot be known (none in this process; kept for the child). */
   unknown: Set<string>;
@@ -95,6 +99,14 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
   started(h);
   const db = open(file, { groupCommit: { window, cap } });
   db.exec(SCHEMA);
+  if (random() < 0.5) {
+    h.faults = 0;
+    injectExecFaults(db, (sql) => {
+      if (!/^(ROLLBACK|RELEASE)\b/i.test(sql) || random() >= 0.1) return undefined;
+      (h.faults as number)++;
+      return pick(FAULT_SHAPES);
+    });
+  }
   const live = new Map<number, Connection>();
   h.dump = () => {
     const engine = db.session.engine as any;
@@ -272,7 +284,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
   ).then(() => h.inFlight.clear());
   const stats = groupCommitStats(db);
   const outside = stats.outside;
-  h.log.push(`stats ${JSON.stringify(stats)} most attempts ${maxAttempt}`);
+  h.log.push(`stats ${JSON.stringify(stats)} most attempts ${maxAttempt}${h.faults !== undefined ? ` faults ${h.faults}` : ''}`);
   db.close();
   if (outside !== 0) h.log.push(`outside ${outside}`);
   (h as History & { outside?: number }).outside = outside;
@@ -352,7 +364,7 @@ describe('attack: group commit under random interleavings, a second process on t
           // The calls the problems name, then the last calls of the history.
           const named = run.h.log.filter((l) => problems.some((p) => p.includes(`call ${l.split(' ')[0]} `)));
           const tail = [...named, '...', ...run.h.log.slice(-25)].join('\n');
-          throw new Error(`seed ${seed} (SIBLITE_ATTACK_GROUP_SEED=${seed}, window ${run.h.window}, cap ${run.h.cap}):\n${problems.join('\n')}\n-- last calls:\n${tail}`);
+          throw new Error(`seed ${seed} (SIBLITE_ATTACK_GROUP_SEED=${seed}, window ${run.h.window}, cap ${run.h.cap}, faults ${run.h.faults ?? 'off'}):\n${problems.join('\n')}\n-- last calls:\n${tail}`);
         }
       } finally {
         // A history that ended must not have its hang report fire later, over closed databases.

@@ -86,3 +86,35 @@ export function prng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/**
+ * The shapes an engine statement's failure can take (an I/O error, out of memory): refused
+ * before anything ran, failed after the first statement of its script ran, failed after all of
+ * it ran, or ended the whole real transaction (what SQLite does on an I/O error inside one).
+ */
+export type FaultShape = 'before' | 'half' | 'after' | 'ends';
+export const FAULT_SHAPES: readonly FaultShape[] = ['before', 'half', 'after', 'ends'];
+
+interface FaultableEngine {
+  exec(sql: string): void;
+  db: { exec(sql: string): void; inTransaction: boolean };
+}
+
+/**
+ * Injects failures into what the engine of `conn` runs through its `exec` (the real engine:
+ * transaction control, savepoints, the commit group's undos): `decide(sql)` returns the shape
+ * of the failure for that SQL, or undefined to run it. Returns the function that stops it.
+ */
+export function injectExecFaults(conn: Connection, decide: (sql: string) => FaultShape | undefined): () => void {
+  const engine = conn.session.engine as unknown as FaultableEngine;
+  const real = Object.getPrototypeOf(engine).exec as (sql: string) => void;
+  engine.exec = function (this: FaultableEngine, sql: string): void {
+    const shape = decide(sql);
+    if (shape === undefined) return real.call(this, sql);
+    if (shape === 'half') this.db.exec(sql.split(';')[0] as string);
+    if (shape === 'after') real.call(this, sql);
+    if (shape === 'ends' && this.db.inTransaction) this.db.exec('ROLLBACK');
+    throw new SqliteError(`disk I/O error (injected, ${shape})`, { code: 'SQLITE_IOERR' });
+  };
+  return () => void delete (engine as Partial<FaultableEngine>).exec;
+}

@@ -208,7 +208,7 @@ export class ConcurrentTransaction implements OpenTransaction {
       for (const entry of this.log) this.replay(entry, rederived);
     } catch (e) {
       engine.active = null;
-      if (!within && engine.inRealTransaction) engine.exec('ROLLBACK');
+      if (!within) engine.abandonRealTransaction();
       throw e;
     } finally {
       engine.caller = caller;

@@ -6,7 +6,7 @@
  * statement footprints.
  * @module
  */
-import { fromEngineError } from '../errors.js';
+import { fromEngineError, sqliteError, type SqliteError } from '../errors.js';
 import { loadSqlite, type WasmDatabase } from '../file/load.js';
 import { openDatabaseFile, type FileOptions, type FileSettings } from '../file/database.js';
 import { insertTarget, singleRowInsert, tokenize, classify, type SingleRowInsert, type StatementClass } from '../sql/lexer.js';
@@ -161,6 +161,12 @@ export class Engine {
   commitSeq = 0;
   /** `PRAGMA journal_mode = mvcc` was asked for (compatibility only). */
   mvcc = false;
+  /**
+   * Set when a real transaction could not be ended after a failure (see
+   * {@link Engine.abandonRealTransaction}): every handle refuses statements from then on, so that
+   * none runs inside a transaction nobody owns.
+   */
+  failure: SqliteError | undefined;
   fileAccess: FileAccess | undefined;
   /** The commit group of a file database (see commit-group.ts), when group commit is on. */
   group: GroupHooks | undefined;
@@ -465,8 +471,65 @@ export class Engine {
     if (this.group?.settle()) return;
     if (!this.active) return;
     if (this.active.kind !== 'concurrent') throw new Error('siblite: cannot park a pessimistic transaction');
-    this.active = null;
-    if (this.db.inTransaction) this.exec('ROLLBACK');
+    this.abandonRealTransaction();
+  }
+
+  /**
+   * Ends the real transaction whatever it holds: for the paths that must leave the engine without
+   * one (parking, rolling back, undoing after a failure). Whoever was in it counts as moved out:
+   * an active concurrent transaction is parked (its log rebuilds it), a commit group's applied
+   * members are pending again (see GroupHooks.reconcile); an active pessimistic transaction is
+   * left to its caller, which ends it on seeing the real transaction gone (as after `OR
+   * ROLLBACK`). Once SQLite runs a ROLLBACK it ends the transaction even when it reports an error
+   * (an I/O error while rolling back), so an error is not thrown when the transaction ended; if
+   * the prepared ROLLBACK could not run, `sqlite3_exec` tries again. A transaction that still
+   * cannot be ended makes the engine refuse all further work ({@link Engine.failure}) and throws.
+   */
+  abandonRealTransaction(): void {
+    if (this.active?.kind === 'concurrent') this.active = null;
+    if (this.db.inTransaction) {
+      try {
+        this.exec('ROLLBACK');
+      } catch (e) {
+        this.rollbackAfterFailure(e);
+      }
+    }
+    this.group?.reconcile();
+  }
+
+  /** {@link Engine.abandonRealTransaction} once the prepared ROLLBACK failed with `first`. */
+  private rollbackAfterFailure(first: unknown): void {
+    if (!this.db.inTransaction) return; // it ended the transaction anyway
+    try {
+      this.db.exec('ROLLBACK');
+    } catch {
+      // judged by the state below
+    }
+    if (!this.db.inTransaction) return;
+    const cause = fromEngineError(first);
+    this.failure = sqliteError(
+      `the engine could not roll back a transaction (${cause.message}); every handle of this database now refuses ` +
+        'statements, so that none runs inside it: close them all and open the database again',
+      cause.code,
+      cause,
+    );
+    throw this.failure;
+  }
+
+  /**
+   * Runs an undo inside the real transaction (`ROLLBACK TO x; RELEASE x`). If it fails, part of
+   * it may have run, so the whole real transaction is ended instead
+   * ({@link Engine.abandonRealTransaction}): everything in it is moved out, and rebuilt by replay
+   * when needed, rather than left half undone. Returns false when that happened.
+   */
+  undoOrAbandon(sql: string): boolean {
+    try {
+      this.exec(sql);
+      return true;
+    } catch {
+      this.abandonRealTransaction();
+      return false;
+    }
   }
 
   // ---- rowid reservations ------------------------------------------------------------------

@@ -1,0 +1,164 @@
+/**
+ * An undo that fails (`ROLLBACK TO x; RELEASE x`, `RELEASE`, `ROLLBACK`: an I/O error, out of
+ * memory) must not leave siblite's record of who is in the engine's real transaction and the
+ * real transaction itself disagreeing. Before, a failed undo could leave a transaction marked
+ * active whose rows were gone (its next statement ran on a state without its earlier writes, or
+ * in autocommit), or a real transaction nobody owned (another handle's autocommit write ran
+ * inside it and was rolled back later, after it had returned). The rule now: when an undo
+ * fails, the whole real transaction is ended (SQLite completes a ROLLBACK once it runs), and
+ * everyone who was in it counts as moved out: parked transactions replay their logs, a commit
+ * group's applied members are replayed at its flush. If even the ROLLBACK cannot run, the
+ * engine refuses every further statement.
+ *
+ * Faults are injected at the engine's `exec` on the real engine and a real file, in the shapes
+ * such a failure can take: refused before anything ran, failed after the first statement of
+ * the script ran, failed after all of it ran, and ended the whole real transaction (what SQLite
+ * does on an I/O error inside a transaction).
+ */
+import { describe, expect, it } from 'vitest';
+import { commitAsync, groupCommitStats, type Connection } from '../src/index.js';
+import { sqliteError } from '../src/errors.js';
+import { checkSqliteError, FAULT_SHAPES, injectExecFaults, thrown, useScope, type FaultShape } from './helpers.js';
+
+const scope = useScope();
+
+/** Makes the engine's next `exec` of SQL matching `match` fail in `shape`; returns whether it has. */
+function failNext(conn: Connection, match: RegExp, shape: FaultShape): () => boolean {
+  let fired = false;
+  const stop = injectExecFaults(conn, (sql) => {
+    if (fired || !match.test(sql)) return undefined;
+    fired = true;
+    stop();
+    return shape;
+  });
+  return () => fired;
+}
+
+/** Runs `write`; if it fails with an I/O error, runs it once more (it must then work). */
+function tolerateIo(write: () => unknown): void {
+  try {
+    write();
+  } catch (e) {
+    checkSqliteError(e, 'io');
+    write();
+  }
+}
+
+function fileDb(window: number): Connection {
+  const db = scope.open(scope.file(), { groupCommit: { window } });
+  db.exec('CREATE TABLE acct (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)');
+  for (let i = 1; i <= 4; i++) db.run('INSERT INTO acct (id, n) VALUES (?, 0)', [i]);
+  return db;
+}
+
+function totals(db: Connection): number[] {
+  return db.all<{ n: number }>('SELECT n FROM acct ORDER BY id').map((r) => r.n);
+}
+
+describe('an undo that fails leaves the engine consistent', () => {
+  for (const shape of FAULT_SHAPES) {
+    // The transaction on top of a group's applied members is moved out with ROLLBACK TO when
+    // another one needs the top. Before: a failure after the ROLLBACK TO left it marked active,
+    // so its next statement ran without its first write (a lost update), or in autocommit.
+    it(`moving the top transaction out of a commit group (${shape})`, async () => {
+      const db = fileDb(30);
+      const [a, b, c] = [scope.connect(db), scope.connect(db), scope.connect(db)];
+      a.exec('BEGIN CONCURRENT');
+      a.run('UPDATE acct SET n = n + 1 WHERE id = 1');
+      const pa = commitAsync(a); // applied in the engine until the flush
+      b.exec('BEGIN CONCURRENT');
+      b.run('UPDATE acct SET n = n + 1 WHERE id = 2'); // on top of a
+      expect(groupCommitStats(db).stacked).toBe(1);
+      const fired = failNext(db, /^ROLLBACK TO siblite_group_top/, shape);
+      c.exec('BEGIN CONCURRENT');
+      // Needs the top: b moves out. The failure is not the statement's to report (nothing is
+      // lost), but the consistency of what follows is the point, so an I/O error is tolerated.
+      tolerateIo(() => c.run('UPDATE acct SET n = n + 1 WHERE id = 3'));
+      expect(fired()).toBe(true);
+      b.run('UPDATE acct SET n = n + 1 WHERE id = 2'); // b's first write must still be there
+      await Promise.all([pa, commitAsync(b), commitAsync(c)]);
+      expect(totals(db)).toEqual([1, 2, 1, 0]);
+      expect(groupCommitStats(db).outside).toBe(0);
+      expect(db.get('PRAGMA integrity_check')).toEqual({ integrity_check: 'ok' });
+    });
+
+    // Something outside the group (an autocommit write) rolls the applied members back. Before:
+    // a ROLLBACK refused left their real transaction open with nobody owning it, and the next
+    // autocommit write ran inside it and was lost when the flush rolled it back.
+    it(`rolling a commit group's applied members back for an autocommit write (${shape})`, async () => {
+      const db = fileDb(30);
+      const [a, b, x] = [scope.connect(db), scope.connect(db), scope.connect(db)];
+      a.exec('BEGIN CONCURRENT');
+      a.run('UPDATE acct SET n = n + 1 WHERE id = 1');
+      const pa = commitAsync(a);
+      b.exec('BEGIN CONCURRENT');
+      b.run('UPDATE acct SET n = n + 1 WHERE id = 2');
+      const pb = commitAsync(b);
+      const fired = failNext(db, /^ROLLBACK$/, shape);
+      tolerateIo(() => x.run('UPDATE acct SET n = n + 10 WHERE id = 4'));
+      x.run('UPDATE acct SET n = n + 10 WHERE id = 4');
+      expect(fired()).toBe(true);
+      await Promise.all([pa, pb]);
+      expect(totals(db)).toEqual([1, 1, 0, 20]);
+      expect(groupCommitStats(db).outside).toBe(0);
+    });
+  }
+
+  for (const shape of FAULT_SHAPES) {
+    // An INSERT that would take a rowid another transaction was told is undone with ROLLBACK TO.
+    // Before: an undo refused before it ran left the INSERT's row in the transaction, which then
+    // committed a statement its handle had been told failed.
+    it(`undoing an INSERT that would take a reserved rowid (${shape})`, async () => {
+      const db = scope.open(':memory:');
+      db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE log (v); INSERT INTO log VALUES ('x')");
+      const [a, b] = [scope.connect(db), scope.connect(db)];
+      a.exec('BEGIN CONCURRENT');
+      expect(a.run("INSERT INTO t (v) VALUES ('a')").lastInsertRowid).toBe(1); // rowid 1, reserved
+      b.exec('BEGIN CONCURRENT');
+      b.run("UPDATE log SET v = 'b'");
+      const fired = failNext(db, /^ROLLBACK TO siblite_rowids/, shape);
+      const e = thrown(() => b.run("INSERT INTO t (v) SELECT 'sel'"));
+      expect(fired()).toBe(true);
+      // Refused as before (a retryable busy error); b is parked and keeps its earlier write.
+      checkSqliteError(e, 'busy', 'SQLITE_BUSY');
+      expect(b.inTransaction).toBe(true);
+      b.exec('COMMIT');
+      a.exec('COMMIT');
+      expect(db.all('SELECT id, v FROM t')).toEqual([{ id: 1, v: 'a' }]);
+      expect(db.get('SELECT v FROM log')).toEqual({ v: 'b' });
+    });
+  }
+
+  // A ROLLBACK that cannot run at all (both ways of running it refused): the engine refuses
+  // everything rather than let a statement run inside a transaction nobody owns.
+  it('a real transaction that cannot be ended: every handle refuses statements, closing works, nothing uncommitted persists', async () => {
+    const file = scope.file();
+    const db = scope.open(file);
+    db.exec('CREATE TABLE acct (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); INSERT INTO acct VALUES (1, 0), (2, 0)');
+    const [a, x] = [scope.connect(db), scope.connect(db)];
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE acct SET n = 5 WHERE id = 1'); // a is in the engine's real transaction
+    const engine = db.session.engine as unknown as { db: { exec(sql: string): void } };
+    const realDbExec = engine.db.exec;
+    const stop = injectExecFaults(db, () => {
+      throw sqliteError('out of memory (injected)', 'SQLITE_NOMEM');
+    });
+    engine.db.exec = () => {
+      throw new Error('out of memory (injected)');
+    };
+    try {
+      const e = thrown(() => x.run('UPDATE acct SET n = 7 WHERE id = 2')); // must park a: cannot
+      expect((e as Error).message).toMatch(/could not roll back a transaction/);
+    } finally {
+      stop();
+      engine.db.exec = realDbExec;
+    }
+    for (const h of [db, a, x]) {
+      const e = checkSqliteError(thrown(() => h.get('SELECT n FROM acct WHERE id = 2')), 'other', 'SQLITE_NOMEM');
+      expect(e.message).toMatch(/refuses statements/);
+    }
+    for (const h of [x, a, db]) h.close();
+    const again = scope.open(file);
+    expect(again.all('SELECT n FROM acct ORDER BY id')).toEqual([{ n: 0 }, { n: 0 }]);
+  });
+});
