@@ -810,7 +810,16 @@ export class Session {
         'SQLITE_BUSY',
       );
     }
-    engine.exec('RELEASE siblite_rowids');
+    try {
+      engine.exec('RELEASE siblite_rowids');
+    } catch (e) {
+      // Not released (a lock on the commit of an autocommit INSERT, an I/O error): the
+      // savepoint, and this statement's rows in it, must not stay behind in a real transaction
+      // that nobody owns or that reports the statement failed. The caller handles the real
+      // transaction's end as after OR ROLLBACK (an autocommit statement is then waited out and run again).
+      engine.abandonRealTransaction();
+      throw e;
+    }
     if (failure !== undefined) throw failure;
     return out as Outcome;
   }

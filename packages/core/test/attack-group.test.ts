@@ -104,7 +104,9 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
     injectExecFaults(db, (sql) => {
       if (!/^(ROLLBACK|RELEASE)\b/i.test(sql) || random() >= 0.1) return undefined;
       (h.faults as number)++;
-      return pick(FAULT_SHAPES);
+      const shape = pick(FAULT_SHAPES);
+      h.log.push(`fault ${shape}: ${sql} (${h.dump?.()})`);
+      return shape;
     });
   }
   const live = new Map<number, Connection>();
@@ -362,7 +364,11 @@ describe('attack: group commit under random interleavings, a second process on t
         }
         if (problems.length > 0) {
           // The calls the problems name, then the last calls of the history.
-          const named = run.h.log.filter((l) => problems.some((p) => p.includes(`call ${l.split(' ')[0]} `)));
+          // With faults, the lines before each named call too (the faults it met).
+          const before = run.h.faults !== undefined ? 6 : 0;
+          const named = run.h.log.flatMap((l, i) =>
+            problems.some((p) => p.includes(`call ${l.split(' ')[0]} `)) ? [...run.h.log.slice(Math.max(0, i - before), i), l] : [],
+          );
           const tail = [...named, '...', ...run.h.log.slice(-25)].join('\n');
           throw new Error(`seed ${seed} (SIBLITE_ATTACK_GROUP_SEED=${seed}, window ${run.h.window}, cap ${run.h.cap}, faults ${run.h.faults ?? 'off'}):\n${problems.join('\n')}\n-- last calls:\n${tail}`);
         }

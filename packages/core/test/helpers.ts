@@ -111,8 +111,13 @@ export function injectExecFaults(conn: Connection, decide: (sql: string) => Faul
   engine.exec = function (this: FaultableEngine, sql: string): void {
     const shape = decide(sql);
     if (shape === undefined) return real.call(this, sql);
-    if (shape === 'half') this.db.exec(sql.split(';')[0] as string);
+    const wasIn = this.db.inTransaction;
+    const ran = shape === 'half' ? (sql.split(';')[0] as string) : sql;
+    if (shape === 'half') this.db.exec(ran);
     if (shape === 'after') real.call(this, sql);
+    // A RELEASE that committed (of an outermost savepoint) cannot then fail: SQLite's commit
+    // fails before its commit point or not at all.
+    if ((shape === 'half' || shape === 'after') && wasIn && !this.db.inTransaction && /^\s*RELEASE\b/i.test(ran)) return;
     if (shape === 'ends' && this.db.inTransaction) this.db.exec('ROLLBACK');
     throw new SqliteError(`disk I/O error (injected, ${shape})`, { code: 'SQLITE_IOERR' });
   };

@@ -129,6 +129,32 @@ describe('an undo that fails leaves the engine consistent', () => {
     });
   }
 
+  for (const shape of ['before', 'ends'] as const) {
+    // An autocommit INSERT that cannot be given its rowids runs in a savepoint whose RELEASE is
+    // its commit. Before: a RELEASE that failed and left the transaction open (a lock, shape
+    // 'before') left a real transaction nobody owned: every BEGIN failed from then on, and the
+    // next autocommit writes ran inside it and were lost.
+    it(`an autocommit INSERT beside reserved rowids whose commit fails (${shape}): it changes nothing, nothing is wedged`, async () => {
+      const db = scope.open(':memory:');
+      db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t (v) VALUES (1), (2), (3), (4)');
+      const [a, b, c] = [scope.connect(db), scope.connect(db), scope.connect(db)];
+      a.exec('BEGIN CONCURRENT');
+      expect(a.run("INSERT INTO t (v) VALUES ('a')").lastInsertRowid).toBe(5); // reserved
+      db.run('DELETE FROM t WHERE id < 5'); // SQLite would number the next rows from 1, below the reservation
+      const fired = failNext(db, /^RELEASE siblite_rowids/, shape);
+      checkSqliteError(thrown(() => b.run("INSERT INTO t (v) SELECT 'sel'")), 'io');
+      expect(fired()).toBe(true);
+      expect(db.get('SELECT count(*) AS n FROM t WHERE v = ?', ['sel'])).toEqual({ n: 0 });
+      b.run("INSERT INTO t (v) VALUES ('b')");
+      c.exec('BEGIN CONCURRENT');
+      c.run("INSERT INTO t (v) VALUES ('c')");
+      c.exec('COMMIT');
+      a.exec('COMMIT');
+      expect(db.all('SELECT v FROM t ORDER BY v')).toEqual([{ v: 'a' }, { v: 'b' }, { v: 'c' }]);
+      expect(db.get('SELECT id FROM t WHERE v = ?', ['a'])).toEqual({ id: 5 });
+    });
+  }
+
   // A ROLLBACK that cannot run at all (both ways of running it refused): the engine refuses
   // everything rather than let a statement run inside a transaction nobody owns.
   it('a real transaction that cannot be ended: every handle refuses statements, closing works, nothing uncommitted persists', async () => {

@@ -265,6 +265,9 @@ export class ConcurrentTransaction implements OpenTransaction {
       }
       return true;
     } catch {
+      // A read that failed may have ended the real transaction (an I/O error): then this one
+      // is parked, not active, and its commit brings it back.
+      if (!engine.inRealTransaction) engine.abandonRealTransaction();
       return false;
     } finally {
       engine.caller = caller;
