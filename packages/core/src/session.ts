@@ -20,7 +20,7 @@ import { heldAgainst } from './concurrent/hold.js';
 import type { Lane } from './lane.js';
 import { ALL_TABLES, intersects, type Footprint } from './engine/footprint.js';
 import { DEFAULT_BUSY_TIMEOUT_MS, parseBusyTimeoutPragma, waitOutSync } from './busy-timeout.js';
-import { closedError, misuseError, sqliteError, SqliteError } from './errors.js';
+import { closedError, fromEngineError, misuseError, sqliteError, SqliteError } from './errors.js';
 import { walRefused } from './file/database.js';
 import { isWellFormed } from './engine/direct.js';
 import { classify, splitStatements, tokenize, type BeginMode, type StatementClass } from './sql/lexer.js';
@@ -29,10 +29,16 @@ import { classify, splitStatements, tokenize, type BeginMode, type StatementClas
 export class PessimisticTransaction implements OpenTransaction {
   readonly kind = 'pessimistic' as const;
   readonly writes = new Set<string>();
+  /** Another handle's failed statement ended the real transaction (see Engine.checkRealTransaction). */
+  lostBy: unknown = undefined;
   constructor(
     readonly mode: Exclude<BeginMode, 'concurrent'>,
     readonly handleId: number,
   ) {}
+
+  realTransactionLost(cause: unknown): void {
+    this.lostBy = cause;
+  }
 }
 
 export type { CompiledSql };
@@ -201,7 +207,13 @@ export class Session {
         state.totalChangesKnown = false;
         this.stateCopy = undefined;
       }
-      const out = this.route(c, values, want);
+      let out: Outcome;
+      try {
+        out = this.route(c, values, want);
+      } catch (e) {
+        this.engine.checkRealTransaction(e);
+        throw e;
+      }
       if (out.insertedRowid !== undefined) {
         state.lastInsertRowid = out.insertedRowid;
         this.stateCopy = undefined;
@@ -328,6 +340,7 @@ export class Session {
       throw misuseError('cannot commit - no transaction is active');
     }
     if (tx.kind === 'pessimistic') {
+      this.throwIfLost(tx);
       this.finishRealCommit(tx);
       return;
     }
@@ -396,6 +409,7 @@ export class Session {
       return;
     }
     if (tx.kind === 'pessimistic') {
+      this.throwIfLost(tx);
       try {
         engine.exec(c.sql);
       } catch (e) {
@@ -437,6 +451,24 @@ export class Session {
     }
     if (tx.kind === 'pessimistic') this.endPessimistic(tx, true);
     else this.endConcurrent(tx, true);
+  }
+
+  /**
+   * Ends a pessimistic transaction whose real transaction another handle's failed statement
+   * ended (see Engine.checkRealTransaction), as after OR ROLLBACK, and throws why.
+   */
+  private throwIfLost(tx: PessimisticTransaction): void {
+    if (tx.lostBy === undefined) return;
+    const cause = fromEngineError(tx.lostBy);
+    this.endPessimistic(tx, false);
+    const error = sqliteError(
+      `the transaction of handle #${this.id} was rolled back: a statement of another handle failed while it was open ` +
+        `(${cause.message}), and SQLite then rolls the whole transaction back`,
+      cause.code,
+      cause,
+    );
+    this.noteAborted(error);
+    throw error;
   }
 
   private endPessimistic(tx: PessimisticTransaction, committed: boolean): void {
@@ -649,6 +681,7 @@ export class Session {
     want: Want,
   ): Outcome {
     const engine = this.engine;
+    this.throwIfLost(tx);
     const setting = c.cls.type === 'setting';
     if (c.cls.type === 'ddl' || setting) tx.writes.add(ALL_TABLES);
     else for (const t of engine.footprints.of(c.sql).writes) tx.writes.add(t);

@@ -274,6 +274,9 @@ export class ConcurrentTransaction implements OpenTransaction {
     }
   }
 
+  /** Parked by the engine (see Engine.checkRealTransaction): its log rebuilds it when its handle needs it. */
+  realTransactionLost(): void {}
+
   /** The tables this transaction read, for deciding whether it may validate in place. */
   readTables(): Set<string> {
     const out = new Set<string>();

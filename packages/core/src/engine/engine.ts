@@ -25,6 +25,11 @@ export interface OpenTransaction {
   readonly handleId: number;
   /** Tables written so far ({@link ALL_TABLES} after DDL). */
   readonly writes: ReadonlySet<string>;
+  /**
+   * The real transaction ended under it because another handle's statement failed (see
+   * {@link Engine.checkRealTransaction}); `cause` is that failure.
+   */
+  realTransactionLost(cause: unknown): void;
 }
 
 /**
@@ -514,6 +519,22 @@ export class Engine {
       cause,
     );
     throw this.failure;
+  }
+
+  /**
+   * Called when a statement failed. SQLite rolls the whole real transaction back when a statement
+   * fails with an I/O error, a full disk or out of memory, a read another handle ran beside the
+   * transaction included. If that happened under a transaction recorded as in the engine, it is
+   * not in it any more: it is told ({@link OpenTransaction.realTransactionLost}: a concurrent one
+   * is then parked and its log rebuilds it, a pessimistic one ends at its handle's next
+   * statement), and a commit group's applied members are pending again.
+   */
+  checkRealTransaction(cause: unknown): void {
+    const a = this.active;
+    if (a === null || this.db.inTransaction) return;
+    this.active = null;
+    a.realTransactionLost(cause);
+    this.group?.reconcile();
   }
 
   /**

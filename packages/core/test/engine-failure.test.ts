@@ -1,22 +1,26 @@
 /**
- * An undo that fails (`ROLLBACK TO x; RELEASE x`, `RELEASE`, `ROLLBACK`: an I/O error, out of
- * memory) must not leave siblite's record of who is in the engine's real transaction and the
- * real transaction itself disagreeing. Before, a failed undo could leave a transaction marked
- * active whose rows were gone (its next statement ran on a state without its earlier writes, or
- * in autocommit), or a real transaction nobody owned (another handle's autocommit write ran
- * inside it and was rolled back later, after it had returned). The rule now: when an undo
- * fails, the whole real transaction is ended (SQLite completes a ROLLBACK once it runs), and
- * everyone who was in it counts as moved out: parked transactions replay their logs, a commit
- * group's applied members are replayed at its flush. If even the ROLLBACK cannot run, the
- * engine refuses every further statement.
+ * Failures inside the engine's one real transaction, which every handle's work shares, must not
+ * leave siblite's record of who is in it and the real transaction itself disagreeing.
  *
- * Faults are injected at the engine's `exec` on the real engine and a real file, in the shapes
- * such a failure can take: refused before anything ran, failed after the first statement of
- * the script ran, failed after all of it ran, and ended the whole real transaction (what SQLite
- * does on an I/O error inside a transaction).
+ * 1. An undo that fails (`ROLLBACK TO x; RELEASE x`, `RELEASE`, `ROLLBACK`: an I/O error, out of
+ *    memory, a lock). Before, a failed undo could leave a transaction marked active whose rows
+ *    were gone (its next statement ran on a state without its earlier writes, or in
+ *    autocommit), or a real transaction nobody owned (another handle's autocommit write ran
+ *    inside it and was lost later, after it had returned). Now the whole real transaction is
+ *    ended instead (SQLite completes a ROLLBACK once it runs), and everyone who was in it counts
+ *    as moved out: parked transactions replay their logs, a commit group's applied members are
+ *    replayed at its flush. If even the ROLLBACK cannot run, the engine refuses every further
+ *    statement. Faults are injected at the engine's `exec` (helpers.ts, injectExecFaults) on
+ *    the real engine and a real file, in each shape such a failure can take.
+ * 2. Another handle's statement that fails with an I/O error, a full disk or out of memory: SQLite
+ *    then rolls the whole real transaction back, that of the transaction whose uncommitted
+ *    state was in the engine included. Before, that transaction went on as if it were still
+ *    there: its next write ran in autocommit and stayed even when it rolled back. A real `EIO`
+ *    from the file system (node's `fs.readSync` failing once) on a real file triggers it.
  */
+import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { commitAsync, groupCommitStats, type Connection } from '../src/index.js';
+import { commitAsync, groupCommitStats, open, type Connection } from '../src/index.js';
 import { sqliteError } from '../src/errors.js';
 import { checkSqliteError, FAULT_SHAPES, injectExecFaults, thrown, useScope, type FaultShape } from './helpers.js';
 
@@ -188,3 +192,87 @@ describe('an undo that fails leaves the engine consistent', () => {
     expect(again.all('SELECT n FROM acct ORDER BY id')).toEqual([{ n: 0 }, { n: 0 }]);
   });
 });
+
+/** Makes the next read from any file fail with EIO (once), as a failing disk does. */
+function failNextRead(): () => boolean {
+  const real = fs.readSync;
+  let fired = false;
+  (fs as { readSync: unknown }).readSync = function (...args: unknown[]) {
+    if (!fired) {
+      fired = true;
+      (fs as { readSync: unknown }).readSync = real;
+      throw Object.assign(new Error('EIO: i/o error, read (injected)'), { code: 'EIO' });
+    }
+    return (real as (...a: unknown[]) => number).apply(fs, args);
+  };
+  return () => {
+    (fs as { readSync: unknown }).readSync = real;
+    return fired;
+  };
+}
+
+/**
+ * A file whose table `t2` no handle has read yet (a fresh open: its pages are not cached), so
+ * that a read of it goes to the disk.
+ */
+function freshFile(): Connection {
+  const file = scope.file();
+  const setup = open(file);
+  setup.exec(`CREATE TABLE t1 (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); INSERT INTO t1 VALUES (1, 0), (2, 0);
+    CREATE TABLE t2 (n); WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000) INSERT INTO t2 SELECT x FROM c`);
+  setup.close();
+  return scope.open(file);
+}
+
+describe("another handle's statement that fails and makes SQLite roll the real transaction back", () => {
+  for (const end of ['ROLLBACK', 'COMMIT'] as const) {
+    for (const reader of ['autocommit', 'concurrent'] as const) {
+      it(`a concurrent transaction in the engine is parked, not lost: its next write and ${end} are exact (${reader} read)`, () => {
+        const db = freshFile();
+        const [a, b] = [scope.connect(db), scope.connect(db)];
+        a.exec('BEGIN CONCURRENT');
+        a.run('UPDATE t1 SET n = n + 1 WHERE id = 1'); // a's uncommitted row is in the real transaction
+        if (reader === 'concurrent') b.exec('BEGIN CONCURRENT');
+        const read = failNextRead();
+        // b's read runs beside a, in a's real transaction: the disk fails it.
+        checkSqliteError(thrown(() => b.get('SELECT sum(n) AS s FROM t2')), 'io', /^SQLITE_IOERR/);
+        expect(read()).toBe(true);
+        a.run('UPDATE t1 SET n = n + 1 WHERE id = 2');
+        a.exec(end);
+        expect(totals2(db)).toEqual(end === 'COMMIT' ? [1, 1] : [0, 0]);
+        if (reader === 'concurrent') {
+          // b's log holds the read's failure; it now succeeds, so b conflicts (or committed nothing to check).
+          try {
+            b.exec('COMMIT');
+          } catch (e) {
+            checkSqliteError(e, 'busy_snapshot', 'SQLITE_BUSY_SNAPSHOT');
+          }
+        }
+        expect(b.get('SELECT sum(n) AS s FROM t2')).toEqual({ s: 2001000 });
+        expect(db.get('PRAGMA integrity_check')).toEqual({ integrity_check: 'ok' });
+      });
+    }
+  }
+
+  it('a pessimistic transaction in the engine ends with an error saying why, its rows are gone, the handle works again', () => {
+    const db = freshFile();
+    const [a, b] = [scope.connect(db), scope.connect(db)];
+    a.exec('BEGIN IMMEDIATE');
+    a.run('UPDATE t1 SET n = n + 1 WHERE id = 1');
+    const read = failNextRead();
+    checkSqliteError(thrown(() => b.get('SELECT sum(n) AS s FROM t2')), 'io', /^SQLITE_IOERR/);
+    expect(read()).toBe(true);
+    const e = checkSqliteError(thrown(() => a.run('UPDATE t1 SET n = n + 1 WHERE id = 2')), 'io', /^SQLITE_IOERR/);
+    expect(e.message).toMatch(/was rolled back: a statement of another handle failed/);
+    expect(a.inTransaction).toBe(false);
+    expect(totals2(db)).toEqual([0, 0]);
+    a.exec('BEGIN IMMEDIATE');
+    a.run('UPDATE t1 SET n = n + 1 WHERE id = 2');
+    a.exec('COMMIT');
+    expect(totals2(db)).toEqual([0, 1]);
+  });
+});
+
+function totals2(db: Connection): number[] {
+  return db.all<{ n: number }>('SELECT n FROM t1 ORDER BY id').map((r) => r.n);
+}
