@@ -323,7 +323,15 @@ export class Session {
     if (mode === 'concurrent') {
       // The baseline of other processes' commits is taken now, so that a commit by another
       // process after this point counts as a change at the first validation.
-      if (this.engine.isFile) this.withFile(() => this.engine.checkExternalChanges());
+      if (this.engine.isFile) {
+        try {
+          this.withFile(() => this.engine.checkExternalChanges());
+        } catch (e) {
+          // Run beside the transaction in the engine, whose real transaction a failure may end.
+          this.engine.checkRealTransaction(e);
+          throw e;
+        }
+      }
       this.tx = new ConcurrentTransaction(this.engine, this.id);
       return;
     }
@@ -334,6 +342,17 @@ export class Session {
   }
 
   commit(): void {
+    try {
+      this.commitNow();
+    } catch (e) {
+      // A read-only transaction's reads are re-checked beside the transaction in the engine,
+      // whose real transaction a failure there may end (transaction() commits here directly).
+      this.engine.checkRealTransaction(e);
+      throw e;
+    }
+  }
+
+  private commitNow(): void {
     const tx = this.tx;
     if (!tx) {
       if (this.aborted !== null) throw this.abortedError(this.aborted);

@@ -12,7 +12,8 @@
  * (no lost update); `groupCommitStats().outside` is 0; no uncaught exception or unhandled
  * rejection; integrity_check ok; a fresh open can write. In half of the histories, now and then
  * an undo the engine runs (`ROLLBACK`, `ROLLBACK TO`, `RELEASE`) fails in one of the shapes of
- * an I/O error (helpers.ts, injectExecFaults): the same checks must hold.
+ * an I/O error (helpers.ts, injectExecFaults), and the next read from the disk fails with EIO
+ * (failNextRead, armed before some reads): the same checks must hold.
  *
  * SIBLITE_ATTACK_GROUP_RUNS=N runs N histories (default 4), SIBLITE_ATTACK_GROUP_SEED=S runs
  * the history of seed S first. A failure prints its seed.
@@ -26,7 +27,7 @@ import { afterAll, beforeAll, describe, it } from 'vitest';
 import { commitAsync, errorKind, groupCommitStats, open, type Connection } from '../src/index.js';
 import { laneOf } from '../src/lane.js';
 import { ensureBuilt } from './fixtures/harness.js';
-import { FAULT_SHAPES, injectExecFaults, prng } from './helpers.js';
+import { failNextRead, FAULT_SHAPES, injectExecFaults, prng } from './helpers.js';
 
 const RUNS = Number(process.env.SIBLITE_ATTACK_GROUP_RUNS ?? 4);
 const FIRST_SEED = process.env.SIBLITE_ATTACK_GROUP_SEED;
@@ -149,6 +150,15 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
     return new Promise((res) => setTimeout(res, random() * 3));
   };
   const hotId = () => (random() < 0.5 ? 1 : 1 + Math.floor(random() * 4));
+  /** In a history with faults, now and then the next read from the disk fails (disarmed at the history's end). */
+  let disarmRead: (() => boolean) | undefined;
+  const maybeFailRead = () => {
+    if (h.faults === undefined || random() >= 0.1) return;
+    if (disarmRead?.()) h.log.push('the armed EIO fired');
+    disarmRead = failNextRead();
+    h.faults++;
+    h.log.push(`fault EIO on the next read (${h.dump?.()})`);
+  };
   let seq = 0;
   let maxAttempt = 0;
 
@@ -219,6 +229,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
       } else if (kind < mix[1]) {
         // A read-only transaction(): commits nothing, logs nothing.
         await conn.transaction(async (tx) => {
+          maybeFailRead();
           tx.all('SELECT * FROM counter');
           await pause();
           tx.get('SELECT count(*) FROM ledger');
@@ -248,6 +259,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
           conn.run('INSERT INTO ledger (who, cid, seen, bump) SELECT ?, id, v, 1 FROM counter WHERE id = ?', [`${id}#1`, cid]);
           note('resolved', 'autocommit');
         } else {
+          maybeFailRead();
           conn.all('SELECT * FROM ledger WHERE cid = ?', [cid]);
           if (random() < 0.2) conn.run('INSERT OR ROLLBACK INTO uniq (k) VALUES (1)');
         }
@@ -284,9 +296,11 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
       state.conn.close();
     }),
   ).then(() => h.inFlight.clear());
+  if (disarmRead?.()) h.log.push('the armed EIO fired');
+  const eio = h.log.filter((l) => l === 'the armed EIO fired').length;
   const stats = groupCommitStats(db);
   const outside = stats.outside;
-  h.log.push(`stats ${JSON.stringify(stats)} most attempts ${maxAttempt}${h.faults !== undefined ? ` faults ${h.faults}` : ''}`);
+  h.log.push(`stats ${JSON.stringify(stats)} most attempts ${maxAttempt}${h.faults !== undefined ? ` faults ${h.faults} (EIO fired ${eio})` : ''}`);
   db.close();
   if (outside !== 0) h.log.push(`outside ${outside}`);
   (h as History & { outside?: number }).outside = outside;

@@ -18,11 +18,10 @@
  *    there: its next write ran in autocommit and stayed even when it rolled back. A real `EIO`
  *    from the file system (node's `fs.readSync` failing once) on a real file triggers it.
  */
-import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { commitAsync, groupCommitStats, open, type Connection } from '../src/index.js';
 import { sqliteError } from '../src/errors.js';
-import { checkSqliteError, FAULT_SHAPES, injectExecFaults, thrown, useScope, type FaultShape } from './helpers.js';
+import { checkSqliteError, failNextRead, FAULT_SHAPES, injectExecFaults, thrown, useScope, type FaultShape } from './helpers.js';
 
 const scope = useScope();
 
@@ -193,24 +192,6 @@ describe('an undo that fails leaves the engine consistent', () => {
   });
 });
 
-/** Makes the next read from any file fail with EIO (once), as a failing disk does. */
-function failNextRead(): () => boolean {
-  const real = fs.readSync;
-  let fired = false;
-  (fs as { readSync: unknown }).readSync = function (...args: unknown[]) {
-    if (!fired) {
-      fired = true;
-      (fs as { readSync: unknown }).readSync = real;
-      throw Object.assign(new Error('EIO: i/o error, read (injected)'), { code: 'EIO' });
-    }
-    return (real as (...a: unknown[]) => number).apply(fs, args);
-  };
-  return () => {
-    (fs as { readSync: unknown }).readSync = real;
-    return fired;
-  };
-}
-
 /**
  * A file whose table `t2` no handle has read yet (a fresh open: its pages are not cached), so
  * that a read of it goes to the disk.
@@ -252,6 +233,39 @@ describe("another handle's statement that fails and makes SQLite roll the real t
         expect(db.get('PRAGMA integrity_check')).toEqual({ integrity_check: 'ok' });
       });
     }
+  }
+
+  // COMMIT of a read-only concurrent transaction re-checks its reads in place, inside the real
+  // transaction of the one in the engine (through transaction() too, which commits without a statement).
+  for (const via of ['COMMIT', 'transaction()'] as const) {
+    it(`a read-only transaction's re-check that fails at COMMIT parks the transaction in the engine (${via})`, async () => {
+      const db = freshFile();
+      db.exec('PRAGMA cache_size = 2'); // the re-check reads t2 from the disk
+      const [a, b] = [scope.connect(db), scope.connect(db)];
+      const rechecked = (async () => {
+        const read = () => b.get('SELECT sum(n) AS s FROM t2');
+        if (via === 'COMMIT') {
+          b.exec('BEGIN CONCURRENT');
+          read();
+          await Promise.resolve();
+          return thrown(() => b.exec('COMMIT'));
+        }
+        return b.transaction(async () => {
+          read();
+          await Promise.resolve();
+        }, { retry: false }).then(() => undefined, (e: unknown) => e);
+      })();
+      db.run('UPDATE t2 SET n = n WHERE rowid = 1'); // a commit to t2: b's read is re-checked
+      a.exec('BEGIN CONCURRENT');
+      a.run('UPDATE t1 SET n = n + 1 WHERE id = 1'); // a is in the engine
+      const disk = failNextRead();
+      const e = await rechecked;
+      expect(disk()).toBe(true);
+      checkSqliteError(e, 'io', /^SQLITE_IOERR/);
+      a.run('UPDATE t1 SET n = n + 1 WHERE id = 2');
+      a.exec('ROLLBACK');
+      expect(totals2(db)).toEqual([0, 0]);
+    });
   }
 
   it('a pessimistic transaction in the engine ends with an error saying why, its rows are gone, the handle works again', () => {

@@ -2,7 +2,7 @@
  * Shared helpers of the core tests: temp directories and handles that are cleaned up after
  * each test, and assertions on the typed errors.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import fs, { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
@@ -122,4 +122,26 @@ export function injectExecFaults(conn: Connection, decide: (sql: string) => Faul
     throw new SqliteError(`disk I/O error (injected, ${shape})`, { code: 'SQLITE_IOERR' });
   };
   return () => void delete (engine as Partial<FaultableEngine>).exec;
+}
+
+/**
+ * Makes the next read from any file in this process fail with EIO (once), as a failing disk
+ * does (node's `fs.readSync`, which the engine's file system layer calls). Returns the function
+ * that disarms it and tells whether it fired.
+ */
+export function failNextRead(): () => boolean {
+  const real = fs.readSync;
+  let fired = false;
+  (fs as { readSync: unknown }).readSync = function (...args: unknown[]) {
+    if (!fired) {
+      fired = true;
+      (fs as { readSync: unknown }).readSync = real;
+      throw Object.assign(new Error('EIO: i/o error, read (injected)'), { code: 'EIO' });
+    }
+    return (real as (...a: unknown[]) => number).apply(fs, args);
+  };
+  return () => {
+    (fs as { readSync: unknown }).readSync = real;
+    return fired;
+  };
 }

@@ -386,7 +386,8 @@ export class ConcurrentTransaction implements OpenTransaction {
       else outcome = stmt.execute(engine.db, params, entry.want, entry.format);
     } catch (e) {
       const err = e as SqliteError;
-      if (err.kind === 'busy') throw err;
+      // A lock, or the disk or memory failing, is not a conflict: the transaction stays parked.
+      if (err.kind === 'busy' || isEnvironmentFailure(err)) throw err;
       if (entry.error === err.message) return;
       throw this.conflict(entry, `now fails with "${err.message}"`);
     }
@@ -431,6 +432,12 @@ export class ConcurrentTransaction implements OpenTransaction {
       'SQLITE_BUSY_SNAPSHOT',
     );
   }
+}
+
+/** An I/O error, a full disk or out of memory: a failure of the machine, not of the statement. */
+function isEnvironmentFailure(err: SqliteError): boolean {
+  const code = String(err.code);
+  return code.startsWith('SQLITE_IOERR') || code === 'SQLITE_FULL' || code === 'SQLITE_NOMEM';
 }
 
 /** Adds the explicit rowid to a statement's parameters. */
