@@ -123,6 +123,12 @@ class CommitGroup implements GroupHooks {
   private top: ConcurrentTransaction | null = null;
   /** The tables the applied members wrote. */
   pendingWrites = new Set<string>();
+  /**
+   * Whether a transaction has run on top of the applied members since they were applied: it was
+   * validated against their uncommitted rows, so if they do not commit, the tables they wrote
+   * must count as changed (it re-checks what it read of them).
+   */
+  private readOnTop = false;
   /** The engine's {@link Engine.realSerial} of the real transaction the members are applied in. */
   private appliedIn = 0;
   readonly stats: GroupCommitStats = { groups: 0, committed: 0, conflicts: 0, alone: 0, stacked: 0, outside: 0 };
@@ -275,8 +281,15 @@ class CommitGroup implements GroupHooks {
       else engine.abandonRealTransaction();
     } catch (e) {
       engine.active = null;
+      // Rolled back: transactions validated on top of the members re-check what they read of them.
+      const writes = new Set(this.pendingWrites);
+      for (const m of ready) for (const t of m.tx.writes) writes.add(t);
       this.forgetApplied();
-      engine.abandonRealTransaction();
+      try {
+        engine.abandonRealTransaction();
+      } finally {
+        engine.noteChanged(writes);
+      }
       throw e;
     }
     this.forgetApplied();
@@ -320,6 +333,7 @@ class CommitGroup implements GroupHooks {
       throw e;
     }
     this.top = tx;
+    this.readOnTop = true;
     this.stats.stacked++;
     return true;
   }
@@ -366,11 +380,16 @@ class CommitGroup implements GroupHooks {
     }
   }
 
-  /** Before members commit alone: a lone applied member stays active (its own COMMIT commits it). */
+  /**
+   * Before members commit alone: a lone applied member stays active (its own COMMIT commits it),
+   * unless a transaction ran on top of it: that one read its uncommitted rows, and a COMMIT of
+   * the member that then failed would roll them back unseen (it is rolled back too, and
+   * commits alone by replay, its tables counted as changed).
+   */
   private leaveForAlone(): void {
     if (this.applied.length === 0) return;
     this.dropTop();
-    if (this.applied.length > 1) this.undoApplied();
+    if (this.applied.length > 1 || this.readOnTop) this.undoApplied();
     else this.forgetApplied();
   }
 
@@ -407,6 +426,7 @@ class CommitGroup implements GroupHooks {
   private forgetApplied(): void {
     this.applied = [];
     this.top = null;
+    this.readOnTop = false;
     // A new set, not clear(): V8's clear() of a long-lived set costs about 0.6 µs.
     if (this.pendingWrites.size > 0) this.pendingWrites = new Set();
   }

@@ -19,7 +19,7 @@
  * the history of seed S first. A failure prints its seed.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -102,7 +102,9 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
   db.exec(SCHEMA);
   if (random() < 0.5) {
     h.faults = 0;
+    const engine = db.session.engine as any;
     injectExecFaults(db, (sql) => {
+      if (process.env.SIBLITE_ATTACK_GROUP_TRACE) h.log.push(`exec ${sql} [active ${engine.active?.handleId ?? '-'} inReal ${engine.inRealTransaction} serial ${engine.realSerial}/${engine.committedSerial}]`);
       if (!/^(ROLLBACK|RELEASE)\b/i.test(sql) || random() >= 0.1) return undefined;
       (h.faults as number)++;
       const shape = pick(FAULT_SHAPES);
@@ -196,6 +198,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
             const { v } = tx.get<{ v: number }>('SELECT v FROM counter WHERE id = ?', [cid])!;
             await pause();
             tx.run('UPDATE counter SET v = ? WHERE id = ?', [v + 1, cid]);
+            h.log.push(`${id}#${attempt} set counter ${cid} to ${v + 1}${immediate ? ' (immediate)' : ''}`);
             const row = [`${id}#${attempt}`, cid, v];
             if (nestedMode < 0.15) {
               await tx.transaction(async (t2) => {
@@ -242,6 +245,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
           const { v } = conn.get<{ v: number }>('SELECT v FROM counter WHERE id = ?', [cid])!;
           await pause();
           conn.run('UPDATE counter SET v = ? WHERE id = ?', [v + 1, cid]);
+          h.log.push(`${id}#1 set counter ${cid} to ${v + 1} (hand-written)`);
           conn.run('INSERT INTO ledger (who, cid, seen) VALUES (?, ?, ?)', [`${id}#1`, cid, v]);
           await pause();
           if (random() < 0.05) conn.run('INSERT OR ROLLBACK INTO uniq (k) VALUES (1)');
@@ -272,6 +276,7 @@ async function history(seed: number, started: (h: History) => void): Promise<{ h
             const { v } = tx.get<{ v: number }>('SELECT v FROM counter WHERE id = ?', [cid])!;
             await pause();
             tx.run('UPDATE counter SET v = ? WHERE id = ?', [v + 1, cid]);
+            h.log.push(`${id}#${attempt} set counter ${cid} to ${v + 1} (pessimistic)`);
             tx.run('INSERT INTO ledger (who, cid, seen) VALUES (?, ?, ?)', [`${id}#${attempt}`, cid, v]);
           },
           { mode: 'immediate', retry: RETRY },
@@ -377,6 +382,7 @@ describe('attack: group commit under random interleavings, a second process on t
           rmSync(run.dir, { recursive: true, force: true });
         }
         if (problems.length > 0) {
+          if (process.env.SIBLITE_ATTACK_GROUP_LOG) writeFileSync(process.env.SIBLITE_ATTACK_GROUP_LOG, run.h.log.join('\n'));
           // The calls the problems name, then the last calls of the history.
           // With faults, the lines before each named call too (the faults it met).
           const before = run.h.faults !== undefined ? 6 : 0;

@@ -107,6 +107,28 @@ describe('an undo that fails leaves the engine consistent', () => {
     });
   }
 
+  // A lone member of a group commits with its own COMMIT, in the real transaction it was applied
+  // in. Before: when a transaction had run on top of it (and read its uncommitted rows) and that
+  // COMMIT failed, the rows vanished unseen, and the transaction on top committed what it had
+  // computed from them (a lost update).
+  it('a lone group member whose own COMMIT fails: the transaction that read its rows on top re-checks them', async () => {
+    const db = fileDb(20);
+    const [a, b] = [scope.connect(db), scope.connect(db)];
+    a.exec('BEGIN CONCURRENT');
+    a.run('UPDATE acct SET n = n + 1 WHERE id = 1');
+    const pa = commitAsync(a); // applied until the flush, 20 ms from now
+    b.exec('BEGIN CONCURRENT');
+    const seen = b.get<{ n: number }>('SELECT n FROM acct WHERE id = 1')!.n; // on top of a: its uncommitted row
+    expect(seen).toBe(1);
+    expect(groupCommitStats(db).stacked).toBe(1);
+    b.run('UPDATE acct SET n = ? WHERE id = 2', [seen + 10]);
+    const fired = failNext(db, /^COMMIT$/, 'ends'); // a's COMMIT fails and rolls back
+    checkSqliteError(await pa.then(() => undefined, (e: unknown) => e), 'io', /^SQLITE_IOERR/);
+    expect(fired()).toBe(true);
+    checkSqliteError(thrown(() => b.exec('COMMIT')), 'busy_snapshot', 'SQLITE_BUSY_SNAPSHOT');
+    expect(totals(db)).toEqual([0, 0, 0, 0]);
+  });
+
   for (const shape of FAULT_SHAPES) {
     // An INSERT that would take a rowid another transaction was told is undone with ROLLBACK TO.
     // Before: an undo refused before it ran left the INSERT's row in the transaction, which then
