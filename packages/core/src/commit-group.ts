@@ -280,16 +280,8 @@ class CommitGroup implements GroupHooks {
       if (ok.length > 0) engine.exec('COMMIT');
       else engine.abandonRealTransaction();
     } catch (e) {
-      engine.active = null;
       // Rolled back: transactions validated on top of the members re-check what they read of them.
-      const writes = new Set(this.pendingWrites);
-      for (const m of ready) for (const t of m.tx.writes) writes.add(t);
-      this.forgetApplied();
-      try {
-        engine.abandonRealTransaction();
-      } finally {
-        engine.noteChanged(writes);
-      }
+      this.undoApplied(ready);
       throw e;
     }
     this.forgetApplied();
@@ -366,11 +358,16 @@ class CommitGroup implements GroupHooks {
     engine.undoOrAbandon(`ROLLBACK TO ${TOP}; RELEASE ${TOP}`);
   }
 
-  /** Rolls the applied members back (they stay pending, parked, and are replayed at the flush). */
-  private undoApplied(): void {
+  /**
+   * Rolls the applied members back (they stay pending, parked, and are replayed at the flush);
+   * the tables they wrote, and those of `alsoIn` (members brought into the real transaction by
+   * a flush that failed), count as changed.
+   */
+  private undoApplied(alsoIn: readonly Member[] = []): void {
     const engine = this.engine;
     engine.active = null;
-    const writes = [...this.pendingWrites];
+    const writes = new Set(this.pendingWrites);
+    for (const m of alsoIn) for (const t of m.tx.writes) writes.add(t);
     this.forgetApplied();
     try {
       engine.abandonRealTransaction();

@@ -264,10 +264,10 @@ export class ConcurrentTransaction implements OpenTransaction {
         if (describeDifference(entry.outcome as Outcome, now) !== undefined) return false;
       }
       return true;
-    } catch {
-      // A read that failed may have ended the real transaction (an I/O error): then this one
-      // is parked, not active, and its commit brings it back.
-      if (!engine.inRealTransaction) engine.abandonRealTransaction();
+    } catch (e) {
+      // A read that failed may have ended the real transaction (an I/O error): then the
+      // transaction in the engine is parked, not active, and its commit brings it back.
+      engine.checkRealTransaction(e);
       return false;
     } finally {
       engine.caller = caller;
